@@ -1,0 +1,148 @@
+"""Every error becomes a FHIR OperationOutcome here, and only here.
+
+500s never echo exception text (it may hold health data): they carry the request id, which
+the log line of the failure also carries.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service.errors import (
+    AuthenticationError,
+    InsufficientScopeError,
+    Issue,
+    ServiceError,
+)
+from service.fhir.outcome import operation_outcome
+from service.request_context import request_id_var
+
+logger = logging.getLogger("handoff.errors")
+
+_HTTP_ISSUE = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    409: "conflict",
+    410: "deleted",
+    412: "conflict",
+    413: "too-costly",
+    415: "not-supported",
+    422: "processing",
+    429: "throttled",
+}
+
+
+def outcome_response(
+    status: int, issues: list[Issue] | tuple[Issue, ...], headers: dict[str, str] | None = None
+) -> Response:
+    from service.api.responses import fhir_json
+
+    request_id = request_id_var.get()
+    body = operation_outcome(list(issues), request_id=request_id)
+    out_headers = dict(headers or {})
+    if request_id:
+        out_headers.setdefault("X-Request-ID", request_id)
+    return fhir_json(body, status, out_headers)
+
+
+def _www_authenticate(exc: ServiceError) -> dict[str, str]:
+    headers = dict(exc.headers)
+    if isinstance(exc, AuthenticationError):
+        desc = exc.diagnostics.replace('"', "'")
+        headers.setdefault(
+            "WWW-Authenticate", f'Bearer error="invalid_token", error_description="{desc}"'
+        )
+    elif isinstance(exc, InsufficientScopeError):
+        desc = exc.diagnostics.replace('"', "'")
+        headers.setdefault(
+            "WWW-Authenticate", f'Bearer error="insufficient_scope", error_description="{desc}"'
+        )
+    return headers
+
+
+async def handle_service_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    if exc.status >= 500:
+        logger.error("service error %s: %s", exc.status, type(exc).__name__)
+    return outcome_response(exc.status, exc.issues, _www_authenticate(exc))
+
+
+async def handle_validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    issues = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        where = ".".join(loc) or "request"
+        issues.append(Issue("error", "invalid", f"{where}: {err.get('msg')}", (where,)))
+    return outcome_response(400, issues or [Issue("error", "invalid", "Invalid request")])
+
+
+async def handle_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    if status == 404:
+        text = f"Nothing is served at {request.url.path}; see /fhir/metadata and /docs"
+    elif status == 405:
+        text = f"{request.method} is not supported on {request.url.path}"
+    else:
+        text = str(exc.detail)
+    headers: dict[str, Any] = dict(exc.headers or {})
+    return outcome_response(status, [Issue("error", _HTTP_ISSUE.get(status, "processing"), text)], headers)
+
+
+def _database_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, PoolTimeoutError | InterfaceError):
+        return True
+    if isinstance(exc, OperationalError | DBAPIError) and getattr(exc, "connection_invalidated", False):
+        return True
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, OSError | ConnectionError)
+
+
+async def handle_unexpected(_request: Request, exc: Exception) -> Response:
+    if _database_unavailable(exc):
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        return outcome_response(
+            503,
+            [
+                Issue(
+                    "error",
+                    "transient",
+                    "The database is unavailable; retry shortly (see Retry-After)",
+                )
+            ],
+            {"Retry-After": "5"},
+        )
+    # Never echo the exception: its text may hold health data. The request id links to the log.
+    logger.exception("unhandled error (%s)", type(exc).__name__)
+    return outcome_response(
+        500,
+        [
+            Issue(
+                "error",
+                "exception",
+                "An unexpected error occurred; report the request id "
+                f"{request_id_var.get() or '(none)'} to the operators",
+            )
+        ],
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, handle_service_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(Exception, handle_unexpected)

@@ -1,0 +1,189 @@
+"""ASGI middleware: request ids, body size limit, FHIR content negotiation.
+
+Pure ASGI (not BaseHTTPMiddleware) so that bodies stream and nothing is buffered twice.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import (
+    Issue,
+    NotAcceptableError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+)
+from service.request_context import request_id_var
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_JSON_TYPES = ("application/fhir+json", "application/json", "application/json-patch+json")
+_XML_HINTS = ("xml",)
+_JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+async def _send_error(send: Send, exc: ServiceError) -> None:
+    from service.api.errors import outcome_response
+
+    response = outcome_response(exc.status, exc.issues, exc.headers)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": response.raw_headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _headers(scope).get("x-request-id", "")
+        request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLargeError(
+            f"The request body is larger than the limit of {self.max_bytes} bytes "
+            "(HANDOFF_MAX_BODY_BYTES); split the Bundle or send smaller attachments"
+        )
+        length = _headers(scope).get("content-length")
+        if length and length.isdigit() and int(length) > self.max_bytes:
+            await _send_error(send, too_large)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_error(send, too_large)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class FhirNegotiationMiddleware:
+    """Under /fhir: JSON only. XML (by _format, Accept or Content-Type) gets 406/415."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/fhir"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._check(scope)
+        except ServiceError as exc:
+            await _send_error(send, exc)
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _check(scope: Scope) -> None:
+        headers = _headers(scope)
+        query: list[tuple[str, Any]] = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+        fmt = next((v for k, v in query if k == "_format"), None)
+        if fmt is not None:
+            if fmt.split(";")[0].strip() not in _JSON_FORMATS:
+                raise NotAcceptableError(
+                    f"_format={fmt} is not supported: this server speaks FHIR JSON only "
+                    "(_format=json or application/fhir+json)"
+                )
+        else:
+            accept = headers.get("accept", "")
+            if accept and not _accepts_json(accept):
+                raise NotAcceptableError(
+                    f"Cannot produce {accept}: this server returns application/fhir+json only"
+                )
+        method = scope.get("method", "GET")
+        if method in ("POST", "PUT", "PATCH"):
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            path = str(scope.get("path", ""))
+            if path.endswith("/_search") and method == "POST":
+                if ctype and ctype != "application/x-www-form-urlencoded":
+                    raise UnsupportedMediaTypeError(
+                        "POST _search takes application/x-www-form-urlencoded parameters"
+                    )
+                return
+            if ctype and ctype not in _JSON_TYPES and not ctype.endswith("+json"):
+                raise UnsupportedMediaTypeError(
+                    f"Content-Type {ctype} is not supported: send application/fhir+json "
+                    "(or application/json)"
+                )
+
+
+def _accepts_json(accept: str) -> bool:
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in ("*/*", "application/*", "") or "json" in media:
+            return True
+        if "html" in media:  # a browser opening a link: it takes what we have
+            return True
+    return False
+
+
+__all__ = [
+    "BodyLimitMiddleware",
+    "FhirNegotiationMiddleware",
+    "Issue",
+    "RequestIdMiddleware",
+]

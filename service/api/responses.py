@@ -1,0 +1,112 @@
+"""FHIR JSON responses: media type, ETag/Last-Modified/Location, Prefer handling."""
+
+from __future__ import annotations
+
+from email.utils import format_datetime
+from typing import Any
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+
+from service.errors import Issue
+from service.fhir.outcome import operation_outcome
+from service.settings import Settings
+from service.storage.repository import StoredResource
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+
+
+class FhirResponse(Response):
+    media_type = FHIR_JSON
+
+
+def fhir_json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = content if isinstance(content, bytes) else orjson.dumps(content)
+    return FhirResponse(content=body, status_code=status_code, headers=headers)
+
+
+def version_headers(stored: StoredResource) -> dict[str, str]:
+    return {
+        "ETag": f'W/"{stored.version_id}"',
+        "Last-Modified": format_datetime(stored.last_updated, usegmt=True),
+    }
+
+
+def prefer_return(request: Request) -> str:
+    for part in request.headers.get("prefer", "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip() == "return":
+            return value.strip().strip('"')
+    return "representation"
+
+
+def prefer_strict(request: Request) -> bool:
+    for part in request.headers.get("prefer", "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip() == "handling":
+            return value.strip() == "strict"
+    return False
+
+
+def resource_response(
+    request: Request,
+    stored: StoredResource,
+    *,
+    base_url: str,
+    status_code: int = 200,
+    location: bool = False,
+    issues: list[Issue] | None = None,
+) -> Response:
+    headers = version_headers(stored)
+    if location:
+        headers["Location"] = (
+            f"{base_url}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
+        )
+    mode = prefer_return(request)
+    if mode == "minimal":
+        return Response(status_code=status_code, headers=headers)
+    if mode == "OperationOutcome":
+        verb = "Created" if status_code == 201 else "Stored"
+        text = f"{verb} {stored.resource_type}/{stored.id} version {stored.version_id}"
+        return fhir_json(
+            operation_outcome([Issue("information", "informational", text), *(issues or [])]),
+            status_code,
+            headers,
+        )
+    assert stored.raw is not None
+    return FhirResponse(content=stored.raw.encode(), status_code=status_code, headers=headers)
+
+
+def _first(value: str | None) -> str | None:
+    return value.split(",")[0].strip() if value else None
+
+
+def _trusted(request: Request, settings: Settings) -> bool:
+    trusted = {t.strip() for t in settings.trusted_proxies.split(",") if t.strip()}
+    if "*" in trusted:
+        return True
+    return request.client is not None and request.client.host in trusted
+
+
+def public_base(request: Request, settings: Settings) -> str:
+    """The service root the client used, without trailing slash (e.g. https://h.example.org).
+
+    HANDOFF_PUBLIC_BASE_URL wins; otherwise X-Forwarded-Proto/Host/Prefix from a trusted proxy;
+    otherwise the request's own scheme and Host.
+    """
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    scheme = request.url.scheme
+    host = request.headers.get("host") or request.url.netloc
+    prefix = ""
+    if _trusted(request, settings):
+        scheme = _first(request.headers.get("x-forwarded-proto")) or scheme
+        host = _first(request.headers.get("x-forwarded-host")) or host
+        prefix = (_first(request.headers.get("x-forwarded-prefix")) or "").rstrip("/")
+    root = request.scope.get("root_path", "").rstrip("/")
+    return f"{scheme}://{host}{prefix}{root}"
+
+
+def fhir_base(request: Request, settings: Settings) -> str:
+    return public_base(request, settings) + "/fhir"

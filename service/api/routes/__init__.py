@@ -1,0 +1,1 @@
+"""Routers, assembled in ``service.app``."""

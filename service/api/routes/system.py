@@ -1,0 +1,135 @@
+"""System-level FHIR routes: transaction/batch at the base, system history, metadata."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service import __version__
+from service.api.deps import ContextDep
+from service.api.responses import fhir_json
+from service.api.routes.resources import FHIR_ERRORS, type_history_response
+from service.fhir.r4 import SUPPORTED_TYPES
+from service.search.params import params_for
+from service.workflows import bundles
+from service.workflows import resources as wf
+from service.workflows.rules import RuleSet
+
+router = APIRouter(prefix="/fhir", responses=FHIR_ERRORS)
+
+_SEARCH_TYPES = {"token": "token", "reference": "reference", "string": "string", "date": "date", "uri": "uri", "number": "number"}
+
+
+@router.post(
+    "",
+    tags=["FHIR system"],
+    summary="Process a transaction or batch Bundle",
+    operation_id="transaction",
+    response_class=Response,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/Bundle"}}},
+        }
+    },
+)
+async def transaction(request: Request, ctx: ContextDep) -> Response:
+    """A `transaction` Bundle commits every entry or none; a `batch` runs each entry alone.
+    `urn:uuid:` fullUrls may be referenced by other entries and get the new ids."""
+    body = wf.parse_body(await request.body())
+    result = await bundles.process_bundle(ctx, body)
+    return fhir_json(result)
+
+
+@router.get(
+    "/_history",
+    tags=["FHIR system"],
+    summary="History of every resource, in commit order",
+    operation_id="history_system",
+    response_class=Response,
+)
+async def history_system(request: Request, ctx: ContextDep) -> Response:
+    return await type_history_response(ctx, request, None)
+
+
+def capability_statement(base_url: str, rules: RuleSet, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    resources = []
+    for rtype in SUPPORTED_TYPES:
+        writable = rtype not in rules.server_written
+        interactions = ["read", "vread", "search-type", "history-instance", "history-type"]
+        if writable:
+            interactions += ["create", "update", "patch"]
+            if rtype not in rules.undeletable:
+                interactions.append("delete")
+        params = params_for(rtype)
+        includes = sorted(f"{rtype}:{p.name}" for p in params.values() if p.kind == "reference")
+        resources.append(
+            {
+                "type": rtype,
+                "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+                "interaction": [{"code": c} for c in interactions],
+                "versioning": "versioned-update",
+                "readHistory": True,
+                "updateCreate": writable,
+                "conditionalCreate": writable,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": False,
+                "conditionalDelete": "not-supported",
+                "searchInclude": includes,
+                "searchRevInclude": [],
+                "searchParam": [
+                    {
+                        "name": p.name,
+                        "definition": (
+                            f"http://hl7.org/fhir/SearchParameter/{rtype}-{p.name}"
+                            if not p.name.startswith("_")
+                            else f"http://hl7.org/fhir/SearchParameter/Resource{p.name.replace('_', '-')}"
+                        ),
+                        "type": _SEARCH_TYPES[p.kind],
+                    }
+                    for p in params.values()
+                ],
+            }
+        )
+    statement: dict[str, Any] = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-26",
+        "publisher": "Handoff",
+        "kind": "instance",
+        "software": {"name": "Handoff", "version": __version__},
+        "implementation": {"description": "Handoff warm-handoff FHIR server", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            }
+        ],
+    }
+    if extra:
+        statement["rest"][0].update(extra)
+    return statement
+
+
+@router.get(
+    "/metadata",
+    tags=["FHIR system"],
+    summary="CapabilityStatement",
+    operation_id="metadata",
+    response_class=Response,
+)
+async def metadata(request: Request, ctx: ContextDep) -> Response:
+    """What this server supports, generated from its routes, rules and search parameters."""
+    extra = getattr(request.app.state, "capability_security", None)
+    statement = capability_statement(ctx.base_url, ctx.rules, extra)
+    body = orjson.dumps(statement)
+    etag = 'W/"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+    return fhir_json(body, headers={"ETag": etag})

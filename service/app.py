@@ -1,0 +1,113 @@
+"""The application factory: engine, routers, middleware, error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import __version__
+from service.api.errors import install_error_handlers
+from service.api.middleware import (
+    BodyLimitMiddleware,
+    FhirNegotiationMiddleware,
+    RequestIdMiddleware,
+)
+from service.api.routes import health, system
+from service.api.routes.resources import resource_router
+from service.fhir.r4 import SUPPORTED_TYPES
+from service.openapi_schemas import fhir_component_schemas
+from service.settings import Settings, get_settings
+from service.storage.db import create_engine
+from service.workflows.rules import RuleSet, default_rules
+
+DESCRIPTION = """
+Handoff carries warm-handoff referrals, screenings and overdose-risk assessments from jails,
+courts and community corrections to treatment, harm-reduction and peer-support organizations
+as FHIR R4 resources.
+
+* **FHIR base**: `/fhir` (CapabilityStatement at `/fhir/metadata`).
+* **Health**: `/healthz`, `/readyz`.
+"""
+
+TAGS: list[dict[str, Any]] = [
+    {"name": "FHIR system", "description": "Metadata, transaction/batch Bundles, history"},
+    {"name": "Operations", "description": "Health and readiness probes"},
+]
+
+
+def build_rules(_settings: Settings) -> RuleSet:
+    return default_rules()
+
+
+def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None = None) -> FastAPI:
+    """Build the app. With ``engine`` given (tests), the caller owns the engine's lifetime."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = None
+        if getattr(app.state, "engine", None) is None:
+            owned = app.state.engine = create_engine(settings)
+        try:
+            if settings.demo:
+                from service.demo import seed_demo
+
+                await seed_demo(app)
+            yield
+        finally:
+            if owned is not None:
+                await owned.dispose()
+
+    app = FastAPIOffline(
+        title="Handoff",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.rules = build_rules(settings)
+
+    app.include_router(health.router)
+    app.include_router(system.router)
+    for rtype in SUPPORTED_TYPES:
+        app.include_router(
+            resource_router(
+                rtype,
+                tags=[f"FHIR {rtype}"],
+                writable=rtype not in app.state.rules.server_written,
+            )
+        )
+    install_error_handlers(app)
+    app.add_middleware(FhirNegotiationMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    _install_openapi(app)
+    return app
+
+
+def _install_openapi(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(
+            fhir_component_schemas()
+        )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def app_factory() -> FastAPI:
+    """Entry point for uvicorn (``factory=True``): settings from the environment."""
+    return create_app(get_settings())

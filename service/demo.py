@@ -1,0 +1,131 @@
+"""Demo data for ``handoff serve --demo``: one county's warm-handoff network.
+
+Seeding is idempotent (conditional creates on each resource's demo identifier), so restarting
+the demo never duplicates anything. Every resource is tagged ``demo``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+
+from service.storage.db import write_transaction
+from service.workflows import resources as wf
+from service.workflows.context import WorkflowContext
+
+logger = logging.getLogger("handoff.demo")
+
+DEMO_SYSTEM = "https://handoff.dev/fhir/demo"
+DEMO_TAG = {"system": "https://handoff.dev/fhir/CodeSystem/tags", "code": "demo"}
+ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
+SERVICE_CATEGORY = "http://terminology.hl7.org/CodeSystem/service-category"
+
+# key -> (name, organization type, address city, services [(name, category code, display)])
+ORGANIZATIONS: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
+    "county-jail": (
+        "Riverbend County Jail",
+        "govt",
+        [("Reentry planning", "reentry", "Reentry planning and release coordination")],
+    ),
+    "jail-health": (
+        "Riverbend County Jail Health Unit",
+        "prov",
+        [("MOUD in custody", "moud", "Medications for opioid use disorder in custody")],
+    ),
+    "otp": (
+        "Harbor Opioid Treatment Program",
+        "prov",
+        [("Methadone and buprenorphine", "moud", "Opioid treatment program (MOUD continuation)")],
+    ),
+    "sud-treatment": (
+        "Northside Recovery Services",
+        "prov",
+        [("Outpatient SUD treatment", "sud-treatment", "Outpatient substance use disorder care")],
+    ),
+    "harm-reduction": (
+        "Riverbend Syringe Services Program",
+        "cg",
+        [("Naloxone and syringe services", "harm-reduction", "Naloxone, syringe services")],
+    ),
+    "peer-support": (
+        "Second Chance Recovery Community Organization",
+        "cg",
+        [("Peer recovery support", "peer-support", "Peer recovery coaching at release")],
+    ),
+}
+
+
+def _org(key: str, name: str, org_type: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Organization",
+        "meta": {"tag": [DEMO_TAG]},
+        "identifier": [{"system": DEMO_SYSTEM, "value": key}],
+        "active": True,
+        "type": [{"coding": [{"system": ORG_TYPE, "code": org_type}]}],
+        "name": name,
+        "telecom": [{"system": "phone", "value": "555-0100", "use": "work"}],
+        "address": [{"line": ["100 Main St"], "city": "Riverbend", "state": "OH", "postalCode": "43001"}],
+    }
+
+
+def _location(key: str, name: str, org_id: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Location",
+        "meta": {"tag": [DEMO_TAG]},
+        "identifier": [{"system": DEMO_SYSTEM, "value": f"{key}-site"}],
+        "status": "active",
+        "name": f"{name} main site",
+        "address": {"line": ["100 Main St"], "city": "Riverbend", "state": "OH", "postalCode": "43001"},
+        "managingOrganization": {"reference": f"Organization/{org_id}"},
+    }
+
+
+def _service(
+    key: str, index: int, org_id: str, location_id: str, service: tuple[str, str, str]
+) -> dict[str, Any]:
+    name, code, display = service
+    return {
+        "resourceType": "HealthcareService",
+        "meta": {"tag": [DEMO_TAG]},
+        "identifier": [{"system": DEMO_SYSTEM, "value": f"{key}-service-{index}"}],
+        "active": True,
+        "providedBy": {"reference": f"Organization/{org_id}"},
+        "type": [{"coding": [{"system": "https://handoff.dev/fhir/CodeSystem/service", "code": code, "display": display}]}],
+        "name": name,
+        "location": [{"reference": f"Location/{location_id}"}],
+    }
+
+
+async def seed_demo(app: FastAPI) -> dict[str, str]:
+    """Create the demo network; returns demo key -> Organization id."""
+    ctx = WorkflowContext(
+        engine=app.state.engine,
+        settings=app.state.settings,
+        base_url="",
+        request_id="demo-seed",
+        rules=app.state.rules,
+    )
+    org_ids: dict[str, str] = {}
+    async with write_transaction(ctx.engine) as conn:
+        for key, (name, org_type, services) in ORGANIZATIONS.items():
+            ident = f"identifier={DEMO_SYSTEM}|{key}"
+            org = await wf.create_in(conn, ctx, _org(key, name, org_type), if_none_exist=ident)
+            org_ids[key] = org.stored.id
+            loc = await wf.create_in(
+                conn,
+                ctx,
+                _location(key, name, org.stored.id),
+                if_none_exist=f"identifier={DEMO_SYSTEM}|{key}-site",
+            )
+            for i, service in enumerate(services):
+                await wf.create_in(
+                    conn,
+                    ctx,
+                    _service(key, i, org.stored.id, loc.stored.id, service),
+                    if_none_exist=f"identifier={DEMO_SYSTEM}|{key}-service-{i}",
+                )
+    app.state.demo_organizations = org_ids
+    logger.info("demo network ready: %d organizations", len(org_ids))
+    return org_ids

@@ -1,0 +1,492 @@
+"""Running a parsed search: keyset paging, totals, _include/_revinclude and the change feed.
+
+Access control arrives as an ``AccessFilter``: a function that, for a resource type and the
+columns of the rows being read, returns the SQL condition for what the caller may see (or None
+when it may see nothing of that type). Filtering in SQL keeps paging exact: a page is never
+short because rows were dropped after the query.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, and_, func, literal_column, or_, select, true, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.errors import InvalidRequestError, Issue
+from service.search.extract import entries_for
+from service.search.query import (
+    Include,
+    SearchRequest,
+    criteria_condition,
+    index_exists,
+    sort_expression,
+)
+from service.storage.repository import (
+    StoredResource,
+    history_t,
+    index_t,
+    resource_t,
+)
+
+
+@dataclass(frozen=True)
+class RowCols:
+    """The columns an access filter may use: id, version, last-updated of the rows read."""
+
+    id: Any
+    version_id: Any
+    last_updated: Any
+
+
+AccessFilter = Callable[[str, RowCols], ColumnElement[bool] | None]
+
+
+def allow_all(_resource_type: str, _cols: RowCols) -> ColumnElement[bool] | None:
+    return true()
+
+
+CURRENT_COLS = RowCols(resource_t.c.id, resource_t.c.version_id, resource_t.c.last_updated)
+HISTORY_COLS = RowCols(history_t.c.id, history_t.c.version_id, history_t.c.last_updated)
+MAX_INCLUDES = 1000
+_MIN_DATE = datetime(1, 1, 2, tzinfo=UTC)
+
+
+@dataclass
+class FeedEntry:
+    stored: StoredResource
+    matches: bool  # False: this version no longer matches (or is a deletion)
+
+
+@dataclass
+class SearchPage:
+    matches: list[StoredResource] = field(default_factory=list)
+    included: list[StoredResource] = field(default_factory=list)
+    feed: list[FeedEntry] = field(default_factory=list)
+    total: int | None = None
+    next_page: str | None = None
+    previous_page: str | None = None
+    next_cursor: str | None = None
+    issues: list[Issue] = field(default_factory=list)
+
+
+def _encode(payload: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
+
+
+def _decode(token: str, name: str) -> list[Any]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        value = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise InvalidRequestError(
+            f"{name} is not a valid paging token; follow the links the server returned",
+            expression=[name],
+        ) from exc
+    if not isinstance(value, list):
+        raise InvalidRequestError(f"{name} is not a valid paging token", expression=[name])
+    return value
+
+
+def _stored(row: Any) -> StoredResource:
+    return StoredResource(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+_CURRENT_COLUMNS = (
+    resource_t.c.resource_type,
+    resource_t.c.id,
+    resource_t.c.version_id,
+    resource_t.c.last_updated,
+    resource_t.c.deleted,
+    resource_t.c.raw,
+)
+
+
+def _base_where(
+    request: SearchRequest, access: AccessFilter, base_url: str | None
+) -> ColumnElement[bool] | None:
+    allowed = access(request.resource_type, CURRENT_COLS)
+    if allowed is None:
+        return None
+    return and_(
+        resource_t.c.resource_type == request.resource_type,
+        resource_t.c.deleted.is_(False),
+        criteria_condition(
+            request,
+            id_col=resource_t.c.id,
+            version_col=resource_t.c.version_id,
+            last_updated_col=resource_t.c.last_updated,
+            base_url=base_url,
+        ),
+        allowed,
+    )
+
+
+async def run_search(
+    conn: AsyncConnection,
+    request: SearchRequest,
+    *,
+    access: AccessFilter = allow_all,
+    base_url: str | None = None,
+) -> SearchPage:
+    if request.cursor is not None:
+        return await _run_feed(conn, request, access=access, base_url=base_url)
+    page = SearchPage()
+    where = _base_where(request, access, base_url)
+    if where is None:
+        page.total = 0 if request.total == "accurate" or request.summary == "count" else None
+        return page
+    if request.total == "accurate" or request.summary == "count":
+        count_stmt = select(func.count()).select_from(resource_t).where(where)
+        page.total = int((await conn.execute(count_stmt)).scalar_one())
+    if request.summary == "count" or request.count == 0:
+        return page
+
+    keys = [(sort_expression(request.resource_type, k), d, k) for k, d in request.sort]
+    if not any(k == "_id" for _, _, k in keys):
+        keys.append((resource_t.c.id, False, "_id"))
+    exprs = [
+        e if k == "_id" or k == "_lastUpdated" else func.coalesce(e, _MIN_DATE) for e, _, k in keys
+    ]
+    backwards = False
+    stmt_where = where
+    if request.page:
+        token = _decode(request.page, "_page")
+        if len(token) != len(keys) + 1 or token[0] not in ("f", "b"):
+            raise InvalidRequestError(
+                "_page does not belong to this search; follow the links the server returned",
+                expression=["_page"],
+            )
+        backwards = token[0] == "b"
+        values = [_from_token(v, k) for v, (_, _, k) in zip(token[1:], keys, strict=True)]
+        stmt_where = and_(where, _keyset(exprs, [d for _, d, _ in keys], values, backwards))
+    order = []
+    for expr, (_, desc, _) in zip(exprs, keys, strict=True):
+        ascending = desc == backwards
+        order.append(expr.asc() if ascending else expr.desc())
+    stmt = (
+        select(*_CURRENT_COLUMNS, *exprs)
+        .where(stmt_where)
+        .order_by(*order)
+        .limit(request.count + 1)
+    )
+    rows = (await conn.execute(stmt)).all()
+    more = len(rows) > request.count
+    rows = rows[: request.count]
+    if backwards:
+        rows = list(reversed(rows))
+    page.matches = [_stored(r) for r in rows]
+    width = len(_CURRENT_COLUMNS)
+    if rows:
+        first = [_to_token(v) for v in rows[0][width:]]
+        last = [_to_token(v) for v in rows[-1][width:]]
+        has_next = (more and not backwards) or (backwards and request.page is not None)
+        has_prev = (more and backwards) or (not backwards and request.page is not None)
+        if has_next:
+            page.next_page = _encode(["f", *last])
+        if has_prev:
+            page.previous_page = _encode(["b", *first])
+    await _add_includes(conn, request, page, access=access, base_url=base_url)
+    return page
+
+
+def _keyset(
+    exprs: list[Any], descending: list[bool], values: list[Any], backwards: bool
+) -> ColumnElement[bool]:
+    ors = []
+    for i in range(len(exprs)):
+        eqs = [exprs[j] == values[j] for j in range(i)]
+        after = descending[i] == backwards  # "greater than" in the walking direction
+        cmp = exprs[i] > values[i] if after else exprs[i] < values[i]
+        ors.append(and_(*eqs, cmp))
+    return or_(*ors)
+
+
+def _to_token(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.isoformat()
+    if isinstance(value, str) and len(value) > 6 and value[4:5] == "-" and "T" not in value:
+        return value
+    return value
+
+
+def _from_token(value: Any, key: str) -> Any:
+    if key == "_id":
+        if not isinstance(value, str):
+            raise InvalidRequestError("_page token is damaged", expression=["_page"])
+        return value
+    try:
+        parsed = datetime.fromisoformat(str(value).replace(" ", "T"))
+    except ValueError as exc:
+        raise InvalidRequestError("_page token is damaged", expression=["_page"]) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# --- includes -------------------------------------------------------------------------------
+
+
+async def _add_includes(
+    conn: AsyncConnection,
+    request: SearchRequest,
+    page: SearchPage,
+    *,
+    access: AccessFilter,
+    base_url: str | None,
+) -> None:
+    if not (request.includes or request.revincludes) or not page.matches:
+        return
+    seen = {(m.resource_type, m.id) for m in page.matches}
+    frontier = list(page.matches)
+    first_round = True
+    while frontier and len(page.included) < MAX_INCLUDES:
+        found: list[StoredResource] = []
+        for inc in request.includes:
+            if inc.iterate or first_round:
+                found += await _forward(conn, inc, frontier, access=access, base_url=base_url)
+        for inc in request.revincludes:
+            if inc.iterate or first_round:
+                found += await _reverse(conn, inc, frontier, access=access)
+        frontier = []
+        for item in found:
+            key = (item.resource_type, item.id)
+            if key in seen:
+                continue
+            seen.add(key)
+            if len(page.included) >= MAX_INCLUDES:
+                page.issues.append(
+                    Issue(
+                        "warning",
+                        "too-costly",
+                        f"More than {MAX_INCLUDES} resources were to be included; the rest were "
+                        "left out. Use a smaller _count.",
+                    )
+                )
+                return
+            page.included.append(item)
+            frontier.append(item)
+        first_round = False
+        if not any(i.iterate for i in (*request.includes, *request.revincludes)):
+            break
+
+
+async def _forward(
+    conn: AsyncConnection,
+    inc: Include,
+    sources: list[StoredResource],
+    *,
+    access: AccessFilter,
+    base_url: str | None,
+) -> list[StoredResource]:
+    wanted: dict[str, set[str]] = {}
+    for src in sources:
+        if src.resource_type != inc.source_type or src.raw is None:
+            continue
+        body = orjson.loads(src.raw)
+        for _system, value, _lo, _hi in entries_for(inc.param, body, base_url):
+            if not value or "/" not in value or "://" in value:
+                continue
+            rtype, _, rid = value.partition("/")
+            if inc.target_type and rtype != inc.target_type:
+                continue
+            wanted.setdefault(rtype, set()).add(rid)
+    out: list[StoredResource] = []
+    for rtype, ids in wanted.items():
+        allowed = access(rtype, CURRENT_COLS)
+        if allowed is None:
+            continue
+        stmt = select(*_CURRENT_COLUMNS).where(
+            resource_t.c.resource_type == rtype,
+            resource_t.c.id.in_(sorted(ids)),
+            resource_t.c.deleted.is_(False),
+            allowed,
+        )
+        out += [_stored(r) for r in (await conn.execute(stmt)).all()]
+    return out
+
+
+async def _reverse(
+    conn: AsyncConnection,
+    inc: Include,
+    targets: list[StoredResource],
+    *,
+    access: AccessFilter,
+) -> list[StoredResource]:
+    refs = sorted({f"{t.resource_type}/{t.id}" for t in targets})
+    if inc.target_type:
+        refs = [r for r in refs if r.startswith(inc.target_type + "/")]
+    allowed = access(inc.source_type, CURRENT_COLS)
+    if not refs or allowed is None:
+        return []
+    c = index_t.c
+    stmt = select(*_CURRENT_COLUMNS).where(
+        resource_t.c.resource_type == inc.source_type,
+        resource_t.c.deleted.is_(False),
+        select(1)
+        .select_from(index_t)
+        .where(
+            c.resource_type == inc.source_type,
+            c.param == inc.param.name,
+            c.resource_id == resource_t.c.id,
+            c.version_id == resource_t.c.version_id,
+            c.value.in_(refs),
+        )
+        .exists(),
+        allowed,
+    )
+    return [_stored(r) for r in (await conn.execute(stmt)).all()]
+
+
+# --- change feed ----------------------------------------------------------------------------
+
+
+def fence_condition(conn: AsyncConnection) -> ColumnElement[bool]:
+    """Rows a reader may hand out without a later commit ever falling behind them.
+
+    PostgreSQL: only rows written by transactions older than the oldest transaction still in
+    progress (snapshot xmin); everything below it is final. SQLite has a single writer, so the
+    insert order of ``seq`` is already the commit order.
+    """
+    if conn.dialect.name == "postgresql":
+        return history_t.c.txid < literal_column(
+            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        )
+    return true()
+
+
+def decode_cursor(token: str) -> tuple[int, int]:
+    if token == "start":
+        return (-1, -1)
+    value = _decode(token, "_cursor")
+    if len(value) != 3 or value[0] != "c" or not all(isinstance(v, int) for v in value[1:]):
+        raise InvalidRequestError(
+            "_cursor is not a valid cursor: use _cursor=start or a cursor link from a page",
+            expression=["_cursor"],
+        )
+    return int(value[1]), int(value[2])
+
+
+def encode_cursor(txid: int, seq: int) -> str:
+    return _encode(["c", txid, seq])
+
+
+async def _run_feed(
+    conn: AsyncConnection,
+    request: SearchRequest,
+    *,
+    access: AccessFilter,
+    base_url: str | None,
+) -> SearchPage:
+    """Every version, in commit order after the cursor, that matches or whose predecessor did."""
+    page = SearchPage()
+    assert request.cursor is not None
+    txid, seq = decode_cursor(request.cursor)
+    allowed = access(request.resource_type, HISTORY_COLS)
+    if allowed is None:
+        page.next_cursor = request.cursor if request.cursor != "start" else encode_cursor(-1, -1)
+        return page
+    h = history_t.c
+    now_matches = criteria_condition(
+        request,
+        id_col=h.id,
+        version_col=h.version_id,
+        last_updated_col=h.last_updated,
+        base_url=base_url,
+    )
+    prev_matches = criteria_condition(
+        request,
+        id_col=h.id,
+        version_col=h.version_id - 1,
+        last_updated_col=h.last_updated,
+        base_url=base_url,
+    )
+    stmt = (
+        select(
+            h.resource_type,
+            h.id,
+            h.version_id,
+            h.last_updated,
+            h.deleted,
+            h.raw,
+            h.txid,
+            h.seq,
+            now_matches.label("now_matches"),
+        )
+        .where(
+            h.resource_type == request.resource_type,
+            tuple_(h.txid, h.seq) > tuple_(txid, seq),
+            fence_condition(conn),
+            or_(now_matches, prev_matches) if request.criteria else true(),
+            allowed,
+        )
+        .order_by(h.txid, h.seq)
+        .limit(max(request.count, 1))
+    )
+    rows = (await conn.execute(stmt)).all()
+    for row in rows:
+        stored = _stored(row)
+        page.feed.append(FeedEntry(stored=stored, matches=bool(row[8]) and not stored.deleted))
+    if rows:
+        page.next_cursor = encode_cursor(rows[-1][6], rows[-1][7])
+        page.next_page = page.next_cursor if len(rows) >= request.count else None
+    else:
+        page.next_cursor = encode_cursor(txid, seq)
+    return page
+
+
+async def history_feed(
+    conn: AsyncConnection,
+    *,
+    resource_type: str | None,
+    after: tuple[int, int],
+    count: int,
+    since: datetime | None,
+    access: AccessFilter,
+) -> tuple[list[tuple[StoredResource, str]], tuple[int, int] | None]:
+    """Type- or system-level history in commit order, from a cursor; returns the next cursor."""
+    h = history_t.c
+    conds: list[ColumnElement[bool]] = [
+        tuple_(h.txid, h.seq) > tuple_(*after),
+        fence_condition(conn),
+    ]
+    if resource_type is not None:
+        conds.append(h.resource_type == resource_type)
+        allowed = access(resource_type, HISTORY_COLS)
+        if allowed is None:
+            return [], None
+        conds.append(allowed)
+    if since is not None:
+        conds.append(h.last_updated >= since)
+    stmt = (
+        select(h.resource_type, h.id, h.version_id, h.last_updated, h.deleted, h.raw, h.method)
+        .add_columns(h.txid, h.seq)
+        .where(*conds)
+        .order_by(h.txid, h.seq)
+        .limit(count + 1)
+    )
+    rows = (await conn.execute(stmt)).all()
+    more = len(rows) > count
+    rows = rows[:count]
+    out = [(_stored(r), str(r[6])) for r in rows]
+    nxt = (int(rows[-1][7]), int(rows[-1][8])) if more and rows else None
+    return out, nxt
+
+
+__all__ = [
+    "AccessFilter",
+    "FeedEntry",
+    "RowCols",
+    "SearchPage",
+    "allow_all",
+    "decode_cursor",
+    "encode_cursor",
+    "history_feed",
+    "index_exists",
+    "run_search",
+]

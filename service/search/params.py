@@ -1,0 +1,260 @@
+"""The search parameters Handoff supports, per resource type (R4 definitions, plus the SDOH
+Clinical Care IG's custom Task ``output`` and ServiceRequest ``supporting-info``).
+
+Paths are dotted element paths (a tiny subset of FHIRPath that covers these definitions):
+``restriction.period`` walks objects and flattens lists; choice elements are listed per type
+(``occurrenceDateTime``, ``occurrencePeriod``). Keeping them as data lets one extractor fill
+the index for every type and lets the CapabilityStatement list exactly what is supported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["token", "reference", "string", "date", "uri", "number"]
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    name: str
+    kind: Kind
+    paths: tuple[str, ...]
+    targets: tuple[str, ...] = ()  # reference target types
+    description: str = ""
+
+
+def _p(name: str, kind: Kind, *paths: str, targets: tuple[str, ...] = ()) -> SearchParam:
+    return SearchParam(name=name, kind=kind, paths=paths, targets=targets)
+
+
+_PATIENT = ("Patient",)
+_ORG_ROLE = ("Organization", "PractitionerRole", "Practitioner", "Patient", "RelatedPerson")
+_ANY = (
+    "Patient",
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "HealthcareService",
+    "Location",
+    "Questionnaire",
+    "QuestionnaireResponse",
+    "Observation",
+    "ServiceRequest",
+    "Task",
+    "Procedure",
+    "Consent",
+    "RelatedPerson",
+    "MedicationDispense",
+    "SupplyDelivery",
+    "Medication",
+    "Group",
+    "Device",
+    "DocumentReference",
+)
+
+# Parameters every resource type has. ``_id`` and ``_lastUpdated`` are answered from the
+# ``resource`` table itself; the rest are indexed like any other parameter.
+COMMON: tuple[SearchParam, ...] = (
+    _p("_id", "token"),
+    _p("_lastUpdated", "date"),
+    _p("_tag", "token", "meta.tag"),
+    _p("_security", "token", "meta.security"),
+    _p("_profile", "uri", "meta.profile"),
+)
+
+BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
+    "Task": (
+        _p("owner", "reference", "owner", targets=_ORG_ROLE),
+        _p("requester", "reference", "requester", targets=_ORG_ROLE),
+        _p("status", "token", "status"),
+        _p("business-status", "token", "businessStatus"),
+        _p("focus", "reference", "focus", targets=_ANY),
+        _p("patient", "reference", "for", targets=_PATIENT),
+        _p("subject", "reference", "for", targets=_ANY),
+        _p("code", "token", "code"),
+        _p("intent", "token", "intent"),
+        _p("identifier", "token", "identifier"),
+        _p("part-of", "reference", "partOf", targets=("Task",)),
+        _p("based-on", "reference", "basedOn", targets=_ANY),
+        _p("authored-on", "date", "authoredOn"),
+        _p("modified", "date", "lastModified"),
+        _p("period", "date", "executionPeriod"),
+        _p("priority", "token", "priority"),
+        _p("output", "reference", "output.valueReference", targets=_ANY),
+    ),
+    "ServiceRequest": (
+        _p("patient", "reference", "subject", targets=_PATIENT),
+        _p("subject", "reference", "subject", targets=_ANY),
+        _p("status", "token", "status"),
+        _p("intent", "token", "intent"),
+        _p("category", "token", "category"),
+        _p("code", "token", "code"),
+        _p("requester", "reference", "requester", targets=_ORG_ROLE),
+        _p("performer", "reference", "performer", targets=_ORG_ROLE + ("HealthcareService",)),
+        _p("authored", "date", "authoredOn"),
+        _p("occurrence", "date", "occurrenceDateTime", "occurrencePeriod", "occurrenceTiming.event"),
+        _p("identifier", "token", "identifier"),
+        _p("based-on", "reference", "basedOn", targets=_ANY),
+        _p("supporting-info", "reference", "supportingInfo", targets=_ANY),
+    ),
+    "QuestionnaireResponse": (
+        _p("patient", "reference", "subject", targets=_PATIENT),
+        _p("subject", "reference", "subject", targets=_ANY),
+        _p("questionnaire", "reference", "questionnaire", targets=("Questionnaire",)),
+        _p("status", "token", "status"),
+        _p("authored", "date", "authored"),
+        _p("author", "reference", "author", targets=_ORG_ROLE),
+        _p("identifier", "token", "identifier"),
+    ),
+    "Observation": (
+        _p("patient", "reference", "subject", targets=_PATIENT),
+        _p("subject", "reference", "subject", targets=_ANY),
+        _p("code", "token", "code"),
+        _p("date", "date", "effectiveDateTime", "effectivePeriod", "effectiveInstant"),
+        _p("category", "token", "category"),
+        _p("derived-from", "reference", "derivedFrom", targets=_ANY),
+        _p("status", "token", "status"),
+        _p("identifier", "token", "identifier"),
+    ),
+    "Questionnaire": (
+        _p("url", "uri", "url"),
+        _p("version", "token", "version"),
+        _p("name", "string", "name"),
+        _p("title", "string", "title"),
+        _p("status", "token", "status"),
+        _p("code", "token", "code", "item.code"),
+        _p("identifier", "token", "identifier"),
+    ),
+    "Patient": (
+        _p("identifier", "token", "identifier"),
+        _p("name", "string", "name"),
+        _p("family", "string", "name.family"),
+        _p("given", "string", "name.given"),
+        _p("birthdate", "date", "birthDate"),
+        _p("gender", "token", "gender"),
+    ),
+    "Organization": (
+        _p("name", "string", "name", "alias"),
+        _p("identifier", "token", "identifier"),
+        _p("type", "token", "type"),
+        _p("active", "token", "active"),
+        _p("partof", "reference", "partOf", targets=("Organization",)),
+    ),
+    "HealthcareService": (
+        _p("organization", "reference", "providedBy", targets=("Organization",)),
+        _p("service-type", "token", "type"),
+        _p("specialty", "token", "specialty"),
+        _p("location", "reference", "location", targets=("Location",)),
+        _p("active", "token", "active"),
+        _p("name", "string", "name"),
+        _p("identifier", "token", "identifier"),
+        _p("service-category", "token", "category"),
+    ),
+    "Location": (
+        _p("name", "string", "name", "alias"),
+        _p("address-city", "string", "address.city"),
+        _p("address-postalcode", "string", "address.postalCode"),
+        _p("organization", "reference", "managingOrganization", targets=("Organization",)),
+        _p("identifier", "token", "identifier"),
+    ),
+    "Practitioner": (
+        _p("name", "string", "name"),
+        _p("identifier", "token", "identifier"),
+        _p("family", "string", "name.family"),
+        _p("given", "string", "name.given"),
+    ),
+    "PractitionerRole": (
+        _p("organization", "reference", "organization", targets=("Organization",)),
+        _p("practitioner", "reference", "practitioner", targets=("Practitioner",)),
+        _p("role", "token", "code"),
+        _p("identifier", "token", "identifier"),
+        _p("specialty", "token", "specialty"),
+    ),
+    "Procedure": (
+        _p("patient", "reference", "subject", targets=_PATIENT),
+        _p("subject", "reference", "subject", targets=_ANY),
+        _p("based-on", "reference", "basedOn", targets=_ANY),
+        _p("status", "token", "status"),
+        _p("code", "token", "code"),
+        _p("date", "date", "performedDateTime", "performedPeriod"),
+        _p("performer", "reference", "performer.actor", targets=_ORG_ROLE),
+        _p("identifier", "token", "identifier"),
+    ),
+    "Consent": (
+        _p("patient", "reference", "patient", targets=_PATIENT),
+        _p("status", "token", "status"),
+        _p("category", "token", "category"),
+        _p("date", "date", "dateTime"),
+        _p("actor", "reference", "provision.actor.reference", targets=_ORG_ROLE),
+        _p("source-reference", "reference", "sourceReference", targets=_ANY),
+        _p("organization", "reference", "organization", targets=("Organization",)),
+        _p("period", "date", "provision.period"),
+        _p("identifier", "token", "identifier"),
+    ),
+    "AuditEvent": (
+        _p("date", "date", "recorded"),
+        _p("agent", "reference", "agent.who", targets=_ORG_ROLE + ("Device",)),
+        _p("entity", "reference", "entity.what", targets=_ANY),
+        _p("patient", "reference", "entity.what", targets=_PATIENT),
+        _p("type", "token", "type"),
+        _p("subtype", "token", "subtype"),
+        _p("outcome", "token", "outcome"),
+        _p("action", "token", "action"),
+    ),
+    "CodeSystem": (
+        _p("url", "uri", "url"),
+        _p("version", "token", "version"),
+        _p("name", "string", "name"),
+        _p("status", "token", "status"),
+    ),
+    "ValueSet": (
+        _p("url", "uri", "url"),
+        _p("version", "token", "version"),
+        _p("name", "string", "name"),
+        _p("status", "token", "status"),
+    ),
+    "RelatedPerson": (
+        _p("patient", "reference", "patient", targets=_PATIENT),
+        _p("name", "string", "name"),
+        _p("identifier", "token", "identifier"),
+        _p("relationship", "token", "relationship"),
+    ),
+    "MedicationDispense": (
+        _p("patient", "reference", "subject", targets=_PATIENT),
+        _p("subject", "reference", "subject", targets=_ANY),
+        _p("status", "token", "status"),
+        _p("code", "token", "medicationCodeableConcept"),
+        _p("performer", "reference", "performer.actor", targets=_ORG_ROLE),
+        _p("receiver", "reference", "receiver", targets=_ORG_ROLE),
+        _p("whenhandedover", "date", "whenHandedOver"),
+        _p("destination", "reference", "destination", targets=("Location",)),
+        _p("identifier", "token", "identifier"),
+    ),
+    "Medication": (
+        _p("code", "token", "code"),
+        _p("identifier", "token", "identifier"),
+    ),
+    "SupplyDelivery": (
+        _p("patient", "reference", "patient", targets=_PATIENT),
+        _p("status", "token", "status"),
+        _p("supplier", "reference", "supplier", targets=_ORG_ROLE),
+        _p("receiver", "reference", "receiver", targets=_ORG_ROLE),
+        _p("identifier", "token", "identifier"),
+        _p("date", "date", "occurrenceDateTime", "occurrencePeriod"),
+    ),
+}
+
+
+def params_for(resource_type: str) -> dict[str, SearchParam]:
+    """Every parameter of a type, common ones included, by name."""
+    found = {p.name: p for p in COMMON}
+    found.update({p.name: p for p in BY_TYPE.get(resource_type, ())})
+    return found
+
+
+def indexed_params(resource_type: str) -> tuple[SearchParam, ...]:
+    """Parameters whose values go into ``search_index`` (``_id``/``_lastUpdated`` do not)."""
+    return tuple(
+        p for p in (*COMMON, *BY_TYPE.get(resource_type, ())) if p.name not in {"_id", "_lastUpdated"}
+    )

@@ -1,0 +1,450 @@
+"""Parsing FHIR search parameters into a ``SearchRequest`` and building SQL conditions from it.
+
+Semantics follow R4 search: parameters are ANDed, comma-separated values are ORed; token
+``[system]|[code]``; reference ``Type/id``, ``id`` or an absolute URL on this server; string is
+a case- and accent-insensitive prefix (``:exact``, ``:contains``); date prefixes
+``eq ne gt lt ge le sa eb ap`` compare ranges at the precision given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select, true
+
+from service.errors import InvalidRequestError, Issue
+from service.search.dates import parse_range
+from service.search.extract import normalize_string, relative_reference
+from service.search.params import SearchParam, params_for
+from service.storage.repository import index_t, resource_t
+
+DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+RESULT_PARAMS = {
+    "_count",
+    "_sort",
+    "_include",
+    "_revinclude",
+    "_total",
+    "_summary",
+    "_elements",
+    "_format",
+    "_page",
+    "_cursor",
+    "_pretty",
+}
+SORTABLE = {"_lastUpdated", "_id", "authored-on", "authored", "date", "birthdate", "modified"}
+MODIFIERS = {
+    "token": {"not", "missing", "text", "exact"},
+    "reference": {"missing", "not"},
+    "string": {"exact", "contains", "missing"},
+    "uri": {"below", "missing", "exact"},
+    "date": {"missing"},
+    "number": {"missing"},
+}
+
+
+@dataclass(frozen=True)
+class Criterion:
+    param: SearchParam
+    modifier: str | None
+    values: tuple[str, ...]
+
+    def describe(self) -> str:
+        name = self.param.name + (f":{self.modifier}" if self.modifier else "")
+        return f"{name}={','.join(self.values)}"
+
+
+@dataclass(frozen=True)
+class Include:
+    source_type: str
+    param: SearchParam
+    target_type: str | None
+    iterate: bool
+
+    def describe(self) -> str:
+        return f"{self.source_type}:{self.param.name}" + (
+            f":{self.target_type}" if self.target_type else ""
+        )
+
+
+@dataclass
+class SearchRequest:
+    resource_type: str
+    criteria: list[Criterion] = field(default_factory=list)
+    count: int = 50
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    total: str = "none"
+    summary: str | None = None
+    elements: list[str] = field(default_factory=list)
+    page: str | None = None
+    cursor: str | None = None
+    ignored: list[str] = field(default_factory=list)  # unknown/unsupported, lenient mode only
+
+    def canonical_params(self) -> list[tuple[str, str]]:
+        """The parameters actually applied (the ``self`` link echoes them)."""
+        out: list[tuple[str, str]] = []
+        for c in self.criteria:
+            name = c.param.name + (f":{c.modifier}" if c.modifier else "")
+            out.append((name, ",".join(c.values)))
+        for inc in self.includes:
+            out.append(("_include:iterate" if inc.iterate else "_include", inc.describe()))
+        for inc in self.revincludes:
+            out.append(("_revinclude:iterate" if inc.iterate else "_revinclude", inc.describe()))
+        if self.sort:
+            out.append(("_sort", ",".join(("-" if d else "") + n for n, d in self.sort)))
+        if self.total != "none":
+            out.append(("_total", self.total))
+        if self.summary:
+            out.append(("_summary", self.summary))
+        if self.elements:
+            out.append(("_elements", ",".join(self.elements)))
+        out.append(("_count", str(self.count)))
+        return out
+
+
+def _bad(message: str, name: str) -> InvalidRequestError:
+    return InvalidRequestError(message, expression=[name])
+
+
+def parse_search(
+    resource_type: str,
+    params: list[tuple[str, str]],
+    *,
+    strict: bool,
+    default_count: int,
+    max_count: int,
+) -> SearchRequest:
+    """Validate and parse search parameters; malformed values are 400 in both modes."""
+    request = SearchRequest(resource_type=resource_type, count=default_count)
+    known = params_for(resource_type)
+    problems: list[Issue] = []
+
+    def unsupported(text: str, name: str) -> None:
+        if strict:
+            problems.append(Issue("error", "not-supported", text, (name,)))
+        else:
+            request.ignored.append(text)
+
+    for raw_name, raw_value in params:
+        name, _, modifier = raw_name.partition(":")
+        try:
+            if name in RESULT_PARAMS:
+                _parse_result_param(request, name, modifier, raw_value, max_count=max_count)
+                continue
+            param = known.get(name)
+            if param is None:
+                unsupported(f"Unknown search parameter '{raw_name}' for {resource_type}", name)
+                continue
+            mod: str | None = modifier or None
+            if mod is not None and mod not in MODIFIERS.get(param.kind, set()):
+                if param.kind == "reference" and mod in param.targets:
+                    pass  # Type modifier on a reference: owner:Organization=123
+                else:
+                    unsupported(f"Modifier ':{mod}' is not supported on '{name}'", raw_name)
+                    continue
+            values = tuple(v for v in _split_or(raw_value))
+            if not values:
+                raise _bad(f"Search parameter '{raw_name}' has an empty value", raw_name)
+            for value in values:
+                _check_value(param, mod, value, raw_name)
+            request.criteria.append(Criterion(param=param, modifier=mod, values=values))
+        except InvalidRequestError as exc:
+            problems.extend(exc.issues)
+    if problems:
+        status_error = InvalidRequestError(problems[0].diagnostics, issues=problems)
+        raise status_error
+    return request
+
+
+def _split_or(value: str) -> list[str]:
+    """Split on commas that are not escaped with a backslash."""
+    parts: list[str] = []
+    current = ""
+    escaped = False
+    for ch in value:
+        if escaped:
+            current += ch
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [p for p in parts if p != ""]
+
+
+def _check_value(param: SearchParam, modifier: str | None, value: str, name: str) -> None:
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise _bad(f"'{name}' takes true or false, not '{value}'", name)
+        return
+    if param.kind == "date":
+        _, text = split_prefix(value)
+        if parse_range(text) is None:
+            raise _bad(
+                f"'{name}={value}' is not a FHIR date: use a prefix (eq, ne, gt, lt, ge, le, sa, "
+                "eb, ap) and a value like 2025-06-01 or 2025-06-01T10:15:00Z",
+                name,
+            )
+    elif param.kind == "reference":
+        if value.startswith(("http://", "https://", "urn:")):
+            return
+        parts = value.split("/")
+        if len(parts) == 1 and parts[0] and " " not in value:
+            return
+        if len(parts) in (2, 4) and parts[0][:1].isupper() and parts[1] and " " not in value:
+            return
+        raise _bad(
+            f"'{name}={value}' is not a reference: use Type/id, an id, or an absolute URL", name
+        )
+    elif param.kind == "token" and param.name == "_id" and len(value) > 64:
+        raise _bad(f"'{name}' value is longer than a FHIR id may be", name)
+
+
+def split_prefix(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in DATE_PREFIXES and not value[:2].isdigit():
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _parse_result_param(
+    request: SearchRequest, name: str, modifier: str, value: str, *, max_count: int
+) -> None:
+    if name == "_count":
+        if not value.isdigit():
+            raise _bad(f"_count must be a non-negative integer, not '{value}'", name)
+        request.count = min(int(value), max_count)
+    elif name == "_sort":
+        request.sort = []
+        for key in _split_or(value):
+            desc = key.startswith("-")
+            key = key.lstrip("-")
+            if key not in SORTABLE or key not in params_for(request.resource_type):
+                raise _bad(
+                    f"Cannot sort {request.resource_type} by '{key}'; sortable: "
+                    + ", ".join(sorted(k for k in SORTABLE if k in params_for(request.resource_type))),
+                    name,
+                )
+            request.sort.append((key, desc))
+    elif name in ("_include", "_revinclude"):
+        include = _parse_include(value, iterate=modifier == "iterate", name=name)
+        if name == "_include":
+            if include.source_type != request.resource_type and not include.iterate:
+                raise _bad(
+                    f"_include={value} names {include.source_type}, not {request.resource_type}"
+                    " (use _include:iterate for included resources)",
+                    name,
+                )
+            request.includes.append(include)
+        else:
+            request.revincludes.append(include)
+    elif name == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise _bad("_total must be none, estimate or accurate", name)
+        request.total = "none" if value == "none" else "accurate"
+    elif name == "_summary":
+        if value not in ("count", "false", "data", "text", "true"):
+            raise _bad("_summary must be count, true, text, data or false", name)
+        request.summary = None if value == "false" else value
+    elif name == "_elements":
+        request.elements = [e.strip() for e in value.split(",") if e.strip()]
+    elif name == "_page":
+        request.page = value
+    elif name == "_cursor":
+        request.cursor = value
+
+
+def _parse_include(value: str, *, iterate: bool, name: str) -> Include:
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise _bad(f"{name}={value}: expected SourceType:param[:TargetType]", name)
+    source, pname = parts[0], parts[1]
+    param = params_for(source).get(pname)
+    if param is None or param.kind != "reference":
+        raise _bad(f"{name}={value}: '{pname}' is not a reference parameter of {source}", name)
+    target = parts[2] if len(parts) == 3 else None
+    return Include(source_type=source, param=param, target_type=target, iterate=iterate)
+
+
+# --- SQL -------------------------------------------------------------------------------------
+
+
+def _date_condition(prefix: str, low_col: Any, high_col: Any, value: str) -> ColumnElement[bool]:
+    rng = parse_range(value)
+    assert rng is not None  # checked by parse_search
+    s_low, s_high = rng
+    # Open ends of a Period (NULL low/high) are unbounded.
+    if prefix == "eq":
+        return and_(low_col >= s_low, high_col <= s_high)
+    if prefix == "ne":
+        return or_(low_col < s_low, high_col > s_high, low_col.is_(None), high_col.is_(None))
+    if prefix == "gt":
+        return or_(high_col > s_high, high_col.is_(None))
+    if prefix == "lt":
+        return or_(low_col < s_low, low_col.is_(None))
+    if prefix == "ge":
+        return or_(high_col >= s_low, high_col.is_(None))
+    if prefix == "le":
+        return or_(low_col <= s_high, low_col.is_(None))
+    if prefix == "sa":
+        return low_col > s_high
+    if prefix == "eb":
+        return high_col < s_low
+    # ap: within 10% of the distance to now, at least a day (R4 leaves "approximately" open)
+    from datetime import UTC
+
+    margin = max(abs(datetime.now(UTC) - s_low) / 10, timedelta(days=1))
+    return and_(low_col <= s_high + margin, high_col >= s_low - margin)
+
+
+def _value_condition(
+    crit: Criterion, value: str, base_url: str | None
+) -> ColumnElement[bool] | None:
+    """Condition on ``search_index`` columns for one value (None: matches nothing)."""
+    p = crit.param
+    c = index_t.c
+    if p.kind == "token":
+        if "|" in value:
+            system, code = value.split("|", 1)
+            conds: list[ColumnElement[bool]] = []
+            conds.append(c.system.is_(None) if system == "" else c.system == system)
+            if code:
+                conds.append(c.value == code)
+            return and_(*conds)
+        return c.value == value
+    if p.kind == "reference":
+        if value.startswith(("http://", "https://")):
+            ref = relative_reference(value, base_url)
+            return c.value == ref
+        if crit.modifier and crit.modifier in p.targets:
+            return c.value == f"{crit.modifier}/{value}"
+        if "/" in value:
+            return c.value == relative_reference(value, base_url)
+        targets = p.targets or ()
+        candidates = [f"{t}/{value}" for t in targets] + [value]
+        return c.value.in_(candidates)
+    if p.kind == "string":
+        if crit.modifier == "exact":
+            return c.system == value
+        norm = _escape_like(normalize_string(value))
+        if crit.modifier == "contains":
+            return c.value.like(f"%{norm}%", escape="\\")
+        return c.value.like(f"{norm}%", escape="\\")
+    if p.kind == "uri":
+        if crit.modifier == "below":
+            return c.value.like(_escape_like(value) + "%", escape="\\")
+        return c.value == value
+    if p.kind == "date":
+        prefix, text = split_prefix(value)
+        return _date_condition(prefix, c.low, c.high, text)
+    return None
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def index_exists(
+    resource_type: str,
+    param_name: str,
+    value_condition: ColumnElement[bool] | None,
+    *,
+    id_col: Any,
+    version_col: Any,
+) -> ColumnElement[bool]:
+    c = index_t.c
+    conds = [
+        c.resource_type == resource_type,
+        c.param == param_name,
+        c.resource_id == id_col,
+        c.version_id == version_col,
+    ]
+    if value_condition is not None:
+        conds.append(value_condition)
+    return exists(select(1).select_from(index_t).where(*conds))
+
+
+def criterion_condition(
+    crit: Criterion,
+    resource_type: str,
+    *,
+    id_col: Any,
+    version_col: Any,
+    last_updated_col: Any,
+    base_url: str | None,
+) -> ColumnElement[bool]:
+    p = crit.param
+    if p.name == "_id":
+        cond = id_col.in_(list(crit.values))
+        return not_(cond) if crit.modifier == "not" else cond
+    if p.name == "_lastUpdated":
+        ors = []
+        for value in crit.values:
+            prefix, text = split_prefix(value)
+            ors.append(_date_condition(prefix, last_updated_col, last_updated_col, text))
+        return or_(*ors)
+    if crit.modifier == "missing":
+        any_row = index_exists(resource_type, p.name, None, id_col=id_col, version_col=version_col)
+        return not_(any_row) if crit.values[0] == "true" else any_row
+    value_conds = [
+        vc for vc in (_value_condition(crit, v, base_url) for v in crit.values) if vc is not None
+    ]
+    matched = (
+        index_exists(resource_type, p.name, or_(*value_conds), id_col=id_col, version_col=version_col)
+        if value_conds
+        else false()
+    )
+    if crit.modifier == "not":
+        return not_(matched)
+    return matched
+
+
+def criteria_condition(
+    request: SearchRequest,
+    *,
+    id_col: Any,
+    version_col: Any,
+    last_updated_col: Any,
+    base_url: str | None,
+) -> ColumnElement[bool]:
+    conds = [
+        criterion_condition(
+            c,
+            request.resource_type,
+            id_col=id_col,
+            version_col=version_col,
+            last_updated_col=last_updated_col,
+            base_url=base_url,
+        )
+        for c in request.criteria
+    ]
+    return and_(true(), *conds)
+
+
+def sort_expression(resource_type: str, key: str) -> Any:
+    """SQL expression for a sort key on the ``resource`` table."""
+    r = resource_t.c
+    if key == "_lastUpdated":
+        return r.last_updated
+    if key == "_id":
+        return r.id
+    c = index_t.c
+    return (
+        select(c.low)
+        .where(
+            c.resource_type == resource_type,
+            c.param == key,
+            c.resource_id == r.id,
+            c.version_id == r.version_id,
+        )
+        .order_by(c.low)
+        .limit(1)
+        .scalar_subquery()
+    )

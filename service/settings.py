@@ -1,0 +1,53 @@
+"""Typed settings from ``HANDOFF_*`` environment variables (and an optional ``.env``).
+
+No module-level instance: ``get_settings()`` caches one, tests build ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./handoff.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HANDOFF_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
+    )
+    auto_migrate: bool = Field(
+        False, description="On PostgreSQL, apply migrations at start-up (SQLite always does)."
+    )
+    db_pool_size: int = Field(10, ge=1, description="Connections per replica (PostgreSQL).")
+    db_max_overflow: int = Field(5, ge=0, description="Extra connections under bursts.")
+    db_pool_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
+    public_base_url: str | None = Field(
+        None,
+        description="Public URL of the service (e.g. https://handoff.example.org). When unset, "
+        "links are built from the request (honouring X-Forwarded-* from trusted proxies).",
+    )
+    trusted_proxies: str = Field(
+        "127.0.0.1",
+        description="Comma-separated proxy addresses whose X-Forwarded-* headers are trusted "
+        "('*' trusts all).",
+    )
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="Largest request body.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    demo: bool = Field(False, description="Seed demo organizations and clients on start-up.")
+    default_page_size: int = Field(50, ge=1, le=1000)
+    max_page_size: int = Field(1000, ge=1)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

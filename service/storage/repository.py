@@ -1,0 +1,292 @@
+"""Resource persistence on SQLAlchemy Core (no ORM session on the hot paths).
+
+Functions take the caller's connection: the workflow owns the transaction, this module never
+commits. Values move as plain dataclasses and JSON text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    and_,
+    delete,
+    insert,
+    literal,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.storage.tables import IdempotencyRecord, Resource, ResourceHistory, SearchIndex
+
+resource_t = Resource.__table__  # type: ignore[attr-defined]
+history_t = ResourceHistory.__table__  # type: ignore[attr-defined]
+index_t = SearchIndex.__table__  # type: ignore[attr-defined]
+idempotency_t = IdempotencyRecord.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    resource_type: str
+    resource_id: str
+    version_id: int
+    param: str
+    system: str | None = None
+    value: str | None = None
+    low: datetime | None = None
+    high: datetime | None = None
+    number: float | None = None
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """One version of a resource as stored. ``raw`` is None for a deletion."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    raw: str | None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    stored: StoredResource
+    method: str
+    seq: int
+    txid: int
+
+
+def _txid_expression(conn: AsyncConnection) -> ColumnElement[Any]:
+    if conn.dialect.name == "postgresql":
+        return literal_column("pg_current_xact_id()::text::bigint", BigInteger)
+    return literal(0, BigInteger)
+
+
+async def get_current(
+    conn: AsyncConnection, resource_type: str, resource_id: str, *, for_update: bool = False
+) -> StoredResource | None:
+    stmt = select(
+        resource_t.c.version_id, resource_t.c.last_updated, resource_t.c.deleted, resource_t.c.raw
+    ).where(resource_t.c.resource_type == resource_type, resource_t.c.id == resource_id)
+    if for_update and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = (await conn.execute(stmt)).first()
+    if row is None:
+        return None
+    return StoredResource(resource_type, resource_id, row[0], row[1], row[2], row[3])
+
+
+async def get_version(
+    conn: AsyncConnection, resource_type: str, resource_id: str, version_id: int
+) -> StoredResource | None:
+    stmt = select(history_t.c.last_updated, history_t.c.deleted, history_t.c.raw).where(
+        history_t.c.resource_type == resource_type,
+        history_t.c.id == resource_id,
+        history_t.c.version_id == version_id,
+    )
+    row = (await conn.execute(stmt)).first()
+    if row is None:
+        return None
+    return StoredResource(resource_type, resource_id, version_id, row[0], row[1], row[2])
+
+
+async def write_version(
+    conn: AsyncConnection,
+    *,
+    stored: StoredResource,
+    method: str,
+    content: dict[str, Any] | None,
+    index: Sequence[IndexEntry],
+) -> int:
+    """Record one new version (history row, current row, index rows); returns its ``seq``."""
+    seq: int = (
+        await conn.execute(
+            insert(history_t)
+            .values(
+                txid=_txid_expression(conn),
+                resource_type=stored.resource_type,
+                id=stored.id,
+                version_id=stored.version_id,
+                last_updated=stored.last_updated,
+                method=method,
+                deleted=stored.deleted,
+                raw=stored.raw,
+            )
+            .returning(history_t.c.seq)
+        )
+    ).scalar_one()
+    values = {
+        "version_id": stored.version_id,
+        "last_updated": stored.last_updated,
+        "deleted": stored.deleted,
+        "raw": stored.raw,
+        "content": content,
+    }
+    if stored.version_id == 1:
+        await conn.execute(
+            insert(resource_t).values(resource_type=stored.resource_type, id=stored.id, **values)
+        )
+    else:
+        await conn.execute(
+            update(resource_t)
+            .where(
+                resource_t.c.resource_type == stored.resource_type, resource_t.c.id == stored.id
+            )
+            .values(**values)
+        )
+    if index:
+        await conn.execute(
+            insert(index_t),
+            [
+                {
+                    "resource_type": e.resource_type,
+                    "resource_id": e.resource_id,
+                    "version_id": e.version_id,
+                    "param": e.param,
+                    "system": e.system,
+                    "value": e.value,
+                    "low": e.low,
+                    "high": e.high,
+                    "number": e.number,
+                }
+                for e in index
+            ],
+        )
+    return seq
+
+
+def history_select(
+    *,
+    resource_type: str | None,
+    resource_id: str | None = None,
+    since: datetime | None = None,
+    before: datetime | None = None,
+) -> Select[Any]:
+    stmt = select(
+        history_t.c.resource_type,
+        history_t.c.id,
+        history_t.c.version_id,
+        history_t.c.last_updated,
+        history_t.c.deleted,
+        history_t.c.raw,
+        history_t.c.method,
+        history_t.c.seq,
+        history_t.c.txid,
+    )
+    conditions: list[ColumnElement[bool]] = []
+    if resource_type is not None:
+        conditions.append(history_t.c.resource_type == resource_type)
+    if resource_id is not None:
+        conditions.append(history_t.c.id == resource_id)
+    if since is not None:
+        conditions.append(history_t.c.last_updated >= since)
+    if before is not None:
+        conditions.append(history_t.c.last_updated < before)
+    return stmt.where(and_(*conditions)) if conditions else stmt
+
+
+def history_entry(row: Any) -> HistoryEntry:
+    stored = StoredResource(row[0], row[1], row[2], row[3], row[4], row[5])
+    return HistoryEntry(stored=stored, method=row[6], seq=row[7], txid=row[8])
+
+
+async def instance_history(
+    conn: AsyncConnection,
+    resource_type: str,
+    resource_id: str,
+    *,
+    before_version: int | None,
+    limit: int,
+    since: datetime | None = None,
+) -> list[HistoryEntry]:
+    """Versions of one resource, newest first."""
+    stmt = history_select(resource_type=resource_type, resource_id=resource_id, since=since)
+    if before_version is not None:
+        stmt = stmt.where(history_t.c.version_id < before_version)
+    stmt = stmt.order_by(history_t.c.version_id.desc()).limit(limit)
+    return [history_entry(r) for r in (await conn.execute(stmt)).all()]
+
+
+async def resource_exists(conn: AsyncConnection, resource_type: str, resource_id: str) -> bool:
+    stmt = select(resource_t.c.deleted).where(
+        resource_t.c.resource_type == resource_type, resource_t.c.id == resource_id
+    )
+    row = (await conn.execute(stmt)).first()
+    return row is not None and not row[0]
+
+
+async def purge_index(conn: AsyncConnection, resource_type: str, resource_id: str) -> None:
+    """Drop index rows of a resource (used only by maintenance/tests)."""
+    await conn.execute(
+        delete(index_t).where(
+            index_t.c.resource_type == resource_type, index_t.c.resource_id == resource_id
+        )
+    )
+
+
+# --- Idempotency records -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdempotentResponse:
+    request_hash: str
+    status_code: int
+    body: str
+
+
+async def get_idempotent_response(
+    conn: AsyncConnection, client_id: str, key: str
+) -> IdempotentResponse | None:
+    row = (
+        await conn.execute(
+            select(
+                idempotency_t.c.request_hash, idempotency_t.c.status_code, idempotency_t.c.body
+            ).where(idempotency_t.c.client_id == client_id, idempotency_t.c.key == key)
+        )
+    ).first()
+    return IdempotentResponse(row[0], row[1], row[2]) if row else None
+
+
+async def save_idempotent_response(
+    conn: AsyncConnection,
+    *,
+    client_id: str,
+    key: str,
+    request_hash: str,
+    status_code: int,
+    body: str,
+    created: datetime,
+) -> None:
+    await conn.execute(
+        insert(idempotency_t).values(
+            client_id=client_id,
+            key=key,
+            request_hash=request_hash,
+            status_code=status_code,
+            body=body,
+            created=created,
+        )
+    )
+
+
+async def lock_key(conn: AsyncConnection, key: str) -> None:
+    """Serialise transactions on one logical key until this transaction ends.
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite: write transactions already hold the
+    database's single write lock (BEGIN IMMEDIATE), so there is nothing more to take.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            select(literal_column("pg_advisory_xact_lock(hashtextextended(:k, 0))")),
+            {"k": key},
+        )

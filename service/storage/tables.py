@@ -1,0 +1,93 @@
+"""Table definitions (SQLModel), shared by the repository and by Alembic.
+
+- ``resource``: the current version of every resource (JSON as stored, plus JSONB for ad-hoc SQL).
+- ``resource_history``: every version, in a gap-free change order (``seq``, ``txid``).
+- ``search_index``: one row per search-parameter value of every version (token, reference,
+  string, date, number, uri), so search is a set of index probes on both dialects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Index, String, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from service.storage.types import AutoBigInt, JsonDocument, UtcDateTime
+
+
+class Resource(SQLModel, table=True):
+    __tablename__ = "resource"
+    __table_args__ = (Index("ix_resource_type_updated", "resource_type", "last_updated", "id"),)
+
+    resource_type: str = Field(sa_column=Column(String(64), primary_key=True))
+    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    version_id: int = Field(nullable=False)
+    last_updated: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    deleted: bool = Field(default=False, nullable=False)
+    # The JSON text exactly as served (client body + id + meta): reads never re-encode.
+    raw: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+    content: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JsonDocument, nullable=True)
+    )
+
+
+class ResourceHistory(SQLModel, table=True):
+    __tablename__ = "resource_history"
+    __table_args__ = (
+        UniqueConstraint("resource_type", "id", "version_id", name="uq_history_version"),
+        Index("ix_history_type_txid_seq", "resource_type", "txid", "seq"),
+        Index("ix_history_txid_seq", "txid", "seq"),
+    )
+
+    # Change position: assigned at insert; ``txid`` (PostgreSQL transaction id, 0 on SQLite)
+    # fences readers so that a late commit can never fall behind a cursor (see search/feed).
+    seq: int | None = Field(default=None, sa_column=Column(AutoBigInt, primary_key=True))
+    txid: int = Field(default=0, sa_column=Column(AutoBigInt, nullable=False))
+    resource_type: str = Field(sa_column=Column(String(64), nullable=False))
+    id: str = Field(sa_column=Column(String(64), nullable=False))
+    version_id: int = Field(nullable=False)
+    last_updated: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    method: str = Field(sa_column=Column(String(8), nullable=False))
+    deleted: bool = Field(default=False, nullable=False)
+    raw: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+
+
+class SearchIndex(SQLModel, table=True):
+    __tablename__ = "search_index"
+    __table_args__ = (
+        Index("ix_search_value", "resource_type", "param", "value", "resource_id", "version_id"),
+        Index("ix_search_system_value", "resource_type", "param", "system", "value"),
+        Index("ix_search_low", "resource_type", "param", "low"),
+        Index("ix_search_resource", "resource_type", "resource_id", "version_id"),
+    )
+
+    row_id: int | None = Field(default=None, sa_column=Column(AutoBigInt, primary_key=True))
+    resource_type: str = Field(sa_column=Column(String(64), nullable=False))
+    resource_id: str = Field(sa_column=Column(String(64), nullable=False))
+    version_id: int = Field(nullable=False)
+    param: str = Field(sa_column=Column(String(64), nullable=False))
+    # token: system|code; reference: "Type/id" (system = target type); string: normalised text;
+    # uri: exact; date: [low, high] instant range; number: ``number``.
+    system: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    value: str | None = Field(default=None, sa_column=Column(String(512), nullable=True))
+    low: datetime | None = Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))
+    high: datetime | None = Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))
+    number: float | None = Field(default=None, nullable=True)
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first response to an ``Idempotency-Key`` per client, replayed on retries."""
+
+    __tablename__ = "idempotency_record"
+
+    client_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    key: str = Field(sa_column=Column(String(255), primary_key=True))
+    request_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    status_code: int = Field(nullable=False)
+    body: str = Field(sa_column=Column(Text(), nullable=False))
+    created: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+
+
+metadata = SQLModel.metadata

@@ -1,0 +1,296 @@
+"""Transaction and batch Bundles posted to the FHIR base.
+
+transaction: every entry in one database transaction, all or nothing; ``urn:uuid:`` full URLs
+are given their ids first and references to them rewritten, in any order of the entries.
+batch: every entry on its own; a failed entry becomes an OperationOutcome in its response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.errors import InvalidRequestError, Issue, ServiceError
+from service.fhir.outcome import operation_outcome
+from service.fhir.resource import new_id
+from service.fhir.validate import validate_resource
+from service.search.dates import format_instant
+from service.storage.db import read_connection, write_transaction
+from service.workflows import resources as wf
+from service.workflows.context import WorkflowContext
+
+T = TypeVar("T")
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+@dataclass
+class EntryResult:
+    status: str
+    location: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    resource: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+
+    def as_entry(self, base_url: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {}
+        if self.resource is not None:
+            if "id" in self.resource and self.resource.get("resourceType") != "Bundle":
+                entry["fullUrl"] = f"{base_url}/{self.resource['resourceType']}/{self.resource['id']}"
+            entry["resource"] = self.resource
+        response: dict[str, Any] = {"status": self.status}
+        for key in ("location", "etag", "last_modified"):
+            value = getattr(self, key)
+            if value:
+                response["lastModified" if key == "last_modified" else key] = value
+        if self.outcome is not None:
+            response["outcome"] = self.outcome
+        entry["response"] = response
+        return entry
+
+
+def _entry_error(index: int, text: str) -> InvalidRequestError:
+    return InvalidRequestError(text, expression=[f"Bundle.entry[{index}]"])
+
+
+def _check_bundle(body: Any) -> tuple[str, list[dict[str, Any]]]:
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise InvalidRequestError(
+            "POST to the FHIR base takes a Bundle of type transaction or batch"
+        )
+    kind = body.get("type")
+    if kind not in ("transaction", "batch"):
+        raise InvalidRequestError(
+            f"Bundle.type must be transaction or batch, not {kind!r}", expression=["Bundle.type"]
+        )
+    entries = body.get("entry") or []
+    if not isinstance(entries, list):
+        raise InvalidRequestError("Bundle.entry must be an array", expression=["Bundle.entry"])
+    problems: list[Issue] = []
+    for i, entry in enumerate(entries):
+        where = (f"Bundle.entry[{i}]",)
+        if not isinstance(entry, dict):
+            problems.append(Issue("error", "structure", "Each entry must be an object", where))
+            continue
+        request = entry.get("request")
+        if not isinstance(request, dict) or request.get("method") not in _ORDER:
+            problems.append(
+                Issue("error", "required", "entry.request.method must be GET, POST, PUT, PATCH or DELETE", where)
+            )
+            continue
+        if not isinstance(request.get("url"), str) or not request["url"]:
+            problems.append(Issue("error", "required", "entry.request.url is required", where))
+        if request["method"] in ("POST", "PUT") and not isinstance(entry.get("resource"), dict):
+            problems.append(Issue("error", "required", f"{request['method']} entries need a resource", where))
+    if problems:
+        raise InvalidRequestError(problems[0].diagnostics, issues=problems)
+    return kind, entries
+
+
+def _rewrite_refs(node: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str) and value in mapping:
+                out[key] = mapping[value]
+            else:
+                out[key] = _rewrite_refs(value, mapping)
+        return out
+    if isinstance(node, list):
+        return [_rewrite_refs(v, mapping) for v in node]
+    return node
+
+
+def _split_url(url: str, base_url: str) -> tuple[list[str], str]:
+    if url.startswith(base_url + "/"):
+        url = url[len(base_url) + 1 :]
+    parts = urlsplit(url)
+    return [p for p in parts.path.split("/") if p], parts.query
+
+
+def _stored_result(stored: Any, status: str, base_url: str, *, location: bool) -> EntryResult:
+    return EntryResult(
+        status=status,
+        location=f"{stored.resource_type}/{stored.id}/_history/{stored.version_id}" if location else None,
+        etag=f'W/"{stored.version_id}"',
+        last_modified=format_instant(stored.last_updated),
+        resource=orjson.loads(stored.raw) if stored.raw else None,
+    )
+
+
+async def _run_entry(
+    conn: AsyncConnection, ctx: WorkflowContext, entry: dict[str, Any], *, validated: bool
+) -> EntryResult:
+    request = entry["request"]
+    method = request["method"]
+    path, query = _split_url(request["url"], ctx.base_url)
+    if method == "POST":
+        resource = entry["resource"]
+        if not path or path[0] != resource.get("resourceType") or len(path) != 1:
+            raise InvalidRequestError(f"POST url {request['url']!r} must be the resource type")
+        result = await wf.create_in(
+            conn,
+            ctx,
+            resource,
+            if_none_exist=request.get("ifNoneExist"),
+            resource_id=entry.get("_assigned_id"),
+            validated=validated,
+        )
+        return _stored_result(
+            result.stored, "201 Created" if result.created else "200 OK", ctx.base_url, location=result.created
+        )
+    if method == "PUT":
+        if len(path) != 2:
+            raise InvalidRequestError(f"PUT url {request['url']!r} must be Type/id")
+        result = await wf.update_in(
+            conn,
+            ctx,
+            path[0],
+            path[1],
+            entry["resource"],
+            if_match=wf.parse_if_match(request.get("ifMatch")),
+            validated=validated,
+        )
+        return _stored_result(
+            result.stored, "201 Created" if result.created else "200 OK", ctx.base_url, location=result.created
+        )
+    if method == "PATCH":
+        if len(path) != 2:
+            raise InvalidRequestError(f"PATCH url {request['url']!r} must be Type/id")
+        resource = entry.get("resource")
+        ops: Any = None
+        if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
+            import base64
+
+            ops = orjson.loads(base64.b64decode(resource.get("data", "")))
+        else:
+            raise InvalidRequestError("PATCH entries carry the JSON Patch as a Binary resource")
+        result = await wf.patch_in(
+            conn, ctx, path[0], path[1], ops, if_match=wf.parse_if_match(request.get("ifMatch"))
+        )
+        return _stored_result(result.stored, "200 OK", ctx.base_url, location=False)
+    if method == "DELETE":
+        if len(path) != 2:
+            raise InvalidRequestError(f"DELETE url {request['url']!r} must be Type/id")
+        await wf.delete_in(conn, ctx, path[0], path[1])
+        return EntryResult(status="204 No Content")
+    # GET / HEAD: read, vread or search
+    if len(path) == 1:
+        search = wf.parse_search_params(ctx, path[0], parse_qsl(query), strict=False)
+        page = await wf.search_in(conn, ctx, search)
+        bundle_body = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [
+                {"fullUrl": f"{ctx.base_url}/{m.resource_type}/{m.id}", "resource": orjson.loads(m.raw or "{}"), "search": {"mode": "match"}}
+                for m in page.matches
+            ],
+        }
+        return EntryResult(status="200 OK", resource=bundle_body)
+    if len(path) == 2:
+        stored = await wf.read_in(conn, ctx, path[0], path[1])
+        return _stored_result(stored, "200 OK", ctx.base_url, location=False)
+    if len(path) == 4 and path[2] == "_history":
+        stored = await wf.vread_in(conn, ctx, path[0], path[1], path[3])
+        return _stored_result(stored, "200 OK", ctx.base_url, location=False)
+    raise InvalidRequestError(f"GET url {request['url']!r} is not supported in a Bundle")
+
+
+async def process_bundle(ctx: WorkflowContext, body: Any) -> dict[str, Any]:
+    kind, entries = _check_bundle(body)
+    if kind == "transaction":
+        return await _transaction(ctx, entries)
+    return await _batch(ctx, entries)
+
+
+async def _transaction(ctx: WorkflowContext, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    prepared = [dict(e) for e in entries]
+    results: dict[int, EntryResult] = {}
+    async with write_transaction(ctx.engine) as conn:
+        # Give POST entries their ids first (or the id of the resource a conditional create
+        # matches), so urn:uuid references resolve whatever the order of the entries.
+        mapping: dict[str, str] = {}
+        for i, entry in enumerate(prepared):
+            if entry["request"]["method"] != "POST":
+                continue
+            rtype = entry["resource"].get("resourceType", "")
+            target_id = new_id()
+            condition = entry["request"].get("ifNoneExist")
+            if condition:
+                wf.check_type(rtype)
+                existing = await _positioned(i, wf.conditional_match(conn, ctx, rtype, condition))
+                if existing is not None:
+                    entry["_existing"] = existing
+                    target_id = existing.id
+            entry["_assigned_id"] = target_id
+            full = entry.get("fullUrl")
+            if isinstance(full, str) and full.startswith("urn:"):
+                if full in mapping:
+                    raise _entry_error(i, f"fullUrl {full} appears twice in the transaction")
+                mapping[full] = f"{rtype}/{target_id}"
+        problems: list[Issue] = []
+        for i, entry in enumerate(prepared):
+            if isinstance(entry.get("resource"), dict):
+                entry["resource"] = _rewrite_refs(entry["resource"], mapping)
+                if entry["request"]["method"] in ("POST", "PUT") and "_existing" not in entry:
+                    try:
+                        validate_resource(entry["resource"])
+                    except ServiceError as exc:
+                        problems.extend(_at_entry(i, exc.issues))
+        if problems:
+            raise InvalidRequestError(problems[0].diagnostics, issues=problems)
+        order = sorted(range(len(prepared)), key=lambda i: _ORDER[prepared[i]["request"]["method"]])
+        for i in order:
+            entry = prepared[i]
+            if "_existing" in entry:
+                results[i] = _stored_result(entry["_existing"], "200 OK", ctx.base_url, location=False)
+                continue
+            entry["request"] = {k: v for k, v in entry["request"].items() if k != "ifNoneExist"}
+            results[i] = await _positioned(i, _run_entry(conn, ctx, entry, validated=True))
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [results[i].as_entry(ctx.base_url) for i in range(len(prepared))],
+    }
+
+
+def _at_entry(index: int, issues: tuple[Issue, ...]) -> list[Issue]:
+    where = f"Bundle.entry[{index}]"
+    return [
+        Issue(x.severity, x.code, f"entry[{index}]: {x.diagnostics}", (where, *x.expression))
+        for x in issues
+    ]
+
+
+async def _positioned(index: int, awaitable: Awaitable[T]) -> T:
+    """Await, re-raising a ServiceError with the entry's position in every issue."""
+    try:
+        return await awaitable
+    except ServiceError as exc:
+        exc.issues = tuple(_at_entry(index, exc.issues))
+        raise
+
+
+async def _batch(ctx: WorkflowContext, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        try:
+            if entry["request"]["method"] in ("GET", "HEAD"):
+                async with read_connection(ctx.engine) as conn:
+                    result = await _run_entry(conn, ctx, entry, validated=False)
+            else:
+                async with write_transaction(ctx.engine) as conn:
+                    result = await _run_entry(conn, ctx, entry, validated=False)
+        except ServiceError as exc:
+            result = EntryResult(
+                status=f"{exc.status}",
+                outcome=operation_outcome(list(exc.issues), request_id=ctx.request_id),
+            )
+        out.append(result.as_entry(ctx.base_url))
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": out}

@@ -1,0 +1,512 @@
+"""FHIR REST interactions on stored resources: create, read, vread, update, patch, delete,
+history and search, with versioning, If-Match, If-None-Exist and the per-type write rules.
+
+The ``*_in`` functions run on the caller's connection and transaction, so transaction Bundles
+and the ``/v1`` APIs compose them; the plain functions open their own transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import jsonpatch
+import orjson
+from sqlalchemy import and_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.errors import (
+    BusinessRuleError,
+    InvalidRequestError,
+    Issue,
+    MethodNotAllowedError,
+    PreconditionFailedError,
+    ResourceGoneError,
+    ResourceNotFoundError,
+    UnsupportedMediaTypeError,
+)
+from service.fhir.r4 import SUPPORTED_TYPES
+from service.fhir.resource import ID_RE, new_id, now_ms, stamp
+from service.fhir.validate import validate_resource
+from service.search.execute import CURRENT_COLS, SearchPage, run_search
+from service.search.extract import extract_index
+from service.search.query import SearchRequest, parse_search
+from service.storage import repository as repo
+from service.storage.db import read_connection, write_transaction
+from service.storage.repository import StoredResource
+from service.workflows.context import WorkflowContext
+from service.workflows.rules import WriteEvent, WrittenEvent
+
+
+@dataclass
+class WriteResult:
+    stored: StoredResource
+    created: bool  # a new resource (201) rather than a new version of one (200)
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def status(self) -> int:
+        return 201 if self.created else 200
+
+
+def check_type(resource_type: str) -> None:
+    if resource_type not in SUPPORTED_TYPES:
+        raise ResourceNotFoundError(
+            f"Resource type '{resource_type}' is not supported here; see /fhir/metadata"
+        )
+
+
+def check_id(resource_id: str) -> None:
+    if not ID_RE.match(resource_id):
+        raise InvalidRequestError(
+            f"'{resource_id}' is not a valid FHIR id (1-64 letters, digits, '-' or '.')"
+        )
+
+
+def parse_if_match(header: str | None) -> int | None:
+    if header is None:
+        return None
+    text = header.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise InvalidRequestError(
+            f"If-Match must be a version ETag like W/\"3\", not {header!r}",
+            expression=["If-Match"],
+        )
+    return int(text)
+
+
+def parse_body(raw: bytes) -> Any:
+    if not raw:
+        raise InvalidRequestError("The request has no body; send a FHIR resource as JSON")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"The body is not valid JSON ({exc.args[0].split(':')[0]} at character {exc.pos})"
+        ) from exc
+
+
+def loads(stored: StoredResource) -> dict[str, Any]:
+    assert stored.raw is not None
+    body: dict[str, Any] = orjson.loads(stored.raw)
+    return body
+
+
+# --- reads -------------------------------------------------------------------------------------
+
+
+async def _visible(conn: AsyncConnection, ctx: WorkflowContext, rtype: str, rid: str) -> bool:
+    allowed = ctx.access(rtype, CURRENT_COLS)
+    if allowed is None:
+        return False
+    stmt = select(repo.resource_t.c.id).where(
+        and_(repo.resource_t.c.resource_type == rtype, repo.resource_t.c.id == rid, allowed)
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
+def _not_found(rtype: str, rid: str) -> ResourceNotFoundError:
+    return ResourceNotFoundError(f"{rtype}/{rid} is not known to this server")
+
+
+async def read_in(
+    conn: AsyncConnection, ctx: WorkflowContext, resource_type: str, resource_id: str
+) -> StoredResource:
+    check_type(resource_type)
+    stored = await repo.get_current(conn, resource_type, resource_id)
+    if stored is None or not await _visible(conn, ctx, resource_type, resource_id):
+        raise _not_found(resource_type, resource_id)
+    if stored.deleted:
+        raise ResourceGoneError(
+            f"{resource_type}/{resource_id} was deleted (version {stored.version_id})",
+            headers={"ETag": f'W/"{stored.version_id}"'},
+        )
+    return stored
+
+
+async def read(ctx: WorkflowContext, resource_type: str, resource_id: str) -> StoredResource:
+    async with read_connection(ctx.engine) as conn:
+        return await read_in(conn, ctx, resource_type, resource_id)
+
+
+async def vread_in(
+    conn: AsyncConnection, ctx: WorkflowContext, resource_type: str, resource_id: str, vid: str
+) -> StoredResource:
+    check_type(resource_type)
+    if not vid.isdigit():
+        raise ResourceNotFoundError(f"Version '{vid}' of {resource_type}/{resource_id} is unknown")
+    if not await _visible(conn, ctx, resource_type, resource_id):
+        raise _not_found(resource_type, resource_id)
+    stored = await repo.get_version(conn, resource_type, resource_id, int(vid))
+    if stored is None:
+        raise ResourceNotFoundError(f"Version {vid} of {resource_type}/{resource_id} is unknown")
+    if stored.deleted:
+        raise ResourceGoneError(f"Version {vid} of {resource_type}/{resource_id} is a deletion")
+    return stored
+
+
+async def vread(
+    ctx: WorkflowContext, resource_type: str, resource_id: str, vid: str
+) -> StoredResource:
+    async with read_connection(ctx.engine) as conn:
+        return await vread_in(conn, ctx, resource_type, resource_id, vid)
+
+
+async def instance_history(
+    ctx: WorkflowContext,
+    resource_type: str,
+    resource_id: str,
+    *,
+    count: int,
+    before_version: int | None,
+    since: datetime | None,
+) -> list[repo.HistoryEntry]:
+    check_type(resource_type)
+    async with read_connection(ctx.engine) as conn:
+        if not await _visible(conn, ctx, resource_type, resource_id):
+            raise _not_found(resource_type, resource_id)
+        return await repo.instance_history(
+            conn,
+            resource_type,
+            resource_id,
+            before_version=before_version,
+            limit=count + 1,
+            since=since,
+        )
+
+
+def parse_search_params(
+    ctx: WorkflowContext, resource_type: str, params: list[tuple[str, str]], *, strict: bool
+) -> SearchRequest:
+    check_type(resource_type)
+    return parse_search(
+        resource_type,
+        params,
+        strict=strict,
+        default_count=ctx.settings.default_page_size,
+        max_count=ctx.settings.max_page_size,
+    )
+
+
+async def search_in(
+    conn: AsyncConnection, ctx: WorkflowContext, request: SearchRequest
+) -> SearchPage:
+    return await run_search(conn, request, access=ctx.access, base_url=ctx.base_url)
+
+
+async def search(ctx: WorkflowContext, request: SearchRequest) -> SearchPage:
+    async with read_connection(ctx.engine) as conn:
+        return await search_in(conn, ctx, request)
+
+
+# --- writes ------------------------------------------------------------------------------------
+
+
+async def _apply_before_rules(event: WriteEvent) -> None:
+    for rule in event.ctx.rules.before.get(event.resource_type, ()):
+        await rule(event)
+
+
+async def _apply_after_rules(event: WrittenEvent) -> None:
+    for rule in event.ctx.rules.after.get(event.stored.resource_type, ()):
+        await rule(event)
+
+
+async def _store(
+    conn: AsyncConnection,
+    ctx: WorkflowContext,
+    *,
+    interaction: str,
+    resource_type: str,
+    resource_id: str,
+    body: dict[str, Any] | None,
+    current: StoredResource | None,
+) -> StoredResource:
+    """Run the rules, stamp the version and write it (history, current row, index)."""
+    current_body = loads(current) if current is not None and current.raw else None
+    event = WriteEvent(
+        conn=conn,
+        ctx=ctx,
+        interaction=interaction,  # type: ignore[arg-type]
+        resource_type=resource_type,
+        resource_id=resource_id,
+        body=body,
+        current=current,
+        current_body=current_body,
+    )
+    await _apply_before_rules(event)
+    version = (current.version_id + 1) if current is not None else 1
+    last_updated = now_ms()
+    if event.body is not None:
+        final = stamp(event.body, resource_id=resource_id, version_id=version, last_updated=last_updated)
+        raw = orjson.dumps(final).decode()
+        index = extract_index(final, version_id=version, base_url=ctx.base_url)
+    else:
+        final, raw, index = None, None, []
+    stored = StoredResource(resource_type, resource_id, version, last_updated, final is None, raw)
+    await repo.write_version(
+        conn,
+        stored=stored,
+        method={"create": "POST", "delete": "DELETE", "patch": "PATCH"}.get(interaction, "PUT"),
+        content=final,
+        index=index,
+    )
+    await _apply_after_rules(
+        WrittenEvent(
+            conn=conn,
+            ctx=ctx,
+            interaction=interaction,  # type: ignore[arg-type]
+            stored=stored,
+            body=final,
+            previous_body=current_body,
+        )
+    )
+    return stored
+
+
+def _check_client_writable(ctx: WorkflowContext, resource_type: str) -> None:
+    if resource_type in ctx.rules.server_written:
+        raise MethodNotAllowedError(
+            f"{resource_type} resources are written only by the server; clients may read and "
+            "search them"
+        )
+
+
+async def create_in(
+    conn: AsyncConnection,
+    ctx: WorkflowContext,
+    body: dict[str, Any],
+    *,
+    if_none_exist: str | None = None,
+    resource_id: str | None = None,
+    validated: bool = False,
+) -> WriteResult:
+    """Create a resource (the body's id is ignored, as FHIR requires)."""
+    resource_type = body.get("resourceType", "")
+    check_type(resource_type)
+    _check_client_writable(ctx, resource_type)
+    if not validated:
+        validate_resource(body, expected_type=resource_type)
+    if if_none_exist:
+        existing = await conditional_match(conn, ctx, resource_type, if_none_exist)
+        if existing is not None:
+            return WriteResult(stored=existing, created=False)
+    rid = resource_id or new_id()
+    stored = await _store(
+        conn,
+        ctx,
+        interaction="create",
+        resource_type=resource_type,
+        resource_id=rid,
+        body=body,
+        current=None,
+    )
+    return WriteResult(stored=stored, created=True)
+
+
+async def conditional_match(
+    conn: AsyncConnection, ctx: WorkflowContext, resource_type: str, query: str
+) -> StoredResource | None:
+    """The one resource matching ``If-None-Exist``, None for no match, 412 for several.
+
+    The search runs under a lock on (type, query), so identical concurrent requests queue
+    behind each other and the second sees the first one's resource.
+    """
+    params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    if not params:
+        raise InvalidRequestError(
+            "If-None-Exist must hold search parameters, e.g. identifier=http://sys|123",
+            expression=["If-None-Exist"],
+        )
+    request = parse_search_params(ctx, resource_type, params, strict=True)
+    request.count = 2
+    await repo.lock_key(conn, f"{resource_type}?{sorted(params)}")
+    page = await search_in(conn, ctx, request)
+    if len(page.matches) > 1:
+        raise PreconditionFailedError(
+            f"If-None-Exist '{query}' matches more than one {resource_type}; make the criteria "
+            "specific (e.g. a business identifier)",
+            expression=["If-None-Exist"],
+        )
+    return page.matches[0] if page.matches else None
+
+
+async def create(
+    ctx: WorkflowContext, body: dict[str, Any], *, if_none_exist: str | None = None
+) -> WriteResult:
+    resource_type = body.get("resourceType", "") if isinstance(body, dict) else ""
+    validate_resource(body, expected_type=resource_type or None)
+    check_type(resource_type)
+    _check_client_writable(ctx, resource_type)
+    async with write_transaction(ctx.engine) as conn:
+        return await create_in(conn, ctx, body, if_none_exist=if_none_exist, validated=True)
+
+
+async def update_in(
+    conn: AsyncConnection,
+    ctx: WorkflowContext,
+    resource_type: str,
+    resource_id: str,
+    body: dict[str, Any],
+    *,
+    if_match: int | None,
+    validated: bool = False,
+    interaction: str = "update",
+) -> WriteResult:
+    check_type(resource_type)
+    check_id(resource_id)
+    _check_client_writable(ctx, resource_type)
+    if body.get("id") != resource_id:
+        raise InvalidRequestError(
+            f"The body's id ({body.get('id')!r}) must equal the id in the URL ({resource_id!r})",
+            expression=[f"{resource_type}.id"],
+        )
+    if not validated:
+        validate_resource(body, expected_type=resource_type)
+    current = await repo.get_current(conn, resource_type, resource_id, for_update=True)
+    if current is not None and not await _visible(conn, ctx, resource_type, resource_id):
+        raise _not_found(resource_type, resource_id)
+    if current is None or current.deleted:
+        if if_match is not None and (current is None or current.version_id != if_match):
+            raise PreconditionFailedError(
+                f"{resource_type}/{resource_id} has no current version {if_match}",
+                expression=["If-Match"],
+            )
+    else:
+        if if_match is None and resource_type in ctx.rules.if_match_required:
+            raise PreconditionFailedError(
+                f"Updating a {resource_type} requires If-Match with its current version "
+                f'(W/"{current.version_id}"), so that concurrent changes are never lost',
+                expression=["If-Match"],
+            )
+        if if_match is not None and if_match != current.version_id:
+            raise PreconditionFailedError(
+                f"{resource_type}/{resource_id} is at version {current.version_id}, not {if_match}:"
+                " read it again, reapply your change and retry",
+                expression=["If-Match"],
+                headers={"ETag": f'W/"{current.version_id}"'},
+            )
+    stored = await _store(
+        conn,
+        ctx,
+        interaction=interaction,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        body=body,
+        current=current,
+    )
+    return WriteResult(stored=stored, created=current is None)
+
+
+async def update(
+    ctx: WorkflowContext,
+    resource_type: str,
+    resource_id: str,
+    body: Any,
+    *,
+    if_match: int | None,
+) -> WriteResult:
+    validate_resource(body, expected_type=resource_type)
+    async with write_transaction(ctx.engine) as conn:
+        return await update_in(
+            conn, ctx, resource_type, resource_id, body, if_match=if_match, validated=True
+        )
+
+
+async def patch_in(
+    conn: AsyncConnection,
+    ctx: WorkflowContext,
+    resource_type: str,
+    resource_id: str,
+    operations: Any,
+    *,
+    if_match: int | None,
+) -> WriteResult:
+    """JSON Patch (RFC 6902): applied to the current version, then validated like an update."""
+    check_type(resource_type)
+    if not isinstance(operations, list):
+        raise InvalidRequestError("A JSON Patch body is an array of operations")
+    current = await read_in(conn, ctx, resource_type, resource_id)
+    try:
+        patched = jsonpatch.JsonPatch(operations).apply(loads(current))
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise BusinessRuleError(f"The JSON Patch cannot be applied: {exc}") from exc
+    except (TypeError, KeyError, ValueError) as exc:
+        raise InvalidRequestError(f"The JSON Patch is malformed: {type(exc).__name__}") from exc
+    if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:
+        raise BusinessRuleError("A patch may not change resourceType")
+    if patched.get("id") != resource_id:
+        raise BusinessRuleError("A patch may not change the id")
+    validate_resource(patched, expected_type=resource_type)
+    return await update_in(
+        conn,
+        ctx,
+        resource_type,
+        resource_id,
+        patched,
+        if_match=if_match if if_match is not None else current.version_id,
+        validated=True,
+        interaction="patch",
+    )
+
+
+async def patch(
+    ctx: WorkflowContext,
+    resource_type: str,
+    resource_id: str,
+    operations: Any,
+    *,
+    if_match: int | None,
+) -> WriteResult:
+    async with write_transaction(ctx.engine) as conn:
+        return await patch_in(conn, ctx, resource_type, resource_id, operations, if_match=if_match)
+
+
+async def delete_in(
+    conn: AsyncConnection, ctx: WorkflowContext, resource_type: str, resource_id: str
+) -> StoredResource | None:
+    """Logical delete: a new version marked deleted. Returns None if it was already deleted."""
+    check_type(resource_type)
+    _check_client_writable(ctx, resource_type)
+    if resource_type in ctx.rules.undeletable:
+        raise MethodNotAllowedError(
+            f"{resource_type} resources cannot be deleted"
+            + (
+                "; revoke a consent by setting its status to inactive"
+                if resource_type == "Consent"
+                else ""
+            )
+        )
+    current = await repo.get_current(conn, resource_type, resource_id, for_update=True)
+    if current is None or not await _visible(conn, ctx, resource_type, resource_id):
+        raise _not_found(resource_type, resource_id)
+    if current.deleted:
+        return None
+    return await _store(
+        conn,
+        ctx,
+        interaction="delete",
+        resource_type=resource_type,
+        resource_id=resource_id,
+        body=None,
+        current=current,
+    )
+
+
+async def delete(
+    ctx: WorkflowContext, resource_type: str, resource_id: str
+) -> StoredResource | None:
+    async with write_transaction(ctx.engine) as conn:
+        return await delete_in(conn, ctx, resource_type, resource_id)
+
+
+def require_json_patch(content_type: str) -> None:
+    if not content_type.split(";")[0].strip().lower() == "application/json-patch+json":
+        raise UnsupportedMediaTypeError(
+            "PATCH takes a JSON Patch document with Content-Type application/json-patch+json"
+        )

@@ -1,0 +1,192 @@
+"""Create, read, vread, update, delete and history over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from tests.builders import FHIR_JSON, organization, patient, task
+
+
+async def test_create_returns_201_with_location_etag_and_body(client: httpx.AsyncClient) -> None:
+    r = await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["resourceType"] == "Task"
+    assert body["meta"]["versionId"] == "1"
+    assert body["meta"]["lastUpdated"].endswith("Z")
+    assert len(body["meta"]["lastUpdated"]) == len("2026-11-26T10:00:00.000Z")
+    assert r.headers["ETag"] == 'W/"1"'
+    assert r.headers["Location"] == f"http://testserver/fhir/Task/{body['id']}/_history/1"
+    assert r.headers["content-type"].startswith("application/fhir+json")
+    assert "Last-Modified" in r.headers
+
+
+async def test_create_ignores_client_id_and_keeps_extensions(client: httpx.AsyncClient) -> None:
+    body = task()
+    body["id"] = "client-chosen"
+    body["extension"] = [{"url": "https://example.org/x", "valueString": "kept"}]
+    r = await client.post("/fhir/Task", json=body, headers=FHIR_JSON)
+    assert r.status_code == 201
+    assert r.json()["id"] != "client-chosen"
+    assert r.json()["extension"] == body["extension"]
+
+
+async def test_read_and_vread(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)).json()
+    r = await client.get(f"/fhir/Patient/{created['id']}")
+    assert r.status_code == 200
+    assert r.json() == created
+    assert r.headers["ETag"] == 'W/"1"'
+    v = await client.get(f"/fhir/Patient/{created['id']}/_history/1")
+    assert v.status_code == 200 and v.json() == created
+    missing = await client.get(f"/fhir/Patient/{created['id']}/_history/7")
+    assert missing.status_code == 404
+    assert missing.json()["resourceType"] == "OperationOutcome"
+
+
+async def test_read_unknown_is_404_outcome(client: httpx.AsyncClient) -> None:
+    r = await client.get("/fhir/Task/does-not-exist")
+    assert r.status_code == 404
+    outcome = r.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["code"] == "not-found"
+    assert "Task/does-not-exist" in outcome["issue"][0]["diagnostics"]
+
+
+async def test_update_with_if_match_and_stale_if_match(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    tid = created["id"]
+    updated = dict(created, status="accepted")
+    r = await client.put(f"/fhir/Task/{tid}", json=updated, headers={**FHIR_JSON, "If-Match": 'W/"1"'})
+    assert r.status_code == 200, r.text
+    assert r.json()["meta"]["versionId"] == "2"
+    assert r.headers["ETag"] == 'W/"2"'
+    stale = await client.put(
+        f"/fhir/Task/{tid}", json=dict(created, status="rejected"), headers={**FHIR_JSON, "If-Match": 'W/"1"'}
+    )
+    assert stale.status_code == 412
+    assert stale.json()["resourceType"] == "OperationOutcome"
+    assert "version 2" in stale.json()["issue"][0]["diagnostics"]
+    assert (await client.get(f"/fhir/Task/{tid}")).json()["status"] == "accepted"
+
+
+async def test_task_update_requires_if_match(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    r = await client.put(f"/fhir/Task/{created['id']}", json=created, headers=FHIR_JSON)
+    assert r.status_code == 412
+    assert "If-Match" in r.json()["issue"][0]["diagnostics"]
+
+
+async def test_if_match_optional_for_other_types(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)).json()
+    r = await client.put(
+        f"/fhir/Organization/{created['id']}", json=dict(created, name="Renamed"), headers=FHIR_JSON
+    )
+    assert r.status_code == 200
+    assert r.json()["name"] == "Renamed"
+
+
+async def test_update_id_mismatch_is_400(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)).json()
+    r = await client.put(
+        f"/fhir/Organization/{created['id']}", json=dict(created, id="other"), headers=FHIR_JSON
+    )
+    assert r.status_code == 400
+    assert "must equal the id in the URL" in r.json()["issue"][0]["diagnostics"]
+
+
+async def test_update_creates_with_client_id(client: httpx.AsyncClient) -> None:
+    body = dict(organization(), id="org-chosen")
+    r = await client.put("/fhir/Organization/org-chosen", json=body, headers=FHIR_JSON)
+    assert r.status_code == 201
+    assert r.headers["Location"].endswith("/fhir/Organization/org-chosen/_history/1")
+
+
+async def test_delete_then_read_is_410_and_history_keeps_versions(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)).json()
+    oid = created["id"]
+    r = await client.delete(f"/fhir/Organization/{oid}")
+    assert r.status_code == 200
+    assert r.json()["resourceType"] == "OperationOutcome"
+    gone = await client.get(f"/fhir/Organization/{oid}")
+    assert gone.status_code == 410
+    assert gone.json()["issue"][0]["code"] == "deleted"
+    hist = (await client.get(f"/fhir/Organization/{oid}/_history")).json()
+    assert hist["type"] == "history"
+    assert [e["response"]["status"] for e in hist["entry"]] == ["410 Gone", "201 Created"]
+    assert hist["entry"][0]["request"]["method"] == "DELETE"
+    # deleted resources leave search
+    found = (await client.get("/fhir/Organization", params={"_id": oid})).json()
+    assert found.get("entry", []) == []
+
+
+async def test_audit_event_cannot_be_written_by_clients(client: httpx.AsyncClient) -> None:
+    body = {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+        "recorded": "2026-11-26T10:00:00Z",
+        "agent": [{"requestor": True}],
+        "source": {"observer": {"display": "x"}},
+    }
+    r = await client.post("/fhir/AuditEvent", json=body, headers=FHIR_JSON)
+    assert r.status_code == 405
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert (await client.put("/fhir/AuditEvent/x", json=body, headers=FHIR_JSON)).status_code == 405
+    assert (await client.delete("/fhir/AuditEvent/x")).status_code == 405
+
+
+async def test_consent_cannot_be_deleted(client: httpx.AsyncClient) -> None:
+    r = await client.delete("/fhir/Consent/whatever")
+    assert r.status_code == 405
+    assert "revoke" in r.json()["issue"][0]["diagnostics"]
+
+
+async def test_history_instance_and_type(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    tid = created["id"]
+    await client.put(f"/fhir/Task/{tid}", json=dict(created, status="accepted"), headers={**FHIR_JSON, "If-Match": 'W/"1"'})
+    hist = (await client.get(f"/fhir/Task/{tid}/_history")).json()
+    assert [e["resource"]["meta"]["versionId"] for e in hist["entry"]] == ["2", "1"]
+    assert hist["entry"][0]["request"] == {"method": "PUT", "url": f"Task/{tid}"}
+    one = (await client.get(f"/fhir/Task/{tid}/_history", params={"_count": 1})).json()
+    assert len(one["entry"]) == 1
+    nxt = next(link["url"] for link in one["link"] if link["relation"] == "next")
+    second = (await client.get(nxt)).json()
+    assert [e["resource"]["meta"]["versionId"] for e in second["entry"]] == ["1"]
+    typ = (await client.get("/fhir/Task/_history")).json()
+    assert len(typ["entry"]) == 2
+
+
+async def test_prefer_return_minimal_and_outcome(client: httpx.AsyncClient) -> None:
+    r = await client.post("/fhir/Task", json=task(), headers={**FHIR_JSON, "Prefer": "return=minimal"})
+    assert r.status_code == 201 and r.content == b""
+    assert "Location" in r.headers
+    r = await client.post(
+        "/fhir/Task", json=task(), headers={**FHIR_JSON, "Prefer": "return=OperationOutcome"}
+    )
+    assert r.status_code == 201
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+async def test_application_json_accepted(client: httpx.AsyncClient) -> None:
+    r = await client.post("/fhir/Task", json=task(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 201
+
+
+async def test_concurrent_updates_never_lose_one(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)).json()
+    oid = created["id"]
+
+    async def rename(i: int) -> int:
+        body = dict(created, name=f"name-{i}")
+        r = await client.put(
+            f"/fhir/Organization/{oid}", json=body, headers={**FHIR_JSON, "If-Match": 'W/"1"'}
+        )
+        return r.status_code
+
+    statuses = await asyncio.gather(*(rename(i) for i in range(8)))
+    assert sorted(statuses) == [200] + [412] * 7
+    current = (await client.get(f"/fhir/Organization/{oid}")).json()
+    assert current["meta"]["versionId"] == "2"

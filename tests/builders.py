@@ -1,0 +1,56 @@
+"""Hand-written builders of FHIR JSON for tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+
+def organization(name: str = "Harbor OTP", identifier: str = "org-1") -> dict[str, Any]:
+    return {
+        "resourceType": "Organization",
+        "identifier": [{"system": "https://example.org/orgs", "value": identifier}],
+        "name": name,
+        "active": True,
+    }
+
+
+def patient(family: str = "Doe", given: str = "Jane", booking: str = "B-1") -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": "https://jail.example.org/booking", "value": booking}],
+        "name": [{"family": family, "given": [given]}],
+        "gender": "female",
+        "birthDate": "1990-04-02",
+    }
+
+
+def task(
+    *,
+    status: str = "requested",
+    owner: str | None = "Organization/prov-1",
+    requester: str = "Organization/jail-1",
+    patient_ref: str = "Patient/p1",
+    focus: str = "ServiceRequest/sr1",
+    identifier: str | None = None,
+    authored_on: str = "2026-11-20T10:00:00Z",
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "resourceType": "Task",
+        "status": status,
+        "intent": "order",
+        "priority": "routine",
+        "code": {
+            "coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]
+        },
+        "focus": {"reference": focus},
+        "for": {"reference": patient_ref},
+        "authoredOn": authored_on,
+        "requester": {"reference": requester},
+    }
+    if owner:
+        body["owner"] = {"reference": owner}
+    if identifier:
+        body["identifier"] = [{"system": "https://jail.example.org/referral", "value": identifier}]
+    return body

@@ -1,0 +1,110 @@
+"""Shared fixtures: every API test runs on SQLite and on PostgreSQL.
+
+PostgreSQL comes from HANDOFF_TEST_POSTGRES_URL (default: the local server's `test` database).
+One scratch database per test session is created from it, migrated with Alembic, and its
+tables emptied between tests. Without a reachable server the PostgreSQL runs skip, except
+under CI (the CI environment variable), where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.app import create_app
+from service.settings import Settings
+from service.storage.db import create_engine
+from service.storage.migrate import upgrade
+
+DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+TABLES = ("resource", "resource_history", "search_index", "idempotency_record")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: runs on SQLite alone")
+
+
+async def _pg_admin(url: str, statement: str) -> None:
+    import asyncpg
+
+    u = make_url(url)
+    conn = await asyncpg.connect(
+        host=u.host, port=u.port or 5432, user=u.username, password=u.password, database=u.database
+    )
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    base = os.environ.get("HANDOFF_TEST_POSTGRES_URL", DEFAULT_PG)
+    name = f"handoff_test_{uuid.uuid4().hex[:10]}"
+    try:
+        asyncio.run(_pg_admin(base, f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # unreachable server
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI but unreachable at {base}: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {base} ({exc}); set HANDOFF_TEST_POSTGRES_URL")
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    asyncio.run(_pg_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        target = tmp_path / "handoff.db"
+        shutil.copy(template, target)
+        return f"sqlite+aiosqlite:///{target}"
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("SQLite-only test")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, public_base_url=None, _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings)
+    if engine.dialect.name == "postgresql":
+        async with engine.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings, engine: AsyncEngine):  # type: ignore[no-untyped-def]
+    return create_app(settings, engine=engine)
+
+
+@pytest.fixture
+async def client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
