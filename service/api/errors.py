@@ -7,6 +7,7 @@ the log line of the failure also carries.
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -45,11 +46,15 @@ _HTTP_ISSUE = {
 
 
 def outcome_response(
-    status: int, issues: list[Issue] | tuple[Issue, ...], headers: dict[str, str] | None = None
+    status: int,
+    issues: list[Issue] | tuple[Issue, ...],
+    headers: dict[str, str] | None = None,
+    *,
+    request_id: str | None = None,
 ) -> Response:
     from service.api.responses import fhir_json
 
-    request_id = request_id_var.get()
+    request_id = request_id or request_id_var.get()
     body = operation_outcome(list(issues), request_id=request_id)
     out_headers = dict(headers or {})
     if request_id:
@@ -112,7 +117,17 @@ def _database_unavailable(exc: Exception) -> bool:
     return isinstance(exc, OSError | ConnectionError)
 
 
-async def handle_unexpected(_request: Request, exc: Exception) -> Response:
+def _safe_traceback(exc: BaseException) -> str:
+    """Where it failed, without the exception's message (which may quote health data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "/service/" in f.filename]
+    chosen = [*ours[-6:], frames[-1]] if frames else []
+    return " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(chosen))
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    # This handler runs outside the request-id middleware: read the id from the request state.
+    request_id = getattr(request.state, "request_id", None)
     if _database_unavailable(exc):
         logger.warning("database unavailable: %s", type(exc).__name__)
         return outcome_response(
@@ -125,9 +140,15 @@ async def handle_unexpected(_request: Request, exc: Exception) -> Response:
                 )
             ],
             {"Retry-After": "5"},
+            request_id=request_id,
         )
     # Never echo the exception: its text may hold health data. The request id links to the log.
-    logger.exception("unhandled error (%s)", type(exc).__name__)
+    logger.error(
+        "unhandled %s at %s",
+        type(exc).__name__,
+        _safe_traceback(exc),
+        extra={"request_id": request_id},
+    )
     return outcome_response(
         500,
         [
@@ -135,9 +156,10 @@ async def handle_unexpected(_request: Request, exc: Exception) -> Response:
                 "error",
                 "exception",
                 "An unexpected error occurred; report the request id "
-                f"{request_id_var.get() or '(none)'} to the operators",
+                f"{request_id or '(none)'} to the operators",
             )
         ],
+        request_id=request_id,
     )
 
 

@@ -66,8 +66,27 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send_with_id(message)
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            # Answer here rather than let Starlette's ServerErrorMiddleware re-raise: the server
+            # would then log the exception text, which may quote health data.
+            from starlette.requests import Request
+
+            from service.api.errors import handle_unexpected
+
+            if started:
+                raise
+            response = await handle_unexpected(Request(scope), exc)
+            await response(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -286,7 +287,4 @@ async def lock_key(conn: AsyncConnection, key: str) -> None:
     database's single write lock (BEGIN IMMEDIATE), so there is nothing more to take.
     """
     if conn.dialect.name == "postgresql":
-        await conn.execute(
-            select(literal_column("pg_advisory_xact_lock(hashtextextended(:k, 0))")),
-            {"k": key},
-        )
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})

@@ -1,0 +1,94 @@
+"""Every error under /fhir is an OperationOutcome with the right status."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.builders import FHIR_JSON, task
+
+
+def assert_outcome(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/fhir+json")
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"], body
+    assert all(i.get("diagnostics") for i in body["issue"])
+    if code:
+        assert body["issue"][0]["code"] == code
+    return body
+
+
+async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post("/fhir/Task", content=b'{"resourceType": "Task",', headers=FHIR_JSON)
+    body = assert_outcome(r, 400)
+    assert "not valid JSON" in body["issue"][0]["diagnostics"]
+
+
+async def test_wrong_resource_type_for_url_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post("/fhir/Task", json={"resourceType": "Patient"}, headers=FHIR_JSON)
+    assert_outcome(r, 400)
+
+
+async def test_xml_content_type_is_415(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/fhir/Task", content=b"<Task/>", headers={"Content-Type": "application/fhir+xml"}
+    )
+    assert_outcome(r, 415, "not-supported")
+
+
+@pytest.mark.parametrize(
+    ("params", "headers"),
+    [({"_format": "xml"}, {}), ({}, {"Accept": "application/fhir+xml"})],
+)
+async def test_xml_requested_is_406(client: httpx.AsyncClient, params: dict, headers: dict) -> None:
+    r = await client.get("/fhir/metadata", params=params, headers=headers)
+    assert_outcome(r, 406, "not-supported")
+
+
+async def test_format_json_is_honoured(client: httpx.AsyncClient) -> None:
+    r = await client.get("/fhir/metadata", params={"_format": "json"})
+    assert r.status_code == 200
+    assert r.json()["resourceType"] == "CapabilityStatement"
+
+
+async def test_unknown_route_and_type_are_404(client: httpx.AsyncClient) -> None:
+    assert_outcome(await client.get("/fhir/Nonsense"), 404, "not-found")
+    assert_outcome(await client.get("/fhir/Task/a/b/c/d"), 404)
+
+
+async def test_unsupported_method_is_405(client: httpx.AsyncClient) -> None:
+    assert_outcome(await client.delete("/fhir/Task"), 405, "not-supported")
+
+
+async def test_oversized_body_is_413(app, client: httpx.AsyncClient) -> None:
+    limit = app.state.settings.max_body_bytes
+    big = task()
+    big["description"] = "x" * (limit + 10)
+    r = await client.post("/fhir/Task", json=big, headers=FHIR_JSON)
+    assert_outcome(r, 413, "too-costly")
+
+
+async def test_bad_if_match_is_400(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    r = await client.put(
+        f"/fhir/Task/{created['id']}", json=created, headers={**FHIR_JSON, "If-Match": "banana"}
+    )
+    assert_outcome(r, 400)
+
+
+async def test_unexpected_error_is_500_without_leaking(app, client: httpx.AsyncClient, monkeypatch) -> None:
+    from service.workflows import resources
+
+    async def boom(*_a, **_k):
+        raise RuntimeError("Jane Doe DOB 1990-04-02 secret")
+
+    monkeypatch.setattr(resources, "read", boom)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        r = await c.get("/fhir/Task/x", headers={"X-Request-ID": "req-123"})
+    body = assert_outcome(r, 500, "exception")
+    assert "Jane" not in r.text and "secret" not in r.text
+    assert "req-123" in body["issue"][0]["diagnostics"]
+    assert r.headers["X-Request-ID"] == "req-123"
