@@ -3,7 +3,7 @@
 #   docker build -t handoff .
 #   docker run --read-only --tmpfs /tmp -p 8000:8000 handoff
 # The builder stage installs the project (runtime dependencies only, no [test] extra) into a
-# virtualenv; the runtime stage copies that virtualenv plus the Alembic files and nothing else.
+# virtualenv (migrations included); the runtime stage copies that virtualenv and nothing else.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -18,12 +18,12 @@ WORKDIR /src
 RUN python -m venv --without-pip /opt/venv
 COPY pyproject.toml README.md ./
 COPY service/ service/
+# The Alembic scripts are a package of the project (``migrations``), so `handoff migrate`
+# finds them in site-packages whatever the working directory.
+COPY migrations/ migrations/
+# Bytecode is compiled here because the runtime root filesystem is read-only.
 RUN pip --python /opt/venv/bin/python install --no-compile . \
     && /opt/venv/bin/python -m compileall -q /opt/venv
-COPY alembic.ini ./app/alembic.ini
-COPY migrations/ ./app/migrations/
-# Bytecode is compiled here because the runtime root filesystem is read-only.
-RUN /opt/venv/bin/python -m compileall -q /src/app/migrations
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="handoff" \
@@ -42,8 +42,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HANDOFF_DATABASE_URL=sqlite+aiosqlite:////tmp/handoff.db
 # ^ only /tmp is writable; production overrides the URL with PostgreSQL (Helm: from a Secret).
 COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder --chown=root:root /src/app /app
-WORKDIR /app
+WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8000
 # No curl in the slim image: probe /healthz with the interpreter that runs the service.
