@@ -40,8 +40,8 @@ def prepare_database(settings: Settings) -> None:
     current = asyncio.run(_revision(settings))
     if current != head_revision():
         sys.exit(
-            f"The database at {_redacted(settings.database_url)} is at migration {current or 'none'}"
-            f", not {head_revision()}. Run `handoff migrate` first (or set "
+            f"The database at {_redacted(settings.database_url)} is at migration "
+            f"{current or 'none'}, not {head_revision()}. Run `handoff migrate` first (or set "
             "HANDOFF_AUTO_MIGRATE=true to migrate at start-up)."
         )
 

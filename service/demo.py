@@ -66,7 +66,9 @@ def _org(key: str, name: str, org_type: str) -> dict[str, Any]:
         "type": [{"coding": [{"system": ORG_TYPE, "code": org_type}]}],
         "name": name,
         "telecom": [{"system": "phone", "value": "555-0100", "use": "work"}],
-        "address": [{"line": ["100 Main St"], "city": "Riverbend", "state": "OH", "postalCode": "43001"}],
+        "address": [
+            {"line": ["100 Main St"], "city": "Riverbend", "state": "OH", "postalCode": "43001"}
+        ],
     }
 
 
@@ -77,7 +79,12 @@ def _location(key: str, name: str, org_id: str) -> dict[str, Any]:
         "identifier": [{"system": DEMO_SYSTEM, "value": f"{key}-site"}],
         "status": "active",
         "name": f"{name} main site",
-        "address": {"line": ["100 Main St"], "city": "Riverbend", "state": "OH", "postalCode": "43001"},
+        "address": {
+            "line": ["100 Main St"],
+            "city": "Riverbend",
+            "state": "OH",
+            "postalCode": "43001",
+        },
         "managingOrganization": {"reference": f"Organization/{org_id}"},
     }
 
@@ -92,7 +99,17 @@ def _service(
         "identifier": [{"system": DEMO_SYSTEM, "value": f"{key}-service-{index}"}],
         "active": True,
         "providedBy": {"reference": f"Organization/{org_id}"},
-        "type": [{"coding": [{"system": "https://handoff.dev/fhir/CodeSystem/service", "code": code, "display": display}]}],
+        "type": [
+            {
+                "coding": [
+                    {
+                        "system": "https://handoff.dev/fhir/CodeSystem/service",
+                        "code": code,
+                        "display": display,
+                    }
+                ]
+            }
+        ],
         "name": name,
         "location": [{"reference": f"Location/{location_id}"}],
     }

@@ -104,13 +104,17 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
     else:
         text = str(exc.detail)
     headers: dict[str, Any] = dict(exc.headers or {})
-    return outcome_response(status, [Issue("error", _HTTP_ISSUE.get(status, "processing"), text)], headers)
+    return outcome_response(
+        status, [Issue("error", _HTTP_ISSUE.get(status, "processing"), text)], headers
+    )
 
 
 def _database_unavailable(exc: Exception) -> bool:
     if isinstance(exc, PoolTimeoutError | InterfaceError):
         return True
-    if isinstance(exc, OperationalError | DBAPIError) and getattr(exc, "connection_invalidated", False):
+    if isinstance(exc, OperationalError | DBAPIError) and getattr(
+        exc, "connection_invalidated", False
+    ):
         return True
     if isinstance(exc, OperationalError):
         return True
@@ -122,7 +126,9 @@ def _safe_traceback(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if "/service/" in f.filename]
     chosen = [*ours[-6:], frames[-1]] if frames else []
-    return " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(chosen))
+    return " <- ".join(
+        f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(chosen)
+    )
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

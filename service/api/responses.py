@@ -21,7 +21,9 @@ class FhirResponse(Response):
     media_type = FHIR_JSON
 
 
-def fhir_json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+def fhir_json(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     body = content if isinstance(content, bytes) else orjson.dumps(content)
     return FhirResponse(content=body, status_code=status_code, headers=headers)
 

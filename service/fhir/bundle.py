@@ -91,7 +91,9 @@ def searchset(
     for inc in included:
         entries.append(
             entry_bytes(
-                full=full_url(base_url, inc), resource_raw=inc.raw, extra={"search": {"mode": "include"}}
+                full=full_url(base_url, inc),
+                resource_raw=inc.raw,
+                extra={"search": {"mode": "include"}},
             )
         )
     if issues:

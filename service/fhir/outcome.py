@@ -11,7 +11,11 @@ from service.errors import Issue
 def operation_outcome(issues: Sequence[Issue], *, request_id: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": []}
     for i in issues:
-        item: dict[str, Any] = {"severity": i.severity, "code": i.code, "diagnostics": i.diagnostics}
+        item: dict[str, Any] = {
+            "severity": i.severity,
+            "code": i.code,
+            "diagnostics": i.diagnostics,
+        }
         if i.expression:
             item["expression"] = list(i.expression)
         out["issue"].append(item)

@@ -8,7 +8,7 @@ with an inclusive ``high`` (the last microsecond of the range).
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -42,13 +42,11 @@ def parse_range(text: str) -> tuple[datetime, datetime] | None:
         if g["H"] is None:
             low = datetime(year, month, day, tzinfo=UTC)
             return low, low + timedelta(days=1) - _ONE_US
-        tz = UTC
+        tz: tzinfo = UTC
         if g["tz"] and g["tz"] != "Z":
             sign = 1 if g["tz"][0] == "+" else -1
             hours, minutes = int(g["tz"][1:3]), int(g["tz"][4:6])
-            from datetime import timezone
-
-            tz = timezone(sign * timedelta(hours=hours, minutes=minutes))  # type: ignore[assignment]
+            tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
         hour, minute = int(g["H"]), int(g["M"])
         if g["S"] is None:
             low = datetime(year, month, day, hour, minute, tzinfo=tz)

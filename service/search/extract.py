@@ -88,9 +88,9 @@ def _dates(value: Any) -> Iterator[tuple[Any, Any]]:
             yield low, high
 
 
-def entries_for(param: SearchParam, resource: dict[str, Any], base_url: str | None) -> Iterator[
-    tuple[str | None, str | None, Any, Any]
-]:
+def entries_for(
+    param: SearchParam, resource: dict[str, Any], base_url: str | None
+) -> Iterator[tuple[str | None, str | None, Any, Any]]:
     """(system, value, low, high) tuples of one parameter."""
     for path in param.paths:
         for raw in walk(resource, path):

@@ -91,9 +91,11 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("category", "token", "category"),
         _p("code", "token", "code"),
         _p("requester", "reference", "requester", targets=_ORG_ROLE),
-        _p("performer", "reference", "performer", targets=_ORG_ROLE + ("HealthcareService",)),
+        _p("performer", "reference", "performer", targets=(*_ORG_ROLE, "HealthcareService")),
         _p("authored", "date", "authoredOn"),
-        _p("occurrence", "date", "occurrenceDateTime", "occurrencePeriod", "occurrenceTiming.event"),
+        _p(
+            "occurrence", "date", "occurrenceDateTime", "occurrencePeriod", "occurrenceTiming.event"
+        ),
         _p("identifier", "token", "identifier"),
         _p("based-on", "reference", "basedOn", targets=_ANY),
         _p("supporting-info", "reference", "supportingInfo", targets=_ANY),
@@ -194,7 +196,7 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
     ),
     "AuditEvent": (
         _p("date", "date", "recorded"),
-        _p("agent", "reference", "agent.who", targets=_ORG_ROLE + ("Device",)),
+        _p("agent", "reference", "agent.who", targets=(*_ORG_ROLE, "Device")),
         _p("entity", "reference", "entity.what", targets=_ANY),
         _p("patient", "reference", "entity.what", targets=_PATIENT),
         _p("type", "token", "type"),
@@ -256,5 +258,7 @@ def params_for(resource_type: str) -> dict[str, SearchParam]:
 def indexed_params(resource_type: str) -> tuple[SearchParam, ...]:
     """Parameters whose values go into ``search_index`` (``_id``/``_lastUpdated`` do not)."""
     return tuple(
-        p for p in (*COMMON, *BY_TYPE.get(resource_type, ())) if p.name not in {"_id", "_lastUpdated"}
+        p
+        for p in (*COMMON, *BY_TYPE.get(resource_type, ()))
+        if p.name not in {"_id", "_lastUpdated"}
     )

@@ -229,7 +229,9 @@ def _parse_result_param(
             if key not in SORTABLE or key not in params_for(request.resource_type):
                 raise _bad(
                     f"Cannot sort {request.resource_type} by '{key}'; sortable: "
-                    + ", ".join(sorted(k for k in SORTABLE if k in params_for(request.resource_type))),
+                    + ", ".join(
+                        sorted(k for k in SORTABLE if k in params_for(request.resource_type))
+                    ),
                     name,
                 )
             request.sort.append((key, desc))
@@ -276,7 +278,9 @@ def _parse_include(value: str, *, iterate: bool, name: str) -> Include:
 # --- SQL -------------------------------------------------------------------------------------
 
 
-def _date_condition(prefix: str, low_col: Any, high_col: Any, value: str) -> ColumnElement[bool]:
+def _date_condition(
+    prefix: str, low_col: ColumnElement[Any], high_col: ColumnElement[Any], value: str
+) -> ColumnElement[bool]:
     rng = parse_range(value)
     assert rng is not None  # checked by parse_search
     s_low, s_high = rng
@@ -382,7 +386,7 @@ def criterion_condition(
 ) -> ColumnElement[bool]:
     p = crit.param
     if p.name == "_id":
-        cond = id_col.in_(list(crit.values))
+        cond: ColumnElement[bool] = id_col.in_(list(crit.values))
         return not_(cond) if crit.modifier == "not" else cond
     if p.name == "_lastUpdated":
         ors = []
@@ -397,7 +401,9 @@ def criterion_condition(
         vc for vc in (_value_condition(crit, v, base_url) for v in crit.values) if vc is not None
     ]
     matched = (
-        index_exists(resource_type, p.name, or_(*value_conds), id_col=id_col, version_col=version_col)
+        index_exists(
+            resource_type, p.name, or_(*value_conds), id_col=id_col, version_col=version_col
+        )
         if value_conds
         else false()
     )

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
+    Table,
     and_,
     delete,
     insert,
@@ -28,10 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage.tables import IdempotencyRecord, Resource, ResourceHistory, SearchIndex
 
-resource_t = Resource.__table__  # type: ignore[attr-defined]
-history_t = ResourceHistory.__table__  # type: ignore[attr-defined]
-index_t = SearchIndex.__table__  # type: ignore[attr-defined]
-idempotency_t = IdempotencyRecord.__table__  # type: ignore[attr-defined]
+# SQLModel types ``__table__`` loosely; these are the Core tables the queries use.
+resource_t = cast(Table, Resource.__table__)  # type: ignore[attr-defined]
+history_t = cast(Table, ResourceHistory.__table__)  # type: ignore[attr-defined]
+index_t = cast(Table, SearchIndex.__table__)  # type: ignore[attr-defined]
+idempotency_t = cast(Table, IdempotencyRecord.__table__)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -140,9 +142,7 @@ async def write_version(
     else:
         await conn.execute(
             update(resource_t)
-            .where(
-                resource_t.c.resource_type == stored.resource_type, resource_t.c.id == stored.id
-            )
+            .where(resource_t.c.resource_type == stored.resource_type, resource_t.c.id == stored.id)
             .values(**values)
         )
     if index:
@@ -287,4 +287,6 @@ async def lock_key(conn: AsyncConnection, key: str) -> None:
     database's single write lock (BEGIN IMMEDIATE), so there is nothing more to take.
     """
     if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key}
+        )

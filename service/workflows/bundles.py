@@ -42,7 +42,9 @@ class EntryResult:
         entry: dict[str, Any] = {}
         if self.resource is not None:
             if "id" in self.resource and self.resource.get("resourceType") != "Bundle":
-                entry["fullUrl"] = f"{base_url}/{self.resource['resourceType']}/{self.resource['id']}"
+                entry["fullUrl"] = (
+                    f"{base_url}/{self.resource['resourceType']}/{self.resource['id']}"
+                )
             entry["resource"] = self.resource
         response: dict[str, Any] = {"status": self.status}
         for key in ("location", "etag", "last_modified"):
@@ -81,13 +83,20 @@ def _check_bundle(body: Any) -> tuple[str, list[dict[str, Any]]]:
         request = entry.get("request")
         if not isinstance(request, dict) or request.get("method") not in _ORDER:
             problems.append(
-                Issue("error", "required", "entry.request.method must be GET, POST, PUT, PATCH or DELETE", where)
+                Issue(
+                    "error",
+                    "required",
+                    "entry.request.method must be GET, POST, PUT, PATCH or DELETE",
+                    where,
+                )
             )
             continue
         if not isinstance(request.get("url"), str) or not request["url"]:
             problems.append(Issue("error", "required", "entry.request.url is required", where))
         if request["method"] in ("POST", "PUT") and not isinstance(entry.get("resource"), dict):
-            problems.append(Issue("error", "required", f"{request['method']} entries need a resource", where))
+            problems.append(
+                Issue("error", "required", f"{request['method']} entries need a resource", where)
+            )
     if problems:
         raise InvalidRequestError(problems[0].diagnostics, issues=problems)
     return kind, entries
@@ -117,7 +126,9 @@ def _split_url(url: str, base_url: str) -> tuple[list[str], str]:
 def _stored_result(stored: Any, status: str, base_url: str, *, location: bool) -> EntryResult:
     return EntryResult(
         status=status,
-        location=f"{stored.resource_type}/{stored.id}/_history/{stored.version_id}" if location else None,
+        location=f"{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
+        if location
+        else None,
         etag=f'W/"{stored.version_id}"',
         last_modified=format_instant(stored.last_updated),
         resource=orjson.loads(stored.raw) if stored.raw else None,
@@ -143,7 +154,10 @@ async def _run_entry(
             validated=validated,
         )
         return _stored_result(
-            result.stored, "201 Created" if result.created else "200 OK", ctx.base_url, location=result.created
+            result.stored,
+            "201 Created" if result.created else "200 OK",
+            ctx.base_url,
+            location=result.created,
         )
     if method == "PUT":
         if len(path) != 2:
@@ -158,7 +172,10 @@ async def _run_entry(
             validated=validated,
         )
         return _stored_result(
-            result.stored, "201 Created" if result.created else "200 OK", ctx.base_url, location=result.created
+            result.stored,
+            "201 Created" if result.created else "200 OK",
+            ctx.base_url,
+            location=result.created,
         )
     if method == "PATCH":
         if len(path) != 2:
@@ -188,7 +205,11 @@ async def _run_entry(
             "resourceType": "Bundle",
             "type": "searchset",
             "entry": [
-                {"fullUrl": f"{ctx.base_url}/{m.resource_type}/{m.id}", "resource": orjson.loads(m.raw or "{}"), "search": {"mode": "match"}}
+                {
+                    "fullUrl": f"{ctx.base_url}/{m.resource_type}/{m.id}",
+                    "resource": orjson.loads(m.raw or "{}"),
+                    "search": {"mode": "match"},
+                }
                 for m in page.matches
             ],
         }
@@ -249,7 +270,9 @@ async def _transaction(ctx: WorkflowContext, entries: list[dict[str, Any]]) -> d
         for i in order:
             entry = prepared[i]
             if "_existing" in entry:
-                results[i] = _stored_result(entry["_existing"], "200 OK", ctx.base_url, location=False)
+                results[i] = _stored_result(
+                    entry["_existing"], "200 OK", ctx.base_url, location=False
+                )
                 continue
             entry["request"] = {k: v for k, v in entry["request"].items() if k != "ifNoneExist"}
             results[i] = await _positioned(i, _run_entry(conn, ctx, entry, validated=True))

@@ -74,7 +74,7 @@ def parse_if_match(header: str | None) -> int | None:
     text = text.strip('"')
     if not text.isdigit():
         raise InvalidRequestError(
-            f"If-Match must be a version ETag like W/\"3\", not {header!r}",
+            f'If-Match must be a version ETag like W/"3", not {header!r}',
             expression=["If-Match"],
         )
     return int(text)
@@ -243,7 +243,9 @@ async def _store(
     version = (current.version_id + 1) if current is not None else 1
     last_updated = now_ms()
     if event.body is not None:
-        final = stamp(event.body, resource_id=resource_id, version_id=version, last_updated=last_updated)
+        final = stamp(
+            event.body, resource_id=resource_id, version_id=version, last_updated=last_updated
+        )
         raw = orjson.dumps(final).decode()
         index = extract_index(final, version_id=version, base_url=ctx.base_url)
     else:

@@ -45,14 +45,21 @@ async def test_conditional_create_bad_criteria_is_400(client: httpx.AsyncClient)
 async def test_twenty_concurrent_conditional_creates_make_one(client: httpx.AsyncClient) -> None:
     async def attempt() -> httpx.Response:
         return await client.post(
-            "/fhir/Patient", json=patient(booking="B-77"), headers={**FHIR_JSON, "If-None-Exist": IDENT}
+            "/fhir/Patient",
+            json=patient(booking="B-77"),
+            headers={**FHIR_JSON, "If-None-Exist": IDENT},
         )
 
     results = await asyncio.gather(*(attempt() for _ in range(20)))
     statuses = sorted(r.status_code for r in results)
     assert statuses == [200] * 19 + [201], statuses
     assert len({r.json()["id"] for r in results}) == 1
-    found = (await client.get("/fhir/Patient", params={"identifier": "https://jail.example.org/booking|B-77", "_total": "accurate"})).json()
+    found = (
+        await client.get(
+            "/fhir/Patient",
+            params={"identifier": "https://jail.example.org/booking|B-77", "_total": "accurate"},
+        )
+    ).json()
     assert found["total"] == 1
 
 
@@ -73,9 +80,21 @@ async def test_transaction_resolves_urn_references(client: httpx.AsyncClient) ->
     t = task(patient_ref=pat_urn, focus=sr_urn)
     bundle = _transaction(
         [
-            {"fullUrl": "urn:uuid:6f1c7a3e-2b8d-4c55-9a51-1f0a8a6f0c03", "resource": t, "request": {"method": "POST", "url": "Task"}},
-            {"fullUrl": sr_urn, "resource": sr, "request": {"method": "POST", "url": "ServiceRequest"}},
-            {"fullUrl": pat_urn, "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {
+                "fullUrl": "urn:uuid:6f1c7a3e-2b8d-4c55-9a51-1f0a8a6f0c03",
+                "resource": t,
+                "request": {"method": "POST", "url": "Task"},
+            },
+            {
+                "fullUrl": sr_urn,
+                "resource": sr,
+                "request": {"method": "POST", "url": "ServiceRequest"},
+            },
+            {
+                "fullUrl": pat_urn,
+                "resource": patient(),
+                "request": {"method": "POST", "url": "Patient"},
+            },
         ]
     )
     r = await client.post("/fhir", json=bundle, headers=FHIR_JSON)
@@ -96,14 +115,21 @@ async def test_transaction_with_bad_entry_leaves_nothing(client: httpx.AsyncClie
     bad_task["status"] = 17  # wrong JSON type
     bundle = _transaction(
         [
-            {"resource": organization(identifier="tx-org"), "request": {"method": "POST", "url": "Organization"}},
+            {
+                "resource": organization(identifier="tx-org"),
+                "request": {"method": "POST", "url": "Organization"},
+            },
             {"resource": bad_task, "request": {"method": "POST", "url": "Task"}},
         ]
     )
     r = await client.post("/fhir", json=bundle, headers=FHIR_JSON)
     assert r.status_code == 400
     assert "Bundle.entry[1]" in r.json()["issue"][0]["expression"]
-    orgs = (await client.get("/fhir/Organization", params={"identifier": "https://example.org/orgs|tx-org"})).json()
+    orgs = (
+        await client.get(
+            "/fhir/Organization", params={"identifier": "https://example.org/orgs|tx-org"}
+        )
+    ).json()
     assert orgs.get("entry", []) == []
 
 
@@ -111,14 +137,24 @@ async def test_transaction_failing_in_database_phase_rolls_back(client: httpx.As
     created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
     bundle = _transaction(
         [
-            {"resource": organization(identifier="tx-org-2"), "request": {"method": "POST", "url": "Organization"}},
+            {
+                "resource": organization(identifier="tx-org-2"),
+                "request": {"method": "POST", "url": "Organization"},
+            },
             # stale If-Match: fails only when the database is consulted
-            {"resource": dict(created, status="accepted"), "request": {"method": "PUT", "url": f"Task/{created['id']}", "ifMatch": 'W/"9"'}},
+            {
+                "resource": dict(created, status="accepted"),
+                "request": {"method": "PUT", "url": f"Task/{created['id']}", "ifMatch": 'W/"9"'},
+            },
         ]
     )
     r = await client.post("/fhir", json=bundle, headers=FHIR_JSON)
     assert r.status_code == 412
-    orgs = (await client.get("/fhir/Organization", params={"identifier": "https://example.org/orgs|tx-org-2"})).json()
+    orgs = (
+        await client.get(
+            "/fhir/Organization", params={"identifier": "https://example.org/orgs|tx-org-2"}
+        )
+    ).json()
     assert orgs.get("entry", []) == []
     assert (await client.get(f"/fhir/Task/{created['id']}")).json()["meta"]["versionId"] == "1"
 
@@ -128,9 +164,15 @@ async def test_batch_entries_are_independent(client: httpx.AsyncClient) -> None:
         "resourceType": "Bundle",
         "type": "batch",
         "entry": [
-            {"resource": organization(identifier="b-1"), "request": {"method": "POST", "url": "Organization"}},
+            {
+                "resource": organization(identifier="b-1"),
+                "request": {"method": "POST", "url": "Organization"},
+            },
             {"request": {"method": "GET", "url": "Task/nope"}},
-            {"resource": {"resourceType": "Organization", "bogus": 1}, "request": {"method": "POST", "url": "Organization"}},
+            {
+                "resource": {"resourceType": "Organization", "bogus": 1},
+                "request": {"method": "POST", "url": "Organization"},
+            },
         ],
     }
     r = await client.post("/fhir", json=bundle, headers=FHIR_JSON)
@@ -143,6 +185,8 @@ async def test_batch_entries_are_independent(client: httpx.AsyncClient) -> None:
 
 
 async def test_bundle_type_must_be_transaction_or_batch(client: httpx.AsyncClient) -> None:
-    r = await client.post("/fhir", json={"resourceType": "Bundle", "type": "collection"}, headers=FHIR_JSON)
+    r = await client.post(
+        "/fhir", json={"resourceType": "Bundle", "type": "collection"}, headers=FHIR_JSON
+    )
     assert r.status_code == 400
     assert r.json()["issue"][0]["expression"] == ["Bundle.type"]

@@ -59,12 +59,16 @@ async def test_update_with_if_match_and_stale_if_match(client: httpx.AsyncClient
     created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
     tid = created["id"]
     updated = dict(created, status="accepted")
-    r = await client.put(f"/fhir/Task/{tid}", json=updated, headers={**FHIR_JSON, "If-Match": 'W/"1"'})
+    r = await client.put(
+        f"/fhir/Task/{tid}", json=updated, headers={**FHIR_JSON, "If-Match": 'W/"1"'}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["meta"]["versionId"] == "2"
     assert r.headers["ETag"] == 'W/"2"'
     stale = await client.put(
-        f"/fhir/Task/{tid}", json=dict(created, status="rejected"), headers={**FHIR_JSON, "If-Match": 'W/"1"'}
+        f"/fhir/Task/{tid}",
+        json=dict(created, status="rejected"),
+        headers={**FHIR_JSON, "If-Match": 'W/"1"'},
     )
     assert stale.status_code == 412
     assert stale.json()["resourceType"] == "OperationOutcome"
@@ -80,7 +84,9 @@ async def test_task_update_requires_if_match(client: httpx.AsyncClient) -> None:
 
 
 async def test_if_match_optional_for_other_types(client: httpx.AsyncClient) -> None:
-    created = (await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)).json()
+    created = (
+        await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)
+    ).json()
     r = await client.put(
         f"/fhir/Organization/{created['id']}", json=dict(created, name="Renamed"), headers=FHIR_JSON
     )
@@ -89,7 +95,9 @@ async def test_if_match_optional_for_other_types(client: httpx.AsyncClient) -> N
 
 
 async def test_update_id_mismatch_is_400(client: httpx.AsyncClient) -> None:
-    created = (await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)).json()
+    created = (
+        await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)
+    ).json()
     r = await client.put(
         f"/fhir/Organization/{created['id']}", json=dict(created, id="other"), headers=FHIR_JSON
     )
@@ -104,8 +112,12 @@ async def test_update_creates_with_client_id(client: httpx.AsyncClient) -> None:
     assert r.headers["Location"].endswith("/fhir/Organization/org-chosen/_history/1")
 
 
-async def test_delete_then_read_is_410_and_history_keeps_versions(client: httpx.AsyncClient) -> None:
-    created = (await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)).json()
+async def test_delete_then_read_is_410_and_history_keeps_versions(
+    client: httpx.AsyncClient,
+) -> None:
+    created = (
+        await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)
+    ).json()
     oid = created["id"]
     r = await client.delete(f"/fhir/Organization/{oid}")
     assert r.status_code == 200
@@ -146,7 +158,11 @@ async def test_consent_cannot_be_deleted(client: httpx.AsyncClient) -> None:
 async def test_history_instance_and_type(client: httpx.AsyncClient) -> None:
     created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
     tid = created["id"]
-    await client.put(f"/fhir/Task/{tid}", json=dict(created, status="accepted"), headers={**FHIR_JSON, "If-Match": 'W/"1"'})
+    await client.put(
+        f"/fhir/Task/{tid}",
+        json=dict(created, status="accepted"),
+        headers={**FHIR_JSON, "If-Match": 'W/"1"'},
+    )
     hist = (await client.get(f"/fhir/Task/{tid}/_history")).json()
     assert [e["resource"]["meta"]["versionId"] for e in hist["entry"]] == ["2", "1"]
     assert hist["entry"][0]["request"] == {"method": "PUT", "url": f"Task/{tid}"}
@@ -160,7 +176,9 @@ async def test_history_instance_and_type(client: httpx.AsyncClient) -> None:
 
 
 async def test_prefer_return_minimal_and_outcome(client: httpx.AsyncClient) -> None:
-    r = await client.post("/fhir/Task", json=task(), headers={**FHIR_JSON, "Prefer": "return=minimal"})
+    r = await client.post(
+        "/fhir/Task", json=task(), headers={**FHIR_JSON, "Prefer": "return=minimal"}
+    )
     assert r.status_code == 201 and r.content == b""
     assert "Location" in r.headers
     r = await client.post(
@@ -176,7 +194,9 @@ async def test_application_json_accepted(client: httpx.AsyncClient) -> None:
 
 
 async def test_concurrent_updates_never_lose_one(client: httpx.AsyncClient) -> None:
-    created = (await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)).json()
+    created = (
+        await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)
+    ).json()
     oid = created["id"]
 
     async def rename(i: int) -> int:

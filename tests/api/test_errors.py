@@ -78,7 +78,9 @@ async def test_bad_if_match_is_400(client: httpx.AsyncClient) -> None:
     assert_outcome(r, 400)
 
 
-async def test_unexpected_error_is_500_without_leaking(app, client: httpx.AsyncClient, monkeypatch) -> None:
+async def test_unexpected_error_is_500_without_leaking(
+    app, client: httpx.AsyncClient, monkeypatch
+) -> None:
     from service.workflows import resources
 
     async def boom(*_a, **_k):

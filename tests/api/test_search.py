@@ -28,13 +28,21 @@ async def ids(client: httpx.AsyncClient, path: str, **params: Any) -> set[str]:
 async def test_token_forms(client: httpx.AsyncClient) -> None:
     a = await create(client, task(identifier="R-1"))
     b = await create(client, task(identifier="R-2", status="accepted"))
-    assert await ids(client, "Task", identifier="https://jail.example.org/referral|R-1") == {a["id"]}
+    assert await ids(client, "Task", identifier="https://jail.example.org/referral|R-1") == {
+        a["id"]
+    }
     assert await ids(client, "Task", identifier="R-2") == {b["id"]}
     assert await ids(client, "Task", identifier="|R-2") == set()  # R-2 has a system
-    assert await ids(client, "Task", identifier="https://jail.example.org/referral|") == {a["id"], b["id"]}
+    assert await ids(client, "Task", identifier="https://jail.example.org/referral|") == {
+        a["id"],
+        b["id"],
+    }
     assert await ids(client, "Task", status="requested,accepted") == {a["id"], b["id"]}
     assert await ids(client, "Task", **{"status:not": "requested"}) == {b["id"]}
-    assert await ids(client, "Task", code="http://hl7.org/fhir/CodeSystem/task-code|fulfill") == {a["id"], b["id"]}
+    assert await ids(client, "Task", code="http://hl7.org/fhir/CodeSystem/task-code|fulfill") == {
+        a["id"],
+        b["id"],
+    }
 
 
 async def test_reference_forms_and_missing(client: httpx.AsyncClient) -> None:
@@ -42,14 +50,18 @@ async def test_reference_forms_and_missing(client: httpx.AsyncClient) -> None:
     b = await create(client, task(owner=None))
     assert await ids(client, "Task", owner="Organization/prov-1") == {a["id"]}
     assert await ids(client, "Task", owner="prov-1") == {a["id"]}
-    assert await ids(client, "Task", owner="http://testserver/fhir/Organization/prov-1") == {a["id"]}
+    assert await ids(client, "Task", owner="http://testserver/fhir/Organization/prov-1") == {
+        a["id"]
+    }
     assert await ids(client, "Task", **{"owner:Organization": "prov-1"}) == {a["id"]}
     assert await ids(client, "Task", **{"owner:missing": "true"}) == {b["id"]}
     assert await ids(client, "Task", **{"owner:missing": "false"}) == {a["id"]}
     assert await ids(client, "Task", patient="Patient/p1") == {a["id"], b["id"]}
 
 
-async def test_string_search_is_prefix_case_and_accent_insensitive(client: httpx.AsyncClient) -> None:
+async def test_string_search_is_prefix_case_and_accent_insensitive(
+    client: httpx.AsyncClient,
+) -> None:
     j = await create(client, patient(family="Muñoz", given="José", booking="S-1"))
     await create(client, patient(family="Smith", given="Ann", booking="S-2"))
     assert await ids(client, "Patient", family="munoz") == {j["id"]}
@@ -99,7 +111,9 @@ async def test_tag_and_security(client: httpx.AsyncClient) -> None:
     body = organization(identifier="o-t")
     body["meta"] = {
         "tag": [{"system": "https://example.org/tags", "code": "pilot"}],
-        "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}],
+        "security": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
+        ],
     }
     o = await create(client, body)
     await create(client, organization(identifier="o-u"))
@@ -111,16 +125,26 @@ async def test_includes_and_revinclude(client: httpx.AsyncClient) -> None:
     p = await create(client, patient())
     sr = await create(
         client,
-        {"resourceType": "ServiceRequest", "status": "active", "intent": "order", "subject": {"reference": f"Patient/{p['id']}"}},
+        {
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{p['id']}"},
+        },
     )
-    t = await create(client, task(patient_ref=f"Patient/{p['id']}", focus=f"ServiceRequest/{sr['id']}"))
+    t = await create(
+        client, task(patient_ref=f"Patient/{p['id']}", focus=f"ServiceRequest/{sr['id']}")
+    )
     r = await client.get(
-        "/fhir/Task", params=[("_id", t["id"]), ("_include", "Task:focus"), ("_include", "Task:patient")]
+        "/fhir/Task",
+        params=[("_id", t["id"]), ("_include", "Task:focus"), ("_include", "Task:patient")],
     )
     entries = r.json()["entry"]
     modes = {(e["resource"]["resourceType"], e["search"]["mode"]) for e in entries}
     assert modes == {("Task", "match"), ("ServiceRequest", "include"), ("Patient", "include")}
-    r = await client.get("/fhir/ServiceRequest", params={"_id": sr["id"], "_revinclude": "Task:focus"})
+    r = await client.get(
+        "/fhir/ServiceRequest", params={"_id": sr["id"], "_revinclude": "Task:focus"}
+    )
     entries = r.json()["entry"]
     assert {(e["resource"]["resourceType"], e["search"]["mode"]) for e in entries} == {
         ("ServiceRequest", "match"),
@@ -129,7 +153,11 @@ async def test_includes_and_revinclude(client: httpx.AsyncClient) -> None:
     # iterate: Task -> focus ServiceRequest -> its patient
     r = await client.get(
         "/fhir/Task",
-        params=[("_id", t["id"]), ("_include", "Task:focus"), ("_include:iterate", "ServiceRequest:patient")],
+        params=[
+            ("_id", t["id"]),
+            ("_include", "Task:focus"),
+            ("_include:iterate", "ServiceRequest:patient"),
+        ],
     )
     types = sorted(e["resource"]["resourceType"] for e in r.json()["entry"])
     assert types == ["Patient", "ServiceRequest", "Task"]
@@ -138,7 +166,9 @@ async def test_includes_and_revinclude(client: httpx.AsyncClient) -> None:
 async def test_sort_and_count_and_total(client: httpx.AsyncClient) -> None:
     dates = ["2026-11-03T00:00:00Z", "2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"]
     made = [await create(client, task(authored_on=d)) for d in dates]
-    r = (await client.get("/fhir/Task", params={"_sort": "authored-on", "_total": "accurate"})).json()
+    r = (
+        await client.get("/fhir/Task", params={"_sort": "authored-on", "_total": "accurate"})
+    ).json()
     assert [e["resource"]["authoredOn"] for e in r["entry"]] == sorted(dates)
     assert r["total"] == 3
     r = (await client.get("/fhir/Task", params={"_sort": "-authored-on", "_count": 2})).json()
@@ -176,7 +206,9 @@ async def test_unknown_parameter_lenient_and_strict(client: httpx.AsyncClient) -
     assert outcome and "colour" in outcome[0]["resource"]["issue"][0]["diagnostics"]
     self_link = next(link["url"] for link in r.json()["link"] if link["relation"] == "self")
     assert "colour" not in self_link
-    strict = await client.get("/fhir/Task", params={"colour": "blue"}, headers={"Prefer": "handling=strict"})
+    strict = await client.get(
+        "/fhir/Task", params={"colour": "blue"}, headers={"Prefer": "handling=strict"}
+    )
     assert strict.status_code == 400
     assert strict.json()["resourceType"] == "OperationOutcome"
 
@@ -195,7 +227,9 @@ async def test_unknown_parameter_lenient_and_strict(client: httpx.AsyncClient) -
         {"_cursor": "garbage"},
     ],
 )
-async def test_malformed_values_are_400_in_both_modes(client: httpx.AsyncClient, params: dict) -> None:
+async def test_malformed_values_are_400_in_both_modes(
+    client: httpx.AsyncClient, params: dict
+) -> None:
     for headers in ({}, {"Prefer": "handling=strict"}):
         r = await client.get("/fhir/Task", params=params, headers=headers)
         assert r.status_code == 400, (params, r.text)
@@ -207,7 +241,10 @@ async def test_paging_visits_each_exactly_once_during_inserts(client: httpx.Asyn
         "resourceType": "Bundle",
         "type": "batch",
         "entry": [
-            {"resource": task(owner="Organization/pager"), "request": {"method": "POST", "url": "Task"}}
+            {
+                "resource": task(owner="Organization/pager"),
+                "request": {"method": "POST", "url": "Task"},
+            }
             for _ in range(1000)
         ],
     }
@@ -220,7 +257,9 @@ async def test_paging_visits_each_exactly_once_during_inserts(client: httpx.Asyn
 
     async def writer() -> None:
         while not stop.is_set():
-            await client.post("/fhir/Task", json=task(owner="Organization/pager"), headers=FHIR_JSON)
+            await client.post(
+                "/fhir/Task", json=task(owner="Organization/pager"), headers=FHIR_JSON
+            )
             await asyncio.sleep(0)
 
     writing = asyncio.create_task(writer())
@@ -240,10 +279,20 @@ async def test_paging_visits_each_exactly_once_during_inserts(client: httpx.Asyn
 
 async def test_previous_link_walks_back(client: httpx.AsyncClient) -> None:
     made = [await create(client, task(owner="Organization/pp")) for _ in range(5)]
-    first = (await client.get("/fhir/Task", params={"owner": "Organization/pp", "_count": 2})).json()
-    second = (await client.get(next(link["url"] for link in first["link"] if link["relation"] == "next"))).json()
-    back = (await client.get(next(link["url"] for link in second["link"] if link["relation"] == "previous"))).json()
-    assert [e["resource"]["id"] for e in back["entry"]] == [e["resource"]["id"] for e in first["entry"]]
+    first = (
+        await client.get("/fhir/Task", params={"owner": "Organization/pp", "_count": 2})
+    ).json()
+    second = (
+        await client.get(next(link["url"] for link in first["link"] if link["relation"] == "next"))
+    ).json()
+    back = (
+        await client.get(
+            next(link["url"] for link in second["link"] if link["relation"] == "previous")
+        )
+    ).json()
+    assert [e["resource"]["id"] for e in back["entry"]] == [
+        e["resource"]["id"] for e in first["entry"]
+    ]
     assert len(made) == 5
 
 

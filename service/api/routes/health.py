@@ -24,7 +24,11 @@ async def readyz(request: Request) -> JSONResponse:
             await conn.execute(text("SELECT 1"))
             revision = await current_revision(conn)
     except Exception:  # any failure to reach the database means "not ready"
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(
+            {"status": "unavailable", "database": "unreachable"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
     if revision != head_revision():
         return JSONResponse({"status": "unavailable", "database": "not migrated"}, status_code=503)
     return JSONResponse({"status": "ready"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from enum import Enum
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -30,7 +31,9 @@ ResourceId = Annotated[str, Path(description="Logical id", pattern=r"^[A-Za-z0-9
 FHIR_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {
         "description": text,
-        "content": {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}},
+        "content": {
+            "application/fhir+json": {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}
+        },
     }
     for code, text in {
         400: "Malformed request or invalid resource (OperationOutcome lists every problem)",
@@ -55,7 +58,10 @@ def _resource_body(resource_type: str) -> dict[str, Any]:
             "required": True,
             "description": f"A FHIR R4 {resource_type} (https://hl7.org/fhir/R4/"
             f"{resource_type.lower()}.html)",
-            "content": {"application/fhir+json": {"schema": schema}, "application/json": {"schema": schema}},
+            "content": {
+                "application/fhir+json": {"schema": schema},
+                "application/json": {"schema": schema},
+            },
         }
     }
 
@@ -65,7 +71,9 @@ def _ok(resource_type: str, text: str) -> dict[int | str, dict[str, Any]]:
         200: {
             "description": text,
             "content": {
-                "application/fhir+json": {"schema": {"$ref": f"#/components/schemas/{resource_type}"}}
+                "application/fhir+json": {
+                    "schema": {"$ref": f"#/components/schemas/{resource_type}"}
+                }
             },
         }
     }
@@ -83,17 +91,19 @@ async def _json_body(request: Request) -> Any:
     return wf.parse_body(await request.body())
 
 
-def _search_links(
-    ctx_base: str, request: SearchRequest, page: SearchPage
-) -> list[tuple[str, str]]:
+def _search_links(ctx_base: str, request: SearchRequest, page: SearchPage) -> list[tuple[str, str]]:
     path = request.resource_type
     params = request.canonical_params()
     links = [("self", bundle.link(ctx_base, path, [*params, *_page_param(request)]))]
     if request.cursor is not None:
         if page.next_cursor:
-            links.append(("cursor", bundle.link(ctx_base, path, [*params, ("_cursor", page.next_cursor)])))
+            links.append(
+                ("cursor", bundle.link(ctx_base, path, [*params, ("_cursor", page.next_cursor)]))
+            )
         if page.next_page:
-            links.append(("next", bundle.link(ctx_base, path, [*params, ("_cursor", page.next_page)])))
+            links.append(
+                ("next", bundle.link(ctx_base, path, [*params, ("_cursor", page.next_page)]))
+            )
         return links
     if page.next_page:
         links.append(("next", bundle.link(ctx_base, path, [*params, ("_page", page.next_page)])))
@@ -113,10 +123,16 @@ def _page_param(request: SearchRequest) -> list[tuple[str, str]]:
 def searchset_response(base: str, request: SearchRequest, page: SearchPage) -> Response:
     issues = list(page.issues)
     if request.ignored:
-        issues.extend(Issue("warning", "not-supported", f"Ignored: {text}") for text in request.ignored)
+        issues.extend(
+            Issue("warning", "not-supported", f"Ignored: {text}") for text in request.ignored
+        )
     if request.cursor is not None:
         matches = [f.stored for f in page.feed if not f.stored.deleted]
-        stale = {(f.stored.resource_type, f.stored.id, f.stored.version_id) for f in page.feed if not f.matches}
+        stale = {
+            (f.stored.resource_type, f.stored.id, f.stored.version_id)
+            for f in page.feed
+            if not f.matches
+        }
         for f in page.feed:
             if f.stored.deleted:
                 issues.append(
@@ -178,17 +194,29 @@ async def type_history_response(
     after = decode_cursor(page_token) if page_token else (-1, -1)
     async with read_connection(ctx.engine) as conn:
         versions, nxt = await history_feed(
-            conn, resource_type=resource_type, after=after, count=count, since=since, access=ctx.access
+            conn,
+            resource_type=resource_type,
+            after=after,
+            count=count,
+            since=since,
+            access=ctx.access,
         )
     path = f"{resource_type}/_history" if resource_type else "_history"
     base_params = [(k, v) for k, v in params if k != "_page"]
     links = [("self", bundle.link(ctx.base_url, path, params))]
     if nxt:
-        links.append(("next", bundle.link(ctx.base_url, path, [*base_params, ("_page", encode_cursor(*nxt))])))
+        links.append(
+            (
+                "next",
+                bundle.link(ctx.base_url, path, [*base_params, ("_page", encode_cursor(*nxt))]),
+            )
+        )
     return fhir_json(bundle.history(base_url=ctx.base_url, versions=versions, links=links))
 
 
-def resource_router(resource_type: str, *, tags: list[str], writable: bool = True) -> APIRouter:
+def resource_router(
+    resource_type: str, *, tags: list[str | Enum], writable: bool = True
+) -> APIRouter:
     router = APIRouter(prefix=f"/fhir/{resource_type}", tags=tags, responses=FHIR_ERRORS)
     t = resource_type
 
@@ -221,14 +249,21 @@ def resource_router(resource_type: str, *, tags: list[str], writable: bool = Tru
         stored = await wf.vread(ctx, t, resource_id, version_id)
         return resource_response(request, stored, base_url=ctx.base_url)
 
-    async def history_instance(resource_id: ResourceId, request: Request, ctx: ContextDep) -> Response:
+    async def history_instance(
+        resource_id: ResourceId, request: Request, ctx: ContextDep
+    ) -> Response:
         params = list(request.query_params.multi_items())
         count = _count(params, ctx.settings.default_page_size, ctx.settings.max_page_size)
         page = next((v for k, v in params if k == "_page"), None)
         if page is not None and not page.isdigit():
             raise InvalidRequestError("_page is not a valid history page", expression=["_page"])
         entries = await wf.instance_history(
-            ctx, t, resource_id, count=count, before_version=int(page) if page else None, since=_since(params)
+            ctx,
+            t,
+            resource_id,
+            count=count,
+            before_version=int(page) if page else None,
+            since=_since(params),
         )
         more = len(entries) > count
         entries = entries[:count]
@@ -236,7 +271,14 @@ def resource_router(resource_type: str, *, tags: list[str], writable: bool = Tru
         links = [("self", bundle.link(ctx.base_url, path, params))]
         if more and entries:
             rest = [(k, v) for k, v in params if k != "_page"]
-            links.append(("next", bundle.link(ctx.base_url, path, [*rest, ("_page", str(entries[-1].stored.version_id))])))
+            links.append(
+                (
+                    "next",
+                    bundle.link(
+                        ctx.base_url, path, [*rest, ("_page", str(entries[-1].stored.version_id))]
+                    ),
+                )
+            )
         body = bundle.history(
             base_url=ctx.base_url, versions=[(e.stored, e.method) for e in entries], links=links
         )
@@ -254,7 +296,11 @@ def resource_router(resource_type: str, *, tags: list[str], writable: bool = Tru
             validate_resource(body, expected_type=t)
         result = await wf.create(ctx, body, if_none_exist=if_none_exist)
         return resource_response(
-            request, result.stored, base_url=ctx.base_url, status_code=result.status, location=result.created
+            request,
+            result.stored,
+            base_url=ctx.base_url,
+            status_code=result.status,
+            location=result.created,
         )
 
     async def update_resource(
@@ -266,7 +312,11 @@ def resource_router(resource_type: str, *, tags: list[str], writable: bool = Tru
         body = await _json_body(request)
         result = await wf.update(ctx, t, resource_id, body, if_match=wf.parse_if_match(if_match))
         return resource_response(
-            request, result.stored, base_url=ctx.base_url, status_code=result.status, location=result.created
+            request,
+            result.stored,
+            base_url=ctx.base_url,
+            status_code=result.status,
+            location=result.created,
         )
 
     async def patch_resource(
@@ -277,16 +327,22 @@ def resource_router(resource_type: str, *, tags: list[str], writable: bool = Tru
     ) -> Response:
         wf.require_json_patch(request.headers.get("content-type", ""))
         operations = await _json_body(request)
-        result = await wf.patch(ctx, t, resource_id, operations, if_match=wf.parse_if_match(if_match))
+        result = await wf.patch(
+            ctx, t, resource_id, operations, if_match=wf.parse_if_match(if_match)
+        )
         return resource_response(request, result.stored, base_url=ctx.base_url)
 
     async def delete_resource(resource_id: ResourceId, ctx: ContextDep) -> Response:
         stored = await wf.delete(ctx, t, resource_id)
         text = f"Deleted {t}/{resource_id}" if stored else f"{t}/{resource_id} was already deleted"
         headers = {"ETag": f'W/"{stored.version_id}"'} if stored else {}
-        return fhir_json(operation_outcome([Issue("information", "informational", text)]), 200, headers)
+        return fhir_json(
+            operation_outcome([Issue("information", "informational", text)]), 200, headers
+        )
 
-    def add(path: str, endpoint: Callable[..., Any], method: str, name: str, summary: str, **kw: Any) -> None:
+    def add(
+        path: str, endpoint: Callable[..., Any], method: str, name: str, summary: str, **kw: Any
+    ) -> None:
         router.add_api_route(
             path,
             endpoint,
@@ -303,9 +359,31 @@ def resource_router(resource_type: str, *, tags: list[str], writable: bool = Tru
         "Add `_cursor=start` and follow the `cursor` link to poll for changes without ever "
         "missing one."
     )
-    add("", search_type, "GET", "search", f"Search {t}", description=search_doc, responses=_BUNDLE_OK)
-    add("/_search", search_type_post, "POST", "search_post", f"Search {t} (form POST)", responses=_BUNDLE_OK)
-    add("/_history", history_type, "GET", "history_type", f"History of all {t} resources", responses=_BUNDLE_OK)
+    add(
+        "",
+        search_type,
+        "GET",
+        "search",
+        f"Search {t}",
+        description=search_doc,
+        responses=_BUNDLE_OK,
+    )
+    add(
+        "/_search",
+        search_type_post,
+        "POST",
+        "search_post",
+        f"Search {t} (form POST)",
+        responses=_BUNDLE_OK,
+    )
+    add(
+        "/_history",
+        history_type,
+        "GET",
+        "history_type",
+        f"History of all {t} resources",
+        responses=_BUNDLE_OK,
+    )
     add("/{resource_id}", read_resource, "GET", "read", f"Read a {t}", responses=_ok(t, f"The {t}"))
     add(
         "/{resource_id}/_history",
@@ -332,7 +410,10 @@ def resource_router(resource_type: str, *, tags: list[str], writable: bool = Tru
             f"Create a {t}",
             status_code=201,
             openapi_extra=_resource_body(t),
-            responses={201: {"description": f"Created; body is the {t} unless Prefer says otherwise"}, 200: {"description": "If-None-Exist matched an existing resource"}},
+            responses={
+                201: {"description": f"Created; body is the {t} unless Prefer says otherwise"},
+                200: {"description": "If-None-Exist matched an existing resource"},
+            },
         )
         add(
             "/{resource_id}",
@@ -341,7 +422,10 @@ def resource_router(resource_type: str, *, tags: list[str], writable: bool = Tru
             "update",
             f"Update a {t} (new version)",
             openapi_extra=_resource_body(t),
-            responses={**_ok(t, f"The new version of the {t}"), 201: {"description": "Created with the client's id"}},
+            responses={
+                **_ok(t, f"The new version of the {t}"),
+                201: {"description": "Created with the client's id"},
+            },
         )
         add(
             "/{resource_id}",
@@ -352,10 +436,21 @@ def resource_router(resource_type: str, *, tags: list[str], writable: bool = Tru
             openapi_extra={
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}}}},
+                    "content": {
+                        "application/json-patch+json": {
+                            "schema": {"type": "array", "items": {"type": "object"}}
+                        }
+                    },
                 }
             },
             responses=_ok(t, f"The new version of the {t}"),
         )
-        add("/{resource_id}", delete_resource, "DELETE", "delete", f"Delete a {t}", responses={200: {"description": "Deleted"}})
+        add(
+            "/{resource_id}",
+            delete_resource,
+            "DELETE",
+            "delete",
+            f"Delete a {t}",
+            responses={200: {"description": "Deleted"}},
+        )
     return router

@@ -21,7 +21,14 @@ from service.workflows.rules import RuleSet
 
 router = APIRouter(prefix="/fhir", responses=FHIR_ERRORS)
 
-_SEARCH_TYPES = {"token": "token", "reference": "reference", "string": "string", "date": "date", "uri": "uri", "number": "number"}
+_SEARCH_TYPES = {
+    "token": "token",
+    "reference": "reference",
+    "string": "string",
+    "date": "date",
+    "uri": "uri",
+    "number": "number",
+}
 
 
 @router.post(
@@ -33,7 +40,9 @@ _SEARCH_TYPES = {"token": "token", "reference": "reference", "string": "string",
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/Bundle"}}},
+            "content": {
+                "application/fhir+json": {"schema": {"$ref": "#/components/schemas/Bundle"}}
+            },
         }
     },
 )
@@ -56,7 +65,9 @@ async def history_system(request: Request, ctx: ContextDep) -> Response:
     return await type_history_response(ctx, request, None)
 
 
-def capability_statement(base_url: str, rules: RuleSet, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def capability_statement(
+    base_url: str, rules: RuleSet, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     resources = []
     for rtype in SUPPORTED_TYPES:
         writable = rtype not in rules.server_written
@@ -87,7 +98,8 @@ def capability_statement(base_url: str, rules: RuleSet, extra: dict[str, Any] | 
                         "definition": (
                             f"http://hl7.org/fhir/SearchParameter/{rtype}-{p.name}"
                             if not p.name.startswith("_")
-                            else f"http://hl7.org/fhir/SearchParameter/Resource{p.name.replace('_', '-')}"
+                            else "http://hl7.org/fhir/SearchParameter/Resource"
+                            + p.name.replace("_", "-")
                         ),
                         "type": _SEARCH_TYPES[p.kind],
                     }
@@ -110,7 +122,11 @@ def capability_statement(base_url: str, rules: RuleSet, extra: dict[str, Any] | 
             {
                 "mode": "server",
                 "resource": resources,
-                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+                "interaction": [
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                    {"code": "history-system"},
+                ],
             }
         ],
     }

@@ -1,0 +1,141 @@
+"""The polling feed (`_cursor`): every committed version exactly once, in commit order, even
+when transactions commit out of the order in which they started writing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from service.storage.db import write_transaction
+from service.workflows import resources as wf
+from service.workflows.context import WorkflowContext
+from tests.builders import FHIR_JSON, task
+
+
+def link(bundle: dict[str, Any], relation: str) -> str | None:
+    return next((x["url"] for x in bundle["link"] if x["relation"] == relation), None)
+
+
+async def drain(client: httpx.AsyncClient, url: str) -> tuple[list[dict[str, Any]], str]:
+    """Follow next links to the end; return entries and the cursor link to poll next time."""
+    entries: list[dict[str, Any]] = []
+    while True:
+        page = (await client.get(url)).json()
+        entries += [e for e in page.get("entry", []) if e["search"]["mode"] == "match"]
+        nxt = link(page, "next")
+        cursor = link(page, "cursor")
+        assert cursor is not None
+        if not nxt:
+            return entries, cursor
+        url = nxt
+
+
+async def test_cursor_feed_shows_changes_including_leaving_the_search(
+    client: httpx.AsyncClient,
+) -> None:
+    params = "owner=Organization/prov-1&status=requested"
+    created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    first, cursor = await drain(client, f"/fhir/Task?{params}&_cursor=start")
+    assert [e["resource"]["id"] for e in first] == [created["id"]]
+    # Caught up: nothing new.
+    again, cursor2 = await drain(client, cursor)
+    assert again == []
+    # The Task is accepted: it no longer matches status=requested, and the poller learns it.
+    accepted = dict(created, status="accepted")
+    await client.put(
+        f"/fhir/Task/{created['id']}", json=accepted, headers={**FHIR_JSON, "If-Match": 'W/"1"'}
+    )
+    other = await client.post(
+        "/fhir/Task", json=task(owner="Organization/someone-else"), headers=FHIR_JSON
+    )
+    assert other.status_code == 201
+    changed, _ = await drain(client, cursor2)
+    assert len(changed) == 1
+    entry = changed[0]
+    assert entry["resource"]["status"] == "accepted"
+    assert entry["search"]["extension"][0]["valueBoolean"] is True  # no longer matches
+
+
+async def test_cursor_feed_pages_in_commit_order(client: httpx.AsyncClient) -> None:
+    made = []
+    for _ in range(7):
+        made.append((await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()["id"])
+    seen, _ = await drain(client, "/fhir/Task?owner=Organization/prov-1&_cursor=start&_count=3")
+    assert [e["resource"]["id"] for e in seen] == made
+
+
+async def test_deletion_is_reported_in_feed(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    _, cursor = await drain(client, "/fhir/Task?owner=Organization/prov-1&_cursor=start")
+    await client.delete(f"/fhir/Task/{created['id']}")
+    page = (await client.get(cursor)).json()
+    outcomes = [e for e in page.get("entry", []) if e["search"]["mode"] == "outcome"]
+    assert outcomes
+    assert f"Task/{created['id']}" in str(outcomes[0]["resource"])
+
+
+async def test_out_of_order_commits_are_never_missed(app, client: httpx.AsyncClient) -> None:
+    """A writer holds its transaction open while others commit; the poller, following its
+    cursor the whole time, sees every version exactly once."""
+    ctx = WorkflowContext(
+        engine=app.state.engine,
+        settings=app.state.settings,
+        base_url="http://testserver/fhir",
+        request_id="test",
+        rules=app.state.rules,
+    )
+    sqlite = app.state.engine.dialect.name == "sqlite"
+    release = asyncio.Event()
+    holder_wrote = asyncio.Event()
+    expected: set[tuple[str, str]] = set()
+
+    async def slow_writer() -> None:
+        async with write_transaction(ctx.engine) as conn:
+            result = await wf.create_in(conn, ctx, task())
+            expected.add((result.stored.id, "1"))
+            holder_wrote.set()
+            await release.wait()
+
+    async def fast_writer(n: int) -> None:
+        for _ in range(n):
+            r = await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)
+            body = r.json()
+            expected.add((body["id"], "1"))
+            upd = await client.put(
+                f"/fhir/Task/{body['id']}",
+                json=dict(body, businessStatus={"text": "contacted"}),
+                headers={**FHIR_JSON, "If-Match": 'W/"1"'},
+            )
+            expected.add((body["id"], upd.json()["meta"]["versionId"]))
+
+    seen: list[tuple[str, str]] = []
+    cursor = "/fhir/Task?owner=Organization/prov-1&_cursor=start&_count=5"
+
+    async def poll_once() -> None:
+        nonlocal cursor
+        entries, cursor = await drain(client, cursor)
+        seen.extend((e["resource"]["id"], e["resource"]["meta"]["versionId"]) for e in entries)
+
+    if sqlite:
+        # One writer at a time on SQLite: commits cannot reorder; interleave writers and polls.
+        writers = asyncio.gather(fast_writer(10), fast_writer(10))
+        while not writers.done():
+            await poll_once()
+            await asyncio.sleep(0)
+        await writers
+    else:
+        holder = asyncio.create_task(slow_writer())
+        await holder_wrote.wait()
+        await fast_writer(10)  # these start writing after the holder but commit before it
+        await poll_once()
+        await poll_once()
+        release.set()
+        await holder
+        await fast_writer(3)
+    await poll_once()
+    counts = Counter(seen)
+    assert not [k for k, n in counts.items() if n > 1], "a version was delivered twice"
+    assert set(seen) == expected, f"missed: {expected - set(seen)}"

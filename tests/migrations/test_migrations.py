@@ -1,0 +1,71 @@
+"""Migrations: upgrade from empty, downgrade, upgrade again; no drift against the models."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.storage.migrate import downgrade, head_revision, upgrade
+from service.storage.tables import metadata
+
+
+def _diff(url: str) -> list:
+    async def run() -> list:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(
+                    lambda sync: compare_metadata(
+                        MigrationContext.configure(sync, opts={"compare_type": True}), metadata
+                    )
+                )
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _tables(url: str) -> set[str]:
+    async def run() -> set[str]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                if conn.dialect.name == "sqlite":
+                    rows = await conn.execute(
+                        text("SELECT name FROM sqlite_master WHERE type='table'")
+                    )
+                else:
+                    rows = await conn.execute(
+                        text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+                    )
+                return {r[0] for r in rows}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    downgrade(url)  # the session database starts migrated; take it back to empty
+    request.addfinalizer(lambda: upgrade(url))
+    return url
+
+
+def test_upgrade_downgrade_upgrade_and_no_drift(fresh_url: str) -> None:
+    upgrade(fresh_url)
+    assert {"resource", "resource_history", "search_index"} <= _tables(fresh_url)
+    assert _diff(fresh_url) == [], "models and migrations disagree: write a migration"
+    downgrade(fresh_url)
+    assert _tables(fresh_url) <= {"alembic_version"}
+    upgrade(fresh_url)
+    assert _diff(fresh_url) == []
+    assert head_revision() is not None
