@@ -21,11 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.errors import InvalidRequestError, Issue
 from service.search.extract import entries_for
 from service.search.query import (
+    Criterion,
     Include,
     SearchRequest,
     criteria_condition,
     index_exists,
     sort_expression,
+    value_condition,
 )
 from service.storage.repository import (
     StoredResource,
@@ -346,7 +348,7 @@ async def _reverse(
 # --- change feed ----------------------------------------------------------------------------
 
 
-def fence_condition(conn: AsyncConnection) -> ColumnElement[bool]:
+def fence_condition(conn: AsyncConnection, txid_col: Any) -> ColumnElement[bool]:
     """Rows a reader may hand out without a later commit ever falling behind them.
 
     PostgreSQL: only rows written by transactions older than the oldest transaction still in
@@ -354,9 +356,7 @@ def fence_condition(conn: AsyncConnection) -> ColumnElement[bool]:
     insert order of ``seq`` is already the commit order.
     """
     if conn.dialect.name == "postgresql":
-        return history_t.c.txid < literal_column(
-            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-        )
+        return txid_col < literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
     return true()
 
 
@@ -376,6 +376,17 @@ def encode_cursor(txid: int, seq: int) -> str:
     return _encode(["c", txid, seq])
 
 
+def _driving_criterion(request: SearchRequest) -> Criterion | None:
+    """The criterion whose index rows the feed walks in commit order: a plain (unmodified)
+    reference criterion if there is one (owner, patient...), else a plain token criterion."""
+    plain = [c for c in request.criteria if c.modifier is None and not c.param.name.startswith("_")]
+    for kind in ("reference", "token"):
+        for crit in plain:
+            if crit.param.kind == kind:
+                return crit
+    return None
+
+
 async def _run_feed(
     conn: AsyncConnection,
     request: SearchRequest,
@@ -383,7 +394,13 @@ async def _run_feed(
     access: AccessFilter,
     base_url: str | None,
 ) -> SearchPage:
-    """Every version, in commit order after the cursor, that matches or whose predecessor did."""
+    """Every version, in commit order after the cursor, that matches or whose predecessor did.
+
+    With a plain reference/token criterion (the provider poll: ``owner=...&status=...``) the
+    walk follows that parameter's index rows in (txid, seq) order, so a caught-up poll is one
+    empty index range probe. A version whose driving value itself changed (a Task reassigned to
+    another owner) is reported under its new value only.
+    """
     page = SearchPage()
     assert request.cursor is not None
     txid, seq = decode_cursor(request.cursor)
@@ -406,35 +423,68 @@ async def _run_feed(
         last_updated_col=h.last_updated,
         base_url=base_url,
     )
-    stmt = (
-        select(
-            h.resource_type,
-            h.id,
-            h.version_id,
-            h.last_updated,
-            h.deleted,
-            h.raw,
-            h.txid,
-            h.seq,
-            now_matches.label("now_matches"),
-        )
-        .where(
-            h.resource_type == request.resource_type,
-            tuple_(h.txid, h.seq) > tuple_(txid, seq),
-            fence_condition(conn),
-            or_(now_matches, prev_matches) if request.criteria else true(),
-            allowed,
-        )
-        .order_by(h.txid, h.seq)
-        .limit(max(request.count, 1))
+    columns = (
+        h.resource_type,
+        h.id,
+        h.version_id,
+        h.last_updated,
+        h.deleted,
+        h.raw,
+        h.txid,
+        h.seq,
+        now_matches.label("now_matches"),
     )
+    limit = max(request.count, 1)
+    driving = _driving_criterion(request)
+    if driving is not None:
+        feed_index = index_t.alias("feed_index")
+        d = feed_index.c
+        values = [
+            v
+            for v in (
+                value_condition(driving, x, base_url, table=feed_index) for x in driving.values
+            )
+            if v is not None
+        ]
+        stmt = (
+            select(*columns)
+            .select_from(feed_index.join(history_t, h.seq == d.seq))
+            .where(
+                d.resource_type == request.resource_type,
+                d.param == driving.param.name,
+                or_(*values),
+                tuple_(d.txid, d.seq) > tuple_(txid, seq),
+                fence_condition(conn, d.txid),
+                or_(now_matches, prev_matches),
+                allowed,
+            )
+            .order_by(d.txid, d.seq)
+            .limit(limit)
+        )
+    else:
+        stmt = (
+            select(*columns)
+            .where(
+                h.resource_type == request.resource_type,
+                tuple_(h.txid, h.seq) > tuple_(txid, seq),
+                fence_condition(conn, h.txid),
+                or_(now_matches, prev_matches) if request.criteria else true(),
+                allowed,
+            )
+            .order_by(h.txid, h.seq)
+            .limit(limit)
+        )
     rows = (await conn.execute(stmt)).all()
+    seen: set[int] = set()
     for row in rows:
+        if row[7] in seen:  # a version with two index rows matching the driving values
+            continue
+        seen.add(row[7])
         stored = _stored(row)
         page.feed.append(FeedEntry(stored=stored, matches=bool(row[8]) and not stored.deleted))
     if rows:
         page.next_cursor = encode_cursor(rows[-1][6], rows[-1][7])
-        page.next_page = page.next_cursor if len(rows) >= request.count else None
+        page.next_page = page.next_cursor if len(rows) >= limit else None
     else:
         page.next_cursor = encode_cursor(txid, seq)
     return page
@@ -453,7 +503,7 @@ async def history_feed(
     h = history_t.c
     conds: list[ColumnElement[bool]] = [
         tuple_(h.txid, h.seq) > tuple_(*after),
-        fence_condition(conn),
+        fence_condition(conn, h.txid),
     ]
     if resource_type is not None:
         conds.append(h.resource_type == resource_type)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select, true
+from sqlalchemy import ColumnElement, FromClause, and_, exists, false, not_, or_, select, true
 
 from service.errors import InvalidRequestError, Issue
 from service.search.dates import parse_range
@@ -308,12 +308,12 @@ def _date_condition(
     return and_(low_col <= s_high + margin, high_col >= s_low - margin)
 
 
-def _value_condition(
-    crit: Criterion, value: str, base_url: str | None
+def value_condition(
+    crit: Criterion, value: str, base_url: str | None, *, table: FromClause = index_t
 ) -> ColumnElement[bool] | None:
     """Condition on ``search_index`` columns for one value (None: matches nothing)."""
     p = crit.param
-    c = index_t.c
+    c = table.c
     if p.kind == "token":
         if "|" in value:
             system, code = value.split("|", 1)
@@ -398,7 +398,7 @@ def criterion_condition(
         any_row = index_exists(resource_type, p.name, None, id_col=id_col, version_col=version_col)
         return not_(any_row) if crit.values[0] == "true" else any_row
     value_conds = [
-        vc for vc in (_value_condition(crit, v, base_url) for v in crit.values) if vc is not None
+        vc for vc in (value_condition(crit, v, base_url) for v in crit.values) if vc is not None
     ]
     matched = (
         index_exists(

@@ -112,7 +112,7 @@ async def write_version(
     index: Sequence[IndexEntry],
 ) -> int:
     """Record one new version (history row, current row, index rows); returns its ``seq``."""
-    seq: int = (
+    row = (
         await conn.execute(
             insert(history_t)
             .values(
@@ -125,9 +125,10 @@ async def write_version(
                 deleted=stored.deleted,
                 raw=stored.raw,
             )
-            .returning(history_t.c.seq)
+            .returning(history_t.c.seq, history_t.c.txid)
         )
-    ).scalar_one()
+    ).one()
+    seq, txid = int(row[0]), int(row[1])
     values = {
         "version_id": stored.version_id,
         "last_updated": stored.last_updated,
@@ -159,6 +160,8 @@ async def write_version(
                     "low": e.low,
                     "high": e.high,
                     "number": e.number,
+                    "txid": txid,
+                    "seq": seq,
                 }
                 for e in index
             ],

@@ -61,6 +61,8 @@ class SearchIndex(SQLModel, table=True):
         Index("ix_search_system_value", "resource_type", "param", "system", "value"),
         Index("ix_search_low", "resource_type", "param", "low"),
         Index("ix_search_resource", "resource_type", "resource_id", "version_id"),
+        # The change feed walks one parameter's rows in commit order from a cursor.
+        Index("ix_search_feed", "resource_type", "param", "value", "txid", "seq"),
     )
 
     row_id: int | None = Field(default=None, sa_column=Column(AutoBigInt, primary_key=True))
@@ -75,6 +77,9 @@ class SearchIndex(SQLModel, table=True):
     low: datetime | None = Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))
     high: datetime | None = Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))
     number: float | None = Field(default=None, nullable=True)
+    # Change position of the version these values belong to (copied from resource_history).
+    txid: int = Field(default=0, sa_column=Column(AutoBigInt, nullable=False))
+    seq: int = Field(default=0, sa_column=Column(AutoBigInt, nullable=False))
 
 
 class IdempotencyRecord(SQLModel, table=True):

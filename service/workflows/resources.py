@@ -249,7 +249,14 @@ async def _store(
         raw = orjson.dumps(final).decode()
         index = extract_index(final, version_id=version, base_url=ctx.base_url)
     else:
-        final, raw, index = None, None, []
+        # A deletion keeps the index values of the version it ends, so that pollers walking a
+        # parameter's rows in commit order (the change feed) see the deletion too.
+        final, raw = None, None
+        index = (
+            extract_index(current_body, version_id=version, base_url=ctx.base_url)
+            if current_body is not None
+            else []
+        )
     stored = StoredResource(resource_type, resource_id, version, last_updated, final is None, raw)
     await repo.write_version(
         conn,

@@ -1,19 +1,20 @@
-"""resources, history, search index, idempotency
+"""resources
 
-Revision ID: e4d7f13648bd
+Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 19:46:54.822611
+Create Date: 2026-11-26 19:56:12.291279
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+import sqlmodel
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
 import service.storage.types
 
-revision: str = "e4d7f13648bd"
+revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -83,9 +84,14 @@ def upgrade() -> None:
         sa.Column("low", service.storage.types.UtcDateTime(timezone=True), nullable=True),
         sa.Column("high", service.storage.types.UtcDateTime(timezone=True), nullable=True),
         sa.Column("number", sa.Float(), nullable=True),
+        sa.Column("txid", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.PrimaryKeyConstraint("row_id"),
     )
     with op.batch_alter_table("search_index", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_search_feed", ["resource_type", "param", "value", "txid", "seq"], unique=False
+        )
         batch_op.create_index("ix_search_low", ["resource_type", "param", "low"], unique=False)
         batch_op.create_index(
             "ix_search_resource", ["resource_type", "resource_id", "version_id"], unique=False
@@ -107,6 +113,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_search_system_value")
         batch_op.drop_index("ix_search_resource")
         batch_op.drop_index("ix_search_low")
+        batch_op.drop_index("ix_search_feed")
 
     op.drop_table("search_index")
     with op.batch_alter_table("resource_history", schema=None) as batch_op:
