@@ -70,16 +70,17 @@ class JwksFetcher:
         async with self._locks.setdefault(url, asyncio.Lock()):
             now = self._clock()
             entry = self._cache.get(url)
-            stale = entry is None or now >= entry.expires_at
-            unknown_kid = (
-                entry is not None
-                and kid is not None
-                and all(k.kid != kid for k in entry.keys)
-                and now - entry.fetched_at >= self._refetch_interval
-            )
-            if entry is None or stale or unknown_kid:
+            if entry is None or now >= entry.expires_at or self._may_refetch(entry, kid, now):
                 entry = await self._fetch(url)
             return entry.keys
+
+    def _may_refetch(self, entry: _Entry, kid: str | None, now: float) -> bool:
+        """An unknown kid may mean the publisher rotated keys: refetch, rate-limited."""
+        return (
+            kid is not None
+            and all(k.kid != kid for k in entry.keys)
+            and now - entry.fetched_at >= self._refetch_interval
+        )
 
     def invalidate(self, url: str) -> None:
         """Forget a URL (e.g. after a client's registration changes)."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -252,3 +253,24 @@ async def test_invalidate_forces_refetch(
     fetcher.invalidate(URL)
     await fetcher.get_keys(URL)
     assert len(publisher.requests) == 2
+
+
+async def test_slow_publisher_times_out() -> None:
+    async def stall(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(200, json={"keys": []})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(stall)) as client:
+        fetcher = JwksFetcher(client, timeout_seconds=0.05)
+        with pytest.raises(JwksFetchError, match="TimeoutError"):
+            await fetcher.get_keys(URL)
+
+
+async def test_concurrent_requests_share_one_fetch(
+    rsa_key: RSAKey, client_for: Callable[[Publisher], httpx.AsyncClient]
+) -> None:
+    publisher = Publisher(serving(public_jwks(rsa_key)))
+    fetcher = JwksFetcher(client_for(publisher))
+    results = await asyncio.gather(*(fetcher.get_keys(URL) for _ in range(5)))
+    assert all(len(keys) == 1 for keys in results)
+    assert len(publisher.requests) == 1
