@@ -17,7 +17,7 @@ from service.api.middleware import (
     FhirNegotiationMiddleware,
     RequestIdMiddleware,
 )
-from service.api.routes import health, system
+from service.api.routes import auth, health, system
 from service.api.routes.resources import resource_router
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.openapi_schemas import fhir_component_schemas
@@ -37,6 +37,7 @@ as FHIR R4 resources.
 TAGS: list[dict[str, Any]] = [
     {"name": "FHIR system", "description": "Metadata, transaction/batch Bundles, history"},
     {"name": "Operations", "description": "Health and readiness probes"},
+    {"name": "Authorization", "description": "OAuth 2.0 / SMART Backend Services"},
 ]
 
 
@@ -60,6 +61,9 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
                 await seed_demo(app)
             yield
         finally:
+            if getattr(app.state, "auth", None) is not None:
+                await app.state.auth.close()
+                app.state.auth = None
             if owned is not None:
                 await owned.dispose()
 
@@ -69,12 +73,16 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        swagger_ui_init_oauth={"clientId": "", "scopes": []},
+        swagger_ui_parameters={"persistAuthorization": True},
     )
     app.state.settings = settings
     app.state.engine = engine
     app.state.rules = build_rules(settings)
+    app.state.auth = None
 
     app.include_router(health.router)
+    app.include_router(auth.router)
     app.include_router(system.router)
     for rtype in SUPPORTED_TYPES:
         app.include_router(

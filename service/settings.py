@@ -43,6 +43,31 @@ class Settings(BaseSettings):
     default_page_size: int = Field(50, ge=1, le=1000)
     max_page_size: int = Field(1000, ge=1)
 
+    # --- authorization -----------------------------------------------------------------------
+    token_lifetime_seconds: int = Field(
+        300, ge=30, le=300, description="Access token lifetime (SMART: at most 5 minutes)."
+    )
+    auth_signing_keys_file: str | None = Field(
+        None,
+        description="JWKS file of private token-signing keys (e.g. a mounted Secret). Unset: a "
+        "key ring kept in the database, shared by every replica.",
+    )
+    auth_issuer: str | None = Field(
+        None, description="An external identity provider's issuer (e.g. a Keycloak realm URL)."
+    )
+    auth_jwks_url: str | None = Field(None, description="JWKS URL of the external issuer.")
+    auth_audience: str | None = Field(
+        None, description="Audience external tokens must carry (default: the FHIR base URL)."
+    )
+    auth_client_claim: str = Field("azp", description="External token claim naming the client.")
+    auth_organization_claim: str = Field(
+        "handoff_org",
+        description="External token claim holding the client's Organization reference.",
+    )
+    auth_allow_insecure_jwks: bool = Field(
+        False, description="Allow http:// jwks_uri (development only)."
+    )
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

@@ -12,7 +12,8 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -22,12 +23,26 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
+from service.auth.scopes import ScopeSet
+from service.auth.tokens import issue_access_token
 from service.settings import Settings
 from service.storage.db import create_engine
+from service.storage.clients import ClientRecord, add_client, get_client
+from service.storage.db import write_transaction
 from service.storage.migrate import upgrade
+from service.workflows.authn import Authenticator
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-TABLES = ("resource", "resource_history", "search_index", "idempotency_record")
+TABLES = (
+    "resource",
+    "resource_history",
+    "search_index",
+    "idempotency_record",
+    "oauth_client",
+    "used_assertion",
+    "signing_key_ring",
+)
+BASE = "http://testserver"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,8 +118,88 @@ def app(settings: Settings, engine: AsyncEngine):  # type: ignore[no-untyped-def
     return create_app(settings, engine=engine)
 
 
+TokenFactory = Callable[..., Awaitable[str]]
+
+
 @pytest.fixture
-async def client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+async def issue_token(app, engine: AsyncEngine) -> AsyncIterator[TokenFactory]:  # type: ignore[no-untyped-def]
+    """Register a client (secret-less) and sign a token for it, without the token endpoint."""
+    auth = Authenticator(engine=engine, settings=app.state.settings)
+    app.state.auth = auth
+
+    async def make(
+        *,
+        organization: str | None = None,
+        scopes: str = "system/*.cruds",
+        client_id: str | None = None,
+        lifetime: int = 300,
+    ) -> str:
+        cid = client_id or f"client-{uuid.uuid4().hex[:8]}"
+        async with write_transaction(engine) as conn:
+            if await get_client(conn, cid) is None:
+                await add_client(
+                    conn,
+                    ClientRecord(
+                        client_id=cid,
+                        name=cid,
+                        organization=organization,
+                        scopes=scopes,
+                        secret_hash=None,
+                        jwks=None,
+                        jwks_uri=None,
+                        disabled=False,
+                        created=datetime.now(UTC),
+                    ),
+                )
+        issued = issue_access_token(
+            client_id=cid,
+            organization=organization,
+            scopes=ScopeSet.parse(scopes),
+            ring=await auth.ring(),
+            issuer=f"{BASE}/auth",
+            audience=f"{BASE}/fhir",
+            now=datetime.now(UTC),
+            lifetime_seconds=lifetime,
+        )
+        return issued.access_token
+
+    yield make
+    await auth.close()
+
+
+@pytest.fixture
+async def anon_client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as c:
         yield c
+
+
+@pytest.fixture
+async def client(app, issue_token: TokenFactory) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+    """An administrator's client: sees everything (tenancy is tested with org clients)."""
+    token = await issue_token(scopes="system/*.cruds handoff/admin", client_id="test-admin")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=BASE, headers={"Authorization": f"Bearer {token}"}
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+async def org_client(app, issue_token: TokenFactory):  # type: ignore[no-untyped-def]
+    """Factory: an httpx client acting for an organization with the given scopes."""
+    opened: list[httpx.AsyncClient] = []
+
+    async def make(organization: str, scopes: str = "system/*.cruds") -> httpx.AsyncClient:
+        token = await issue_token(organization=organization, scopes=scopes)
+        c = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url=BASE,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        await c.aclose()

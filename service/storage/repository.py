@@ -221,6 +221,22 @@ async def instance_history(
     return [history_entry(r) for r in (await conn.execute(stmt)).all()]
 
 
+async def index_value(
+    conn: AsyncConnection, resource_type: str, resource_id: str, version_id: int, param: str
+) -> str | None:
+    row = (
+        await conn.execute(
+            select(index_t.c.value).where(
+                index_t.c.resource_type == resource_type,
+                index_t.c.resource_id == resource_id,
+                index_t.c.version_id == version_id,
+                index_t.c.param == param,
+            )
+        )
+    ).first()
+    return str(row[0]) if row and row[0] is not None else None
+
+
 async def resource_exists(conn: AsyncConnection, resource_type: str, resource_id: str) -> bool:
     stmt = select(resource_t.c.deleted).where(
         resource_t.c.resource_type == resource_type, resource_t.c.id == resource_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from service.storage.types import AutoBigInt, JsonDocument, UtcDateTime
@@ -96,3 +96,40 @@ class IdempotencyRecord(SQLModel, table=True):
 
 
 metadata = SQLModel.metadata
+
+
+class OAuthClient(SQLModel, table=True):
+    """A registered backend client (``handoff clients add``)."""
+
+    __tablename__ = "oauth_client"
+
+    client_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    name: str = Field(sa_column=Column(String(255), nullable=False))
+    organization: str | None = Field(default=None, sa_column=Column(String(128), nullable=True))
+    scopes: str = Field(sa_column=Column(Text(), nullable=False))
+    secret_hash: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    jwks: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(), nullable=True))
+    jwks_uri: str | None = Field(default=None, sa_column=Column(String(1024), nullable=True))
+    disabled: bool = Field(default=False, nullable=False)
+    created: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+
+
+class UsedAssertion(SQLModel, table=True):
+    """``jti`` values of client assertions already used (replay protection, all replicas)."""
+
+    __tablename__ = "used_assertion"
+    __table_args__ = (Index("ix_used_assertion_expires", "expires_at"),)
+
+    client_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    jti: str = Field(sa_column=Column(String(255), primary_key=True))
+    expires_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+
+
+class SigningKeyRingRow(SQLModel, table=True):
+    """The token-signing key ring when no key file is mounted: one row, shared by replicas."""
+
+    __tablename__ = "signing_key_ring"
+
+    name: str = Field(sa_column=Column(String(64), primary_key=True))
+    ring: dict[str, Any] = Field(sa_column=Column(JSON(), nullable=False))
+    updated: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))

@@ -22,5 +22,6 @@ class WorkflowContext:
     base_url: str  # public FHIR base, e.g. https://handoff.example.org/fhir
     request_id: str
     principal: Principal | None = None
-    access: AccessFilter = field(default=allow_all)
+    access: AccessFilter = field(default=allow_all)  # reads, includes, write visibility
+    search_access: AccessFilter | None = None  # searches (scope action "s"); None: ``access``
     rules: RuleSet = field(default_factory=default_rules)

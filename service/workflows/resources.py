@@ -36,6 +36,7 @@ from service.search.query import SearchRequest, parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
 from service.storage.repository import StoredResource
+from service.workflows.access import CREATOR_PARAM, check_write, creator_entries, require_scope
 from service.workflows.context import WorkflowContext
 from service.workflows.rules import WriteEvent, WrittenEvent
 
@@ -118,6 +119,7 @@ async def read_in(
     conn: AsyncConnection, ctx: WorkflowContext, resource_type: str, resource_id: str
 ) -> StoredResource:
     check_type(resource_type)
+    require_scope(ctx.principal, resource_type, "r")
     stored = await repo.get_current(conn, resource_type, resource_id)
     if stored is None or not await _visible(conn, ctx, resource_type, resource_id):
         raise _not_found(resource_type, resource_id)
@@ -138,6 +140,7 @@ async def vread_in(
     conn: AsyncConnection, ctx: WorkflowContext, resource_type: str, resource_id: str, vid: str
 ) -> StoredResource:
     check_type(resource_type)
+    require_scope(ctx.principal, resource_type, "r")
     if not vid.isdigit():
         raise ResourceNotFoundError(f"Version '{vid}' of {resource_type}/{resource_id} is unknown")
     if not await _visible(conn, ctx, resource_type, resource_id):
@@ -167,6 +170,7 @@ async def instance_history(
     since: datetime | None,
 ) -> list[repo.HistoryEntry]:
     check_type(resource_type)
+    require_scope(ctx.principal, resource_type, "r")
     async with read_connection(ctx.engine) as conn:
         if not await _visible(conn, ctx, resource_type, resource_id):
             raise _not_found(resource_type, resource_id)
@@ -184,6 +188,7 @@ def parse_search_params(
     ctx: WorkflowContext, resource_type: str, params: list[tuple[str, str]], *, strict: bool
 ) -> SearchRequest:
     check_type(resource_type)
+    require_scope(ctx.principal, resource_type, "s")
     return parse_search(
         resource_type,
         params,
@@ -196,7 +201,9 @@ def parse_search_params(
 async def search_in(
     conn: AsyncConnection, ctx: WorkflowContext, request: SearchRequest
 ) -> SearchPage:
-    return await run_search(conn, request, access=ctx.access, base_url=ctx.base_url)
+    return await run_search(
+        conn, request, access=ctx.search_access or ctx.access, base_url=ctx.base_url
+    )
 
 
 async def search(ctx: WorkflowContext, request: SearchRequest) -> SearchPage:
@@ -241,6 +248,16 @@ async def _store(
     )
     await _apply_before_rules(event)
     version = (current.version_id + 1) if current is not None else 1
+    old_index = (
+        extract_index(current_body, version_id=current.version_id, base_url=ctx.base_url)
+        if current is not None and current_body is not None
+        else []
+    )
+    previous_creator = (
+        await repo.index_value(conn, resource_type, resource_id, current.version_id, CREATOR_PARAM)
+        if current is not None
+        else None
+    )
     last_updated = now_ms()
     if event.body is not None:
         final = stamp(
@@ -257,6 +274,24 @@ async def _store(
             if current_body is not None
             else []
         )
+    check_write(
+        ctx.principal,
+        action={"create": "c", "delete": "d"}.get(interaction, "u"),  # type: ignore[arg-type]
+        resource_type=resource_type,
+        body=final,
+        new_index=index,
+        old_index=old_index,
+    )
+    index = [
+        *index,
+        *creator_entries(
+            ctx.principal,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            version_id=version,
+            previous_creator=previous_creator,
+        ),
+    ]
     stored = StoredResource(resource_type, resource_id, version, last_updated, final is None, raw)
     await repo.write_version(
         conn,
@@ -299,6 +334,7 @@ async def create_in(
     resource_type = body.get("resourceType", "")
     check_type(resource_type)
     _check_client_writable(ctx, resource_type)
+    require_scope(ctx.principal, resource_type, "c")
     if not validated:
         validate_resource(body, expected_type=resource_type)
     if if_none_exist:
@@ -378,6 +414,7 @@ async def update_in(
     if not validated:
         validate_resource(body, expected_type=resource_type)
     current = await repo.get_current(conn, resource_type, resource_id, for_update=True)
+    require_scope(ctx.principal, resource_type, "u" if current is not None else "c")
     if current is not None and not await _visible(conn, ctx, resource_type, resource_id):
         raise _not_found(resource_type, resource_id)
     if current is None or current.deleted:
@@ -438,6 +475,7 @@ async def patch_in(
 ) -> WriteResult:
     """JSON Patch (RFC 6902): applied to the current version, then validated like an update."""
     check_type(resource_type)
+    require_scope(ctx.principal, resource_type, "u")
     if not isinstance(operations, list):
         raise InvalidRequestError("A JSON Patch body is an array of operations")
     current = await read_in(conn, ctx, resource_type, resource_id)
@@ -482,6 +520,7 @@ async def delete_in(
     """Logical delete: a new version marked deleted. Returns None if it was already deleted."""
     check_type(resource_type)
     _check_client_writable(ctx, resource_type)
+    require_scope(ctx.principal, resource_type, "d")
     if resource_type in ctx.rules.undeletable:
         raise MethodNotAllowedError(
             f"{resource_type} resources cannot be deleted"

@@ -33,12 +33,28 @@ async def drain(client: httpx.AsyncClient, url: str) -> tuple[list[dict[str, Any
         url = nxt
 
 
+async def drain_until(
+    client: httpx.AsyncClient, url: str, count: int, timeout: float = 15.0
+) -> tuple[list[dict[str, Any]], str]:
+    """Poll (following cursor links) until ``count`` entries arrived. On PostgreSQL a change
+    becomes visible once every older transaction has finished (the fence), and background work
+    such as autovacuum's ANALYZE can hold that back for a moment: a poller just polls again."""
+    got: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        entries, url = await drain(client, url)
+        got += entries
+        if len(got) >= count or asyncio.get_running_loop().time() > deadline:
+            return got, url
+        await asyncio.sleep(0.05)
+
+
 async def test_cursor_feed_shows_changes_including_leaving_the_search(
     client: httpx.AsyncClient,
 ) -> None:
     params = "owner=Organization/prov-1&status=requested"
     created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
-    first, cursor = await drain(client, f"/fhir/Task?{params}&_cursor=start")
+    first, cursor = await drain_until(client, f"/fhir/Task?{params}&_cursor=start", 1)
     assert [e["resource"]["id"] for e in first] == [created["id"]]
     # Caught up: nothing new.
     again, cursor2 = await drain(client, cursor)
@@ -52,8 +68,9 @@ async def test_cursor_feed_shows_changes_including_leaving_the_search(
         "/fhir/Task", json=task(owner="Organization/someone-else"), headers=FHIR_JSON
     )
     assert other.status_code == 201
-    changed, _ = await drain(client, cursor2)
-    assert len(changed) == 1
+    changed, cursor3 = await drain_until(client, cursor2, 1)
+    more, _ = await drain(client, cursor3)
+    assert len(changed + more) == 1
     entry = changed[0]
     assert entry["resource"]["status"] == "accepted"
     assert entry["search"]["extension"][0]["valueBoolean"] is True  # no longer matches
@@ -63,16 +80,23 @@ async def test_cursor_feed_pages_in_commit_order(client: httpx.AsyncClient) -> N
     made = []
     for _ in range(7):
         made.append((await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()["id"])
-    seen, _ = await drain(client, "/fhir/Task?owner=Organization/prov-1&_cursor=start&_count=3")
+    seen, _ = await drain_until(
+        client, "/fhir/Task?owner=Organization/prov-1&_cursor=start&_count=3", 7
+    )
     assert [e["resource"]["id"] for e in seen] == made
 
 
 async def test_deletion_is_reported_in_feed(client: httpx.AsyncClient) -> None:
     created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
-    _, cursor = await drain(client, "/fhir/Task?owner=Organization/prov-1&_cursor=start")
+    _, cursor = await drain_until(client, "/fhir/Task?owner=Organization/prov-1&_cursor=start", 1)
     await client.delete(f"/fhir/Task/{created['id']}")
-    page = (await client.get(cursor)).json()
-    outcomes = [e for e in page.get("entry", []) if e["search"]["mode"] == "outcome"]
+    outcomes: list[dict[str, Any]] = []
+    for _ in range(100):
+        page = (await client.get(cursor)).json()
+        outcomes = [e for e in page.get("entry", []) if e["search"]["mode"] == "outcome"]
+        if outcomes:
+            break
+        await asyncio.sleep(0.05)
     assert outcomes
     assert f"Task/{created['id']}" in str(outcomes[0]["resource"])
 
@@ -135,7 +159,11 @@ async def test_out_of_order_commits_are_never_missed(app, client: httpx.AsyncCli
         release.set()
         await holder
         await fast_writer(3)
-    await poll_once()
+    for _ in range(300):  # every transaction has ended: the fence must now let everything by
+        await poll_once()
+        if set(seen) >= expected:
+            break
+        await asyncio.sleep(0.05)
     counts = Counter(seen)
     assert not [k for k, n in counts.items() if n > 1], "a version was delivered twice"
     assert set(seen) == expected, f"missed: {expected - set(seen)}"

@@ -88,7 +88,10 @@ async def test_unexpected_error_is_500_without_leaking(
 
     monkeypatch.setattr(resources, "read", boom)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+    headers = {"Authorization": client.headers["Authorization"]}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", headers=headers
+    ) as c:
         r = await c.get("/fhir/Task/x", headers={"X-Request-ID": "req-123"})
     body = assert_outcome(r, 500, "exception")
     assert "Jane" not in r.text and "secret" not in r.text

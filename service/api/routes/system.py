@@ -10,7 +10,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service import __version__
-from service.api.deps import ContextDep
+from service.api.deps import ContextDep, PublicContextDep
+from service.api.routes.auth import capability_security
 from service.api.responses import fhir_json
 from service.api.routes.resources import FHIR_ERRORS, type_history_response
 from service.fhir.r4 import SUPPORTED_TYPES
@@ -142,10 +143,10 @@ def capability_statement(
     operation_id="metadata",
     response_class=Response,
 )
-async def metadata(request: Request, ctx: ContextDep) -> Response:
+async def metadata(ctx: PublicContextDep) -> Response:
     """What this server supports, generated from its routes, rules and search parameters."""
-    extra = getattr(request.app.state, "capability_security", None)
-    statement = capability_statement(ctx.base_url, ctx.rules, extra)
+    root = ctx.base_url.removesuffix("/fhir")
+    statement = capability_statement(ctx.base_url, ctx.rules, capability_security(root))
     body = orjson.dumps(statement)
     etag = 'W/"' + hashlib.sha256(body).hexdigest()[:16] + '"'
     return fhir_json(body, headers={"ETag": etag})

@@ -1,0 +1,284 @@
+"""Who may see and change what: organization tenancy plus SMART scopes, in one place.
+
+Tenancy rules (a client acts for one Organization, ``org`` below):
+
+* Directory data (Organization, HealthcareService, Location, Practitioner, PractitionerRole,
+  Questionnaire, CodeSystem, ValueSet, Medication) is readable by every authenticated client and
+  written only by administrators.
+* A Task is visible to its requester and its owner, to the organization that created it, and
+  (while ``requested`` with no owner) to any organization that may claim it.
+* A ServiceRequest is visible to its requester and performer, its creator, and the owner or
+  requester of any Task whose focus it is.
+* A Patient, and patient data (QuestionnaireResponse, Observation, Procedure, Consent,
+  MedicationDispense, SupplyDelivery, RelatedPerson), are visible to their creator and to the
+  owner or requester of any Task for that patient (the referral is the care relationship).
+  42 CFR Part 2 consent narrows this further for labelled records.
+* Everything else is visible to the organization that created it.
+* Administrators (``handoff/admin``) see everything. Data the caller may not see answers 404
+  on read and is left out of search results.
+
+Scopes: each interaction needs its SMART action on the type (c r u d s); constrained scopes
+(``system/Task.rs?owner=Organization/1``) add their constraints as search criteria.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, false, literal, or_, select, true
+
+from service.auth.principal import Principal
+from service.auth.scopes import Action
+from service.errors import ForbiddenError, InsufficientScopeError
+from service.search.execute import AccessFilter, RowCols, allow_all
+from service.search.params import params_for
+from service.search.query import Criterion, criterion_condition
+from service.storage.repository import IndexEntry, index_t, resource_t
+
+DIRECTORY_TYPES = frozenset(
+    {
+        "Organization",
+        "HealthcareService",
+        "Location",
+        "Practitioner",
+        "PractitionerRole",
+        "Questionnaire",
+        "CodeSystem",
+        "ValueSet",
+        "Medication",
+    }
+)
+PATIENT_DATA_TYPES = frozenset(
+    {
+        "QuestionnaireResponse",
+        "Observation",
+        "Procedure",
+        "Consent",
+        "MedicationDispense",
+        "SupplyDelivery",
+        "RelatedPerson",
+    }
+)
+CREATOR_PARAM = "_creator-org"  # internal index row: the organization that created a resource
+
+
+def require_scope(principal: Principal | None, resource_type: str, action: Action) -> None:
+    if principal is None:  # internal use (demo seeding, CLI): no token involved
+        return
+    if not principal.scopes.allows(resource_type, action):
+        names = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+        raise InsufficientScopeError(
+            f"The access token's scopes do not allow {names[action]} on {resource_type} "
+            f"(needs system/{resource_type}.{action} or wider)"
+        )
+
+
+def creator_entries(
+    principal: Principal | None, *, resource_type: str, resource_id: str, version_id: int,
+    previous_creator: str | None,
+) -> list[IndexEntry]:
+    creator = previous_creator or (principal.organization if principal else None)
+    if not creator:
+        return []
+    return [
+        IndexEntry(
+            resource_type=resource_type,
+            resource_id=resource_id,
+            version_id=version_id,
+            param=CREATOR_PARAM,
+            value=creator,
+        )
+    ]
+
+
+# --- read side -------------------------------------------------------------------------------
+
+
+def _has(rtype: str, cols: RowCols, param: str | tuple[str, ...], value: Any) -> ColumnElement[bool]:
+    c = index_t.c
+    params = (param,) if isinstance(param, str) else param
+    return exists(
+        select(1)
+        .select_from(index_t)
+        .where(
+            c.resource_type == rtype,
+            c.resource_id == cols.id,
+            c.version_id == cols.version_id,
+            c.param.in_(params) if len(params) > 1 else c.param == params[0],
+            c.value == value,
+        )
+    )
+
+
+def _task_links(org: str, param: str, target: Any) -> ColumnElement[bool]:
+    """A current Task whose ``param`` references ``target`` and whose owner or requester is org."""
+    f = index_t.alias("task_link")
+    o = index_t.alias("task_party")
+    r = resource_t.alias("task_current")
+    return exists(
+        select(1)
+        .select_from(f)
+        .join(
+            r,
+            and_(
+                r.c.resource_type == "Task",
+                r.c.id == f.c.resource_id,
+                r.c.version_id == f.c.version_id,
+                r.c.deleted.is_(False),
+            ),
+        )
+        .where(
+            f.c.resource_type == "Task",
+            f.c.param == param,
+            f.c.value == target,
+            exists(
+                select(1)
+                .select_from(o)
+                .where(
+                    o.c.resource_type == "Task",
+                    o.c.resource_id == f.c.resource_id,
+                    o.c.version_id == f.c.version_id,
+                    o.c.param.in_(("owner", "requester")),
+                    o.c.value == org,
+                )
+            ),
+        )
+    )
+
+
+def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool]:
+    if rtype in DIRECTORY_TYPES:
+        return true()
+    created = _has(rtype, cols, CREATOR_PARAM, org)
+    if rtype == "Task":
+        unowned_open = and_(
+            ~exists(
+                select(1)
+                .select_from(index_t)
+                .where(
+                    index_t.c.resource_type == "Task",
+                    index_t.c.resource_id == cols.id,
+                    index_t.c.version_id == cols.version_id,
+                    index_t.c.param == "owner",
+                )
+            ),
+            _has(rtype, cols, "status", "requested"),
+        )
+        return or_(created, _has(rtype, cols, ("owner", "requester"), org), unowned_open)
+    if rtype == "ServiceRequest":
+        return or_(
+            created,
+            _has(rtype, cols, ("requester", "performer"), org),
+            _task_links(org, "focus", literal("ServiceRequest/") + cols.id),
+        )
+    if rtype == "Patient":
+        return or_(created, _task_links(org, "patient", literal("Patient/") + cols.id))
+    if rtype in PATIENT_DATA_TYPES:
+        p = index_t.alias("own_patient")
+        linked = exists(
+            select(1)
+            .select_from(p)
+            .where(
+                p.c.resource_type == rtype,
+                p.c.resource_id == cols.id,
+                p.c.version_id == cols.version_id,
+                p.c.param == "patient",
+                _task_links(org, "patient", p.c.value),
+            )
+        )
+        return or_(created, linked)
+    return created
+
+
+def _constraint_condition(
+    rtype: str, cols: RowCols, constraints: list[dict[str, list[str]]], base_url: str | None
+) -> ColumnElement[bool]:
+    if not constraints:
+        return true()
+    known = params_for(rtype)
+    alternatives = []
+    for constraint in constraints:
+        parts = []
+        for name, values in constraint.items():
+            param = known.get(name)
+            if param is None:  # a constraint on a parameter we do not index matches nothing
+                parts.append(false())
+                continue
+            parts.append(
+                criterion_condition(
+                    Criterion(param=param, modifier=None, values=tuple(values)),
+                    rtype,
+                    id_col=cols.id,
+                    version_col=cols.version_id,
+                    last_updated_col=cols.last_updated,
+                    base_url=base_url,
+                )
+            )
+        alternatives.append(and_(*parts))
+    return or_(*alternatives)
+
+
+def access_filter(
+    principal: Principal | None, action: Action, *, base_url: str | None
+) -> AccessFilter:
+    """What ``principal`` may see when it ``action``s (r: read, includes; s: search)."""
+    if principal is None or principal.is_admin:
+        return allow_all
+    org = principal.organization
+
+    def visible(rtype: str, cols: RowCols) -> ColumnElement[bool] | None:
+        if not principal.scopes.allows(rtype, action):
+            return None
+        scope = _constraint_condition(
+            rtype, cols, principal.scopes.constraints(rtype, action), base_url
+        )
+        if org is None:  # a client with no organization sees directory data only
+            return scope if rtype in DIRECTORY_TYPES else None
+        return and_(tenancy_condition(rtype, cols, org), scope)
+
+    return visible
+
+
+# --- write side ------------------------------------------------------------------------------
+
+
+def check_write(
+    principal: Principal | None,
+    *,
+    action: Action,
+    resource_type: str,
+    body: dict[str, Any] | None,
+    new_index: list[IndexEntry],
+    old_index: list[IndexEntry],
+) -> None:
+    """Tenancy and scope-constraint rules for a write (the caller checked the plain scope)."""
+    if principal is None or principal.is_admin:
+        return
+    if resource_type in DIRECTORY_TYPES:
+        raise ForbiddenError(
+            f"{resource_type} is directory data: only administrators change it"
+        )
+    if principal.organization is None:
+        raise ForbiddenError("This client acts for no organization and may not write data")
+    if action == "c" and resource_type in ("Task", "ServiceRequest") and body is not None:
+        requester = (body.get("requester") or {}).get("reference")
+        if requester != principal.organization:
+            raise ForbiddenError(
+                f"A {resource_type} you create must name your organization "
+                f"({principal.organization}) as its requester",
+                expression=[f"{resource_type}.requester"],
+            )
+    # Constrained scopes must cover both the stored resource and what it becomes.
+    for entries in (new_index, old_index) if old_index else (new_index,):
+        values: dict[str, list[str]] = {}
+        for e in entries:
+            if e.value is not None:
+                values.setdefault(e.param, []).append(e.value)
+        if not principal.scopes.matches_resource(resource_type, action, values):
+            raise InsufficientScopeError(
+                f"The access token's scope constraints do not cover this {resource_type}"
+            )
+
+
+AccessFactory = Callable[[Principal | None, Action], AccessFilter]
