@@ -55,6 +55,13 @@ _NOT_IN_R4: Final[Mapping[str, frozenset[str]]] = {
 }
 
 
+# Where R4B allows more reference targets than R4 4.0.1 (all such elements of the supported types
+# and datatypes, found by comparing the models with the R4 StructureDefinitions).
+_R4_REFERENCE_TARGETS: Final[Mapping[str, frozenset[str]]] = {
+    "Observation.subject": frozenset({"Patient", "Group", "Device", "Location"}),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Binding:
     value_set: str
@@ -271,7 +278,8 @@ def spec_for(model: type[BaseModel]) -> Spec:
                 json_type=None,
                 model=child,
                 binding=None,
-                targets=(
+                targets=_R4_REFERENCE_TARGETS.get(f"{path}.{alias}")
+                or (
                     frozenset(str(t) for t in targets)
                     if isinstance(targets, list) and targets and "Resource" not in targets
                     else None

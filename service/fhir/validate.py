@@ -38,10 +38,8 @@ def validate_resource(body: Any, *, expected_type: str | None = None) -> None:
     """Raise InvalidResourceError (HTTP 400) carrying every problem found in ``body``.
 
     ``expected_type`` is the type named by the URL (PUT /Task/1): a body of another type is
-    rejected. Without it, any of ``r4.SUPPORTED_TYPES`` is accepted.
+    rejected. Without it, any of ``r4.SUPPORTED_TYPES`` is accepted; other types never are.
     """
-    if expected_type is not None and expected_type not in r4.SUPPORTED_TYPES:
-        raise ValueError(f"expected_type {expected_type!r} is not a supported type")
     if not isinstance(body, dict):
         _fail([_issue("structure", f"a resource must be a JSON object, not {_json_name(body)}")])
 
@@ -49,7 +47,9 @@ def validate_resource(body: Any, *, expected_type: str | None = None) -> None:
     resource_type = body.get("resourceType")
     if not isinstance(resource_type, str):
         if "resourceType" not in body:
-            issues.append(_issue("required", "resourceType: required element is missing"))
+            issues.append(
+                _issue("required", "resourceType: required element is missing", "resourceType")
+            )
         else:
             issues.append(
                 _issue(
@@ -58,10 +58,10 @@ def validate_resource(body: Any, *, expected_type: str | None = None) -> None:
                     "resourceType",
                 )
             )
-        if expected_type is None:
+        if expected_type is None or expected_type not in r4.SUPPORTED_TYPES:
             _fail(issues)
         resource_type = expected_type  # still report what else is wrong with the body
-    elif resource_type not in r4.SUPPORTED_TYPES:
+    if resource_type not in r4.SUPPORTED_TYPES:
         code = "not-supported" if resource_type in r4.R4_RESOURCE_TYPES else "value"
         _fail(
             [
@@ -90,7 +90,12 @@ def validate_resource(body: Any, *, expected_type: str | None = None) -> None:
     walker.resource(body, spec_for(model), resource_type, contained=False)
     issues.extend(walker.issues)
     try:
-        model.model_validate(body)
+        # A null in a list of objects makes fhir.resources reject the whole object holding the
+        # list before checking its fields; the walk has reported the null, so let pydantic see
+        # an empty object in its place (in a copy) and still check everything else.
+        model.model_validate(
+            _with_placeholders(body, walker.null_slots) if walker.null_slots else body
+        )
     except ValidationError as exc:
         issues.extend(_not_yet_reported(issues, issues_from_validation_error(exc, resource_type)))
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -100,6 +105,16 @@ def validate_resource(body: Any, *, expected_type: str | None = None) -> None:
             issues.append(_issue("invalid", f"the resource could not be parsed: {exc!r}"))
     if issues:
         _fail(issues)
+
+
+def _with_placeholders(value: Any, slots: dict[int, set[int]]) -> Any:
+    """A copy of ``value`` with ``{}`` at the list slots given as {id(list): {index, ...}}."""
+    if isinstance(value, dict):
+        return {k: _with_placeholders(v, slots) for k, v in value.items()}
+    if isinstance(value, list):
+        holes = slots.get(id(value), set())
+        return [{} if i in holes else _with_placeholders(v, slots) for i, v in enumerate(value)]
+    return value
 
 
 def _not_yet_reported(walked: list[Issue], parsed: list[Issue]) -> list[Issue]:
@@ -179,6 +194,8 @@ class _Walker:
         self.issues: list[Issue] = []
         # id -> resourceType of the contained resources that "#id" references can point to
         self._contained: list[dict[str, str]] = []
+        # nulls found in lists of objects, as {id(list): {index, ...}}
+        self.null_slots: dict[int, set[int]] = {}
 
     def resource(self, obj: dict[str, Any], spec: Spec, expr: str, *, contained: bool) -> None:
         if contained:  # resolves "#id" against its container
@@ -279,6 +296,8 @@ class _Walker:
                 has_partner = (
                     isinstance(partner, list) and i < len(partner) and partner[i] is not None
                 )
+                if field.kind is Kind.COMPLEX:
+                    self.null_slots.setdefault(id(value), set()).add(i)
                 if field.kind is Kind.COMPLEX or field.kind is Kind.RESOURCE or not has_partner:
                     self.add("structure", item_expr, "null is not allowed here")
             elif isinstance(item, list):
