@@ -25,6 +25,9 @@ from service.fhir.outcome import issues_from_validation_error
 from service.fhir.schema import Field, JsonType, Kind, Spec, spec_for
 
 _MAX_CODES_LISTED = 12
+# Nesting of JSON objects beyond any real resource (Questionnaire items nest ~10 deep); deeper
+# bodies are refused before pydantic, whose recursion would otherwise exhaust the stack.
+MAX_DEPTH = 64
 _RELATIVE_REFERENCE = re.compile(
     r"([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?"
 )
@@ -89,6 +92,8 @@ def validate_resource(body: Any, *, expected_type: str | None = None) -> None:
     walker = _Walker()
     walker.resource(body, spec_for(model), resource_type, contained=False)
     issues.extend(walker.issues)
+    if walker.too_deep:
+        _fail(issues)
     try:
         # A null in a list of objects makes fhir.resources reject the whole object holding the
         # list before checking its fields; the walk has reported the null, so let pydantic see
@@ -98,7 +103,7 @@ def validate_resource(body: Any, *, expected_type: str | None = None) -> None:
         )
     except ValidationError as exc:
         issues.extend(_not_yet_reported(issues, issues_from_validation_error(exc, resource_type)))
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
         # fhir.resources crashes on some malformed input (e.g. an unknown contained resourceType)
         # that the walk has already reported; anything else is still a client error.
         if not issues:
@@ -196,6 +201,8 @@ class _Walker:
         self._contained: list[dict[str, str]] = []
         # nulls found in lists of objects, as {id(list): {index, ...}}
         self.null_slots: dict[int, set[int]] = {}
+        self._depth = 0
+        self.too_deep = False
 
     def resource(self, obj: dict[str, Any], spec: Spec, expr: str, *, contained: bool) -> None:
         if contained:  # resolves "#id" against its container
@@ -219,6 +226,18 @@ class _Walker:
         self.issues.append(Issue("error", code, f"{expression}: {message}", (expression,)))
 
     def object(self, obj: dict[str, Any], spec: Spec, expr: str, *, is_resource: bool) -> None:
+        if self._depth >= MAX_DEPTH:
+            if not self.too_deep:
+                self.too_deep = True
+                self.add("too-costly", expr, f"nested more than {MAX_DEPTH} objects deep")
+            return
+        self._depth += 1
+        try:
+            self._object(obj, spec, expr, is_resource=is_resource)
+        finally:
+            self._depth -= 1
+
+    def _object(self, obj: dict[str, Any], spec: Spec, expr: str, *, is_resource: bool) -> None:
         if not obj:
             self.add("structure", expr, "empty object: an element must have a value or children")
             return
@@ -274,7 +293,8 @@ class _Walker:
     def _unknown(self, spec: Spec, expr: str, key: str) -> None:
         hint = difflib.get_close_matches(key, list(spec.fields), n=1)
         suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-        self.add("structure", f"{expr}.{key.removeprefix('_')}", f"unknown element{suffix}")
+        what = f"unknown element {key!r}" if key.startswith("_") else "unknown element"
+        self.add("structure", f"{expr}.{key.removeprefix('_')}", f"{what}{suffix}")
 
     def _list(self, obj: dict[str, Any], field: Field, value: Any, expr: str) -> None:
         if not isinstance(value, list):
