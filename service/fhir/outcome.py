@@ -18,6 +18,7 @@ REQUEST_ID_EXTENSION: Final = "urn:handoff:request-id"
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _ELEMENT_NAME = re.compile(r"_?[a-z][A-Za-z0-9]*")
 _MAX_INPUT_SHOWN = 80
+_QUOTED = re.compile(r"'([A-Za-z0-9]+)'")
 _FHIR_REGEX: Final = {
     "code": re.compile(r"[^ \t\r\n]+([ \t\r\n][^ \t\r\n]+)*"),
     "string": re.compile(r"[^\x0b\x0c]+"),
@@ -76,7 +77,15 @@ def issues_from_validation_error(exc: ValidationError, resource_type: str) -> li
             continue  # valid FHIR JSON the R4B model lacks (``_valueString`` in Extension)
         if kind == "string_pattern_mismatch" and _matches_fhir_regex(fhir_type, value):
             continue
-        if kind in _REQUIRED_ERRORS:
+        choice = _choice_name(message) if kind == "value_error" else None
+        if choice is not None:
+            # fhir.resources' check of a choice type, raised on the object holding it
+            expression = f"{expression}.{choice}[x]"
+            if message.startswith("Expect any"):
+                code, text = "required", "required element is missing"
+            else:
+                code, text = "structure", "only one value is allowed (a choice type has one value)"
+        elif kind in _REQUIRED_ERRORS:
             code, text = "required", "required element is missing"
         elif kind == "fhir-validation-wrong-resource-type":
             code, text = "invalid", f"resourceType {value!r} is not {resource_type!r}"
@@ -84,7 +93,7 @@ def issues_from_validation_error(exc: ValidationError, resource_type: str) -> li
             code, text = "structure", message
         else:
             code = "value"
-            shown = _shown(value)
+            shown = short_repr(value)
             what = f"a valid {fhir_type}" if fhir_type else "valid"
             text = f"{shown} is not {what}: {message}" if shown else message
         issues.append(Issue("error", code, f"{expression}: {text}", (expression,)))
@@ -102,7 +111,23 @@ def _matches_fhir_regex(fhir_type: str | None, value: Any) -> bool:
     return isinstance(value, str) and pattern is not None and pattern.fullmatch(value) is not None
 
 
-def _shown(value: Any) -> str:
+def _choice_name(message: str) -> str | None:
+    """The choice name in fhir.resources' "... from this list ['valueAge', 'valueBoolean']"."""
+    if not message.startswith(("Expect any of field value", "Any of one field value")):
+        return None
+    names: list[str] = _QUOTED.findall(message)
+    if not names:
+        return None
+    # the longest common prefix after which every name goes on with an upper-case letter
+    for cut in range(min(len(n) for n in names) - 1, 0, -1):
+        prefix = names[0][:cut]
+        if all(n.startswith(prefix) and n[cut].isupper() for n in names):
+            return prefix
+    return None
+
+
+def short_repr(value: Any) -> str:
+    """A client's scalar value as quoted in diagnostics (cut short); "" for objects and arrays."""
     if isinstance(value, dict | list) or value is None:
         return ""
     shown = repr(value)

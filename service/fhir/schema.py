@@ -293,13 +293,15 @@ def spec_for(model: type[BaseModel]) -> Spec:
                 required_choices.add(choice)
         elif extra.get("element_required") or info.is_required():
             required.append((alias, ext_alias.get(name)))
-    # Every primitive may carry a "_name" sibling in FHIR JSON, but the R4B Extension model has
-    # none for value[x] (``_valueString`` holding a translation is common in the spec itself).
-    # The walk accepts them; validate.py then ignores pydantic's extra_forbidden for them.
+    # valueString and _valueString both belong to the choice value[x]
     choice_of = {name: group for group, names in choices.items() for name in names}
     for alias, field in list(fields.items()):
-        if alias in choice_of:
-            fields[alias] = dataclasses.replace(field, choice=choice_of[alias])
+        group = choice_of.get(alias.removeprefix("_"))
+        if group is not None:
+            fields[alias] = dataclasses.replace(field, choice=group)
+    # Every primitive may carry a "_name" sibling in FHIR JSON, but the R4B Extension model has
+    # none for value[x] (``_valueString`` holding a translation is common in the spec itself).
+    # The walk accepts them; outcome.py then ignores pydantic's extra_forbidden for them.
     ext_model = r4.primitive_extension_model()
     for field in list(fields.values()):
         sibling = f"_{field.name}"

@@ -136,3 +136,28 @@ def test_primitive_extension_paths_use_the_element_name() -> None:
     exc = _pydantic_error(model_for("Task"), body)
     [issue] = issues_from_validation_error(exc, "Task")
     assert (issue.code, issue.expression) == ("structure", ("Task.status",))  # not "_status"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code", "expression"),
+    [
+        (lambda b: b["input"][0].pop("valueDateTime"), "required", "Task.input[0].value[x]"),
+        (lambda b: b["input"][0].update(valueString="x"), "structure", "Task.input[0].value[x]"),
+    ],
+    ids=["missing", "two values"],
+)
+def test_pydantic_choice_type_errors_point_at_the_choice(
+    mutate: Any, code: str, expression: str
+) -> None:
+    body = task()
+    mutate(body)
+    exc = _pydantic_error(model_for("Task"), body)
+    [issue] = issues_from_validation_error(exc, "Task")
+    assert (issue.code, issue.expression) == (code, (expression,))
+
+
+def test_choice_name_with_a_camel_case_base() -> None:
+    body = {"resourceType": "Patient", "multipleBirthBoolean": True, "multipleBirthInteger": 2}
+    exc = _pydantic_error(model_for("Patient"), body)
+    [issue] = issues_from_validation_error(exc, "Patient")
+    assert issue.expression == ("Patient.multipleBirth[x]",)

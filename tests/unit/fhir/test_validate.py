@@ -77,6 +77,20 @@ def test_required_primitive_may_be_replaced_by_its_extension() -> None:
     validate_resource(body, expected_type="Task")
 
 
+def test_choice_value_given_only_as_extension_counts_as_present() -> None:
+    body = task()
+    del body["input"][1]["valueString"]
+    body["input"][1]["_valueString"] = {
+        "extension": [
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+                "valueCode": "masked",
+            }
+        ]
+    }
+    validate_resource(body)
+
+
 def test_null_in_a_primitive_array_is_allowed_when_its_extension_fills_the_slot() -> None:
     body = sample("Patient")
     ext = {"extension": [{"url": "http://example.org/initial", "valueBoolean": True}]}
