@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(func=cmd_migrate)
+    from service.clients_cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

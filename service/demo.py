@@ -115,6 +115,60 @@ def _service(
     }
 
 
+# Fixed, clearly-marked demo credentials (printed at start-up and listed in the README).
+# client id -> (organization key or None for the administrator, scopes)
+DEMO_CLIENTS: dict[str, tuple[str | None, str]] = {
+    "demo-jail": ("county-jail", "system/*.cruds"),
+    "demo-jail-health": ("jail-health", "system/*.cruds"),
+    "demo-otp": ("otp", "system/*.cruds"),
+    "demo-treatment": ("sud-treatment", "system/*.cruds"),
+    "demo-harm-reduction": ("harm-reduction", "system/*.cruds"),
+    "demo-peer": ("peer-support", "system/*.cruds"),
+    "demo-admin": (None, "system/*.cruds handoff/admin"),
+}
+
+
+def demo_secret(client_id: str) -> str:
+    return f"{client_id}-secret"
+
+
+async def seed_demo_clients(engine: Any, org_ids: dict[str, str]) -> list[dict[str, str]]:
+    """Register the demo clients (secret authentication); idempotent."""
+    from datetime import UTC, datetime
+
+    from service.auth.client_secrets import hash_client_secret
+    from service.storage.clients import ClientRecord, add_client, get_client
+
+    listed = []
+    async with write_transaction(engine) as conn:
+        for client_id, (org_key, scopes) in DEMO_CLIENTS.items():
+            org = f"Organization/{org_ids[org_key]}" if org_key else None
+            if await get_client(conn, client_id) is None:
+                await add_client(
+                    conn,
+                    ClientRecord(
+                        client_id=client_id,
+                        name=f"DEMO {ORGANIZATIONS[org_key][0] if org_key else 'administrator'}",
+                        organization=org,
+                        scopes=scopes,
+                        secret_hash=hash_client_secret(demo_secret(client_id)),
+                        jwks=None,
+                        jwks_uri=None,
+                        disabled=False,
+                        created=datetime.now(UTC),
+                    ),
+                )
+            listed.append(
+                {
+                    "client_id": client_id,
+                    "client_secret": demo_secret(client_id),
+                    "organization": org or "(none: administrator)",
+                    "scopes": scopes,
+                }
+            )
+    return listed
+
+
 async def seed_demo(app: FastAPI) -> dict[str, str]:
     """Create the demo network; returns demo key -> Organization id."""
     ctx = WorkflowContext(
@@ -144,5 +198,15 @@ async def seed_demo(app: FastAPI) -> dict[str, str]:
                     if_none_exist=f"identifier={DEMO_SYSTEM}|{key}-service-{i}",
                 )
     app.state.demo_organizations = org_ids
+    clients = await seed_demo_clients(ctx.engine, org_ids)
+    lines = "\n".join(
+        f"  {c['client_id']:<22} secret {c['client_secret']:<29} {c['organization']}"
+        for c in clients
+    )
+    # Demo credentials are public by design; print them so a newcomer can authorize at once.
+    print(  # noqa: T201
+        "\nHandoff DEMO clients (for /docs -> Authorize, or POST /auth/token):\n" + lines + "\n",
+        flush=True,
+    )
     logger.info("demo network ready: %d organizations", len(org_ids))
     return org_ids

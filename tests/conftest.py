@@ -133,6 +133,7 @@ async def issue_token(app, engine: AsyncEngine) -> AsyncIterator[TokenFactory]: 
         scopes: str = "system/*.cruds",
         client_id: str | None = None,
         lifetime: int = 300,
+        base: str = BASE,
     ) -> str:
         cid = client_id or f"client-{uuid.uuid4().hex[:8]}"
         async with write_transaction(engine) as conn:
@@ -156,8 +157,8 @@ async def issue_token(app, engine: AsyncEngine) -> AsyncIterator[TokenFactory]: 
             organization=organization,
             scopes=ScopeSet.parse(scopes),
             ring=await auth.ring(),
-            issuer=f"{BASE}/auth",
-            audience=f"{BASE}/fhir",
+            issuer=f"{base}/auth",
+            audience=f"{base}/fhir",
             now=datetime.now(UTC),
             lifetime_seconds=lifetime,
         )

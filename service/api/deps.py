@@ -23,7 +23,7 @@ oauth2_scheme = OAuth2(
             tokenUrl="/auth/token",
             scopes={
                 "system/*.cruds": "everything the client is registered for",
-                "system/Task.rsu": "poll and update referral Tasks",
+                "system/Task.rus": "poll and update referral Tasks",
                 "system/*.rs": "read and search",
             },
         )

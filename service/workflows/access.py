@@ -75,7 +75,11 @@ def require_scope(principal: Principal | None, resource_type: str, action: Actio
 
 
 def creator_entries(
-    principal: Principal | None, *, resource_type: str, resource_id: str, version_id: int,
+    principal: Principal | None,
+    *,
+    resource_type: str,
+    resource_id: str,
+    version_id: int,
     previous_creator: str | None,
 ) -> list[IndexEntry]:
     creator = previous_creator or (principal.organization if principal else None)
@@ -95,7 +99,9 @@ def creator_entries(
 # --- read side -------------------------------------------------------------------------------
 
 
-def _has(rtype: str, cols: RowCols, param: str | tuple[str, ...], value: Any) -> ColumnElement[bool]:
+def _has(
+    rtype: str, cols: RowCols, param: str | tuple[str, ...], value: Any
+) -> ColumnElement[bool]:
     c = index_t.c
     params = (param,) if isinstance(param, str) else param
     return exists(
@@ -256,9 +262,7 @@ def check_write(
     if principal is None or principal.is_admin:
         return
     if resource_type in DIRECTORY_TYPES:
-        raise ForbiddenError(
-            f"{resource_type} is directory data: only administrators change it"
-        )
+        raise ForbiddenError(f"{resource_type} is directory data: only administrators change it")
     if principal.organization is None:
         raise ForbiddenError("This client acts for no organization and may not write data")
     if action == "c" and resource_type in ("Task", "ServiceRequest") and body is not None:

@@ -55,9 +55,7 @@ class Authenticator:
         self.engine = engine
         self.settings = settings
         self.http = http or httpx.AsyncClient(timeout=5.0)
-        self.fetcher = JwksFetcher(
-            self.http, allow_insecure_http=settings.auth_allow_insecure_jwks
-        )
+        self.fetcher = JwksFetcher(self.http, allow_insecure_http=settings.auth_allow_insecure_jwks)
         self.jti_store = store.DatabaseJtiStore(engine)
         self._ring: SigningKeyRing | None = None
         self._ring_loaded = 0.0

@@ -296,14 +296,23 @@ async def test_previous_link_walks_back(client: httpx.AsyncClient) -> None:
     assert len(made) == 5
 
 
-async def test_links_use_forwarded_public_base(client: httpx.AsyncClient, app) -> None:
+async def test_links_use_forwarded_public_base(client: httpx.AsyncClient, app, issue_token) -> None:
     app.state.settings.trusted_proxies = "*"
     await create(client, task())
+    # Tokens are bound to the public base the client uses (issuer and audience).
+    token = await issue_token(
+        scopes="system/*.cruds handoff/admin", base="https://handoff.example.org"
+    )
     r = await client.get(
         "/fhir/Task",
         params={"_count": 1},
-        headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "handoff.example.org"},
+        headers={
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "handoff.example.org",
+            "Authorization": f"Bearer {token}",
+        },
     )
+    assert r.status_code == 200, r.text
     self_link = next(link["url"] for link in r.json()["link"] if link["relation"] == "self")
     assert self_link.startswith("https://handoff.example.org/fhir/Task?")
     assert r.json()["entry"][0]["fullUrl"].startswith("https://handoff.example.org/fhir/Task/")

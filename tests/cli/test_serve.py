@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -64,17 +65,102 @@ def demo_server(tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
+def demo_token(base: str, client_id: str = "demo-admin") -> dict[str, str]:
+    r = httpx.post(
+        f"{base}/auth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client_id, f"{client_id}-secret"),
+    )
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
 def test_demo_server_on_sqlite_seeds_the_network(demo_server: str) -> None:
-    orgs = httpx.get(f"{demo_server}/fhir/Organization", params={"_count": 50}).json()
+    headers = demo_token(demo_server)
+    orgs = httpx.get(
+        f"{demo_server}/fhir/Organization", params={"_count": 50}, headers=headers
+    ).json()
     names = {e["resource"]["name"] for e in orgs["entry"]}
     assert "Riverbend County Jail" in names
     assert len(names) >= 6
-    services = httpx.get(f"{demo_server}/fhir/HealthcareService").json()
+    services = httpx.get(f"{demo_server}/fhir/HealthcareService", headers=headers).json()
     assert len(services["entry"]) >= 6
     meta = httpx.get(f"{demo_server}/fhir/metadata").json()
     assert meta["fhirVersion"] == "4.0.1"
     docs = httpx.get(f"{demo_server}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # every demo organization has a client that works
+    jail = demo_token(demo_server, "demo-jail")
+    assert httpx.get(f"{demo_server}/fhir/Task", headers=jail).status_code == 200
+    assert httpx.get(f"{demo_server}/fhir/Task").status_code == 401
+
+
+def test_clients_commands_against_a_running_database(demo_server: str, tmp_path: Path) -> None:
+    env = {"HANDOFF_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}"}
+    headers = demo_token(demo_server)
+    org = httpx.get(
+        f"{demo_server}/fhir/Organization",
+        params={"identifier": "https://handoff.dev/fhir/demo|otp"},
+        headers=headers,
+    ).json()["entry"][0]["resource"]["id"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service", *args],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    added = cli(
+        "clients",
+        "add",
+        "--name",
+        "OTP EHR",
+        "--organization",
+        f"Organization/{org}",
+        "--scopes",
+        "system/Task.rus",
+        "--secret",
+    )
+    assert added.returncode == 0, added.stderr
+    created = json.loads(added.stdout)
+    assert created["client_secret"] and created["organization"] == f"Organization/{org}"
+    token = httpx.post(
+        f"{demo_server}/auth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(created["client_id"], created["client_secret"]),
+    )
+    assert token.status_code == 200 and token.json()["scope"] == "system/Task.rus"
+    bearer = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    assert httpx.get(f"{demo_server}/fhir/Task", headers=bearer).status_code == 200
+    listed = json.loads(cli("clients", "list").stdout)
+    assert created["client_id"] in {c["client_id"] for c in listed}
+    assert all("secret_hash" not in c for c in listed)
+    assert cli("clients", "disable", created["client_id"]).returncode == 0
+    refused = httpx.get(f"{demo_server}/fhir/Task", headers=bearer)
+    assert refused.status_code == 401  # the same, unexpired token stops working at once
+    # bad input: unknown organization, missing organization, two auth methods
+    bad = cli(
+        "clients",
+        "add",
+        "--name",
+        "x",
+        "--organization",
+        "Organization/nope",
+        "--scopes",
+        "system/*.rs",
+        "--secret",
+    )
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    bad = cli("clients", "add", "--name", "x", "--scopes", "system/*.rs", "--secret")
+    assert bad.returncode == 2 and "--organization is required" in bad.stderr
+    admin = cli(
+        "clients", "add", "--name", "ops", "--scopes", "system/*.cruds handoff/admin", "--secret"
+    )
+    assert admin.returncode == 0, admin.stderr
 
 
 @pytest.mark.postgres

@@ -35,7 +35,7 @@ _TOKEN_FORM = {
                     "required": ["grant_type"],
                     "properties": {
                         "grant_type": {"type": "string", "enum": ["client_credentials"]},
-                        "scope": {"type": "string", "example": "system/Task.rsu"},
+                        "scope": {"type": "string", "example": "system/Task.rus"},
                         "client_assertion_type": {
                             "type": "string",
                             "example": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
@@ -72,7 +72,10 @@ _OAUTH_ERROR = {
     openapi_extra=_TOKEN_FORM,
     responses={
         200: {"description": "An access token (at most 5 minutes, no refresh token)"},
-        400: {"description": "invalid_request, invalid_scope, unsupported_grant_type", **_OAUTH_ERROR},
+        400: {
+            "description": "invalid_request, invalid_scope, unsupported_grant_type",
+            **_OAUTH_ERROR,
+        },
         401: {"description": "invalid_client", **_OAUTH_ERROR},
     },
 )
