@@ -10,6 +10,10 @@ patch through its user invocation table:
   the scoring engine copies each answer option's weight onto the answer's ``valueCoding`` as
   an ``ordinalValue`` extension (preprocessing); ours reads it back from there.
 
+A third gap we cannot patch: a union of elements loses their types, so
+``(item.where(linkId='a') | item.where(linkId='b')).answer.value`` is empty. Select with
+``item.where(linkId in ('a' | 'b'))`` instead.
+
 Evaluation gets ``%resource`` and ``%rootResource`` (the QuestionnaireResponse),
 ``%questionnaire`` and any SDC variables; the expression's context is the response root.
 """
