@@ -62,11 +62,11 @@ def response_from_answers(
     for key, raw in answers.items():
         item = index.by_link_id.get(key)
         path = _path(item) if item is not None else RESPONSE_ROOT + item_step(str(key))
-        problems, built = _convert_item(index, item, key, raw)
+        problems, built = _convert_item(index, item, key=key, raw=raw)
         issues.extend(Issue("error", code, message, (path,)) for code, message in problems)
         if built:
             converted[key] = built
-    items = _place(index.roots, converted, issues)
+    items = _place(index.roots, converted=converted, issues=issues)
     if issues:
         count = len(issues)
         raise BusinessRuleError(
@@ -90,7 +90,7 @@ def _path(item: ItemDef) -> str:
 
 
 def _convert_item(
-    index: QuestionnaireIndex, item: ItemDef | None, key: str, raw: Any
+    index: QuestionnaireIndex, item: ItemDef | None, *, key: str, raw: Any
 ) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
     if item is None:
         return [("structure", f"'{key}' is not a linkId of this Questionnaire")], []
@@ -106,7 +106,7 @@ def _convert_item(
     problems: list[tuple[str, str]] = []
     built = []
     for value in values:
-        problem, answer = _convert_value(index, item, value)
+        problem, answer = _convert_value(index, item, value=value)
         if problem is not None:
             problems.append(problem)
         elif answer is not None:
@@ -115,11 +115,11 @@ def _convert_item(
 
 
 def _convert_value(
-    index: QuestionnaireIndex, item: ItemDef, value: Any
+    index: QuestionnaireIndex, item: ItemDef, *, value: Any
 ) -> tuple[tuple[str, str] | None, dict[str, Any] | None]:
     key = item.link_id
     if item.type in ("choice", "open-choice"):
-        return _convert_choice(index, item, value)
+        return _convert_choice(index, item, value=value)
     kind = _PLAIN_KINDS.get(item.type)
     converted: Any = value
     if item.type == "decimal" and isinstance(value, Decimal):
@@ -151,7 +151,7 @@ def _convert_value(
 
 
 def _convert_choice(
-    index: QuestionnaireIndex, item: ItemDef, value: Any
+    index: QuestionnaireIndex, item: ItemDef, *, value: Any
 ) -> tuple[tuple[str, str] | None, dict[str, Any] | None]:
     key = item.link_id
     resolved = index.options(item)
@@ -202,13 +202,16 @@ def _option_answer(value: TypedValue) -> dict[str, Any]:
 
 
 def _place(
-    items: list[ItemDef], converted: dict[str, list[dict[str, Any]]], issues: list[Issue]
+    items: list[ItemDef],
+    *,
+    converted: dict[str, list[dict[str, Any]]],
+    issues: list[Issue],
 ) -> list[dict[str, Any]]:
     placed: list[dict[str, Any]] = []
     for item in items:
         if item.type == "display":
             continue
-        children = _place(item.children, converted, issues)
+        children = _place(item.children, converted=converted, issues=issues)
         if item.type == "group":
             if children:
                 placed.append(_response_item(item, item=children))

@@ -77,7 +77,7 @@ def _overlaps(bands: list[Band]) -> list[str]:
     return problems
 
 
-def select_band(bands: list[Band], value: Number | None, sex: str | None) -> Band | None:
+def select_band(bands: list[Band], value: Number | None, *, sex: str | None) -> Band | None:
     if value is None:
         return None
     own = [b for b in bands if sex is not None and b.sex == sex]

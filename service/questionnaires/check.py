@@ -9,7 +9,7 @@ repeating group or under a question; SDC expression-based enableWhen/answer list
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.errors import BusinessRuleError, Issue
@@ -31,6 +31,9 @@ from service.questionnaires.urls import (
 from service.questionnaires.values import ITEM_TYPES, KINDS_BY_ITEM_TYPE, typed_values
 
 QUESTIONNAIRE_STATUSES = frozenset({"draft", "active", "retired", "unknown"})
+
+#: ``error(code, message, expression)`` appends one Issue.
+Report = Callable[..., None]
 
 
 def check_questionnaire(questionnaire: Mapping[str, Any]) -> list[Issue]:
@@ -56,13 +59,13 @@ def check_questionnaire(questionnaire: Mapping[str, Any]) -> list[Issue]:
             f"status must be one of {', '.join(sorted(QUESTIONNAIRE_STATUSES))}",
             f"{QUESTIONNAIRE_ROOT}.status",
         )
-    _check_expressions_of(questionnaire, QUESTIONNAIRE_ROOT, error)
+    _check_expressions_of(questionnaire, path=QUESTIONNAIRE_ROOT, error=error)
 
     index = QuestionnaireIndex(questionnaire)
     for link_id in sorted(set(index.duplicates)):
         error("invariant", f"linkId '{link_id}' is used more than once")
     for item in index.walk():
-        _check_item(index, item, error)
+        _check_item(index, item, error=error)
     _check_cycles(index, error)
 
     _rule, problems = parse_triage_rule(questionnaire)
@@ -84,7 +87,7 @@ def _path(item: ItemDef) -> str:
     return QUESTIONNAIRE_ROOT + "".join(item_step(i.link_id) for i in [*item.ancestors(), item])
 
 
-def _check_item(index: QuestionnaireIndex, item: ItemDef, error: Any) -> None:
+def _check_item(index: QuestionnaireIndex, item: ItemDef, *, error: Report) -> None:
     path = _path(item)
     link_id = item.link_id
     if not link_id:
@@ -119,15 +122,17 @@ def _check_item(index: QuestionnaireIndex, item: ItemDef, error: Any) -> None:
             )
         elif not options.options and item.type == "choice":
             error("invariant", f"choice item '{link_id}' has no answer options", path)
-    _check_enable_when(index, item, path, error)
-    _check_expressions_of(item.data, path, error)
+    _check_enable_when(index, item, path=path, error=error)
+    _check_expressions_of(item.data, path=path, error=error)
     if item.is_calculated:
-        _check_calculated(item, path, error)
+        _check_calculated(item, path=path, error=error)
     elif extension(item.data, SCORE_ROLE_EXT) is not None or extensions(item.data, SCORE_BAND_EXT):
         error("invariant", f"score bands/role on '{link_id}' need a calculatedExpression", path)
 
 
-def _check_enable_when(index: QuestionnaireIndex, item: ItemDef, path: str, error: Any) -> None:
+def _check_enable_when(
+    index: QuestionnaireIndex, item: ItemDef, *, path: str, error: Report
+) -> None:
     conditions = item.data.get("enableWhen")
     if conditions is None:
         return
@@ -174,7 +179,7 @@ def _check_enable_when(index: QuestionnaireIndex, item: ItemDef, path: str, erro
             )
 
 
-def _check_expressions_of(element: Mapping[str, Any], path: str, error: Any) -> None:
+def _check_expressions_of(element: Mapping[str, Any], *, path: str, error: Report) -> None:
     for ext in extensions(element, VARIABLE_EXT):
         expr = ext.get("valueExpression")
         if not isinstance(expr, Mapping) or expr.get("language") != FHIRPATH_LANGUAGE:
@@ -188,7 +193,7 @@ def _check_expressions_of(element: Mapping[str, Any], path: str, error: Any) -> 
             error("invariant", f"variable '{expr['name']}': {problem}", path)
 
 
-def _check_calculated(item: ItemDef, path: str, error: Any) -> None:
+def _check_calculated(item: ItemDef, *, path: str, error: Report) -> None:
     link_id = item.link_id
     ext = extension(item.data, CALCULATED_EXPRESSION_EXT)
     expr = ext.get("valueExpression") if ext else None
@@ -219,7 +224,7 @@ def _check_calculated(item: ItemDef, path: str, error: Any) -> None:
         error("invariant", f"score bands of '{link_id}': {problem}", path)
 
 
-def _check_cycles(index: QuestionnaireIndex, error: Any) -> None:
+def _check_cycles(index: QuestionnaireIndex, error: Report) -> None:
     """enableWhen chains (including through parents) must not loop."""
     depends: dict[str, set[str]] = {}
     for item in index.walk():

@@ -148,10 +148,10 @@ class QuestionnaireIndex:
         self.roots: list[ItemDef] = []
         self.by_link_id: dict[str, ItemDef] = {}
         self.duplicates: list[str] = []
-        self._build(questionnaire.get("item"), None, self.roots)
+        self._build(questionnaire.get("item"), parent=None, into=self.roots)
         self._options: dict[int, Options] = {}
 
-    def _build(self, items: Any, parent: ItemDef | None, into: list[ItemDef]) -> None:
+    def _build(self, items: Any, *, parent: ItemDef | None, into: list[ItemDef]) -> None:
         if not isinstance(items, list):
             return
         for raw in items:
@@ -163,7 +163,7 @@ class QuestionnaireIndex:
                 self.duplicates.append(item.link_id)
             else:
                 self.by_link_id[item.link_id] = item
-            self._build(raw.get("item"), item, item.children)
+            self._build(raw.get("item"), parent=item, into=item.children)
 
     def children_of(self, parent: ItemDef | None) -> list[ItemDef]:
         return self.roots if parent is None else parent.children

@@ -62,7 +62,7 @@ def build_observations(
     )
     method = _instrument_method(questionnaire)
     observations = [
-        _score_observation(score, common, method)
+        _score_observation(score, common=common, method=method)
         for score in result.scores
         if score.value is not None
     ]
@@ -136,7 +136,7 @@ def _ordered(common: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 def _score_observation(
-    score: Score, common: dict[str, Any], method: dict[str, Any] | None
+    score: Score, *, common: dict[str, Any], method: dict[str, Any] | None
 ) -> dict[str, Any]:
     code: dict[str, Any] = {}
     if score.codes:

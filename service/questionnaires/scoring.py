@@ -71,10 +71,10 @@ def score_response(
     work = copy.deepcopy(dict(response))
     definitions = copy.deepcopy(dict(questionnaire))  # fhirpathpy may annotate its inputs
     root = build_tree(index, work)
-    client_values = _prepare(root, index, Enablement(index, root))
+    client_values = _prepare(root, index=index, enablement=Enablement(index, root))
     score_items = [item for item in index.walk() if item.is_calculated]
     try:
-        values = _calculate(score_items, work, definitions)
+        values = _calculate(score_items, work=work, definitions=definitions)
         rule, problems = parse_triage_rule(questionnaire)
         if problems:
             raise FhirPathError("; ".join(problems))
@@ -83,7 +83,7 @@ def score_response(
                 rule,
                 work,
                 questionnaire=definitions,
-                variables=_variables(definitions, [], work, definitions),
+                variables=_variables([], work=work, definitions=definitions),
             )
             if rule is not None
             else None
@@ -101,7 +101,7 @@ def score_response(
                 )
             ],
         ) from exc
-    scores = tuple(_score(item, values[item.link_id], sex) for item in score_items)
+    scores = tuple(_score(item, values[item.link_id], sex=sex) for item in score_items)
     mismatches = tuple(
         ScoreMismatch(link_id, client, values.get(link_id))
         for link_id, client in client_values.items()
@@ -117,7 +117,7 @@ def score_response(
 
 
 def _prepare(
-    root: ResponseNode, index: QuestionnaireIndex, enablement: Enablement
+    root: ResponseNode, *, index: QuestionnaireIndex, enablement: Enablement
 ) -> dict[str, Any]:
     """Drop unusable answers, set client score values aside, attach option weights."""
     client_values: dict[str, Any] = {}
@@ -160,29 +160,29 @@ def _prepare(
 
 
 def _calculate(
-    items: list[ItemDef], work: dict[str, Any], definitions: Mapping[str, Any]
+    items: list[ItemDef], *, work: dict[str, Any], definitions: Mapping[str, Any]
 ) -> dict[str, Number | None]:
     values: dict[str, Number | None] = {}
     for _ in range(len(items) + 1):
         changed = False
         for item in items:
-            value = _evaluate_item(item, work, definitions)
+            value = _evaluate_item(item, work=work, definitions=definitions)
             if item.link_id not in values or values[item.link_id] != value:
                 changed = True
             values[item.link_id] = value
-            _write(work, item, value)
+            _write(work, item, value=value)
         if not changed:
             return values
     raise FhirPathError("calculated items never settle (circular calculatedExpressions)")
 
 
 def _evaluate_item(
-    item: ItemDef, work: Mapping[str, Any], definitions: Mapping[str, Any]
+    item: ItemDef, *, work: Mapping[str, Any], definitions: Mapping[str, Any]
 ) -> Number | None:
     expression = item.calculated_expression
     if expression is None:
         raise FhirPathError(f"item '{item.link_id}': calculatedExpression must be text/fhirpath")
-    variables = _variables(definitions, [*item.ancestors(), item], work, definitions)
+    variables = _variables([*item.ancestors(), item], work=work, definitions=definitions)
     result = evaluate(expression, work, questionnaire=definitions, variables=variables)
     if not result:
         return None
@@ -199,14 +199,11 @@ def _evaluate_item(
 
 
 def _variables(
-    questionnaire: Mapping[str, Any],
-    items: list[ItemDef],
-    work: Mapping[str, Any],
-    definitions: Mapping[str, Any],
+    items: list[ItemDef], *, work: Mapping[str, Any], definitions: Mapping[str, Any]
 ) -> dict[str, Any]:
     """SDC ``variable``s in scope, outermost first; each may use the ones before it."""
     scope: dict[str, Any] = {}
-    for element in [questionnaire, *(i.data for i in items)]:
+    for element in [definitions, *(i.data for i in items)]:
         for ext in extensions(element, VARIABLE_EXT):
             expr = ext.get("valueExpression")
             if not isinstance(expr, Mapping) or expr.get("language") != FHIRPATH_LANGUAGE:
@@ -218,7 +215,7 @@ def _variables(
     return scope
 
 
-def _write(work: dict[str, Any], item: ItemDef, value: Number | None) -> None:
+def _write(work: dict[str, Any], item: ItemDef, *, value: Number | None) -> None:
     """Put the computed value into the working response so other expressions can use it.
     Calculated items never sit in repeating groups (``check_questionnaire``), so the first
     instance of each enclosing group is the one."""
@@ -251,7 +248,7 @@ def _same_number(client: Any, computed: Number | None) -> bool:
     return to_decimal(client) == to_decimal(computed)
 
 
-def _score(item: ItemDef, value: Number | None, sex: str | None) -> Score:
+def _score(item: ItemDef, value: Number | None, *, sex: str | None) -> Score:
     bands, _problems = parse_bands(item)  # malformed bands are refused by check_questionnaire
     role_ext = extension(item.data, SCORE_ROLE_EXT)
     role: ScoreRole = (
@@ -264,7 +261,7 @@ def _score(item: ItemDef, value: Number | None, sex: str | None) -> Score:
         codes=tuple(c for c in (Coding.from_fhir(raw) for raw in item.codes) if c is not None),
         role=role,
         value=value,
-        band=select_band(bands, value, sex),
+        band=select_band(bands, value, sex=sex),
         group_link_id=group.link_id if group else None,
         group_text=group.text if group else None,
     )

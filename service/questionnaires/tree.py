@@ -42,7 +42,7 @@ def link_id_of(expression: str) -> str | None:
 class ResponseNode:
     """One item instance of a QuestionnaireResponse (the root node stands for the resource)."""
 
-    __slots__ = ("answer_index", "children", "data", "definition", "link_id", "parent", "path")
+    __slots__ = ("children", "data", "definition", "link_id", "parent", "path")
 
     def __init__(
         self,
@@ -51,13 +51,11 @@ class ResponseNode:
         parent: ResponseNode | None,
         definition: ItemDef | None,
         path: str,
-        answer_index: int | None = None,
     ) -> None:
         self.data = data
         self.parent = parent
         self.definition = definition
         self.path = path
-        self.answer_index = answer_index  # set when the item sits in parent.answer[n].item
         self.link_id: str = str(data.get("linkId", "")) if parent is not None else ""
         self.children: list[ResponseNode] = []
 
@@ -91,22 +89,23 @@ def build_tree(index: QuestionnaireIndex, response: Mapping[str, Any]) -> Respon
     """Match every response item to the Questionnaire item with its linkId *at that position*
     (``definition`` stays None for unknown or misplaced linkIds)."""
     root = ResponseNode(response, parent=None, definition=None, path=RESPONSE_ROOT)
-    _attach(index, root, None)
+    _attach(index, root, definition=None)
     return root
 
 
-def _attach(index: QuestionnaireIndex, node: ResponseNode, definition: ItemDef | None) -> None:
+def _attach(index: QuestionnaireIndex, node: ResponseNode, *, definition: ItemDef | None) -> None:
     expected = (
         {d.link_id: d for d in index.children_of(definition)}
         if (node.is_root or definition is not None)
         else {}
     )
-    groups: list[tuple[str, int | None, list[Any]]] = [("", None, _items(node.data))]
+    # children sit in item.item (groups) or in item.answer[n].item (follow-ups of a question)
+    groups: list[tuple[str, list[Any]]] = [("", _items(node.data))]
     if not node.is_root:
         for i, answer in enumerate(node.data.get("answer") or []):
             if isinstance(answer, Mapping) and isinstance(answer.get("item"), list):
-                groups.append((f".answer[{i}]", i, answer["item"]))
-    for prefix, answer_index, items in groups:
+                groups.append((f".answer[{i}]", answer["item"]))
+    for prefix, items in groups:
         counts = Counter(str(i.get("linkId", "")) for i in items if isinstance(i, Mapping))
         seen: Counter[str] = Counter()
         for raw in items:
@@ -118,11 +117,9 @@ def _attach(index: QuestionnaireIndex, node: ResponseNode, definition: ItemDef |
                 path += f"[{seen[link_id]}]"
             seen[link_id] += 1
             child_def = expected.get(link_id)
-            child = ResponseNode(
-                raw, parent=node, definition=child_def, path=path, answer_index=answer_index
-            )
+            child = ResponseNode(raw, parent=node, definition=child_def, path=path)
             node.children.append(child)
-            _attach(index, child, child_def)
+            _attach(index, child, definition=child_def)
 
 
 def _items(data: Mapping[str, Any]) -> list[Any]:

@@ -256,9 +256,9 @@ class _Validator:
                         )
                     )
                 continue
-            self._check_limits(item, value, path)
+            self._check_limits(item, value, path=path)
 
-    def _check_limits(self, item: ItemDef, value: TypedValue, path: str) -> None:
+    def _check_limits(self, item: ItemDef, value: TypedValue, *, path: str) -> None:
         for url, wrong_side, word in (
             (MIN_VALUE_EXT, -1, "below the minimum"),
             (MAX_VALUE_EXT, 1, "above the maximum"),

@@ -168,7 +168,7 @@ def values_equal(a: TypedValue, b: TypedValue) -> bool:
             "reference"
         )
     if a.kind in ("Date", "DateTime", "Time"):
-        return _temporal_order(a.kind, a.value, b.value) == 0
+        return _temporal_order(a.value, b.value, kind=a.kind) == 0
     return bool(a.value == b.value)
 
 
@@ -180,7 +180,7 @@ def compare(a: TypedValue, b: TypedValue) -> int | None:
     if a.kind != b.kind:
         return None
     if a.kind in ("Date", "DateTime", "Time"):
-        return _temporal_order(a.kind, a.value, b.value)
+        return _temporal_order(a.value, b.value, kind=a.kind)
     if a.kind == "Quantity":
         return _quantity_order(a.value, b.value)
     if a.kind == "String" and isinstance(a.value, str) and isinstance(b.value, str):
@@ -188,7 +188,7 @@ def compare(a: TypedValue, b: TypedValue) -> int | None:
     return None
 
 
-def _temporal_order(kind: str, a: Any, b: Any) -> int | None:
+def _temporal_order(a: Any, b: Any, *, kind: str) -> int | None:
     if not isinstance(a, str) or not isinstance(b, str):
         return None
     if kind == "DateTime" and len(a) > 10 and len(b) > 10:
