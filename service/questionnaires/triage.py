@@ -108,7 +108,8 @@ def apply_triage_rule(
         result = evaluate(
             condition.expression, response, questionnaire=questionnaire, variables=variables
         )
-        if result not in ([], [True], [False]):
+        # 1 == True in Python, so check the type, not just the value
+        if len(result) > 1 or (result and not isinstance(result[0], bool)):
             raise FhirPathError(
                 f"triage condition for '{condition.factor.code}' must give a boolean"
             )
