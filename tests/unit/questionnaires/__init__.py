@@ -1,0 +1,1 @@
+"""Unit tests of the pure Questionnaire engine (no app, no database)."""
