@@ -41,7 +41,7 @@ def _load_jwks(path: str) -> dict[str, Any]:
     for key in keys:
         if not isinstance(key, dict) or "d" in key:
             raise CliError(f"{path} must hold PUBLIC keys only (found a private key)")
-    return jwks
+    return dict(jwks)
 
 
 async def add(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

@@ -26,9 +26,8 @@ from service.app import create_app
 from service.auth.scopes import ScopeSet
 from service.auth.tokens import issue_access_token
 from service.settings import Settings
-from service.storage.db import create_engine
 from service.storage.clients import ClientRecord, add_client, get_client
-from service.storage.db import write_transaction
+from service.storage.db import create_engine, write_transaction
 from service.storage.migrate import upgrade
 from service.workflows.authn import Authenticator
 

@@ -8,7 +8,6 @@ Create Date: 2026-11-26 19:56:12.291279
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
 from sqlalchemy.dialects import postgresql
 

@@ -8,9 +8,7 @@ Create Date: 2026-11-26 19:59:30.473027
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
-
 
 import service.storage.types
 

@@ -15,7 +15,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, func, literal_column, or_, select, true, tuple_
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    and_,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import InvalidRequestError, Issue
@@ -356,7 +366,9 @@ def fence_condition(conn: AsyncConnection, txid_col: Any) -> ColumnElement[bool]
     insert order of ``seq`` is already the commit order.
     """
     if conn.dialect.name == "postgresql":
-        return txid_col < literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        xmin = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint", BigInteger)
+        fence: ColumnElement[bool] = txid_col < xmin
+        return fence
     return true()
 
 

@@ -205,7 +205,7 @@ def _constraint_condition(
     known = params_for(rtype)
     alternatives = []
     for constraint in constraints:
-        parts = []
+        parts: list[ColumnElement[bool]] = []
         for name, values in constraint.items():
             param = known.get(name)
             if param is None:  # a constraint on a parameter we do not index matches nothing

@@ -129,7 +129,7 @@ class Authenticator:
                 fetcher=self.fetcher,
                 now=now,
             )
-            if random.random() < 0.01:  # noqa: S311 - housekeeping, not security
+            if random.random() < 0.01:
                 async with write_transaction(self.engine) as conn:
                     await store.purge_used_assertions(conn, now - timedelta(hours=1))
         elif not await averify_client_secret(request.client_secret or "", client.secret_hash):

@@ -34,13 +34,13 @@ async def drain(client: httpx.AsyncClient, url: str) -> tuple[list[dict[str, Any
 
 
 async def drain_until(
-    client: httpx.AsyncClient, url: str, count: int, timeout: float = 15.0
+    client: httpx.AsyncClient, url: str, count: int, patience: float = 15.0
 ) -> tuple[list[dict[str, Any]], str]:
     """Poll (following cursor links) until ``count`` entries arrived. On PostgreSQL a change
     becomes visible once every older transaction has finished (the fence), and background work
     such as autovacuum's ANALYZE can hold that back for a moment: a poller just polls again."""
     got: list[dict[str, Any]] = []
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + patience
     while True:
         entries, url = await drain(client, url)
         got += entries

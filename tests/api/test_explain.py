@@ -20,7 +20,8 @@ pytestmark = pytest.mark.postgres
 LOAD = """
 WITH n AS (SELECT g, 'task-' || g AS id FROM generate_series(1, 20000) g)
 , h AS (
-  INSERT INTO resource_history (txid, resource_type, id, version_id, last_updated, method, deleted, raw)
+  INSERT INTO resource_history
+    (txid, resource_type, id, version_id, last_updated, method, deleted, raw)
   SELECT 1, 'Task', id, 1, now(), 'POST', false, '{}' FROM n RETURNING id, seq
 )
 , r AS (

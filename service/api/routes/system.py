@@ -11,8 +11,8 @@ from starlette.responses import Response
 
 from service import __version__
 from service.api.deps import ContextDep, PublicContextDep
-from service.api.routes.auth import capability_security
 from service.api.responses import fhir_json
+from service.api.routes.auth import capability_security
 from service.api.routes.resources import FHIR_ERRORS, type_history_response
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.params import params_for
