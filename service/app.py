@@ -17,7 +17,7 @@ from service.api.middleware import (
     FhirNegotiationMiddleware,
     RequestIdMiddleware,
 )
-from service.api.routes import auth, health, system
+from service.api.routes import auth, health, system, v1_assessments
 from service.api.routes.resources import resource_router
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.openapi_schemas import fhir_component_schemas
@@ -38,11 +38,19 @@ TAGS: list[dict[str, Any]] = [
     {"name": "FHIR system", "description": "Metadata, transaction/batch Bundles, history"},
     {"name": "Operations", "description": "Health and readiness probes"},
     {"name": "Authorization", "description": "OAuth 2.0 / SMART Backend Services"},
+    {
+        "name": "JMS: assessments",
+        "description": "For jail management systems: plain JSON, mapped to FHIR by Handoff",
+    },
 ]
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    return default_rules()
+    from service.workflows import assessments
+
+    rules = default_rules()
+    assessments.register(rules)
+    return rules
 
 
 def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None = None) -> FastAPI:
@@ -55,6 +63,9 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         if getattr(app.state, "engine", None) is None:
             owned = app.state.engine = create_engine(settings)
         try:
+            from service.workflows.assessments import ensure_builtin_content
+
+            await ensure_builtin_content(app.state.engine, settings, app.state.rules)
             if settings.demo:
                 from service.demo import seed_demo
 
@@ -83,6 +94,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
 
     app.include_router(health.router)
     app.include_router(auth.router)
+    app.include_router(v1_assessments.router)
     app.include_router(system.router)
     for rtype in SUPPORTED_TYPES:
         app.include_router(

@@ -203,3 +203,11 @@ async def org_client(app, issue_token: TokenFactory):  # type: ignore[no-untyped
     yield make
     for c in opened:
         await c.aclose()
+
+
+@pytest.fixture
+async def instruments(app, engine: AsyncEngine) -> None:  # type: ignore[no-untyped-def]
+    """Load the built-in instruments (the app's start-up does this; ASGI tests skip it)."""
+    from service.workflows.assessments import ensure_builtin_content
+
+    await ensure_builtin_content(engine, app.state.settings, app.state.rules)

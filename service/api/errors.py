@@ -84,14 +84,22 @@ async def handle_service_error(_request: Request, exc: Exception) -> Response:
     return outcome_response(exc.status, exc.issues, _www_authenticate(exc))
 
 
-async def handle_validation_error(_request: Request, exc: Exception) -> Response:
+async def handle_validation_error(request: Request, exc: Exception) -> Response:
+    """Malformed requests. On the JMS API (/v1) a body that breaks the documented rules is a
+    422 listing every problem; elsewhere (FHIR parameters) a 400."""
     assert isinstance(exc, RequestValidationError)
+    json_api = request.url.path.startswith("/v1")
     issues = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         where = ".".join(loc) or "request"
-        issues.append(Issue("error", "invalid", f"{where}: {err.get('msg')}", (where,)))
-    return outcome_response(400, issues or [Issue("error", "invalid", "Invalid request")])
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        code = (
+            "required" if err.get("type") == "missing" else ("invalid" if not json_api else "value")
+        )
+        issues.append(Issue("error", code, f"{where}: {message}", (where,)))
+    status = 422 if json_api else 400
+    return outcome_response(status, issues or [Issue("error", "invalid", "Invalid request")])
 
 
 async def handle_http_error(request: Request, exc: Exception) -> Response:

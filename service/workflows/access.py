@@ -75,14 +75,14 @@ def require_scope(principal: Principal | None, resource_type: str, action: Actio
 
 
 def creator_entries(
-    principal: Principal | None,
+    organization: str | None,
     *,
     resource_type: str,
     resource_id: str,
     version_id: int,
     previous_creator: str | None,
 ) -> list[IndexEntry]:
-    creator = previous_creator or (principal.organization if principal else None)
+    creator = previous_creator or organization
     if not creator:
         return []
     return [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,3 +25,12 @@ class WorkflowContext:
     access: AccessFilter = field(default=allow_all)  # reads, includes, write visibility
     search_access: AccessFilter | None = None  # searches (scope action "s"); None: ``access``
     rules: RuleSet = field(default_factory=default_rules)
+    # The organization a server-made write is recorded for when there is no principal
+    # (derived Observations keep the creator of their QuestionnaireResponse).
+    on_behalf_of: str | None = None
+    # Results computed by write rules that the use case reports back (e.g. scores).
+    outcomes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def organization(self) -> str | None:
+        return self.principal.organization if self.principal else self.on_behalf_of

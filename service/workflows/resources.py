@@ -285,7 +285,7 @@ async def _store(
     index = [
         *index,
         *creator_entries(
-            ctx.principal,
+            ctx.organization,
             resource_type=resource_type,
             resource_id=resource_id,
             version_id=version,

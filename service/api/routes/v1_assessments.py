@@ -1,0 +1,147 @@
+"""JMS API: instruments, assessments and a person's results (/v1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.api.deps import ContextDep
+from service.api.routes.v1_models import Intercept, PersonIn, StaffIn, fhir_datetime
+from service.workflows import idempotency
+from service.workflows.instruments import get_instrument, list_instruments
+from service.workflows.record_assessment import (
+    AssessmentInput,
+    person_assessments,
+    record_assessment,
+)
+
+router = APIRouter(prefix="/v1", tags=["JMS: assessments"])
+
+V1_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {
+        "description": text,
+        "content": {
+            "application/fhir+json": {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}
+        },
+    }
+    for code, text in {
+        401: "Missing or invalid access token",
+        403: "The token does not allow this",
+        404: "Not found (or not visible to this client)",
+        422: "The request has problems; the OperationOutcome lists every one",
+    }.items()
+}
+
+
+class AssessmentIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "person": PersonIn.model_config["json_schema_extra"]["example"],  # type: ignore[index]
+                "instrument": "dast-10",
+                "answers": {
+                    "dast-1": "yes",
+                    "dast-2": "no",
+                    "dast-3": "yes",
+                    "dast-4": "no",
+                    "dast-5": "no",
+                    "dast-6": "no",
+                    "dast-7": "no",
+                    "dast-8": "no",
+                    "dast-9": "no",
+                    "dast-10": "no",
+                },
+                "administered_by": {"id": "S-77", "name": "Jordan Lee", "role": "peer-specialist"},
+                "administered_at": "2026-11-26T09:30:00-05:00",
+                "intercept": 3,
+            }
+        },
+    )
+    person: PersonIn
+    instrument: str = Field(
+        min_length=1,
+        max_length=400,
+        description="Instrument key (GET /v1/instruments) or canonical",
+    )
+    answers: dict[str, Any] = Field(description="Answers keyed by item link_id; codes for choices")
+    administered_by: StaffIn
+    administered_at: dt.datetime
+    intercept: Intercept
+    location: str | None = Field(
+        None, pattern=r"^(Location|Organization)/[A-Za-z0-9\-\.]{1,64}$", description="Where"
+    )
+    status: Literal["completed", "in-progress", "amended"] = "completed"
+
+    @field_validator("administered_at")
+    @classmethod
+    def _aware(cls, value: dt.datetime) -> dt.datetime:
+        fhir_datetime(value)
+        if value > dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5):
+            raise ValueError("administered_at is in the future")
+        return value
+
+
+@router.get("/instruments", summary="Instruments a JMS can present", responses=V1_ERRORS)
+async def instruments(ctx: ContextDep) -> list[dict[str, Any]]:
+    """Every active Questionnaire: the built-in ones (`taps`, `audit-c`, `dast-10`,
+    `overdose-risk`) and any a site loaded through FHIR."""
+    return await list_instruments(ctx)
+
+
+@router.get("/instruments/{key}", summary="One instrument as simple JSON", responses=V1_ERRORS)
+async def instrument(key: str, ctx: ContextDep) -> dict[str, Any]:
+    """Items, answer choices (with their scores), help text and skip logic (`enable_when`)
+    in a form a jail UI can render without understanding FHIR."""
+    return await get_instrument(ctx, key)
+
+
+@router.post(
+    "/assessments",
+    status_code=201,
+    summary="Record a screening or overdose-risk assessment",
+    responses=V1_ERRORS,
+)
+async def create_assessment(
+    payload: AssessmentIn,
+    ctx: ContextDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Matches or creates the person (by the jail's identifiers), stores the answers as a
+    QuestionnaireResponse and the server-computed scores as Observations in one transaction,
+    and answers with the score, its band and, for the overdose checklist, the triage result
+    and the factors that triggered it. Retrying with the same `Idempotency-Key` returns the
+    original result."""
+    idempotency.check_key(idempotency_key)
+    data = AssessmentInput(
+        person=payload.person.to_domain(),
+        instrument=payload.instrument,
+        answers=payload.answers,
+        administered_by_name=payload.administered_by.name,
+        administered_by_role=payload.administered_by.role,
+        administered_by_id=payload.administered_by.id,
+        administered_at=fhir_datetime(payload.administered_at),
+        intercept=payload.intercept,
+        location=payload.location,
+        status=payload.status,
+    )
+    status, body = await record_assessment(
+        ctx,
+        data,
+        idempotency_key=idempotency_key,
+        fingerprint=idempotency.request_hash(payload.model_dump(mode="json")),
+    )
+    return JSONResponse(body, status_code=status)
+
+
+@router.get(
+    "/people/{patient_id}/assessments",
+    summary="A person's assessments and results, newest first",
+    responses=V1_ERRORS,
+)
+async def assessments_of(patient_id: str, ctx: ContextDep) -> list[dict[str, Any]]:
+    return await person_assessments(ctx, patient_id)

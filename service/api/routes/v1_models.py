@@ -1,0 +1,103 @@
+"""Plain-JSON request models shared by the JMS API (/v1): no FHIR knowledge needed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.fhir.codes import STAFF_ROLES
+from service.workflows.people import Person
+
+Sex = Literal["male", "female", "other", "unknown"]
+StaffRole = Literal[
+    "peer-specialist",
+    "nurse",
+    "clinician",
+    "classification-officer",
+    "case-manager",
+    "reentry-coordinator",
+    "other",
+]
+Intercept = Annotated[int, Field(ge=0, le=5, description="Sequential Intercept Model, 0-5")]
+assert set(STAFF_ROLES) == set(StaffRole.__args__)  # type: ignore[attr-defined]
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    line: list[str] = Field(default_factory=list, max_length=4)
+    city: str | None = None
+    state: str | None = None
+    postal_code: str | None = None
+
+
+class PersonIn(BaseModel):
+    """The person as the jail knows them. At least one of person_id or booking_number."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "person_id": "P-100234",
+                "booking_number": "2026-11-0457",
+                "family_name": "Rivera",
+                "given_names": ["Dana"],
+                "birth_date": "1988-03-14",
+                "sex": "female",
+            }
+        },
+    )
+    person_id: str | None = Field(None, min_length=1, max_length=64, description="Jail person id")
+    booking_number: str | None = Field(None, min_length=1, max_length=64)
+    family_name: str = Field(min_length=1, max_length=100)
+    given_names: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        min_length=1, max_length=5
+    )
+    birth_date: dt.date
+    sex: Sex
+    phone: str | None = Field(None, max_length=40, description="Only if the person consented")
+    address: Address | None = Field(None, description="Only if the person consented")
+
+    @model_validator(mode="after")
+    def _identified(self) -> PersonIn:
+        if not self.person_id and not self.booking_number:
+            raise ValueError("give the jail's person_id or booking_number (or both)")
+        if self.birth_date > dt.date.today():
+            raise ValueError("birth_date is in the future")
+        return self
+
+    def to_domain(self) -> Person:
+        address: dict[str, Any] | None = None
+        if self.address:
+            address = {"use": "home", "line": self.address.line}
+            for key, value in (
+                ("city", self.address.city),
+                ("state", self.address.state),
+                ("postalCode", self.address.postal_code),
+            ):
+                if value:
+                    address[key] = value
+        return Person(
+            person_id=self.person_id,
+            booking_number=self.booking_number,
+            family_name=self.family_name,
+            given_names=self.given_names,
+            birth_date=self.birth_date.isoformat(),
+            sex=self.sex,
+            phone=self.phone,
+            address=address,
+        )
+
+
+class StaffIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, max_length=64, description="Staff id in the JMS")
+    name: str = Field(min_length=1, max_length=200)
+    role: StaffRole
+
+
+def fhir_datetime(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("include a time zone, e.g. 2026-11-26T09:30:00-05:00")
+    return value.isoformat()

@@ -1,0 +1,80 @@
+"""``Idempotency-Key``: a retried request returns the original result, never a second record.
+
+The key is scoped to the client. The first request's response is stored in the same
+transaction as its writes; a concurrent duplicate waits on a lock keyed by (client, key) and
+then finds that response. Reusing a key for a different request is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.errors import BusinessRuleError, InvalidRequestError
+from service.fhir.resource import now_ms
+from service.storage import repository as repo
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Replay:
+    status_code: int
+    body: dict[str, Any]
+
+
+def request_hash(payload: Any) -> str:
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def check_key(key: str | None) -> None:
+    if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
+        raise InvalidRequestError(
+            f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters",
+            expression=["Idempotency-Key"],
+        )
+
+
+async def begin(
+    conn: AsyncConnection, *, client_id: str, key: str | None, fingerprint: str
+) -> Replay | None:
+    """Lock the key and return the stored response of an earlier identical request, if any."""
+    if key is None:
+        return None
+    await repo.lock_key(conn, f"idempotency:{client_id}:{key}")
+    earlier = await repo.get_idempotent_response(conn, client_id, key)
+    if earlier is None:
+        return None
+    if earlier.request_hash != fingerprint:
+        raise BusinessRuleError(
+            "This Idempotency-Key was already used for a different request; use a new key for "
+            "a new request",
+            expression=["Idempotency-Key"],
+        )
+    return Replay(earlier.status_code, orjson.loads(earlier.body))
+
+
+async def finish(
+    conn: AsyncConnection,
+    *,
+    client_id: str,
+    key: str | None,
+    fingerprint: str,
+    status_code: int,
+    body: dict[str, Any],
+) -> None:
+    if key is None:
+        return
+    await repo.save_idempotent_response(
+        conn,
+        client_id=client_id,
+        key=key,
+        request_hash=fingerprint,
+        status_code=status_code,
+        body=orjson.dumps(body).decode(),
+        created=now_ms(),
+    )
