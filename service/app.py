@@ -17,7 +17,7 @@ from service.api.middleware import (
     FhirNegotiationMiddleware,
     RequestIdMiddleware,
 )
-from service.api.routes import auth, health, system, v1_assessments
+from service.api.routes import auth, health, system, v1_assessments, v1_referrals
 from service.api.routes.resources import resource_router
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.openapi_schemas import fhir_component_schemas
@@ -39,6 +39,10 @@ TAGS: list[dict[str, Any]] = [
     {"name": "Operations", "description": "Health and readiness probes"},
     {"name": "Authorization", "description": "OAuth 2.0 / SMART Backend Services"},
     {
+        "name": "JMS: referrals",
+        "description": "For jail management systems: warm-handoff referrals and their status",
+    },
+    {
         "name": "JMS: assessments",
         "description": "For jail management systems: plain JSON, mapped to FHIR by Handoff",
     },
@@ -46,10 +50,11 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    from service.workflows import assessments
+    from service.workflows import assessments, referrals
 
     rules = default_rules()
     assessments.register(rules)
+    referrals.register(rules)
     return rules
 
 
@@ -95,6 +100,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(v1_assessments.router)
+    app.include_router(v1_referrals.router)
     app.include_router(system.router)
     for rtype in SUPPORTED_TYPES:
         app.include_router(

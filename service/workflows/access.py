@@ -61,6 +61,7 @@ PATIENT_DATA_TYPES = frozenset(
     }
 )
 CREATOR_PARAM = "_creator-org"  # internal index row: the organization that created a resource
+ACTOR_PARAM = "_actor"  # internal index row: who wrote this version (organization or client)
 
 
 def require_scope(principal: Principal | None, resource_type: str, action: Action) -> None:
@@ -83,17 +84,28 @@ def creator_entries(
     previous_creator: str | None,
 ) -> list[IndexEntry]:
     creator = previous_creator or organization
-    if not creator:
-        return []
-    return [
-        IndexEntry(
-            resource_type=resource_type,
-            resource_id=resource_id,
-            version_id=version_id,
-            param=CREATOR_PARAM,
-            value=creator,
+    entries = []
+    if creator:
+        entries.append(
+            IndexEntry(
+                resource_type=resource_type,
+                resource_id=resource_id,
+                version_id=version_id,
+                param=CREATOR_PARAM,
+                value=creator,
+            )
         )
-    ]
+    if organization:
+        entries.append(
+            IndexEntry(
+                resource_type=resource_type,
+                resource_id=resource_id,
+                version_id=version_id,
+                param=ACTOR_PARAM,
+                value=organization,
+            )
+        )
+    return entries
 
 
 # --- read side -------------------------------------------------------------------------------

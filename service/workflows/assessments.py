@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import BusinessRuleError
-from service.fhir.codes import sim_code_system, staff_role_code_system
+from service.fhir.codes import referral_code_systems, sim_code_system, staff_role_code_system
 from service.questionnaires.check import check_questionnaire
 from service.questionnaires.instruments.loader import (
     builtin_code_systems,
@@ -227,6 +227,7 @@ async def ensure_builtin_content(engine: AsyncEngine, settings: Settings, rules:
         *builtin_value_sets(),
         sim_code_system(),
         staff_role_code_system(),
+        *referral_code_systems(),
     ]
     async with write_transaction(engine) as conn:
         await repo.lock_key(conn, "builtin-content")

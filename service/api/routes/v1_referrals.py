@@ -1,0 +1,267 @@
+"""JMS API: warm-handoff referrals (/v1/referrals)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.api.deps import ContextDep
+from service.api.routes.v1_assessments import V1_ERRORS
+from service.api.routes.v1_models import Intercept, PersonIn, StaffIn, fhir_datetime
+from service.errors import InvalidRequestError
+from service.fhir.codes import PROGRAM_TYPES, SERVICES
+from service.workflows import idempotency
+from service.workflows import referrals as wf
+
+router = APIRouter(prefix="/v1/referrals", tags=["JMS: referrals"])
+
+ServiceKey = Literal[
+    "moud-methadone",
+    "moud-buprenorphine",
+    "moud-naltrexone",
+    "sud-treatment",
+    "harm-reduction",
+    "naloxone",
+    "peer-support",
+    "housing",
+    "case-management",
+]
+ProgramType = Literal[
+    "jail-reentry",
+    "jail-health",
+    "drug-court",
+    "pretrial",
+    "diversion",
+    "community-corrections",
+    "post-overdose-outreach",
+    "other",
+]
+assert set(SERVICES) == set(ServiceKey.__args__)  # type: ignore[attr-defined]
+assert set(PROGRAM_TYPES) == set(ProgramType.__args__)  # type: ignore[attr-defined]
+Reference = Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-\.]{1,64}$")]
+
+
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    expected_at: dt.datetime = Field(description="Expected release date and time (with zone)")
+    window_end: dt.datetime | None = Field(None, description="Latest expected release")
+    location: str | None = Field(None, max_length=200, description="e.g. the jail's release gate")
+
+    @model_validator(mode="after")
+    def _sane(self) -> ReleaseIn:
+        fhir_datetime(self.expected_at)
+        if self.expected_at < dt.datetime.now(dt.UTC) - dt.timedelta(hours=1):
+            raise ValueError("expected_at is in the past: refer before release")
+        if self.window_end is not None:
+            fhir_datetime(self.window_end)
+            if self.window_end < self.expected_at:
+                raise ValueError("window_end is before expected_at")
+        return self
+
+
+class ReferralIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "referral_id": "JMS-REF-2026-1187",
+                "person": PersonIn.model_config["json_schema_extra"]["example"],  # type: ignore[index]
+                "referred_by": {"id": "S-77", "name": "Jordan Lee", "role": "peer-specialist"},
+                "intercept": 4,
+                "program_type": "jail-reentry",
+                "release": {
+                    "expected_at": "2026-12-01T08:00:00-05:00",
+                    "location": "Main gate, 100 Main St",
+                },
+                "services": ["moud-buprenorphine", "peer-support"],
+                "receiving_organization": "Organization/<id from GET /fhir/Organization>",
+                "priority": "urgent",
+                "notes": "On buprenorphine 16 mg daily in custody; wants to continue.",
+                "contact_directly": True,
+                "supporting_info": ["QuestionnaireResponse/<assessment id>"],
+            }
+        },
+    )
+    referral_id: str | None = Field(
+        None, min_length=1, max_length=64, description="The JMS's own referral id (dedupes retries)"
+    )
+    person: PersonIn
+    referred_by: StaffIn
+    facility: Reference | None = Field(
+        None, description="Referring facility (Location/Organization)"
+    )
+    intercept: Intercept
+    program_type: ProgramType = "jail-reentry"
+    release: ReleaseIn
+    services: list[ServiceKey] = Field(min_length=1, max_length=9)
+    receiving_organization: Reference | None = None
+    receiving_service: Reference | None = Field(None, description="HealthcareService/<id>")
+    priority: Literal["routine", "urgent", "asap", "stat"] = "routine"
+    notes: str | None = Field(None, max_length=2000)
+    contact_directly: bool = Field(
+        False, description="May the receiving organization contact the person directly?"
+    )
+    supporting_info: list[Reference] = Field(
+        default_factory=list, max_length=20, description="Assessments already recorded"
+    )
+
+    @model_validator(mode="after")
+    def _receiver(self) -> ReferralIn:
+        if bool(self.receiving_organization) == bool(self.receiving_service):
+            raise ValueError("give exactly one of receiving_organization or receiving_service")
+        if self.receiving_organization and not self.receiving_organization.startswith(
+            "Organization/"
+        ):
+            raise ValueError("receiving_organization must be Organization/<id>")
+        if self.receiving_service and not self.receiving_service.startswith("HealthcareService/"):
+            raise ValueError("receiving_service must be HealthcareService/<id>")
+        if len(set(self.services)) != len(self.services):
+            raise ValueError("services lists a service twice")
+        return self
+
+    def to_domain(self) -> wf.ReferralInput:
+        return wf.ReferralInput(
+            jms_referral_id=self.referral_id,
+            person=self.person.to_domain(),
+            referred_by_name=self.referred_by.name,
+            referred_by_role=self.referred_by.role,
+            referred_by_id=self.referred_by.id,
+            facility=self.facility,
+            intercept=self.intercept,
+            program_type=self.program_type,
+            release_at=self.release.expected_at,
+            release_window_end=self.release.window_end,
+            release_location=self.release.location,
+            services=list(self.services),
+            receiver=self.receiving_organization or self.receiving_service or "",
+            priority=self.priority,
+            notes=self.notes,
+            contact_directly=self.contact_directly,
+            supporting_info=list(self.supporting_info),
+        )
+
+
+class CancelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=3, max_length=500)
+
+
+class ReleaseChangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    release: ReleaseIn
+
+
+class ReReferIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    receiving_organization: Reference | None = None
+    receiving_service: Reference | None = None
+
+    @field_validator("receiving_organization")
+    @classmethod
+    def _org(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("Organization/"):
+            raise ValueError("must be Organization/<id>")
+        return value
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Refer a person before release (warm handoff)",
+    responses={**V1_ERRORS, 200: {"description": "This referral_id was already received"}},
+)
+async def create_referral(
+    payload: ReferralIn,
+    ctx: ContextDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Creates or updates the Patient (matched by the jail's identifiers), a ServiceRequest and
+    a Task for the receiving organization in one transaction. A retry with the same
+    `Idempotency-Key`, or the same `referral_id`, returns the original referral."""
+    idempotency.check_key(idempotency_key)
+    status, body = await wf.open_referral(
+        ctx,
+        payload.to_domain(),
+        idempotency_key=idempotency_key,
+        fingerprint=idempotency.request_hash(payload.model_dump(mode="json")),
+    )
+    return JSONResponse(body, status_code=status)
+
+
+@router.get("", summary="The jail's referral worklist", responses=V1_ERRORS)
+async def list_referrals(
+    ctx: ContextDep,
+    facility: Annotated[str | None, Query(description="Referring facility reference")] = None,
+    release_from: dt.datetime | None = None,
+    release_to: dt.datetime | None = None,
+    status: Annotated[
+        str | None,
+        Query(
+            description="Task statuses, comma-separated; 'none' for no Task (e.g. requested,rejected)"
+        ),
+    ] = None,
+) -> list[dict[str, Any]]:
+    """E.g. people released in the next 72 hours whose referral is not yet accepted:
+    `?release_from=<now>&release_to=<now+72h>&status=requested,rejected`."""
+    for name, value in (("release_from", release_from), ("release_to", release_to)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidRequestError(f"{name} needs a time zone", expression=[name])
+    statuses = {s.strip() for s in status.split(",")} if status else None
+    return await wf.list_referrals(
+        ctx, facility=facility, release_from=release_from, release_to=release_to, statuses=statuses
+    )
+
+
+@router.get(
+    "/escalations",
+    summary="Releases coming soon whose referral is not accepted",
+    responses=V1_ERRORS,
+)
+async def escalations(
+    ctx: ContextDep,
+    within_hours: Annotated[int, Query(ge=1, le=24 * 14)] = 72,
+) -> list[dict[str, Any]]:
+    """Referrals whose release is within `within_hours` (or passed in the last day) and whose
+    Task is still requested, rejected or failed: the jail's staff should act now."""
+    return await wf.escalations(ctx, within=dt.timedelta(hours=within_hours))
+
+
+@router.get("/{referral_id}", summary="Status and timeline of a referral", responses=V1_ERRORS)
+async def get_referral(referral_id: str, ctx: ContextDep) -> dict[str, Any]:
+    """Current Task status and business status, owner, outcomes, and the timeline of every
+    change (from the Tasks' history) with reasons."""
+    return await wf.get_referral(ctx, referral_id)
+
+
+@router.post("/{referral_id}/cancel", summary="Cancel a referral", responses=V1_ERRORS)
+async def cancel_referral(referral_id: str, payload: CancelIn, ctx: ContextDep) -> dict[str, Any]:
+    return await wf.cancel_referral(ctx, referral_id, reason=payload.reason)
+
+
+@router.patch("/{referral_id}", summary="Change the release date/time", responses=V1_ERRORS)
+async def change_release(
+    referral_id: str, payload: ReleaseChangeIn, ctx: ContextDep
+) -> dict[str, Any]:
+    return await wf.change_release(
+        ctx,
+        referral_id,
+        release_at=payload.release.expected_at,
+        window_end=payload.release.window_end,
+        location=payload.release.location,
+    )
+
+
+@router.post(
+    "/{referral_id}/re-refer",
+    summary="Refer to another organization after a rejection",
+    responses=V1_ERRORS,
+)
+async def re_refer(referral_id: str, payload: ReReferIn, ctx: ContextDep) -> dict[str, Any]:
+    receiver = payload.receiving_organization or payload.receiving_service
+    if not receiver:
+        raise InvalidRequestError("give receiving_organization or receiving_service")
+    return await wf.re_refer(ctx, referral_id, receiver=receiver)

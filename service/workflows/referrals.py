@@ -1,0 +1,735 @@
+"""Warm-handoff referrals: the Task state machine on every write path, the ServiceRequest
+following its Tasks, and the JMS use cases (open, view, list, cancel, change release, re-refer).
+
+A referral is one ServiceRequest (what is authorized, for whom, the release window) and one
+Task per receiving organization asked to fulfil it (a rejected Task can be followed by a new
+Task to another organization on the same ServiceRequest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.domain.referral import (
+    OPEN,
+    Problem,
+    check_content,
+    check_new_referral_task,
+    check_transition,
+    is_referral_task,
+)
+from service.errors import BusinessRuleError, ForbiddenError, Issue, ResourceNotFoundError
+from service.fhir import codes
+from service.fhir.resource import now_ms
+from service.search.dates import format_instant
+from service.search.execute import run_search
+from service.search.query import parse_search
+from service.storage import repository as repo
+from service.storage.db import read_connection, write_transaction
+from service.workflows import idempotency
+from service.workflows import resources as wf
+from service.workflows.access import ACTOR_PARAM
+from service.workflows.context import WorkflowContext
+from service.workflows.people import SID_BASE, Person, match_or_create_patient
+from service.workflows.rules import RuleSet, WriteEvent, WrittenEvent
+
+RELEASE_LOCATION_EXTENSION = f"{codes.HANDOFF}/StructureDefinition/release-location"
+FACILITY_EXTENSION = f"{codes.HANDOFF}/StructureDefinition/referring-facility"
+CONTACT_PROHIBITED = {
+    "coding": [{"system": codes.SDOHCC_TEMP, "code": "contacting-subject-prohibited"}],
+    "text": "Do not contact the person directly; coordinate through the referring facility",
+}
+
+
+def _raise(problems: list[Problem]) -> None:
+    if not problems:
+        return
+    issues = [
+        Issue(
+            "error",
+            "forbidden" if p.kind == "forbidden" else "business-rule",
+            p.message,
+            (p.expression,),
+        )
+        for p in problems
+    ]
+    error_type = (
+        ForbiddenError if any(p.kind == "forbidden" for p in problems) else BusinessRuleError
+    )
+    raise error_type(problems[0].message, issues=issues)
+
+
+def _party(ctx: WorkflowContext, old: dict[str, Any], new: dict[str, Any]) -> str:
+    org = ctx.organization
+    owner = (old.get("owner") or {}).get("reference")
+    requester = (old.get("requester") or {}).get("reference")
+    if org is not None and org == requester:
+        return "requester"
+    if org is not None and org == owner:
+        return "owner"
+    # An open Task with no owner is claimed by the organization that accepts it.
+    if owner is None and org is not None and (new.get("owner") or {}).get("reference") == org:
+        return "owner"
+    return "other"
+
+
+# --- write rules -------------------------------------------------------------------------------
+
+
+async def _task_rules(event: WriteEvent) -> None:
+    new, old = event.body, event.current_body
+    if new is None:
+        return
+    if not is_referral_task(new) and (old is None or not is_referral_task(old)):
+        return
+    privileged = event.ctx.principal is None or event.ctx.principal.is_admin
+    if old is None:
+        problems = check_new_referral_task(new) + check_content(new, changed_status=False)
+        focus = (new.get("focus") or {}).get("reference", "")
+        if (
+            not problems
+            and focus.startswith("ServiceRequest/")
+            and not await repo.resource_exists(event.conn, "ServiceRequest", focus.split("/", 1)[1])
+        ):
+            problems.append(Problem("rule", f"The focus {focus} does not exist", "Task.focus"))
+        _raise(problems)
+        return
+    if privileged:
+        _raise(check_content(new, changed_status=old.get("status") != new.get("status")))
+        return
+    party = _party(event.ctx, old, new)
+    problems = check_transition(old, new, party)  # type: ignore[arg-type]
+    if party == "requester":
+        owner_before = (old.get("owner") or {}).get("reference")
+        owner_after = (new.get("owner") or {}).get("reference")
+        if owner_before != owner_after and old.get("status") not in ("requested", "draft"):
+            problems.append(
+                Problem(
+                    "rule",
+                    "The owner of an accepted referral cannot be changed; cancel it and re-refer",
+                    "Task.owner",
+                )
+            )
+    _raise(problems)
+
+
+async def _service_request_follows_task(event: WrittenEvent) -> None:
+    """completed Task -> ServiceRequest completed; cancelled (no other open Task) -> revoked."""
+    task = event.body
+    if task is None or not is_referral_task(task):
+        return
+    before = (event.previous_body or {}).get("status")
+    status = task.get("status")
+    if status == before or status not in ("completed", "cancelled", "entered-in-error"):
+        return
+    focus = (task.get("focus") or {}).get("reference", "")
+    if not focus.startswith("ServiceRequest/"):
+        return
+    sr_id = focus.split("/", 1)[1]
+    current = await repo.get_current(event.conn, "ServiceRequest", sr_id, for_update=True)
+    if current is None or current.raw is None:
+        return
+    sr = orjson.loads(current.raw)
+    if sr.get("status") != "active":
+        return
+    if status != "completed":
+        others = await _tasks_for(event.conn, event.ctx, sr_id)
+        if any(t["id"] != event.stored.id and t.get("status") in OPEN for t in others):
+            return
+    sr["status"] = "completed" if status == "completed" else "revoked"
+    internal = dataclasses.replace(event.ctx, principal=None, on_behalf_of=None)
+    await wf.update_in(
+        event.conn, internal, "ServiceRequest", sr_id, sr, if_match=current.version_id
+    )
+
+
+def register(rules: RuleSet) -> None:
+    rules.on_write("Task", _task_rules)
+    rules.on_written("Task", _service_request_follows_task)
+
+
+# --- reading referrals -------------------------------------------------------------------------
+
+
+async def _tasks_for(
+    conn: AsyncConnection, ctx: WorkflowContext, sr_id: str
+) -> list[dict[str, Any]]:
+    request = parse_search(
+        "Task",
+        [("focus", f"ServiceRequest/{sr_id}")],
+        strict=True,
+        default_count=100,
+        max_count=100,
+    )
+    page = await run_search(conn, request, base_url=ctx.base_url)
+    tasks = [orjson.loads(m.raw or "{}") for m in page.matches]
+    return sorted(tasks, key=lambda t: (t.get("authoredOn", ""), t["meta"]["lastUpdated"]))
+
+
+def _coding(concept: Any, system: str) -> dict[str, Any] | None:
+    for coding in (concept or {}).get("coding", []) if isinstance(concept, dict) else []:
+        if coding.get("system") == system:
+            return {"code": coding.get("code"), "display": coding.get("display")}
+    return None
+
+
+def _extension(resource: dict[str, Any], url: str) -> Any:
+    for ext in resource.get("extension", []):
+        if ext.get("url") == url:
+            for key, value in ext.items():
+                if key.startswith("value"):
+                    return value
+    return None
+
+
+async def _timeline(
+    conn: AsyncConnection, ctx: WorkflowContext, tasks: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    events = []
+    for task in tasks:
+        versions = await repo.instance_history(
+            conn, "Task", task["id"], before_version=None, limit=1000
+        )
+        previous: dict[str, Any] | None = None
+        for entry in reversed(versions):
+            if entry.stored.raw is None:
+                continue
+            body = orjson.loads(entry.stored.raw)
+            changed = previous is None or any(
+                body.get(k) != previous.get(k)
+                for k in ("status", "businessStatus", "statusReason", "output", "owner")
+            )
+            if changed:
+                actor = await repo.index_value(
+                    conn, "Task", task["id"], entry.stored.version_id, ACTOR_PARAM
+                )
+                events.append(
+                    {
+                        "at": format_instant(entry.stored.last_updated),
+                        "task_id": task["id"],
+                        "version": entry.stored.version_id,
+                        "status": body.get("status"),
+                        "business_status": _coding(
+                            body.get("businessStatus"), codes.BUSINESS_STATUS_SYSTEM
+                        )
+                        or (
+                            {"display": body["businessStatus"].get("text")}
+                            if body.get("businessStatus")
+                            else None
+                        ),
+                        "reason": (body.get("statusReason") or {}).get("text"),
+                        "owner": (body.get("owner") or {}).get("reference"),
+                        "by": actor,
+                    }
+                )
+            previous = body
+    return sorted(events, key=lambda e: (e["at"], e["version"]))
+
+
+def _outputs(task: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for output in task.get("output", []):
+        item: dict[str, Any] = {
+            "type": (output.get("type") or {}).get("text") or _first_code(output.get("type"))
+        }
+        if "valueReference" in output:
+            item["reference"] = output["valueReference"].get("reference")
+        elif "valueCodeableConcept" in output:
+            item["activity"] = _first_code(output["valueCodeableConcept"])
+        out.append(item)
+    return out
+
+
+def _first_code(concept: Any) -> str | None:
+    codings = (concept or {}).get("coding", []) if isinstance(concept, dict) else []
+    return codings[0].get("code") if codings else None
+
+
+async def referral_view(
+    conn: AsyncConnection, ctx: WorkflowContext, sr_id: str, *, with_timeline: bool = True
+) -> dict[str, Any]:
+    stored = await wf.read_in(conn, ctx, "ServiceRequest", sr_id)
+    sr = orjson.loads(stored.raw or "{}")
+    tasks = await _tasks_for(conn, ctx, sr_id)
+    current = tasks[-1] if tasks else None
+    period = sr.get("occurrencePeriod") or {}
+    services = [
+        c.get("code")
+        for c in sr.get("orderDetail", [])
+        for c in c.get("coding", [])
+        if c.get("system") == codes.SERVICE_SYSTEM
+    ]
+    identifier = next(
+        (
+            i.get("value")
+            for i in sr.get("identifier", [])
+            if "/referral-id" in str(i.get("system"))
+        ),
+        None,
+    )
+    view: dict[str, Any] = {
+        "referral_id": sr_id,
+        "jms_referral_id": identifier,
+        "patient_id": str((sr.get("subject") or {}).get("reference", "")).removeprefix("Patient/"),
+        "service_request_status": sr.get("status"),
+        "status": current.get("status") if current else None,
+        "business_status": (
+            _coding(current.get("businessStatus"), codes.BUSINESS_STATUS_SYSTEM)
+            if current
+            else None
+        ),
+        "status_reason": ((current or {}).get("statusReason") or {}).get("text"),
+        "owner": ((current or {}).get("owner") or {}).get("reference"),
+        "task_id": current["id"] if current else None,
+        "tasks": [
+            {
+                "task_id": t["id"],
+                "owner": (t.get("owner") or {}).get("reference"),
+                "status": t.get("status"),
+            }
+            for t in tasks
+        ],
+        "services": services,
+        "priority": sr.get("priority"),
+        "intercept": int((_extension(sr, codes.SIM_EXTENSION) or {}).get("code", -1)),
+        "release": {
+            "expected_at": period.get("start"),
+            "window_end": period.get("end"),
+            "location": _extension(sr, RELEASE_LOCATION_EXTENSION),
+        },
+        "outcomes": _outputs(current) if current else [],
+        "links": {
+            "self": f"{ctx.base_url.removesuffix('/fhir')}/v1/referrals/{sr_id}",
+            "service_request": f"{ctx.base_url}/ServiceRequest/{sr_id}",
+            "task": f"{ctx.base_url}/Task/{current['id']}" if current else None,
+        },
+    }
+    if with_timeline:
+        view["timeline"] = await _timeline(conn, ctx, tasks)
+    return view
+
+
+async def get_referral(ctx: WorkflowContext, sr_id: str) -> dict[str, Any]:
+    async with read_connection(ctx.engine) as conn:
+        return await referral_view(conn, ctx, sr_id)
+
+
+async def list_referrals(
+    ctx: WorkflowContext,
+    *,
+    facility: str | None,
+    release_from: datetime | None,
+    release_to: datetime | None,
+    statuses: set[str] | None,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """The referring organization's worklist, soonest release first."""
+    params: list[tuple[str, str]] = [("_count", str(limit))]
+    if ctx.organization:
+        params.append(("requester", ctx.organization))
+    if release_from:
+        params.append(("occurrence", f"ge{format_instant(release_from)}"))
+    if release_to:
+        params.append(("occurrence", f"le{format_instant(release_to)}"))
+    async with read_connection(ctx.engine) as conn:
+        request = wf.parse_search_params(ctx, "ServiceRequest", params, strict=True)
+        page = await wf.search_in(conn, ctx, request)
+        out = []
+        for match in page.matches:
+            sr = orjson.loads(match.raw or "{}")
+            if facility and (_extension(sr, FACILITY_EXTENSION) or {}).get("reference") != facility:
+                continue
+            view = await referral_view(conn, ctx, match.id, with_timeline=False)
+            if statuses is not None and (view["status"] or "none") not in statuses:
+                continue
+            out.append(view)
+    return sorted(out, key=lambda v: v["release"]["expected_at"] or "")
+
+
+# --- opening and changing referrals ------------------------------------------------------------
+
+
+@dataclass
+class ReferralInput:
+    jms_referral_id: str | None
+    person: Person
+    referred_by_name: str
+    referred_by_role: str
+    referred_by_id: str | None
+    facility: str | None
+    intercept: int
+    program_type: str
+    release_at: datetime
+    release_window_end: datetime | None
+    release_location: str | None
+    services: list[str]
+    receiver: str  # Organization/<id> or HealthcareService/<id>
+    priority: str
+    notes: str | None
+    contact_directly: bool
+    supporting_info: list[str] = field(default_factory=list)
+
+
+def referral_id_system(organization: str) -> str:
+    return f"{SID_BASE}/{organization.split('/', 1)[-1]}/referral-id"
+
+
+async def _check_references(
+    conn: AsyncConnection, ctx: WorkflowContext, data: ReferralInput
+) -> tuple[str, str | None]:
+    """Resolve the receiver to (owner Organization, HealthcareService or None); report every
+    unknown reference at once."""
+    issues: list[Issue] = []
+    owner, service = data.receiver, None
+    rtype, _, rid = data.receiver.partition("/")
+    stored = await repo.get_current(conn, rtype, rid)
+    if stored is None or stored.deleted or stored.raw is None:
+        issues.append(
+            Issue(
+                "error",
+                "not-found",
+                f"{data.receiver} is not known here",
+                ("receiving_organization",),
+            )
+        )
+    elif rtype == "HealthcareService":
+        service = data.receiver
+        provided_by = (orjson.loads(stored.raw).get("providedBy") or {}).get("reference")
+        if not provided_by:
+            issues.append(
+                Issue(
+                    "error",
+                    "business-rule",
+                    f"{data.receiver} names no providing organization",
+                    ("receiving_service",),
+                )
+            )
+        owner = provided_by or ""
+    if owner and owner == ctx.organization:
+        issues.append(
+            Issue(
+                "error",
+                "business-rule",
+                "A referral goes to another organization",
+                ("receiving_organization",),
+            )
+        )
+    if data.facility:
+        ftype, _, fid = data.facility.partition("/")
+        if not await repo.resource_exists(conn, ftype, fid):
+            issues.append(
+                Issue("error", "not-found", f"{data.facility} is not known here", ("facility",))
+            )
+    for i, ref in enumerate(data.supporting_info):
+        stype, _, sid = ref.partition("/")
+        try:
+            await wf.read_in(conn, ctx, stype, sid)
+        except (ResourceNotFoundError, BusinessRuleError, ForbiddenError):
+            issues.append(
+                Issue(
+                    "error",
+                    "not-found",
+                    f"{ref} is not known here (or not yours)",
+                    (f"supporting_info[{i}]",),
+                )
+            )
+        except Exception:
+            issues.append(
+                Issue(
+                    "error",
+                    "invalid",
+                    f"{ref} is not a reference this server holds",
+                    (f"supporting_info[{i}]",),
+                )
+            )
+    if issues:
+        raise BusinessRuleError(issues[0].diagnostics, issues=issues)
+    return owner, service
+
+
+def _service_request(
+    data: ReferralInput, *, organization: str, patient_id: str, service: str | None, owner: str
+) -> dict[str, Any]:
+    primary = codes.SERVICES[data.services[0]]
+    categories: list[dict[str, Any]] = [{"coding": [codes.CATEGORY_REFERRAL]}]
+    if any(codes.SERVICES[s].social for s in data.services):
+        categories.append({"coding": [codes.CATEGORY_SOCIAL]})
+    order_detail: list[dict[str, Any]] = [
+        {
+            "coding": [
+                {"system": codes.SERVICE_SYSTEM, "code": s, "display": codes.SERVICES[s].display}
+            ]
+        }
+        for s in data.services
+    ]
+    if not data.contact_directly:
+        order_detail.append(CONTACT_PROHIBITED)
+    period: dict[str, str] = {"start": data.release_at.isoformat()}
+    if data.release_window_end:
+        period["end"] = data.release_window_end.isoformat()
+    extensions: list[dict[str, Any]] = [
+        codes.intercept_extension(data.intercept),
+        {
+            "url": codes.PROGRAM_EXTENSION,
+            "valueCoding": {
+                "system": codes.PROGRAM_SYSTEM,
+                "code": data.program_type,
+                "display": codes.PROGRAM_TYPES[data.program_type],
+            },
+        },
+    ]
+    if data.facility:
+        extensions.append(
+            {"url": FACILITY_EXTENSION, "valueReference": {"reference": data.facility}}
+        )
+    if data.release_location:
+        extensions.append({"url": RELEASE_LOCATION_EXTENSION, "valueString": data.release_location})
+    sr: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "extension": extensions,
+        "status": "active",
+        "intent": "order",
+        "category": categories,
+        "priority": data.priority,
+        "code": {
+            "coding": [
+                {"system": codes.SNOMED, "code": primary.snomed, "display": primary.snomed_display},
+                {
+                    "system": codes.SERVICE_SYSTEM,
+                    "code": data.services[0],
+                    "display": primary.display,
+                },
+            ],
+            "text": primary.display,
+        },
+        "orderDetail": order_detail,
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "occurrencePeriod": period,
+        "authoredOn": format_instant(now_ms()),
+        "requester": {"reference": organization},
+        "performer": [{"reference": owner}] + ([{"reference": service}] if service else []),
+        "reasonCode": [
+            {
+                "coding": [
+                    {
+                        "system": "http://hl7.org/fhir/sid/icd-10-cm",
+                        "code": "Z65.2",
+                        "display": "Problems related to release from prison",
+                    }
+                ]
+            }
+        ],
+    }
+    if data.jms_referral_id:
+        sr["identifier"] = [
+            {"system": referral_id_system(organization), "value": data.jms_referral_id}
+        ]
+    if data.supporting_info:
+        sr["supportingInfo"] = [{"reference": r} for r in data.supporting_info]
+    if data.notes:
+        sr["note"] = [{"text": data.notes}]
+    return sr
+
+
+def _task(
+    data: ReferralInput | None,
+    *,
+    sr: dict[str, Any],
+    sr_id: str,
+    owner: str,
+    organization: str,
+) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "extension": [e for e in sr.get("extension", []) if e.get("url") == codes.SIM_EXTENSION],
+        "status": "requested",
+        "businessStatus": codes.business_status("referral-sent"),
+        "intent": "order",
+        "priority": sr.get("priority", "routine"),
+        "code": {"coding": [{"system": codes.TASK_CODE_SYSTEM, "code": "fulfill"}]},
+        "description": sr.get("code", {}).get("text"),
+        "focus": {"reference": f"ServiceRequest/{sr_id}"},
+        "for": sr["subject"],
+        "authoredOn": format_instant(now_ms()),
+        "requester": {"reference": organization},
+        "owner": {"reference": owner},
+        "restriction": {"period": sr["occurrencePeriod"]},
+    }
+    if sr.get("identifier"):
+        task["identifier"] = sr["identifier"]
+    if data is not None and data.notes:
+        task["note"] = [{"text": data.notes}]
+    return task
+
+
+async def open_referral(
+    ctx: WorkflowContext, data: ReferralInput, *, idempotency_key: str | None, fingerprint: str
+) -> tuple[int, dict[str, Any]]:
+    assert ctx.principal is not None
+    organization = ctx.organization
+    if organization is None:
+        raise ForbiddenError("Only a client acting for an organization can refer")
+    async with write_transaction(ctx.engine) as conn:
+        replay = await idempotency.begin(
+            conn, client_id=ctx.principal.client_id, key=idempotency_key, fingerprint=fingerprint
+        )
+        if replay is not None:
+            return replay.status_code, replay.body
+        if data.jms_referral_id:
+            # The JMS's own referral id is a business identifier: the same id is the same referral.
+            key = f"{referral_id_system(organization)}|{data.jms_referral_id}"
+            await repo.lock_key(conn, f"referral:{key}")
+            request = wf.parse_search_params(
+                ctx, "ServiceRequest", [("identifier", key)], strict=True
+            )
+            existing = (await wf.search_in(conn, ctx, request)).matches
+            if existing:
+                return 200, await referral_view(conn, ctx, existing[0].id)
+        owner, service = await _check_references(conn, ctx, data)
+        patient_id, _ = await match_or_create_patient(conn, ctx, data.person)
+        sr = _service_request(
+            data, organization=organization, patient_id=patient_id, service=service, owner=owner
+        )
+        sr_result = await wf.create_in(conn, ctx, sr)
+        task = _task(data, sr=sr, sr_id=sr_result.stored.id, owner=owner, organization=organization)
+        await wf.create_in(conn, ctx, task)
+        body = await referral_view(conn, ctx, sr_result.stored.id)
+        await idempotency.finish(
+            conn,
+            client_id=ctx.principal.client_id,
+            key=idempotency_key,
+            fingerprint=fingerprint,
+            status_code=201,
+            body=body,
+        )
+    return 201, body
+
+
+async def _current_task(conn: AsyncConnection, ctx: WorkflowContext, sr_id: str) -> dict[str, Any]:
+    await wf.read_in(conn, ctx, "ServiceRequest", sr_id)
+    tasks = await _tasks_for(conn, ctx, sr_id)
+    if not tasks:
+        raise BusinessRuleError("This referral has no Task")
+    return tasks[-1]
+
+
+async def cancel_referral(ctx: WorkflowContext, sr_id: str, *, reason: str) -> dict[str, Any]:
+    async with write_transaction(ctx.engine) as conn:
+        task = await _current_task(conn, ctx, sr_id)
+        if task.get("status") not in OPEN:
+            raise BusinessRuleError(
+                f"The referral is already {task.get('status')}; "
+                "only an open referral can be cancelled"
+            )
+        task["status"] = "cancelled"
+        task["statusReason"] = {"text": reason}
+        await wf.update_in(
+            conn, ctx, "Task", task["id"], task, if_match=int(task["meta"]["versionId"])
+        )
+        return await referral_view(conn, ctx, sr_id)
+
+
+async def change_release(
+    ctx: WorkflowContext,
+    sr_id: str,
+    *,
+    release_at: datetime,
+    window_end: datetime | None,
+    location: str | None,
+) -> dict[str, Any]:
+    async with write_transaction(ctx.engine) as conn:
+        stored = await wf.read_in(conn, ctx, "ServiceRequest", sr_id)
+        sr = orjson.loads(stored.raw or "{}")
+        if sr.get("status") != "active":
+            raise BusinessRuleError(
+                f"The referral is {sr.get('status')}; its release date is final"
+            )
+        period: dict[str, str] = {"start": release_at.isoformat()}
+        if window_end:
+            period["end"] = window_end.isoformat()
+        sr["occurrencePeriod"] = period
+        if location is not None:
+            sr["extension"] = [
+                e for e in sr.get("extension", []) if e.get("url") != RELEASE_LOCATION_EXTENSION
+            ]
+            sr["extension"].append({"url": RELEASE_LOCATION_EXTENSION, "valueString": location})
+        await wf.update_in(conn, ctx, "ServiceRequest", sr_id, sr, if_match=stored.version_id)
+        for task in await _tasks_for(conn, ctx, sr_id):
+            if task.get("status") in OPEN:
+                task["restriction"] = {**(task.get("restriction") or {}), "period": period}
+                await wf.update_in(
+                    conn, ctx, "Task", task["id"], task, if_match=int(task["meta"]["versionId"])
+                )
+        return await referral_view(conn, ctx, sr_id)
+
+
+async def re_refer(ctx: WorkflowContext, sr_id: str, *, receiver: str) -> dict[str, Any]:
+    """After a rejection (or failure), ask another organization: a new Task, same request."""
+    organization = ctx.organization
+    if organization is None:
+        raise ForbiddenError("Only a client acting for an organization can refer")
+    async with write_transaction(ctx.engine) as conn:
+        stored = await wf.read_in(conn, ctx, "ServiceRequest", sr_id)
+        sr = orjson.loads(stored.raw or "{}")
+        if (sr.get("requester") or {}).get("reference") != organization:
+            raise ForbiddenError("Only the referring organization can re-refer")
+        tasks = await _tasks_for(conn, ctx, sr_id)
+        if any(t.get("status") in OPEN for t in tasks):
+            raise BusinessRuleError(
+                "The referral still has an open Task; "
+                "re-refer after it is rejected, failed or cancelled"
+            )
+        if sr.get("status") != "active":
+            raise BusinessRuleError(f"The referral is {sr.get('status')}")
+        data = dataclasses.replace(_EMPTY, receiver=receiver)
+        owner, service = await _check_references(conn, ctx, data)
+        sr["performer"] = [{"reference": owner}] + ([{"reference": service}] if service else [])
+        await wf.update_in(conn, ctx, "ServiceRequest", sr_id, sr, if_match=stored.version_id)
+        await wf.create_in(
+            conn, ctx, _task(None, sr=sr, sr_id=sr_id, owner=owner, organization=organization)
+        )
+        return await referral_view(conn, ctx, sr_id)
+
+
+_EMPTY = ReferralInput(
+    jms_referral_id=None,
+    person=Person(None, None, "", [], "", ""),
+    referred_by_name="",
+    referred_by_role="",
+    referred_by_id=None,
+    facility=None,
+    intercept=0,
+    program_type="other",
+    release_at=datetime.now(UTC),
+    release_window_end=None,
+    release_location=None,
+    services=[],
+    receiver="",
+    priority="routine",
+    notes=None,
+    contact_directly=False,
+)
+
+
+async def escalations(ctx: WorkflowContext, *, within: timedelta) -> list[dict[str, Any]]:
+    """Referrals whose release is near (or passed within the window) and not yet accepted."""
+    now = datetime.now(UTC)
+    views = await list_referrals(
+        ctx,
+        facility=None,
+        release_from=now - timedelta(hours=24),
+        release_to=now + within,
+        statuses=None,
+    )
+    return [
+        v
+        for v in views
+        if v["service_request_status"] == "active"
+        and v["status"] in (None, "requested", "rejected", "failed", "draft")
+    ]

@@ -1,0 +1,248 @@
+"""Warm-handoff referrals: the JMS API, the Task state machine and provider actions."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.builders import FHIR_JSON, organization
+
+pytestmark = pytest.mark.usefixtures("instruments")
+
+
+def soon(hours: int = 48) -> str:
+    return (datetime.now(UTC) + timedelta(hours=hours)).replace(microsecond=0).isoformat()
+
+
+@pytest.fixture
+async def network(client: httpx.AsyncClient, org_client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    ids = {}
+    for key in ("jail", "otp", "peer"):
+        org = (await client.post("/fhir/Organization", json=organization(key, key), headers=FHIR_JSON)).json()
+        ids[key] = f"Organization/{org['id']}"
+    return {
+        "ids": ids,
+        "jail": await org_client(ids["jail"]),
+        "otp": await org_client(ids["otp"]),
+        "peer": await org_client(ids["peer"]),
+    }
+
+
+def referral(receiver: str, **over: Any) -> dict[str, Any]:
+    body = {
+        "referral_id": "REF-1",
+        "person": {
+            "person_id": "P-1",
+            "booking_number": "B-1",
+            "family_name": "Rivera",
+            "given_names": ["Dana"],
+            "birth_date": "1988-03-14",
+            "sex": "female",
+        },
+        "referred_by": {"id": "S-1", "name": "Jordan Lee", "role": "peer-specialist"},
+        "intercept": 4,
+        "release": {"expected_at": soon(), "location": "Main gate"},
+        "services": ["moud-buprenorphine", "peer-support"],
+        "receiving_organization": receiver,
+        "priority": "urgent",
+        "notes": "Continue buprenorphine 16 mg",
+        "contact_directly": True,
+    }
+    body.update(over)
+    return body
+
+
+async def put_task(c: httpx.AsyncClient, task: dict[str, Any], **changes: Any) -> httpx.Response:
+    new = copy.deepcopy(task)
+    new.update(changes)
+    return await c.put(
+        f"/fhir/Task/{task['id']}",
+        json=new,
+        headers={**FHIR_JSON, "If-Match": f'W/"{task["meta"]["versionId"]}"'},
+    )
+
+
+async def test_full_journey(network: dict[str, Any]) -> None:
+    jail, otp, ids = network["jail"], network["otp"], network["ids"]
+    r = await jail.post("/v1/referrals", json=referral(ids["otp"]))
+    assert r.status_code == 201, r.text
+    ref = r.json()
+    assert ref["status"] == "requested" and ref["owner"] == ids["otp"]
+    assert ref["services"] == ["moud-buprenorphine", "peer-support"]
+    assert ref["intercept"] == 4
+    # The provider polls its Tasks through FHIR search.
+    poll = (await otp.get("/fhir/Task", params={"owner": ids["otp"], "status": "requested", "_include": "Task:focus"})).json()
+    tasks = [e["resource"] for e in poll["entry"] if e["resource"]["resourceType"] == "Task"]
+    assert [t["id"] for t in tasks] == [ref["task_id"]]
+    task = tasks[0]
+    assert task["code"]["coding"][0]["code"] == "fulfill" and task["intent"] == "order"
+    sr = next(e["resource"] for e in poll["entry"] if e["resource"]["resourceType"] == "ServiceRequest")
+    assert sr["code"]["coding"][0]["system"] == "http://snomed.info/sct"
+    # Accept, record milestones, complete with an output.
+    r = await put_task(otp, task, status="accepted", businessStatus={"coding": [{"system": "https://handoff.dev/fhir/CodeSystem/warm-handoff-status", "code": "accepted"}]})
+    assert r.status_code == 200, r.text
+    task = r.json()
+    r = await otp.patch(
+        f"/fhir/Task/{task['id']}",
+        content=json.dumps([{"op": "replace", "path": "/status", "value": "in-progress"}, {"op": "replace", "path": "/businessStatus", "value": {"coding": [{"system": "https://handoff.dev/fhir/CodeSystem/warm-handoff-status", "code": "met-at-release"}]}}]),
+        headers={"Content-Type": "application/json-patch+json", "If-Match": f'W/"{task["meta"]["versionId"]}"'},
+    )
+    assert r.status_code == 200, r.text
+    task = r.json()
+    r = await put_task(otp, task, status="completed")
+    assert r.status_code == 422
+    assert "output" in r.json()["issue"][0]["diagnostics"]
+    output = [{"type": {"text": "activity"}, "valueCodeableConcept": {"coding": [{"system": "https://handoff.dev/fhir/CodeSystem/handoff-activity", "code": "moud-dose-given"}]}}]
+    r = await put_task(otp, task, status="completed", output=output)
+    assert r.status_code == 200, r.text
+    # The jail sees the timeline and outcome; the ServiceRequest followed the Task.
+    view = (await jail.get(f"/v1/referrals/{ref['referral_id']}")).json()
+    assert view["status"] == "completed"
+    assert view["service_request_status"] == "completed"
+    assert [e["status"] for e in view["timeline"]] == ["requested", "accepted", "in-progress", "completed"]
+    assert view["timeline"][1]["by"] == ids["otp"]
+    assert view["timeline"][0]["by"] == ids["jail"]
+    assert view["outcomes"][0]["activity"] == "moud-dose-given"
+
+
+async def test_illegal_transitions_and_forbidden_changes(network: dict[str, Any]) -> None:
+    jail, otp, peer, ids = network["jail"], network["otp"], network["peer"], network["ids"]
+    ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
+    task = (await otp.get(f"/fhir/Task/{ref['task_id']}")).json()
+    r = await put_task(otp, task, status="completed", output=[{"type": {"text": "x"}, "valueString": "x"}])
+    assert r.status_code == 422
+    assert "accepted" in r.json()["issue"][0]["diagnostics"]  # names the allowed moves
+    r = await put_task(jail, task, status="accepted")
+    assert r.status_code == 403  # only the owner accepts
+    r = await put_task(otp, task, status="cancelled", statusReason={"text": "no"})
+    assert r.status_code == 403  # only the requester cancels
+    r = await put_task(otp, task, status="rejected")
+    assert r.status_code == 422  # reason required
+    r = await put_task(otp, task, status="accepted", priority="stat")
+    assert r.status_code == 422
+    assert "priority" in r.json()["issue"][0]["diagnostics"]
+    r = await put_task(otp, task, status="ready")
+    assert r.status_code == 422
+    assert (await put_task(peer, task, status="accepted")).status_code == 404  # not visible
+    r = await put_task(jail, task, status="entered-in-error")
+    assert r.status_code == 200
+
+
+async def test_cancel_after_accept_and_reject_then_re_refer(network: dict[str, Any]) -> None:
+    jail, otp, peer, ids = network["jail"], network["otp"], network["peer"], network["ids"]
+    ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
+    task = (await otp.get(f"/fhir/Task/{ref['task_id']}")).json()
+    assert (await put_task(otp, task, status="accepted")).status_code == 200
+    r = await jail.post(f"/v1/referrals/{ref['referral_id']}/cancel", json={"reason": "Released to another county"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    assert r.json()["service_request_status"] == "revoked"
+    # A second referral is rejected at capacity, then re-referred to the peer organization.
+    ref2 = (await jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="REF-2"))).json()
+    task2 = (await otp.get(f"/fhir/Task/{ref2['task_id']}")).json()
+    r = await put_task(
+        otp, task2, status="rejected",
+        statusReason={"coding": [{"system": "https://handoff.dev/fhir/CodeSystem/referral-status-reason", "code": "at-capacity"}], "text": "No intake slots until January"},
+    )
+    assert r.status_code == 200, r.text
+    r = await jail.post(f"/v1/referrals/{ref2['referral_id']}/re-refer", json={"receiving_organization": ids["peer"]})
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert view["owner"] == ids["peer"] and view["status"] == "requested"
+    assert [t["status"] for t in view["tasks"]] == ["rejected", "requested"]
+    assert view["service_request_status"] == "active"
+    found = (await peer.get("/fhir/Task", params={"owner": ids["peer"]})).json()
+    assert len(found["entry"]) == 1
+
+
+async def test_idempotent_referrals_and_business_identifier(network: dict[str, Any]) -> None:
+    jail, ids = network["jail"], network["ids"]
+    body = referral(ids["otp"], referral_id="REF-77")
+    results = await asyncio.gather(
+        *(jail.post("/v1/referrals", json=body, headers={"Idempotency-Key": "k-77"}) for _ in range(6))
+    )
+    assert {r.status_code for r in results} == {201}
+    assert len({r.json()["referral_id"] for r in results}) == 1
+    # Same JMS referral id without a key: the original referral, not a second one.
+    again = await jail.post("/v1/referrals", json=body)
+    assert again.status_code == 200
+    assert again.json()["referral_id"] == results[0].json()["referral_id"]
+    concurrent = await asyncio.gather(*(jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="REF-88")) for _ in range(5)))
+    assert len({r.json()["referral_id"] for r in concurrent}) == 1
+    listed = (await jail.get("/v1/referrals")).json()
+    assert len(listed) == 2
+
+
+async def test_validation_lists_every_problem(network: dict[str, Any]) -> None:
+    jail = network["jail"]
+    bad = referral("Organization/does-not-exist")
+    bad["services"] = ["moud-buprenorphine", "astrology"]
+    bad["release"] = {"expected_at": "2020-01-01T08:00:00-05:00"}
+    bad["person"] = {k: v for k, v in bad["person"].items() if k not in ("person_id", "booking_number")}
+    r = await jail.post("/v1/referrals", json=bad)
+    assert r.status_code == 422
+    text = json.dumps(r.json())
+    for fragment in ("services", "release", "person", "past", "person_id"):
+        assert fragment in text, fragment
+    r = await jail.post("/v1/referrals", json=referral("Organization/does-not-exist"))
+    assert r.status_code == 422
+    assert "does-not-exist" in r.json()["issue"][0]["diagnostics"]
+
+
+async def test_worklist_and_escalations(network: dict[str, Any]) -> None:
+    jail, otp, ids = network["jail"], network["otp"], network["ids"]
+    a = (await jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="A", release={"expected_at": soon(24)}))).json()
+    b = (await jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="B", release={"expected_at": soon(200)}))).json()
+    c = (await jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="C", release={"expected_at": soon(30)}))).json()
+    task_c = (await otp.get(f"/fhir/Task/{c['task_id']}")).json()
+    await put_task(otp, task_c, status="accepted")
+    now = datetime.now(UTC)
+    listed = (
+        await jail.get("/v1/referrals", params={"release_from": now.isoformat(), "release_to": (now + timedelta(hours=72)).isoformat(), "status": "requested"})
+    ).json()
+    assert [v["referral_id"] for v in listed] == [a["referral_id"]]
+    esc = (await jail.get("/v1/referrals/escalations", params={"within_hours": 72})).json()
+    assert [v["referral_id"] for v in esc] == [a["referral_id"]]
+    assert b["referral_id"] not in {v["referral_id"] for v in esc}
+    # The provider does not see the jail's worklist through /v1 (it is the requester's list).
+    assert (await otp.get("/v1/referrals")).json() == []
+
+
+async def test_release_change(network: dict[str, Any]) -> None:
+    jail, otp, ids = network["jail"], network["otp"], network["ids"]
+    ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
+    new_time = soon(96)
+    r = await jail.patch(f"/v1/referrals/{ref['referral_id']}", json={"release": {"expected_at": new_time}})
+    assert r.status_code == 200, r.text
+    task = (await otp.get(f"/fhir/Task/{ref['task_id']}")).json()
+    assert task["restriction"]["period"]["start"] == new_time
+    r = await jail.patch(f"/v1/referrals/{ref['referral_id']}", json={"release": {"expected_at": "2001-01-01T00:00:00Z"}})
+    assert r.status_code == 422
+
+
+async def test_referral_through_fhir_transaction(network: dict[str, Any]) -> None:
+    jail, otp, ids = network["jail"], network["otp"], network["ids"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111", "resource": {"resourceType": "Patient", "name": [{"family": "Okafor"}]}, "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": "urn:uuid:22222222-2222-4222-8222-222222222222", "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order", "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}, "requester": {"reference": ids["jail"]}, "performer": [{"reference": ids["otp"]}]}, "request": {"method": "POST", "url": "ServiceRequest"}},
+            {"resource": {"resourceType": "Task", "status": "requested", "intent": "order", "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]}, "focus": {"reference": "urn:uuid:22222222-2222-4222-8222-222222222222"}, "for": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}, "authoredOn": "2026-11-26T10:00:00Z", "requester": {"reference": ids["jail"]}, "owner": {"reference": ids["otp"]}}, "request": {"method": "POST", "url": "Task"}},
+        ],
+    }
+    r = await jail.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    poll = (await otp.get("/fhir/Task", params={"owner": ids["otp"], "status": "requested"})).json()
+    assert len(poll["entry"]) == 1
+    # The same rules apply: a Task created as 'accepted' or without a focus is refused.
+    bad = copy.deepcopy(bundle)
+    bad["entry"][2]["resource"]["status"] = "accepted"
+    r = await jail.post("/fhir", json=bad, headers=FHIR_JSON)
+    assert r.status_code == 422
