@@ -24,7 +24,9 @@ def soon(hours: int = 48) -> str:
 async def network(client: httpx.AsyncClient, org_client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     ids = {}
     for key in ("jail", "otp", "peer"):
-        org = (await client.post("/fhir/Organization", json=organization(key, key), headers=FHIR_JSON)).json()
+        org = (
+            await client.post("/fhir/Organization", json=organization(key, key), headers=FHIR_JSON)
+        ).json()
         ids[key] = f"Organization/{org['id']}"
     return {
         "ids": ids,
@@ -77,35 +79,90 @@ async def test_full_journey(network: dict[str, Any]) -> None:
     assert ref["services"] == ["moud-buprenorphine", "peer-support"]
     assert ref["intercept"] == 4
     # The provider polls its Tasks through FHIR search.
-    poll = (await otp.get("/fhir/Task", params={"owner": ids["otp"], "status": "requested", "_include": "Task:focus"})).json()
+    poll = (
+        await otp.get(
+            "/fhir/Task",
+            params={"owner": ids["otp"], "status": "requested", "_include": "Task:focus"},
+        )
+    ).json()
     tasks = [e["resource"] for e in poll["entry"] if e["resource"]["resourceType"] == "Task"]
     assert [t["id"] for t in tasks] == [ref["task_id"]]
     task = tasks[0]
     assert task["code"]["coding"][0]["code"] == "fulfill" and task["intent"] == "order"
-    sr = next(e["resource"] for e in poll["entry"] if e["resource"]["resourceType"] == "ServiceRequest")
+    sr = next(
+        e["resource"] for e in poll["entry"] if e["resource"]["resourceType"] == "ServiceRequest"
+    )
     assert sr["code"]["coding"][0]["system"] == "http://snomed.info/sct"
     # Accept, record milestones, complete with an output.
-    r = await put_task(otp, task, status="accepted", businessStatus={"coding": [{"system": "https://handoff.dev/fhir/CodeSystem/warm-handoff-status", "code": "accepted"}]})
+    r = await put_task(
+        otp,
+        task,
+        status="accepted",
+        businessStatus={
+            "coding": [
+                {
+                    "system": "https://handoff.dev/fhir/CodeSystem/warm-handoff-status",
+                    "code": "accepted",
+                }
+            ]
+        },
+    )
     assert r.status_code == 200, r.text
     task = r.json()
     r = await otp.patch(
         f"/fhir/Task/{task['id']}",
-        content=json.dumps([{"op": "replace", "path": "/status", "value": "in-progress"}, {"op": "replace", "path": "/businessStatus", "value": {"coding": [{"system": "https://handoff.dev/fhir/CodeSystem/warm-handoff-status", "code": "met-at-release"}]}}]),
-        headers={"Content-Type": "application/json-patch+json", "If-Match": f'W/"{task["meta"]["versionId"]}"'},
+        content=json.dumps(
+            [
+                {"op": "replace", "path": "/status", "value": "in-progress"},
+                {
+                    "op": "replace",
+                    "path": "/businessStatus",
+                    "value": {
+                        "coding": [
+                            {
+                                "system": "https://handoff.dev/fhir/CodeSystem/warm-handoff-status",
+                                "code": "met-at-release",
+                            }
+                        ]
+                    },
+                },
+            ]
+        ),
+        headers={
+            "Content-Type": "application/json-patch+json",
+            "If-Match": f'W/"{task["meta"]["versionId"]}"',
+        },
     )
     assert r.status_code == 200, r.text
     task = r.json()
     r = await put_task(otp, task, status="completed")
     assert r.status_code == 422
     assert "output" in r.json()["issue"][0]["diagnostics"]
-    output = [{"type": {"text": "activity"}, "valueCodeableConcept": {"coding": [{"system": "https://handoff.dev/fhir/CodeSystem/handoff-activity", "code": "moud-dose-given"}]}}]
+    output = [
+        {
+            "type": {"text": "activity"},
+            "valueCodeableConcept": {
+                "coding": [
+                    {
+                        "system": "https://handoff.dev/fhir/CodeSystem/handoff-activity",
+                        "code": "moud-dose-given",
+                    }
+                ]
+            },
+        }
+    ]
     r = await put_task(otp, task, status="completed", output=output)
     assert r.status_code == 200, r.text
     # The jail sees the timeline and outcome; the ServiceRequest followed the Task.
     view = (await jail.get(f"/v1/referrals/{ref['referral_id']}")).json()
     assert view["status"] == "completed"
     assert view["service_request_status"] == "completed"
-    assert [e["status"] for e in view["timeline"]] == ["requested", "accepted", "in-progress", "completed"]
+    assert [e["status"] for e in view["timeline"]] == [
+        "requested",
+        "accepted",
+        "in-progress",
+        "completed",
+    ]
     assert view["timeline"][1]["by"] == ids["otp"]
     assert view["timeline"][0]["by"] == ids["jail"]
     assert view["outcomes"][0]["activity"] == "moud-dose-given"
@@ -115,7 +172,9 @@ async def test_illegal_transitions_and_forbidden_changes(network: dict[str, Any]
     jail, otp, peer, ids = network["jail"], network["otp"], network["peer"], network["ids"]
     ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
     task = (await otp.get(f"/fhir/Task/{ref['task_id']}")).json()
-    r = await put_task(otp, task, status="completed", output=[{"type": {"text": "x"}, "valueString": "x"}])
+    r = await put_task(
+        otp, task, status="completed", output=[{"type": {"text": "x"}, "valueString": "x"}]
+    )
     assert r.status_code == 422
     assert "accepted" in r.json()["issue"][0]["diagnostics"]  # names the allowed moves
     r = await put_task(jail, task, status="accepted")
@@ -139,7 +198,9 @@ async def test_cancel_after_accept_and_reject_then_re_refer(network: dict[str, A
     ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
     task = (await otp.get(f"/fhir/Task/{ref['task_id']}")).json()
     assert (await put_task(otp, task, status="accepted")).status_code == 200
-    r = await jail.post(f"/v1/referrals/{ref['referral_id']}/cancel", json={"reason": "Released to another county"})
+    r = await jail.post(
+        f"/v1/referrals/{ref['referral_id']}/cancel", json={"reason": "Released to another county"}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "cancelled"
     assert r.json()["service_request_status"] == "revoked"
@@ -147,11 +208,24 @@ async def test_cancel_after_accept_and_reject_then_re_refer(network: dict[str, A
     ref2 = (await jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="REF-2"))).json()
     task2 = (await otp.get(f"/fhir/Task/{ref2['task_id']}")).json()
     r = await put_task(
-        otp, task2, status="rejected",
-        statusReason={"coding": [{"system": "https://handoff.dev/fhir/CodeSystem/referral-status-reason", "code": "at-capacity"}], "text": "No intake slots until January"},
+        otp,
+        task2,
+        status="rejected",
+        statusReason={
+            "coding": [
+                {
+                    "system": "https://handoff.dev/fhir/CodeSystem/referral-status-reason",
+                    "code": "at-capacity",
+                }
+            ],
+            "text": "No intake slots until January",
+        },
     )
     assert r.status_code == 200, r.text
-    r = await jail.post(f"/v1/referrals/{ref2['referral_id']}/re-refer", json={"receiving_organization": ids["peer"]})
+    r = await jail.post(
+        f"/v1/referrals/{ref2['referral_id']}/re-refer",
+        json={"receiving_organization": ids["peer"]},
+    )
     assert r.status_code == 200, r.text
     view = r.json()
     assert view["owner"] == ids["peer"] and view["status"] == "requested"
@@ -165,7 +239,10 @@ async def test_idempotent_referrals_and_business_identifier(network: dict[str, A
     jail, ids = network["jail"], network["ids"]
     body = referral(ids["otp"], referral_id="REF-77")
     results = await asyncio.gather(
-        *(jail.post("/v1/referrals", json=body, headers={"Idempotency-Key": "k-77"}) for _ in range(6))
+        *(
+            jail.post("/v1/referrals", json=body, headers={"Idempotency-Key": "k-77"})
+            for _ in range(6)
+        )
     )
     assert {r.status_code for r in results} == {201}
     assert len({r.json()["referral_id"] for r in results}) == 1
@@ -173,7 +250,12 @@ async def test_idempotent_referrals_and_business_identifier(network: dict[str, A
     again = await jail.post("/v1/referrals", json=body)
     assert again.status_code == 200
     assert again.json()["referral_id"] == results[0].json()["referral_id"]
-    concurrent = await asyncio.gather(*(jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="REF-88")) for _ in range(5)))
+    concurrent = await asyncio.gather(
+        *(
+            jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="REF-88"))
+            for _ in range(5)
+        )
+    )
     assert len({r.json()["referral_id"] for r in concurrent}) == 1
     listed = (await jail.get("/v1/referrals")).json()
     assert len(listed) == 2
@@ -184,7 +266,9 @@ async def test_validation_lists_every_problem(network: dict[str, Any]) -> None:
     bad = referral("Organization/does-not-exist")
     bad["services"] = ["moud-buprenorphine", "astrology"]
     bad["release"] = {"expected_at": "2020-01-01T08:00:00-05:00"}
-    bad["person"] = {k: v for k, v in bad["person"].items() if k not in ("person_id", "booking_number")}
+    bad["person"] = {
+        k: v for k, v in bad["person"].items() if k not in ("person_id", "booking_number")
+    }
     r = await jail.post("/v1/referrals", json=bad)
     assert r.status_code == 422
     text = json.dumps(r.json())
@@ -197,14 +281,36 @@ async def test_validation_lists_every_problem(network: dict[str, Any]) -> None:
 
 async def test_worklist_and_escalations(network: dict[str, Any]) -> None:
     jail, otp, ids = network["jail"], network["otp"], network["ids"]
-    a = (await jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="A", release={"expected_at": soon(24)}))).json()
-    b = (await jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="B", release={"expected_at": soon(200)}))).json()
-    c = (await jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="C", release={"expected_at": soon(30)}))).json()
+    a = (
+        await jail.post(
+            "/v1/referrals",
+            json=referral(ids["otp"], referral_id="A", release={"expected_at": soon(24)}),
+        )
+    ).json()
+    b = (
+        await jail.post(
+            "/v1/referrals",
+            json=referral(ids["otp"], referral_id="B", release={"expected_at": soon(200)}),
+        )
+    ).json()
+    c = (
+        await jail.post(
+            "/v1/referrals",
+            json=referral(ids["otp"], referral_id="C", release={"expected_at": soon(30)}),
+        )
+    ).json()
     task_c = (await otp.get(f"/fhir/Task/{c['task_id']}")).json()
     await put_task(otp, task_c, status="accepted")
     now = datetime.now(UTC)
     listed = (
-        await jail.get("/v1/referrals", params={"release_from": now.isoformat(), "release_to": (now + timedelta(hours=72)).isoformat(), "status": "requested"})
+        await jail.get(
+            "/v1/referrals",
+            params={
+                "release_from": now.isoformat(),
+                "release_to": (now + timedelta(hours=72)).isoformat(),
+                "status": "requested",
+            },
+        )
     ).json()
     assert [v["referral_id"] for v in listed] == [a["referral_id"]]
     esc = (await jail.get("/v1/referrals/escalations", params={"within_hours": 72})).json()
@@ -218,11 +324,16 @@ async def test_release_change(network: dict[str, Any]) -> None:
     jail, otp, ids = network["jail"], network["otp"], network["ids"]
     ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
     new_time = soon(96)
-    r = await jail.patch(f"/v1/referrals/{ref['referral_id']}", json={"release": {"expected_at": new_time}})
+    r = await jail.patch(
+        f"/v1/referrals/{ref['referral_id']}", json={"release": {"expected_at": new_time}}
+    )
     assert r.status_code == 200, r.text
     task = (await otp.get(f"/fhir/Task/{ref['task_id']}")).json()
     assert task["restriction"]["period"]["start"] == new_time
-    r = await jail.patch(f"/v1/referrals/{ref['referral_id']}", json={"release": {"expected_at": "2001-01-01T00:00:00Z"}})
+    r = await jail.patch(
+        f"/v1/referrals/{ref['referral_id']}",
+        json={"release": {"expected_at": "2001-01-01T00:00:00Z"}},
+    )
     assert r.status_code == 422
 
 
@@ -232,9 +343,44 @@ async def test_referral_through_fhir_transaction(network: dict[str, Any]) -> Non
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {"fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111", "resource": {"resourceType": "Patient", "name": [{"family": "Okafor"}]}, "request": {"method": "POST", "url": "Patient"}},
-            {"fullUrl": "urn:uuid:22222222-2222-4222-8222-222222222222", "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order", "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}, "requester": {"reference": ids["jail"]}, "performer": [{"reference": ids["otp"]}]}, "request": {"method": "POST", "url": "ServiceRequest"}},
-            {"resource": {"resourceType": "Task", "status": "requested", "intent": "order", "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]}, "focus": {"reference": "urn:uuid:22222222-2222-4222-8222-222222222222"}, "for": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}, "authoredOn": "2026-11-26T10:00:00Z", "requester": {"reference": ids["jail"]}, "owner": {"reference": ids["otp"]}}, "request": {"method": "POST", "url": "Task"}},
+            {
+                "fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111",
+                "resource": {"resourceType": "Patient", "name": [{"family": "Okafor"}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": "urn:uuid:22222222-2222-4222-8222-222222222222",
+                "resource": {
+                    "resourceType": "ServiceRequest",
+                    "status": "active",
+                    "intent": "order",
+                    "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"},
+                    "requester": {"reference": ids["jail"]},
+                    "performer": [{"reference": ids["otp"]}],
+                },
+                "request": {"method": "POST", "url": "ServiceRequest"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Task",
+                    "status": "requested",
+                    "intent": "order",
+                    "code": {
+                        "coding": [
+                            {
+                                "system": "http://hl7.org/fhir/CodeSystem/task-code",
+                                "code": "fulfill",
+                            }
+                        ]
+                    },
+                    "focus": {"reference": "urn:uuid:22222222-2222-4222-8222-222222222222"},
+                    "for": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"},
+                    "authoredOn": "2026-11-26T10:00:00Z",
+                    "requester": {"reference": ids["jail"]},
+                    "owner": {"reference": ids["otp"]},
+                },
+                "request": {"method": "POST", "url": "Task"},
+            },
         ],
     }
     r = await jail.post("/fhir", json=bundle, headers=FHIR_JSON)
