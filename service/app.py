@@ -17,7 +17,14 @@ from service.api.middleware import (
     FhirNegotiationMiddleware,
     RequestIdMiddleware,
 )
-from service.api.routes import auth, health, system, v1_assessments, v1_referrals
+from service.api.routes import (
+    auth,
+    health,
+    system,
+    v1_assessments,
+    v1_consents,
+    v1_referrals,
+)
 from service.api.routes.resources import resource_router
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.openapi_schemas import fhir_component_schemas
@@ -43,6 +50,10 @@ TAGS: list[dict[str, Any]] = [
         "description": "For jail management systems: warm-handoff referrals and their status",
     },
     {
+        "name": "JMS: consent and disclosures",
+        "description": "42 CFR Part 2 consents, revocation and the accounting of disclosures",
+    },
+    {
         "name": "JMS: assessments",
         "description": "For jail management systems: plain JSON, mapped to FHIR by Handoff",
     },
@@ -50,9 +61,10 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    from service.workflows import assessments, referrals
+    from service.workflows import assessments, consents, referrals
 
     rules = default_rules()
+    consents.register(rules)  # labels first: later rules and the index see them
     assessments.register(rules)
     referrals.register(rules)
     return rules
@@ -101,6 +113,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(auth.router)
     app.include_router(v1_assessments.router)
     app.include_router(v1_referrals.router)
+    app.include_router(v1_consents.router)
     app.include_router(system.router)
     for rtype in SUPPORTED_TYPES:
         app.include_router(

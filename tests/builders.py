@@ -35,14 +35,17 @@ def task(
     focus: str = "ServiceRequest/sr1",
     identifier: str | None = None,
     authored_on: str = "2026-11-20T10:00:00Z",
+    code: str = "approve",
 ) -> dict[str, Any]:
+    """A Task for REST/search tests. Its code is not ``fulfill`` by default, so the referral
+    workflow rules (tested in test_referrals.py) do not apply to it."""
     body: dict[str, Any] = {
         "resourceType": "Task",
         "status": status,
         "intent": "order",
         "priority": "routine",
         "code": {
-            "coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]
+            "coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": code}]
         },
         "focus": {"reference": focus},
         "for": {"reference": patient_ref},

@@ -10,6 +10,9 @@ from fastapi.security import OAuth2
 
 from service.api.responses import fhir_base, public_base
 from service.auth.principal import Principal
+from service.auth.scopes import Action
+from service.errors import InsufficientScopeError, InvalidRequestError
+from service.search.execute import AccessFilter
 from service.settings import Settings
 from service.workflows.access import access_filter
 from service.workflows.authn import Authenticator
@@ -76,18 +79,56 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
+PURPOSES = frozenset({"TREAT", "ETREAT", "HPAYMT", "HOPERAT", "PUBHLTH", "HRESCH", "COC"})
+
+
+def _purpose_and_emergency(request: Request, principal: Principal | None) -> tuple[str, str | None]:
+    purpose = request.headers.get("x-purpose-of-use", "TREAT").strip().upper()
+    if purpose not in PURPOSES:
+        raise InvalidRequestError(
+            f"X-Purpose-Of-Use must be one of {', '.join(sorted(PURPOSES))}",
+            expression=["X-Purpose-Of-Use"],
+        )
+    reason = request.headers.get("x-break-glass-reason")
+    if reason is None:
+        return purpose, None
+    reason = reason.strip()
+    if principal is None or not principal.scopes.break_glass:
+        raise InsufficientScopeError(
+            "Breaking the glass needs the handoff/break-glass scope (42 CFR Part 2 medical "
+            "emergency exception)"
+        )
+    if len(reason) < 10:
+        raise InvalidRequestError(
+            "X-Break-Glass-Reason must state the medical emergency (at least 10 characters)",
+            expression=["X-Break-Glass-Reason"],
+        )
+    return "ETREAT", reason[:500]
+
+
 def _context(request: Request, settings: Settings, principal: Principal | None) -> WorkflowContext:
     state = request.app.state
     base = fhir_base(request, settings)
+    purpose, emergency = _purpose_and_emergency(request, principal)
+
+    def access(action: Action) -> AccessFilter:
+        if principal is None:
+            return _deny_all
+        return access_filter(
+            principal, action, base_url=base, purpose=purpose, emergency=emergency is not None
+        )
+
     return WorkflowContext(
         engine=state.engine,
         settings=settings,
         base_url=base,
         request_id=getattr(request.state, "request_id", ""),
         principal=principal,
-        access=access_filter(principal, "r", base_url=base) if principal else _deny_all,
-        search_access=access_filter(principal, "s", base_url=base) if principal else _deny_all,
+        access=access("r"),
+        search_access=access("s"),
         rules=state.rules,
+        purpose=purpose,
+        emergency_reason=emergency,
     )
 
 

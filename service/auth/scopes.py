@@ -30,6 +30,8 @@ from service.errors import InsufficientScopeError
 Action = Literal["c", "r", "u", "d", "s"]
 ACTIONS: tuple[Action, ...] = ("c", "r", "u", "d", "s")
 ADMIN_SCOPE = "handoff/admin"
+# 42 CFR Part 2 medical-emergency exception: may read labelled data when stating a reason.
+BREAK_GLASS_SCOPE = "handoff/break-glass"
 MAX_SCOPE_LENGTH = 8192
 
 # A constraint is a sorted tuple of (parameter, sorted alternative values); () means none.
@@ -84,6 +86,7 @@ class ScopeSet:
 
     rules: frozenset[ScopeRule] = field(default_factory=frozenset)
     admin: bool = False
+    break_glass: bool = False
 
     @classmethod
     def parse(cls, text: str | None, *, strict: bool = False) -> ScopeSet:
@@ -97,9 +100,13 @@ class ScopeSet:
             raise ScopeSyntaxError(f"scope string longer than {MAX_SCOPE_LENGTH} characters")
         rules: list[ScopeRule] = []
         admin = False
+        break_glass = False
         for token in text.split():
             if token == ADMIN_SCOPE:
                 admin = True
+                continue
+            if token == BREAK_GLASS_SCOPE:
+                break_glass = True
                 continue
             try:
                 rule = _parse_token(token)
@@ -111,10 +118,12 @@ class ScopeSet:
                 rules.append(rule)
             elif strict:
                 raise ScopeSyntaxError(f"scope {token!r} is not granted to backend clients")
-        return cls.of(rules, admin=admin)
+        return cls.of(rules, admin=admin, break_glass=break_glass)
 
     @classmethod
-    def of(cls, rules: Iterable[ScopeRule], *, admin: bool = False) -> ScopeSet:
+    def of(
+        cls, rules: Iterable[ScopeRule], *, admin: bool = False, break_glass: bool = False
+    ) -> ScopeSet:
         """Normalize: merge rules for the same type and constraint, drop rules covered by others."""
         merged: dict[tuple[str, Constraint], frozenset[Action]] = {}
         for rule in rules:
@@ -126,7 +135,7 @@ class ScopeSet:
             for rule in candidates
             if not any(other != rule and _subsumes(other, rule) for other in candidates)
         )
-        return cls(rules=kept, admin=admin)
+        return cls(rules=kept, admin=admin, break_glass=break_glass)
 
     def __bool__(self) -> bool:
         return bool(self.rules) or self.admin
@@ -183,6 +192,8 @@ class ScopeSet:
         parts = [str(rule) for rule in sorted(self.rules, key=_sort_key)]
         if self.admin:
             parts.append(ADMIN_SCOPE)
+        if self.break_glass:
+            parts.append(BREAK_GLASS_SCOPE)
         return " ".join(parts)
 
     def _matching(self, resource_type: str, action: Action) -> Iterable[ScopeRule]:
@@ -210,7 +221,11 @@ def grant(requested: str | None, allowed: ScopeSet) -> ScopeSet:
             for have in allowed.rules
             if (rule := _intersect(want, have)) is not None
         ]
-        result = ScopeSet.of(rules, admin=asked.admin and allowed.admin)
+        result = ScopeSet.of(
+            rules,
+            admin=asked.admin and allowed.admin,
+            break_glass=asked.break_glass and allowed.break_glass,
+        )
     if not result:
         raise InvalidScopeError("none of the requested scopes is granted to this client")
     return result

@@ -192,6 +192,7 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("source-reference", "reference", "sourceReference", targets=_ANY),
         _p("organization", "reference", "organization", targets=("Organization",)),
         _p("period", "date", "provision.period"),
+        _p("purpose", "token", "provision.purpose"),
         _p("identifier", "token", "identifier"),
     ),
     "AuditEvent": (

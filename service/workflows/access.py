@@ -238,9 +238,19 @@ def _constraint_condition(
 
 
 def access_filter(
-    principal: Principal | None, action: Action, *, base_url: str | None
+    principal: Principal | None,
+    action: Action,
+    *,
+    base_url: str | None,
+    purpose: str = "TREAT",
+    emergency: bool = False,
 ) -> AccessFilter:
-    """What ``principal`` may see when it ``action``s (r: read, includes; s: search)."""
+    """What ``principal`` may see when it ``action``s (r: read, includes; s: search).
+
+    Besides tenancy and scopes, 42 CFR Part 2: labelled patient data of another author needs
+    an active consent naming the caller's organization (unless breaking the glass)."""
+    from service.workflows.consents import part2_condition
+
     if principal is None or principal.is_admin:
         return allow_all
     org = principal.organization
@@ -253,7 +263,9 @@ def access_filter(
         )
         if org is None:  # a client with no organization sees directory data only
             return scope if rtype in DIRECTORY_TYPES else None
-        return and_(tenancy_condition(rtype, cols, org), scope)
+        condition = and_(tenancy_condition(rtype, cols, org), scope)
+        part2 = None if emergency else part2_condition(rtype, cols, org, purpose=purpose)
+        return condition if part2 is None else and_(condition, part2)
 
     return visible
 

@@ -28,6 +28,10 @@ class WorkflowContext:
     # The organization a server-made write is recorded for when there is no principal
     # (derived Observations keep the creator of their QuestionnaireResponse).
     on_behalf_of: str | None = None
+    # 42 CFR Part 2: the request's purpose of use (v3-ActReason) and, for the medical-emergency
+    # exception ("break the glass"), the reason the caller stated.
+    purpose: str = "TREAT"
+    emergency_reason: str | None = None
     # Results computed by write rules that the use case reports back (e.g. scores).
     outcomes: dict[str, Any] = field(default_factory=dict)
 

@@ -35,6 +35,7 @@ from service.storage.db import read_connection, write_transaction
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.access import ACTOR_PARAM
+from service.workflows.consents import WITHHELD_ELEMENTS, disclose
 from service.workflows.context import WorkflowContext
 from service.workflows.people import SID_BASE, Person, match_or_create_patient
 from service.workflows.rules import RuleSet, WriteEvent, WrittenEvent
@@ -104,6 +105,8 @@ async def _task_rules(event: WriteEvent) -> None:
         _raise(check_content(new, changed_status=old.get("status") != new.get("status")))
         return
     party = _party(event.ctx, old, new)
+    new = _restore_withheld(old, new)
+    event.body = new
     problems = check_transition(old, new, party)  # type: ignore[arg-type]
     if party == "requester":
         owner_before = (old.get("owner") or {}).get("reference")
@@ -117,6 +120,25 @@ async def _task_rules(event: WriteEvent) -> None:
                 )
             )
     _raise(problems)
+
+
+def _restore_withheld(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A party that saw a redacted copy (42 CFR Part 2) sends it back without the withheld
+    elements: keep the stored values there, and drop the REDACTED marker."""
+    meta = new.get("meta") or {}
+    if not any(t.get("code") == "REDACTED" for t in meta.get("tag", [])):
+        return new
+    restored = dict(new)
+    for key in WITHHELD_ELEMENTS:
+        if key not in new and key in old:
+            restored[key] = old[key]
+    restored["meta"] = {
+        **meta,
+        "tag": [t for t in meta.get("tag", []) if t.get("code") != "REDACTED"],
+    }
+    if not restored["meta"]["tag"]:
+        del restored["meta"]["tag"]
+    return restored
 
 
 async def _service_request_follows_task(event: WrittenEvent) -> None:
@@ -168,7 +190,7 @@ async def _tasks_for(
         max_count=100,
     )
     page = await run_search(conn, request, base_url=ctx.base_url)
-    tasks = [orjson.loads(m.raw or "{}") for m in page.matches]
+    tasks = [orjson.loads((await disclose(conn, ctx, m)).raw or "{}") for m in page.matches]
     return sorted(tasks, key=lambda t: (t.get("authoredOn", ""), t["meta"]["lastUpdated"]))
 
 

@@ -7,6 +7,7 @@ and the ``/v1`` APIs compose them; the plain functions open their own transactio
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,6 +38,7 @@ from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
 from service.storage.repository import StoredResource
 from service.workflows.access import CREATOR_PARAM, check_write, creator_entries, require_scope
+from service.workflows.consents import disclose
 from service.workflows.context import WorkflowContext
 from service.workflows.rules import WriteEvent, WrittenEvent
 
@@ -128,7 +130,7 @@ async def read_in(
             f"{resource_type}/{resource_id} was deleted (version {stored.version_id})",
             headers={"ETag": f'W/"{stored.version_id}"'},
         )
-    return stored
+    return await disclose(conn, ctx, stored)
 
 
 async def read(ctx: WorkflowContext, resource_type: str, resource_id: str) -> StoredResource:
@@ -150,7 +152,7 @@ async def vread_in(
         raise ResourceNotFoundError(f"Version {vid} of {resource_type}/{resource_id} is unknown")
     if stored.deleted:
         raise ResourceGoneError(f"Version {vid} of {resource_type}/{resource_id} is a deletion")
-    return stored
+    return await disclose(conn, ctx, stored)
 
 
 async def vread(
@@ -174,7 +176,7 @@ async def instance_history(
     async with read_connection(ctx.engine) as conn:
         if not await _visible(conn, ctx, resource_type, resource_id):
             raise _not_found(resource_type, resource_id)
-        return await repo.instance_history(
+        entries = await repo.instance_history(
             conn,
             resource_type,
             resource_id,
@@ -182,6 +184,7 @@ async def instance_history(
             limit=count + 1,
             since=since,
         )
+        return [dataclasses.replace(e, stored=await disclose(conn, ctx, e.stored)) for e in entries]
 
 
 def parse_search_params(
@@ -201,9 +204,14 @@ def parse_search_params(
 async def search_in(
     conn: AsyncConnection, ctx: WorkflowContext, request: SearchRequest
 ) -> SearchPage:
-    return await run_search(
+    page = await run_search(
         conn, request, access=ctx.search_access or ctx.access, base_url=ctx.base_url
     )
+    page.matches = [await disclose(conn, ctx, m) for m in page.matches]
+    page.included = [await disclose(conn, ctx, m) for m in page.included]
+    for entry in page.feed:
+        entry.stored = await disclose(conn, ctx, entry.stored)
+    return page
 
 
 async def search(ctx: WorkflowContext, request: SearchRequest) -> SearchPage:

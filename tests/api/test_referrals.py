@@ -92,7 +92,23 @@ async def test_full_journey(network: dict[str, Any]) -> None:
     sr = next(
         e["resource"] for e in poll["entry"] if e["resource"]["resourceType"] == "ServiceRequest"
     )
+    # 42 CFR Part 2: without consent the provider sees that a referral exists, not its SUD details.
+    assert "coding" not in sr["code"] and "orderDetail" not in sr
+    assert any(t["code"] == "REDACTED" for t in sr["meta"]["tag"])
+    assert sr["occurrencePeriod"]["start"]
+    r = await jail.post(
+        "/v1/consents",
+        json={
+            "person": referral("x")["person"],
+            "signed_at": datetime.now(UTC).isoformat(),
+            "signed_by": "Dana Rivera (self)",
+            "recipients": [ids["otp"], ids["jail"]],
+        },
+    )
+    assert r.status_code == 201, r.text
+    sr = (await otp.get(f"/fhir/ServiceRequest/{sr['id']}")).json()
     assert sr["code"]["coding"][0]["system"] == "http://snomed.info/sct"
+    assert {s["code"] for s in sr["meta"]["security"]} >= {"R", "SUD", "42CFRPart2", "NORDSCLCD"}
     # Accept, record milestones, complete with an output.
     r = await put_task(
         otp,

@@ -39,7 +39,7 @@ async def test_token_forms(client: httpx.AsyncClient) -> None:
     }
     assert await ids(client, "Task", status="requested,accepted") == {a["id"], b["id"]}
     assert await ids(client, "Task", **{"status:not": "requested"}) == {b["id"]}
-    assert await ids(client, "Task", code="http://hl7.org/fhir/CodeSystem/task-code|fulfill") == {
+    assert await ids(client, "Task", code="http://hl7.org/fhir/CodeSystem/task-code|approve") == {
         a["id"],
         b["id"],
     }

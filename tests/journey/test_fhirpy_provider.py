@@ -110,6 +110,23 @@ async def test_warm_handoff_with_fhirpy(server: str) -> None:
         )
         assert r.status_code == 201, r.text
         referral = r.json()
+        consent = await http.post(
+            "/v1/consents",
+            headers={"Authorization": jail_auth},
+            json={
+                "person": {
+                    "person_id": "P-42",
+                    "family_name": "Okafor",
+                    "given_names": ["Sam"],
+                    "birth_date": "1990-05-01",
+                    "sex": "male",
+                },
+                "signed_at": datetime.now(UTC).isoformat(),
+                "signed_by": "Sam Okafor (self)",
+                "recipients": [otp, referral["tasks"][0]["owner"] and await org_id(provider, "county-jail")],
+            },
+        )
+        assert consent.status_code == 201, consent.text
 
         # The provider polls with the cursor (never with a clock).
         bundle = await provider.execute(

@@ -1,0 +1,123 @@
+"""JMS API: 42 CFR Part 2 consents and the accounting of disclosures (/v1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.api.deps import ContextDep
+from service.api.routes.v1_assessments import V1_ERRORS
+from service.api.routes.v1_models import PersonIn, fhir_datetime
+from service.workflows import consents as wf
+from service.workflows import idempotency
+
+router = APIRouter(prefix="/v1", tags=["JMS: consent and disclosures"])
+
+Purpose = Literal["TREAT", "HPAYMT", "HOPERAT", "COC"]
+
+
+class FormIn(BaseModel):
+    """The signed form: inline (base64) or a link to where the facility keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+    content_type: Literal["application/pdf", "image/png", "image/jpeg", "image/tiff"]
+    data: str | None = Field(None, description="base64, at most ~3 MB")
+    url: str | None = Field(None, pattern=r"^https://")
+    title: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> FormIn:
+        if bool(self.data) == bool(self.url):
+            raise ValueError("give the form's data (base64) or its url, not both")
+        return self
+
+
+def _treatment() -> list[Purpose]:
+    return ["TREAT"]
+
+
+class ConsentIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "person": PersonIn.model_config["json_schema_extra"]["example"],  # type: ignore[index]
+                "signed_at": "2026-11-25T14:00:00-05:00",
+                "signed_by": "Dana Rivera (self)",
+                "recipients": ["Organization/<treatment provider id>"],
+                "purposes": ["TREAT"],
+                "expires": "2027-05-25T00:00:00-05:00",
+            }
+        },
+    )
+    person: PersonIn
+    signed_at: dt.datetime
+    signed_by: str = Field(min_length=2, max_length=200, description="The person or representative")
+    recipients: list[Annotated[str, Field(pattern=r"^Organization/[A-Za-z0-9\-\.]{1,64}$")]] = (
+        Field(min_length=1, max_length=20)
+    )
+    purposes: list[Purpose] = Field(default_factory=_treatment, min_length=1)
+    expires: dt.datetime | None = None
+    form: FormIn | None = None
+
+    @model_validator(mode="after")
+    def _dates(self) -> ConsentIn:
+        fhir_datetime(self.signed_at)
+        if self.signed_at > dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5):
+            raise ValueError("signed_at is in the future")
+        if self.expires is not None:
+            fhir_datetime(self.expires)
+            if self.expires <= self.signed_at:
+                raise ValueError("expires is not after signed_at")
+        return self
+
+
+class RevokeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=3, max_length=500)
+
+
+@router.post(
+    "/consents", status_code=201, summary="Record a signed Part 2 consent", responses=V1_ERRORS
+)
+async def create_consent(
+    payload: ConsentIn,
+    ctx: ContextDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Stores a FHIR Consent (scope patient-privacy, category release of information, policy
+    42 CFR Part 2) permitting disclosure of the person's SUD-labelled records to the named
+    organizations for the named purposes until it expires or is revoked."""
+    idempotency.check_key(idempotency_key)
+    form: dict[str, str] | None = None
+    if payload.form:
+        form = {"contentType": payload.form.content_type}
+        if payload.form.data:
+            form["data"] = payload.form.data
+        if payload.form.url:
+            form["url"] = payload.form.url
+        if payload.form.title:
+            form["title"] = payload.form.title
+    status, body = await wf.record_consent(
+        ctx,
+        person=payload.person.to_domain(),
+        signed_at=payload.signed_at,
+        signed_by=payload.signed_by,
+        recipients=list(dict.fromkeys(payload.recipients)),
+        purposes=list(dict.fromkeys(payload.purposes)),
+        expires=payload.expires,
+        form=form,
+        idempotency_key=idempotency_key,
+        fingerprint=idempotency.request_hash(payload.model_dump(mode="json")),
+    )
+    return JSONResponse(body, status_code=status)
+
+
+@router.post("/consents/{consent_id}/revoke", summary="Revoke a consent", responses=V1_ERRORS)
+async def revoke_consent(consent_id: str, payload: RevokeIn, ctx: ContextDep) -> dict[str, Any]:
+    """Takes effect for the very next request, including pages fetched through `next` links."""
+    return await wf.revoke_consent(ctx, consent_id, reason=payload.reason)
