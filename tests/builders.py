@@ -44,9 +44,7 @@ def task(
         "status": status,
         "intent": "order",
         "priority": "routine",
-        "code": {
-            "coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": code}]
-        },
+        "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": code}]},
         "focus": {"reference": focus},
         "for": {"reference": patient_ref},
         "authoredOn": authored_on,

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -168,25 +169,50 @@ async def issue_token(app, engine: AsyncEngine) -> AsyncIterator[TokenFactory]: 
 
 
 @pytest.fixture
-async def anon_client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url=BASE) as c:
-        yield c
+def http_log() -> list[tuple[str, str, int, str]]:
+    """(method, path, status, request id) of every request the test clients made."""
+    return []
+
+
+def _hooks(log: list[tuple[str, str, int, str]]) -> dict[str, list[Callable[..., Any]]]:
+    async def remember(response: httpx.Response) -> None:
+        log.append(
+            (
+                response.request.method,
+                response.request.url.path,
+                response.status_code,
+                response.headers.get("x-request-id", ""),
+            )
+        )
+
+    return {"response": [remember]}
 
 
 @pytest.fixture
-async def client(app, issue_token: TokenFactory) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
-    """An administrator's client: sees everything (tenancy is tested with org clients)."""
-    token = await issue_token(scopes="system/*.cruds handoff/admin", client_id="test-admin")
+async def anon_client(app, http_log) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
-        transport=transport, base_url=BASE, headers={"Authorization": f"Bearer {token}"}
+        transport=transport, base_url=BASE, event_hooks=_hooks(http_log)
     ) as c:
         yield c
 
 
 @pytest.fixture
-async def org_client(app, issue_token: TokenFactory):  # type: ignore[no-untyped-def]
+async def client(app, issue_token: TokenFactory, http_log) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+    """An administrator's client: sees everything (tenancy is tested with org clients)."""
+    token = await issue_token(scopes="system/*.cruds handoff/admin", client_id="test-admin")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url=BASE,
+        headers={"Authorization": f"Bearer {token}"},
+        event_hooks=_hooks(http_log),
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+async def org_client(app, issue_token: TokenFactory, http_log):  # type: ignore[no-untyped-def]
     """Factory: an httpx client acting for an organization with the given scopes."""
     opened: list[httpx.AsyncClient] = []
 
@@ -196,6 +222,7 @@ async def org_client(app, issue_token: TokenFactory):  # type: ignore[no-untyped
             transport=httpx.ASGITransport(app=app),
             base_url=BASE,
             headers={"Authorization": f"Bearer {token}"},
+            event_hooks=_hooks(http_log),
         )
         opened.append(c)
         return c

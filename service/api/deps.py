@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -14,6 +15,7 @@ from service.auth.scopes import Action
 from service.errors import InsufficientScopeError, InvalidRequestError
 from service.search.execute import AccessFilter
 from service.settings import Settings
+from service.workflows import audit
 from service.workflows.access import access_filter
 from service.workflows.authn import Authenticator
 from service.workflows.context import WorkflowContext
@@ -138,8 +140,17 @@ def _deny_all(*_args: object) -> None:
 
 async def get_context(
     request: Request, settings: SettingsDep, principal: PrincipalDep
-) -> WorkflowContext:
-    return _context(request, settings, principal)
+) -> AsyncIterator[WorkflowContext]:
+    """The request's context; afterwards, the AuditEvent of what it read or of its failure
+    (writes record theirs in their own transaction)."""
+    ctx = _context(request, settings, principal)
+    request.state.audit_ctx = ctx
+    try:
+        yield ctx
+    except BaseException as exc:
+        await audit.finish_request(ctx, error=exc)
+        raise
+    await audit.finish_request(ctx, error=None)
 
 
 async def get_public_context(request: Request, settings: SettingsDep) -> WorkflowContext:
@@ -147,5 +158,5 @@ async def get_public_context(request: Request, settings: SettingsDep) -> Workflo
     return _context(request, settings, None)
 
 
-ContextDep = Annotated[WorkflowContext, Depends(get_context)]
+ContextDep = Annotated[WorkflowContext, Depends(get_context, scope="function")]
 PublicContextDep = Annotated[WorkflowContext, Depends(get_public_context)]

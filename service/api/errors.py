@@ -77,10 +77,33 @@ def _www_authenticate(exc: ServiceError) -> dict[str, str]:
     return headers
 
 
-async def handle_service_error(_request: Request, exc: Exception) -> Response:
+_PUBLIC = ("/fhir/metadata", "/fhir/.well-known")
+
+
+async def handle_service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     if exc.status >= 500:
         logger.error("service error %s: %s", exc.status, type(exc).__name__)
+    path = request.url.path
+    if (
+        exc.status in (401, 403)
+        and getattr(request.state, "audit_ctx", None) is None
+        and path.startswith(("/fhir", "/v1"))
+        and not path.startswith(_PUBLIC)
+    ):
+        # Refused before we knew who was calling: still audited.
+        from service.workflows.audit import record_unauthenticated
+
+        try:
+            await record_unauthenticated(
+                request.app.state.engine,
+                request_id=getattr(request.state, "request_id", ""),
+                path=path,
+                status=exc.status,
+                reason=type(exc).__name__,
+            )
+        except Exception:  # the refusal must still be answered if auditing fails
+            logger.error("could not record the audit event of a refused request")
     return outcome_response(exc.status, exc.issues, _www_authenticate(exc))
 
 

@@ -17,15 +17,29 @@ from service.storage.repository import StoredResource
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 
 
+REDISCLOSURE_NOTICE = (
+    "42 CFR Part 2: this response contains substance use disorder records protected by federal "
+    "confidentiality rules; further disclosure is prohibited unless the patient's written "
+    "consent or 42 CFR part 2 permits it (labelled resources carry meta.security NORDSCLCD)."
+)
+
+
 class FhirResponse(Response):
     media_type = FHIR_JSON
+
+
+def _notice(body: bytes, headers: dict[str, str] | None) -> dict[str, str] | None:
+    """Responses carrying Part 2 data get the redisclosure notice (labels are in the data)."""
+    if b'"42CFRPart2"' not in body:
+        return headers
+    return {**(headers or {}), "X-Redisclosure-Notice": REDISCLOSURE_NOTICE}
 
 
 def fhir_json(
     content: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     body = content if isinstance(content, bytes) else orjson.dumps(content)
-    return FhirResponse(content=body, status_code=status_code, headers=headers)
+    return FhirResponse(content=body, status_code=status_code, headers=_notice(body, headers))
 
 
 def version_headers(stored: StoredResource) -> dict[str, str]:
@@ -77,7 +91,8 @@ def resource_response(
             headers,
         )
     assert stored.raw is not None
-    return FhirResponse(content=stored.raw.encode(), status_code=status_code, headers=headers)
+    body = stored.raw.encode()
+    return FhirResponse(content=body, status_code=status_code, headers=_notice(body, headers))
 
 
 def _first(value: str | None) -> str | None:

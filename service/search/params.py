@@ -204,6 +204,8 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("subtype", "token", "subtype"),
         _p("outcome", "token", "outcome"),
         _p("action", "token", "action"),
+        _p("purpose", "token", "purposeOfEvent"),
+        _p("request-id", "token", "entity.what.identifier"),
     ),
     "CodeSystem": (
         _p("url", "uri", "url"),

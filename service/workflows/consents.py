@@ -358,9 +358,19 @@ def redact_for_requester(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def disclose(
+    conn: AsyncConnection, ctx: WorkflowContext, stored: StoredResource, *, record: bool = True
+) -> StoredResource:
+    """The version of ``stored`` this request may see (redacted referral parts), noted for the
+    request's AuditEvent."""
+    shown = await _disclosed(conn, ctx, stored)
+    if record and shown.raw is not None:
+        ctx.accessed.append(shown)
+    return shown
+
+
+async def _disclosed(
     conn: AsyncConnection, ctx: WorkflowContext, stored: StoredResource
 ) -> StoredResource:
-    """The version of ``stored`` this request may see (redacted referral parts)."""
     if (
         stored.raw is None
         or stored.resource_type not in REFERRAL_TYPES

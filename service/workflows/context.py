@@ -32,6 +32,10 @@ class WorkflowContext:
     # exception ("break the glass"), the reason the caller stated.
     purpose: str = "TREAT"
     emergency_reason: str | None = None
+    # Audit: whether this context records AuditEvents (not for start-up seeding), and the
+    # resources this request read (filled where results are disclosed: workflows/consents.py).
+    audit: bool = True
+    accessed: list[Any] = field(default_factory=list)
     # Results computed by write rules that the use case reports back (e.g. scores).
     outcomes: dict[str, Any] = field(default_factory=dict)
 

@@ -161,7 +161,7 @@ async def _service_request_follows_task(event: WrittenEvent) -> None:
     if sr.get("status") != "active":
         return
     if status != "completed":
-        others = await _tasks_for(event.conn, event.ctx, sr_id)
+        others = await _tasks_for(event.conn, event.ctx, sr_id, record=False)
         if any(t["id"] != event.stored.id and t.get("status") in OPEN for t in others):
             return
     sr["status"] = "completed" if status == "completed" else "revoked"
@@ -180,7 +180,7 @@ def register(rules: RuleSet) -> None:
 
 
 async def _tasks_for(
-    conn: AsyncConnection, ctx: WorkflowContext, sr_id: str
+    conn: AsyncConnection, ctx: WorkflowContext, sr_id: str, *, record: bool = True
 ) -> list[dict[str, Any]]:
     request = parse_search(
         "Task",
@@ -190,7 +190,10 @@ async def _tasks_for(
         max_count=100,
     )
     page = await run_search(conn, request, base_url=ctx.base_url)
-    tasks = [orjson.loads((await disclose(conn, ctx, m)).raw or "{}") for m in page.matches]
+    tasks = [
+        orjson.loads((await disclose(conn, ctx, m, record=record)).raw or "{}")
+        for m in page.matches
+    ]
     return sorted(tasks, key=lambda t: (t.get("authoredOn", ""), t["meta"]["lastUpdated"]))
 
 
@@ -220,9 +223,10 @@ async def _timeline(
         )
         previous: dict[str, Any] | None = None
         for entry in reversed(versions):
-            if entry.stored.raw is None:
+            shown = await disclose(conn, ctx, entry.stored, record=False)  # the caller's view
+            if shown.raw is None:
                 continue
-            body = orjson.loads(entry.stored.raw)
+            body = orjson.loads(shown.raw)
             changed = previous is None or any(
                 body.get(k) != previous.get(k)
                 for k in ("status", "businessStatus", "statusReason", "output", "owner")

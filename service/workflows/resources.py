@@ -37,6 +37,7 @@ from service.search.query import SearchRequest, parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
 from service.storage.repository import StoredResource
+from service.workflows import audit
 from service.workflows.access import CREATOR_PARAM, check_write, creator_entries, require_scope
 from service.workflows.consents import disclose
 from service.workflows.context import WorkflowContext
@@ -133,7 +134,14 @@ async def read_in(
     return await disclose(conn, ctx, stored)
 
 
+def _audit_as(ctx: WorkflowContext, interaction: str, target: str | None = None) -> None:
+    ctx.outcomes.setdefault("audit:interaction", interaction)
+    if target:
+        ctx.outcomes.setdefault("audit:target", target)
+
+
 async def read(ctx: WorkflowContext, resource_type: str, resource_id: str) -> StoredResource:
+    _audit_as(ctx, "read", f"{resource_type}/{resource_id}")
     async with read_connection(ctx.engine) as conn:
         return await read_in(conn, ctx, resource_type, resource_id)
 
@@ -158,6 +166,7 @@ async def vread_in(
 async def vread(
     ctx: WorkflowContext, resource_type: str, resource_id: str, vid: str
 ) -> StoredResource:
+    _audit_as(ctx, "vread", f"{resource_type}/{resource_id}")
     async with read_connection(ctx.engine) as conn:
         return await vread_in(conn, ctx, resource_type, resource_id, vid)
 
@@ -173,6 +182,7 @@ async def instance_history(
 ) -> list[repo.HistoryEntry]:
     check_type(resource_type)
     require_scope(ctx.principal, resource_type, "r")
+    _audit_as(ctx, "history-instance", f"{resource_type}/{resource_id}")
     async with read_connection(ctx.engine) as conn:
         if not await _visible(conn, ctx, resource_type, resource_id):
             raise _not_found(resource_type, resource_id)
@@ -215,6 +225,8 @@ async def search_in(
 
 
 async def search(ctx: WorkflowContext, request: SearchRequest) -> SearchPage:
+    _audit_as(ctx, "search-type")
+    ctx.outcomes["audit:search"] = (request.resource_type, request.canonical_params())
     async with read_connection(ctx.engine) as conn:
         return await search_in(conn, ctx, request)
 
@@ -308,6 +320,14 @@ async def _store(
         content=final,
         index=index,
     )
+    await audit.record_write(
+        conn,
+        ctx,
+        interaction={"update": "update", "patch": "patch"}.get(interaction, interaction),
+        stored=stored,
+        body=final,
+        previous=current_body,
+    )
     await _apply_after_rules(
         WrittenEvent(
             conn=conn,
@@ -318,6 +338,28 @@ async def _store(
             previous_body=current_body,
         )
     )
+    return stored
+
+
+async def store_server_resource(
+    conn: AsyncConnection, ctx: WorkflowContext, body: dict[str, Any]
+) -> StoredResource:
+    """Write a resource only the server writes (AuditEvent): no client rules, not audited."""
+    rid = new_id()
+    last_updated = now_ms()
+    final = stamp(body, resource_id=rid, version_id=1, last_updated=last_updated)
+    index = extract_index(final, version_id=1, base_url=ctx.base_url)
+    index += creator_entries(
+        ctx.organization,
+        resource_type=final["resourceType"],
+        resource_id=rid,
+        version_id=1,
+        previous_creator=None,
+    )
+    stored = StoredResource(
+        final["resourceType"], rid, 1, last_updated, False, orjson.dumps(final).decode()
+    )
+    await repo.write_version(conn, stored=stored, method="POST", content=final, index=index)
     return stored
 
 
@@ -393,6 +435,7 @@ async def create(
     ctx: WorkflowContext, body: dict[str, Any], *, if_none_exist: str | None = None
 ) -> WriteResult:
     resource_type = body.get("resourceType", "") if isinstance(body, dict) else ""
+    _audit_as(ctx, "create", resource_type or None)
     validate_resource(body, expected_type=resource_type or None)
     check_type(resource_type)
     _check_client_writable(ctx, resource_type)
@@ -465,6 +508,7 @@ async def update(
     *,
     if_match: int | None,
 ) -> WriteResult:
+    _audit_as(ctx, "update", f"{resource_type}/{resource_id}")
     validate_resource(body, expected_type=resource_type)
     async with write_transaction(ctx.engine) as conn:
         return await update_in(
@@ -518,6 +562,7 @@ async def patch(
     *,
     if_match: int | None,
 ) -> WriteResult:
+    _audit_as(ctx, "patch", f"{resource_type}/{resource_id}")
     async with write_transaction(ctx.engine) as conn:
         return await patch_in(conn, ctx, resource_type, resource_id, operations, if_match=if_match)
 
@@ -557,6 +602,7 @@ async def delete_in(
 async def delete(
     ctx: WorkflowContext, resource_type: str, resource_id: str
 ) -> StoredResource | None:
+    _audit_as(ctx, "delete", f"{resource_type}/{resource_id}")
     async with write_transaction(ctx.engine) as conn:
         return await delete_in(conn, ctx, resource_type, resource_id)
 

@@ -123,7 +123,10 @@ async def test_warm_handoff_with_fhirpy(server: str) -> None:
                 },
                 "signed_at": datetime.now(UTC).isoformat(),
                 "signed_by": "Sam Okafor (self)",
-                "recipients": [otp, referral["tasks"][0]["owner"] and await org_id(provider, "county-jail")],
+                "recipients": [
+                    otp,
+                    referral["tasks"][0]["owner"] and await org_id(provider, "county-jail"),
+                ],
             },
         )
         assert consent.status_code == 201, consent.text

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import PersonIn, fhir_datetime
+from service.workflows import audit, idempotency
 from service.workflows import consents as wf
-from service.workflows import idempotency
 
 router = APIRouter(prefix="/v1", tags=["JMS: consent and disclosures"])
 
@@ -121,3 +123,43 @@ async def create_consent(
 async def revoke_consent(consent_id: str, payload: RevokeIn, ctx: ContextDep) -> dict[str, Any]:
     """Takes effect for the very next request, including pages fetched through `next` links."""
     return await wf.revoke_consent(ctx, consent_id, reason=payload.reason)
+
+
+@router.get(
+    "/patients/{patient_id}/disclosures",
+    summary="Accounting of disclosures for one person (JSON or CSV)",
+    responses={**V1_ERRORS, 200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
+async def disclosures(
+    patient_id: str,
+    request: Request,
+    ctx: ContextDep,
+    format: Annotated[Literal["json", "csv"] | None, Query()] = None,
+) -> Response:
+    """Which organizations received which of the person's Part 2 records, when, and under which
+    consent or exception. `Accept: text/csv` or `format=csv` for a spreadsheet."""
+    rows = await audit.disclosures(ctx, patient_id)
+    wants_csv = format == "csv" or (
+        format is None and "text/csv" in request.headers.get("accept", "")
+    )
+    if not wants_csv:
+        return JSONResponse(rows)
+    out = io.StringIO()
+    fields = [
+        "disclosed_at",
+        "recipient",
+        "client_id",
+        "record",
+        "consent",
+        "exception",
+        "purpose",
+        "audit_event",
+    ]
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="disclosures-{patient_id}.csv"'},
+    )

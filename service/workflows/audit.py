@@ -1,0 +1,405 @@
+"""The single choke point for AuditEvents (IHE Basic Audit Log Patterns shape).
+
+* Every write records one AuditEvent in the same transaction as the change (``record_write``).
+* Reads, searches and history record one AuditEvent per request after the read, listing every
+  resource returned (matches and included) — ``finish_request``, called by the request's
+  context dependency; a failed or denied request records its failure the same way.
+* Disclosures of 42 CFR Part 2 data to another organization are marked (subtype
+  ``disclosure``) with the consent or emergency exception that allowed them: the accounting
+  of disclosures (GET /v1/patients/{id}/disclosures) is a search over these.
+
+AuditEvents hold references, codes and search parameter names, never names or answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.domain import sensitivity
+from service.search.dates import format_instant
+from service.search.params import params_for
+from service.storage import repository as repo
+from service.storage.db import write_transaction
+from service.storage.repository import StoredResource
+from service.workflows.context import WorkflowContext
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+INTERACTION = "http://hl7.org/fhir/restful-interaction"
+SUBTYPE = "https://handoff.dev/fhir/CodeSystem/audit-subtype"
+BALP_ENTITY = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
+REQUEST_ID_SYSTEM = "https://handoff.dev/fhir/sid/request-id"
+CLIENT_SYSTEM = "https://handoff.dev/fhir/sid/client-id"
+REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+ENTITY_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+
+ACTIONS = {
+    "create": "C",
+    "read": "R",
+    "vread": "R",
+    "update": "U",
+    "patch": "U",
+    "delete": "D",
+    "search-type": "E",
+    "history-instance": "R",
+    "history-type": "R",
+    "operation": "E",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Accessed:
+    stored: StoredResource
+
+
+def _agents(ctx: WorkflowContext) -> list[dict[str, Any]]:
+    principal = ctx.principal
+    if principal is None:
+        return [
+            {
+                "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+                "who": {"display": "Handoff (server)"},
+                "requestor": False,
+            }
+        ]
+    agents: list[dict[str, Any]] = [
+        {
+            "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+            "who": {"identifier": {"system": CLIENT_SYSTEM, "value": principal.client_id}},
+            "requestor": True,
+        }
+    ]
+    if principal.organization:
+        agents.append(
+            {
+                "type": {
+                    "coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]
+                },
+                "who": {"reference": principal.organization},
+                "requestor": False,
+            }
+        )
+    return agents
+
+
+def _patient_of(body: dict[str, Any]) -> str | None:
+    if body.get("resourceType") == "Patient":
+        return f"Patient/{body.get('id')}"
+    for key in ("subject", "for", "patient"):
+        ref = (body.get(key) or {}).get("reference") if isinstance(body.get(key), dict) else None
+        if isinstance(ref, str) and ref.startswith("Patient/"):
+            return ref
+    return None
+
+
+def audit_event(
+    ctx: WorkflowContext,
+    *,
+    interaction: str,
+    outcome: str,
+    entities: list[dict[str, Any]],
+    description: str | None = None,
+    disclosure: bool = False,
+    query: str | None = None,
+) -> dict[str, Any]:
+    subtypes = [{"system": INTERACTION, "code": interaction}]
+    if disclosure:
+        subtypes.append(
+            {"system": SUBTYPE, "code": "disclosure", "display": "42 CFR Part 2 disclosure"}
+        )
+    if ctx.emergency_reason:
+        subtypes.append({"system": SUBTYPE, "code": "break-glass", "display": "Emergency access"})
+    all_entities = list(entities)
+    all_entities.append(
+        {
+            "what": {
+                "identifier": {"system": REQUEST_ID_SYSTEM, "value": ctx.request_id or "none"}
+            },
+            "type": {"system": BALP_ENTITY, "code": "XrequestId"},
+        }
+    )
+    if query is not None:
+        all_entities.append(
+            {
+                "type": {"system": ENTITY_TYPE, "code": "2"},
+                "role": {"system": ENTITY_ROLE, "code": "24", "display": "Query"},
+                "query": base64.b64encode(query.encode()).decode(),
+            }
+        )
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": {"system": REST, "code": "rest", "display": "RESTful Operation"},
+        "subtype": subtypes,
+        "action": ACTIONS.get(interaction, "E"),
+        "recorded": format_instant(datetime.now(UTC)),
+        "outcome": outcome,
+        "purposeOfEvent": [{"coding": [{"system": REASON, "code": ctx.purpose}]}],
+        "agent": _agents(ctx),
+        "source": {
+            "observer": {"display": "Handoff"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                }
+            ],
+        },
+        "entity": all_entities,
+    }
+    if description:
+        event["outcomeDesc"] = description
+    return event
+
+
+def _entity(
+    stored: StoredResource, *, detail: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "what": {"reference": f"{stored.resource_type}/{stored.id}/_history/{stored.version_id}"},
+        "type": {"system": ENTITY_TYPE, "code": "2"},
+        "role": {"system": ENTITY_ROLE, "code": "4", "display": "Domain Resource"},
+    }
+    if detail:
+        entity["detail"] = detail
+    return entity
+
+
+def _patient_entity(ref: str) -> dict[str, Any]:
+    return {
+        "what": {"reference": ref},
+        "type": {"system": ENTITY_TYPE, "code": "1"},
+        "role": {"system": ENTITY_ROLE, "code": "1", "display": "Patient"},
+    }
+
+
+async def _store(conn: AsyncConnection, ctx: WorkflowContext, event: dict[str, Any]) -> None:
+    from service.workflows.resources import store_server_resource
+
+    await store_server_resource(conn, ctx, event)
+
+
+async def record_write(
+    conn: AsyncConnection,
+    ctx: WorkflowContext,
+    *,
+    interaction: str,
+    stored: StoredResource,
+    body: dict[str, Any] | None,
+    previous: dict[str, Any] | None,
+) -> None:
+    if not ctx.audit or stored.resource_type == "AuditEvent":
+        return
+    ctx.outcomes["audit:written"] = True
+    entities = [_entity(stored)]
+    patient = _patient_of(body or previous or {})
+    if patient:
+        entities.append(_patient_entity(patient))
+    await _store(
+        conn, ctx, audit_event(ctx, interaction=interaction, outcome="0", entities=entities)
+    )
+
+
+def _masked_query(params: list[tuple[str, str]], resource_type: str) -> str:
+    """Parameter names, with the values of string parameters (names, addresses) masked."""
+    known = params_for(resource_type)
+    parts = []
+    for name, value in params:
+        param = known.get(name.split(":", 1)[0])
+        parts.append(f"{name}={'***' if param is not None and param.kind == 'string' else value}")
+    return f"{resource_type}?" + "&".join(parts)
+
+
+async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -> None:
+    """After a request: one AuditEvent for what it read, or for its failure."""
+    if not ctx.audit or ctx.outcomes.get("audit:done"):
+        return
+    ctx.outcomes["audit:done"] = True
+    interaction = str(ctx.outcomes.get("audit:interaction", "read"))
+    search = ctx.outcomes.get("audit:search")
+    query = _masked_query(search[1], search[0]) if search else None
+    if error is not None:
+        from service.errors import ServiceError
+
+        status = error.status if isinstance(error, ServiceError) else 500
+        outcome = "4" if status < 500 else "8"
+        text = f"{type(error).__name__} ({status})"
+        attempted = ctx.outcomes.get("audit:target")
+        failed: list[dict[str, Any]] = (
+            [{"what": {"reference": attempted}, "type": {"system": ENTITY_TYPE, "code": "2"}}]
+            if attempted
+            else []
+        )
+        async with write_transaction(ctx.engine) as conn:
+            await _store(
+                conn,
+                ctx,
+                audit_event(
+                    ctx,
+                    interaction=interaction,
+                    outcome=outcome,
+                    entities=failed,
+                    description=text,
+                    query=query,
+                ),
+            )
+        return
+    if not ctx.accessed and search is None and ctx.outcomes.get("audit:written"):
+        return  # writes only: each already has its AuditEvent, committed with it
+    async with write_transaction(ctx.engine) as conn:
+        entities: list[dict[str, Any]] = []
+        patients: set[str] = set()
+        disclosure = False
+        for item in ctx.accessed:
+            stored: StoredResource = item
+            detail = None
+            body = orjson.loads(stored.raw) if stored.raw else {}
+            patient = _patient_of(body)
+            if patient:
+                patients.add(patient)
+            if sensitivity.is_labelled(body) and ctx.organization:
+                creator = await repo.index_value(
+                    conn, stored.resource_type, stored.id, stored.version_id, "_creator-org"
+                )
+                if creator != ctx.organization:
+                    disclosure = True
+                    detail = await _basis(conn, ctx, patient)
+            entities.append(_entity(stored, detail=detail))
+        entities.extend(_patient_entity(p) for p in sorted(patients))
+        await _store(
+            conn,
+            ctx,
+            audit_event(
+                ctx,
+                interaction=interaction,
+                outcome="0",
+                entities=entities,
+                disclosure=disclosure,
+                query=query,
+            ),
+        )
+
+
+async def _basis(
+    conn: AsyncConnection, ctx: WorkflowContext, patient: str | None
+) -> list[dict[str, Any]]:
+    if ctx.emergency_reason:
+        return [{"type": "exception", "valueString": f"medical-emergency: {ctx.emergency_reason}"}]
+    if patient and ctx.organization:
+        from service.workflows.consents import has_consent
+
+        consent = await has_consent(conn, patient, ctx.organization, ctx.purpose)
+        if consent:
+            return [{"type": "consent", "valueString": f"Consent/{consent}"}]
+    return [{"type": "basis", "valueString": "author or redacted view"}]
+
+
+async def record_unauthenticated(
+    engine: Any, *, request_id: str, path: str, status: int, reason: str
+) -> None:
+    """A request refused before we knew who was calling (401/403 from the token check)."""
+    from service.settings import Settings
+
+    ctx = WorkflowContext(
+        engine=engine, settings=Settings(_env_file=None), base_url="", request_id=request_id
+    )
+    ctx.outcomes["audit:interaction"] = "operation"
+    event = audit_event(
+        ctx,
+        interaction="operation",
+        outcome="4",
+        entities=[],
+        description=f"{reason} ({status}) on {path.split('?', 1)[0]}",
+    )
+    event["agent"] = [{"who": {"display": "unauthenticated client"}, "requestor": True}]
+    async with write_transaction(engine) as conn:
+        await _store(conn, ctx, event)
+
+
+async def disclosures(ctx: WorkflowContext, patient_id: str) -> list[dict[str, Any]]:
+    """Accounting of disclosures (42 CFR 2.24/2.25): who received which of the person's Part 2
+    records, when, and under which consent or exception."""
+    from service.errors import ForbiddenError
+    from service.search.execute import run_search
+    from service.search.query import parse_search
+    from service.storage.db import read_connection
+    from service.workflows import resources as wf
+
+    async with read_connection(ctx.engine) as conn:
+        await wf.read_in(conn, ctx, "Patient", patient_id)  # 404 unless visible
+        ctx.accessed.clear()  # the accounting itself is audited as a search, below
+        if ctx.principal is not None and not ctx.principal.is_admin:
+            # Only the person's custodians (organizations that recorded Part 2 data or consents
+            # for them) may list disclosures: here, the caller must have created the Patient.
+            creator = await repo.index_value(
+                conn,
+                "Patient",
+                patient_id,
+                (await repo.get_current(conn, "Patient", patient_id)).version_id,  # type: ignore[union-attr]
+                "_creator-org",
+            )
+            if creator != ctx.organization:
+                raise ForbiddenError(
+                    "Only the organization that registered this person can list its disclosures"
+                )
+        request = parse_search(
+            "AuditEvent",
+            [
+                ("patient", f"Patient/{patient_id}"),
+                ("subtype", f"{SUBTYPE}|disclosure"),
+                ("_sort", "date"),
+            ],
+            strict=True,
+            default_count=1000,
+            max_count=1000,
+        )
+        page = await run_search(conn, request, base_url=ctx.base_url)
+    ctx.outcomes["audit:interaction"] = "search-type"
+    ctx.outcomes["audit:search"] = (
+        "AuditEvent",
+        [("patient", f"Patient/{patient_id}"), ("subtype", "disclosure")],
+    )
+    rows = []
+    for match in page.matches:
+        event = orjson.loads(match.raw or "{}")
+        recipient = next(
+            (
+                a["who"].get("reference")
+                for a in event.get("agent", [])
+                if not a.get("requestor") and "reference" in a.get("who", {})
+            ),
+            None,
+        )
+        client = next(
+            (
+                a["who"].get("identifier", {}).get("value")
+                for a in event.get("agent", [])
+                if a.get("requestor")
+            ),
+            None,
+        )
+        for entity in event.get("entity", []):
+            detail = {d.get("type"): d.get("valueString") for d in entity.get("detail", [])}
+            if not detail:
+                continue
+            rows.append(
+                {
+                    "disclosed_at": event.get("recorded"),
+                    "recipient": recipient,
+                    "client_id": client,
+                    "record": (entity.get("what") or {}).get("reference"),
+                    "consent": detail.get("consent"),
+                    "exception": detail.get("exception"),
+                    "purpose": ((event.get("purposeOfEvent") or [{}])[0].get("coding") or [{}])[
+                        0
+                    ].get("code"),
+                    "audit_event": f"AuditEvent/{match.id}",
+                }
+            )
+    return rows
