@@ -416,6 +416,7 @@ async def _disclosed(
 # --- the JMS consent API -----------------------------------------------------------------------
 
 POLICY_URI = "https://www.ecfr.gov/current/title-42/chapter-I/subchapter-A/part-2"
+REVOCATION_EXTENSION = "https://handoff.dev/fhir/StructureDefinition/revocation-reason"
 
 
 def consent_resource(
@@ -600,7 +601,7 @@ async def revoke_consent(ctx: WorkflowContext, consent_id: str, *, reason: str) 
         consent["status"] = "inactive"
         consent.setdefault("extension", []).append(
             {
-                "url": f"{sensitivity.TAG_SYSTEM.rsplit('/', 2)[0]}/StructureDefinition/revocation-reason",
+                "url": REVOCATION_EXTENSION,
                 "valueString": reason,
             }
         )

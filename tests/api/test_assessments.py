@@ -14,6 +14,7 @@ import pytest
 from tests.builders import FHIR_JSON, organization
 
 pytestmark = pytest.mark.usefixtures("instruments")
+TCUDS5 = Path(__file__).resolve().parent.parent / "data" / "tcuds5-example-questionnaire.json"
 YES, NO = "LA33-6", "LA32-8"
 
 
@@ -253,8 +254,7 @@ async def test_client_total_is_recomputed_and_noted(client: httpx.AsyncClient) -
 async def test_site_loaded_questionnaire_end_to_end(
     client: httpx.AsyncClient, jail: httpx.AsyncClient
 ) -> None:
-    path = Path(__file__).resolve().parent.parent / "data" / "tcuds5-example-questionnaire.json"
-    questionnaire = json.loads(path.read_text())
+    questionnaire = json.loads(TCUDS5.read_text())
     questionnaire["id"] = "tcuds5"
     r = await client.put("/fhir/Questionnaire/tcuds5", json=questionnaire, headers=FHIR_JSON)
     assert r.status_code in (200, 201), r.text

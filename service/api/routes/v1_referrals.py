@@ -200,9 +200,7 @@ async def list_referrals(
     release_to: dt.datetime | None = None,
     status: Annotated[
         str | None,
-        Query(
-            description="Task statuses, comma-separated; 'none' for no Task (e.g. requested,rejected)"
-        ),
+        Query(description="Task statuses, comma-separated (e.g. requested,rejected)"),
     ] = None,
 ) -> list[dict[str, Any]]:
     """E.g. people released in the next 72 hours whose referral is not yet accepted:
