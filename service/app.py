@@ -17,7 +17,7 @@ from service.api.middleware import (
     FhirNegotiationMiddleware,
     RequestIdMiddleware,
 )
-from service.api.routes import auth, health, system, v1_assessments, v1_referrals
+from service.api.routes import auth, health, system, v1_assessments, v1_naloxone, v1_referrals
 from service.api.routes.resources import resource_router
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.openapi_schemas import fhir_component_schemas
@@ -45,6 +45,10 @@ TAGS: list[dict[str, Any]] = [
     {
         "name": "JMS: assessments",
         "description": "For jail management systems: plain JSON, mapped to FHIR by Handoff",
+    },
+    {
+        "name": "Naloxone (OEND)",
+        "description": "Overdose education and naloxone distribution, overdose responses, summary",
     },
 ]
 
@@ -101,6 +105,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(auth.router)
     app.include_router(v1_assessments.router)
     app.include_router(v1_referrals.router)
+    app.include_router(v1_naloxone.router)
     app.include_router(system.router)
     for rtype in SUPPORTED_TYPES:
         app.include_router(
