@@ -332,7 +332,7 @@ async def summary(
 @router.get(
     "/people/{patient_id}/prefill/overdose-risk",
     summary="Suggested answers for the overdose-risk checklist",
-    responses=V1_ERRORS,
+    responses={**V1_ERRORS, 400: {"description": "release_at has no time zone"}},
 )
 async def prefill_overdose_risk(
     patient_id: str,
