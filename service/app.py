@@ -23,6 +23,7 @@ from service.api.routes import (
     system,
     v1_assessments,
     v1_consents,
+    v1_naloxone,
     v1_referrals,
 )
 from service.api.routes.resources import resource_router
@@ -56,6 +57,10 @@ TAGS: list[dict[str, Any]] = [
     {
         "name": "JMS: assessments",
         "description": "For jail management systems: plain JSON, mapped to FHIR by Handoff",
+    },
+    {
+        "name": "Naloxone (OEND)",
+        "description": "Overdose education and naloxone distribution, overdose responses, summary",
     },
 ]
 
@@ -114,6 +119,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(v1_assessments.router)
     app.include_router(v1_referrals.router)
     app.include_router(v1_consents.router)
+    app.include_router(v1_naloxone.router)
     app.include_router(system.router)
     for rtype in SUPPORTED_TYPES:
         app.include_router(

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     demo: bool = Field(False, description="Seed demo organizations and clients on start-up.")
     default_page_size: int = Field(50, ge=1, le=1000)
     max_page_size: int = Field(1000, ge=1)
+    naloxone_max_quantity: int = Field(
+        50, ge=1, description="Most naloxone kits one record may give (larger is refused)."
+    )
 
     # --- authorization -----------------------------------------------------------------------
     token_lifetime_seconds: int = Field(

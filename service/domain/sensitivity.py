@@ -71,8 +71,20 @@ SUD_SERVICE_CODES = frozenset(
     }
 )
 NALOXONE_RXNORM = frozenset(
-    {"1725059", "1725064", "1870933", "2540703", "2540709", "1659929", "2589612", "2589618"}
+    {
+        "1725059",
+        "1725064",
+        "1870933",
+        "2540703",
+        "2540709",
+        "1659929",
+        "2589612",
+        "2589618",
+        "2673091",
+        "2679504",
+    }
 )
+OVERDOSE_RESPONSE = "overdose-response"
 
 
 def is_labelled(resource: dict[str, Any] | None) -> bool:
@@ -119,7 +131,10 @@ def content_is_sud(resource: dict[str, Any]) -> bool:
             resource.get("subject")
         )
     if rtype == "Observation":
-        return bool(_codes([resource.get("code")]) & SUD_INSTRUMENT_LOINC)
+        codes = _codes([resource.get("code")])
+        if OVERDOSE_RESPONSE in codes:
+            return bool(resource.get("subject"))  # anonymous reports carry no one's data
+        return bool(codes & SUD_INSTRUMENT_LOINC)
     return False
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import BusinessRuleError
 from service.fhir.codes import referral_code_systems, sim_code_system, staff_role_code_system
+from service.fhir.oend_codes import oend_code_systems
 from service.questionnaires.check import check_questionnaire
 from service.questionnaires.instruments.loader import (
     builtin_code_systems,
@@ -228,6 +229,7 @@ async def ensure_builtin_content(engine: AsyncEngine, settings: Settings, rules:
         sim_code_system(),
         staff_role_code_system(),
         *referral_code_systems(),
+        *oend_code_systems(),
     ]
     async with write_transaction(engine) as conn:
         await repo.lock_key(conn, "builtin-content")
