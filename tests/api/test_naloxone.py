@@ -721,7 +721,19 @@ async def test_prefilled_naloxone_in_hand(net: dict[str, Any]) -> None:
     after = (await jail.get(url)).json()
     assert after["answers"] == {"naloxone-in-hand": True}
     assert after["suggestions"]["naloxone-in-hand"]["source"] == out["medication_dispense"]
-    # The receiving organization sees the referral, hence the person and the suggestion.
+    # The receiving organization sees the person through the referral, but the dispense is
+    # 42 CFR Part 2 data of the jail: no suggestion until a consent names the provider.
+    assert (await otp.get(url)).json()["answers"] == {}
+    consent = await jail.post(
+        "/v1/consents",
+        json={
+            "person": person("P-10"),
+            "signed_at": ago(hours=1),
+            "signed_by": "Dana Rivera (self)",
+            "recipients": [ids["otp"]],
+        },
+    )
+    assert consent.status_code == 201, consent.text
     assert (await otp.get(url)).json()["answers"] == {"naloxone-in-hand": True}
     # Only a suggestion: the assessor answers false and that is what is stored.
     answers = OVERDOSE_ANSWERS | {"naloxone-in-hand": False}
