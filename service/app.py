@@ -147,10 +147,26 @@ def _install_openapi(app: FastAPI) -> None:
         schema.setdefault("components", {}).setdefault("schemas", {}).update(
             fhir_component_schemas()
         )
+        schema["x-tagGroups"] = _tag_groups(schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _tag_groups(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tags grouped for the three audiences (rendered by ReDoc-style viewers)."""
+    used = sorted(
+        {t for path in schema["paths"].values() for op in path.values() for t in op.get("tags", [])}
+    )
+    jms = [t for t in used if t.startswith("JMS") or t.startswith("Naloxone")]
+    providers = [t for t in used if t.startswith("FHIR ") and t != "FHIR system"]
+    admin = [t for t in used if t not in jms and t not in providers]
+    return [
+        {"name": "Jail management systems (plain JSON)", "tags": jms},
+        {"name": "Providers and FHIR clients", "tags": providers},
+        {"name": "Integrators and administrators", "tags": admin},
+    ]
 
 
 def app_factory() -> FastAPI:

@@ -21,3 +21,24 @@ def test_every_fhir_operation_documents_operation_outcome_errors() -> None:
             responses = op["responses"]
             for status in ("400", "404"):
                 assert status in responses, (method, path, status)
+
+
+def test_tags_are_grouped_for_the_three_audiences() -> None:
+    schema = generate()
+    groups = {g["name"]: set(g["tags"]) for g in schema["x-tagGroups"]}
+    assert len(groups) == 3
+    used = {
+        t for path in schema["paths"].values() for op in path.values() for t in op.get("tags", [])
+    }
+    assert set().union(*groups.values()) == used  # every tag in exactly one audience
+    assert "JMS: referrals" in groups["Jail management systems (plain JSON)"]
+    assert "FHIR Task" in groups["Providers and FHIR clients"]
+    assert "Authorization" in groups["Integrators and administrators"]
+
+
+def test_v1_routes_have_typed_bodies_with_examples() -> None:
+    schema = generate()
+    for path in ("/v1/referrals", "/v1/assessments", "/v1/consents"):
+        body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        name = body["$ref"].rsplit("/", 1)[1]
+        assert "example" in schema["components"]["schemas"][name], name
