@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     demo: bool = Field(False, description="Seed demo organizations and clients on start-up.")
     default_page_size: int = Field(50, ge=1, le=1000)
     max_page_size: int = Field(1000, ge=1)
+    referral_metrics_max_age: float = Field(
+        30.0, gt=0, description="Seconds the referral-count gauge reuses its last query."
+    )
 
     @property
     def is_sqlite(self) -> bool:
