@@ -19,14 +19,14 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Status, StatusCode, format_trace_id
+from opentelemetry.trace import SpanKind, Status, StatusCode, format_trace_id
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
 from service.settings import Settings
 from service.storage.db import write_transaction
 from service.storage.repository import IndexEntry, StoredResource, write_version
-from service.telemetry import ReferralCounts, Telemetry
+from service.telemetry import ReferralCounts, Telemetry, instrument_httpx_client
 from tests.builders import FHIR_JSON, patient
 from tests.log_capture import json_logs
 
@@ -138,6 +138,28 @@ def test_exported_spans_lose_exception_text_even_when_recorded(telemetry: Teleme
     assert "exception.message" not in event.attributes
     assert out.attributes is not None
     assert out.attributes["url.full"] == "https://idp.example/jwks?kid"
+
+
+@pytest.mark.sqlite_only
+async def test_outbound_httpx_calls_are_traced_without_query_values(
+    app, telemetry: Telemetry
+) -> None:  # type: ignore[no-untyped-def]
+    exported = InMemorySpanExporter()
+    telemetry.add_span_exporter(exported, batch=False)
+    live = InMemorySpanExporter()
+    telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(live))
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"keys": []}))
+    async with httpx.AsyncClient(transport=transport) as outbound:
+        instrument_httpx_client(app, outbound)
+        r = await outbound.get("https://idp.example/jwks", params={"kid": SECRET})
+        assert r.status_code == 200
+    for spans in (exported.get_finished_spans(), live.get_finished_spans()):
+        [span] = spans
+        assert span.kind is SpanKind.CLIENT
+        assert SECRET not in _span_text(span)
+        assert span.attributes is not None
+        url = span.attributes.get("http.url") or span.attributes.get("url.full")
+        assert url == "https://idp.example/jwks?kid"
 
 
 async def test_probes_are_not_traced(client: httpx.AsyncClient, telemetry: Telemetry) -> None:
