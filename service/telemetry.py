@@ -52,6 +52,7 @@ logger = logging.getLogger("handoff.telemetry")
 SERVICE_NAME = "handoff"
 # Probes are polled every few seconds: tracing them would drown the real traffic.
 PROBE_URLS = ("/healthz$", "/readyz$")
+SANITIZED_HEADERS = ("authorization", "cookie", "set-cookie", ".*token.*", ".*secret.*")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 # URL-bearing attributes of the HTTP semantic conventions (old and stable names).
@@ -538,6 +539,9 @@ def install_telemetry(app: FastAPI, *, settings: Settings, engine: AsyncEngine |
         meter_provider=NoOpMeterProvider(),
         excluded_urls=excluded,
         exclude_spans=["receive", "send"],
+        # Headers are not captured unless OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_* asks;
+        # if someone does, credentials are masked.
+        http_capture_headers_sanitize_fields=list(SANITIZED_HEADERS),
     )
     app.add_middleware(RequestMetricsMiddleware, telemetry=telemetry)
     if engine is not None:

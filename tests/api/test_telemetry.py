@@ -428,3 +428,23 @@ def test_no_exporter_without_an_endpoint(
     assert not otlp_configured("traces", {**env, "OTEL_TRACES_EXPORTER": "none"})
     assert otlp_configured("metrics", {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://c/v1/m"})
     assert not otlp_configured("traces", {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://c"})
+
+
+@pytest.mark.sqlite_only
+async def test_captured_headers_never_include_credentials(
+    settings: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "authorization,x-request-id"
+    )
+    app = create_app(settings, engine=engine)
+    spans = InMemorySpanExporter()
+    app.state.telemetry.add_span_exporter(spans, batch=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        headers = {"Authorization": "Bearer s3cr3t-token", "X-Request-ID": "abc"}
+        assert (await c.get("/fhir/metadata", headers=headers)).status_code == 200
+    [server] = [s for s in spans.get_finished_spans() if s.name == "GET /fhir/metadata"]
+    assert server.attributes is not None
+    assert server.attributes["http.request.header.x_request_id"] == ("abc",)
+    assert "s3cr3t-token" not in _span_text(server)
