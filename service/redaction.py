@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import traceback
+from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 _MAX_NAMES = 20
@@ -20,16 +21,21 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 
 def query_names(query: str) -> list[str]:
     """The parameter names of a query string, in order, without values (``_count``, ``name``)."""
-    names: list[str] = []
-    for name, _value in parse_qsl(query, keep_blank_values=True):
+    return safe_names(name for name, _value in parse_qsl(query, keep_blank_values=True))
+
+
+def safe_names(names: Iterable[str]) -> list[str]:
+    """Search parameter names fit for logs and spans, at most 20 of them."""
+    out: list[str] = []
+    for name in names:
         name = name[:_MAX_NAME_LENGTH]
         # A name that is not a plain search-parameter name (chains and modifiers included) could
         # be a value pasted in the wrong place: keep only its position.
-        names.append(name if _SAFE_NAME.match(name) else "?")
-        if len(names) == _MAX_NAMES:
-            names.append("...")
+        out.append(name if _SAFE_NAME.match(name) else "?")
+        if len(out) == _MAX_NAMES:
+            out.append("...")
             break
-    return names
+    return out
 
 
 def redact_query(query: str) -> str:

@@ -20,7 +20,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import Span, Status
+from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,11 +44,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.route_template import route_template
-from service.redaction import redact_query, redact_target, redact_text, redact_url
+from service.redaction import redact_query, redact_target, redact_text, redact_url, safe_names
 from service.settings import Settings
 from service.storage.repository import index_t, resource_t
 
 logger = logging.getLogger("handoff.telemetry")
+
+# The app's telemetry during a request (set by RequestMetricsMiddleware) for workflow spans.
+_current: ContextVar[Telemetry | None] = ContextVar("handoff_telemetry", default=None)
 
 SERVICE_NAME = "handoff"
 # Probes are polled every few seconds: tracing them would drown the real traffic.
@@ -429,6 +433,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         self.telemetry.bind_loop(asyncio.get_running_loop())
+        token = _current.set(self.telemetry)
         started = time.perf_counter()
         status: int | None = None
 
@@ -447,12 +452,54 @@ class RequestMetricsMiddleware:
             status = status or 500
             raise
         finally:
+            _current.reset(token)
             self.telemetry.record_request(
                 method=str(scope.get("method", "")),
                 route=route_template(scope),
                 status=status or 500,
                 seconds=time.perf_counter() - started,
             )
+
+
+@contextlib.contextmanager
+def workflow_span(
+    name: str,
+    *,
+    resource_type: str,
+    interaction: str,
+    resource_id: str | None = None,
+    search_params: Iterable[str] = (),
+) -> Iterator[Span]:
+    """One span around a workflow step (``workflow.open_referral``), a child of the request's.
+
+    Its attributes are fixed by this signature: resource type, id, interaction, search parameter
+    names, and on exit the outcome (``success`` or the exception's type, never its message).
+    Outside a request, or with telemetry off, it records nothing.
+    """
+    telemetry = _current.get()
+    if telemetry is None:
+        yield INVALID_SPAN
+        return
+    attributes: dict[str, AttributeValue] = {
+        "handoff.resource_type": resource_type,
+        "handoff.interaction": interaction,
+    }
+    if resource_id:
+        attributes["handoff.resource_id"] = resource_id
+    names = safe_names(search_params)
+    if names:
+        attributes["handoff.search_params"] = names
+    tracer = telemetry.tracer_provider.get_tracer("handoff", __version__)
+    with tracer.start_as_current_span(
+        name, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute("handoff.outcome", type(exc).__name__)
+            span.set_status(Status(StatusCode.ERROR))
+            raise
+        span.set_attribute("handoff.outcome", "success")
 
 
 # --- installation --------------------------------------------------------------------------

@@ -26,7 +26,12 @@ from service.app import create_app
 from service.settings import Settings
 from service.storage.db import write_transaction
 from service.storage.repository import IndexEntry, StoredResource, write_version
-from service.telemetry import ReferralCounts, Telemetry, instrument_httpx_client
+from service.telemetry import (
+    ReferralCounts,
+    Telemetry,
+    instrument_httpx_client,
+    workflow_span,
+)
 from tests.builders import FHIR_JSON, patient
 from tests.log_capture import json_logs
 
@@ -448,3 +453,48 @@ async def test_captured_headers_never_include_credentials(
     assert server.attributes is not None
     assert server.attributes["http.request.header.x_request_id"] == ("abc",)
     assert "s3cr3t-token" not in _span_text(server)
+
+
+@pytest.mark.sqlite_only
+async def test_workflow_spans_carry_only_the_allowed_attributes(
+    app,  # type: ignore[no-untyped-def]
+    client: httpx.AsyncClient,
+    telemetry: Telemetry,
+) -> None:
+    spans = InMemorySpanExporter()
+    telemetry.add_span_exporter(spans, batch=False)
+
+    @app.get("/_test/workflow/{task_id}")
+    async def run(task_id: str, fail: bool = False) -> dict[str, str]:
+        with workflow_span(
+            "workflow.open_referral",
+            resource_type="Task",
+            interaction="create",
+            resource_id=task_id,
+            search_params=["patient", f"{SECRET} Smith"],
+        ):
+            if fail:
+                raise KeyError(f"no patient {SECRET}")
+        return {"ok": "yes"}
+
+    assert (await client.get("/_test/workflow/t1")).status_code == 200
+    assert (await client.get("/_test/workflow/t2", params={"fail": "true"})).status_code == 500
+    with workflow_span("workflow.outside", resource_type="Task", interaction="read") as span:
+        assert not span.is_recording()  # no request, no telemetry: nothing recorded
+
+    finished = spans.get_finished_spans()
+    flows = [s for s in finished if s.name == "workflow.open_referral"]
+    assert [dict(s.attributes or {}) for s in flows] == [
+        {
+            "handoff.resource_type": "Task",
+            "handoff.interaction": "create",
+            "handoff.resource_id": resource_id,
+            "handoff.search_params": ("patient", "?"),
+            "handoff.outcome": outcome,
+        }
+        for resource_id, outcome in (("t1", "success"), ("t2", "KeyError"))
+    ]
+    assert flows[1].status.status_code is StatusCode.ERROR and not flows[1].events
+    servers = {s.context.span_id: s for s in finished if s.name.startswith("GET /_test")}  # type: ignore[union-attr]
+    assert all(f.parent is not None and f.parent.span_id in servers for f in flows)
+    assert not [s for s in finished if SECRET in _span_text(s)]
