@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -335,7 +336,7 @@ async def test_otel_sdk_disabled_installs_nothing(
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     app = create_app(settings, engine=engine)
     assert app.state.telemetry is None
-    assert not getattr(app, "_is_instrumented_by_opentelemetry", False)
+    assert not [m for m in app.user_middleware if m.cls is OpenTelemetryMiddleware]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         assert (await c.get("/healthz")).status_code == 200
