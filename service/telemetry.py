@@ -39,7 +39,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerPr
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
-from sqlalchemy import and_, func, select
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -173,8 +173,10 @@ def _httpx_sync_request_hook(span: Span, _request: RequestInfo) -> None:
 # --- referral counts ---------------------------------------------------------------------
 
 
-def referral_counts_query() -> Any:
-    """Current (not deleted) Task versions per status, from the search index: one index probe."""
+def referral_counts_query() -> Select[str | None, int]:
+    """Current (not deleted) Tasks per status: a range of the search index (resource_type,
+    param, value, ...) joined to ``resource`` by primary key. Linear in the number of Task
+    versions, hence the cache."""
     current = and_(
         resource_t.c.resource_type == index_t.c.resource_type,
         resource_t.c.id == index_t.c.resource_id,
