@@ -28,9 +28,11 @@ from service.api.routes import (
 )
 from service.api.routes.resources import resource_router
 from service.fhir.r4 import SUPPORTED_TYPES
+from service.logging_config import AccessLogMiddleware, configure_logging
 from service.openapi_schemas import fhir_component_schemas
 from service.settings import Settings, get_settings
 from service.storage.db import create_engine
+from service.telemetry import install_telemetry, instrument_engine
 from service.workflows.rules import RuleSet, default_rules
 
 DESCRIPTION = """
@@ -84,6 +86,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         owned = None
         if getattr(app.state, "engine", None) is None:
             owned = app.state.engine = create_engine(settings)
+        instrument_engine(app, app.state.engine)
         try:
             from service.workflows.assessments import ensure_builtin_content
 
@@ -133,6 +136,8 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.add_middleware(FhirNegotiationMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(AccessLogMiddleware)
+    install_telemetry(app, settings=settings, engine=engine)
     _install_openapi(app)
     return app
 
@@ -171,4 +176,6 @@ def _tag_groups(schema: dict[str, Any]) -> list[dict[str, Any]]:
 
 def app_factory() -> FastAPI:
     """Entry point for uvicorn (``factory=True``): settings from the environment."""
-    return create_app(get_settings())
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)

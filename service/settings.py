@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     auth_allow_insecure_jwks: bool = Field(
         False, description="Allow http:// jwks_uri (development only)."
     )
+    referral_metrics_max_age: float = Field(
+        30.0, gt=0, description="Seconds the referral-count gauge reuses its last query."
+    )
 
     @property
     def is_sqlite(self) -> bool:

@@ -52,6 +52,9 @@ def get_authenticator(request: Request) -> Authenticator:
     state = request.app.state
     if getattr(state, "auth", None) is None:
         state.auth = Authenticator(engine=state.engine, settings=state.settings)
+        from service.telemetry import instrument_httpx_client
+
+        instrument_httpx_client(request.app, state.auth.http)
     auth: Authenticator = state.auth
     return auth
 
