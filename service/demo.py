@@ -203,10 +203,7 @@ async def seed_demo(app: FastAPI) -> dict[str, str]:
         f"  {c['client_id']:<22} secret {c['client_secret']:<29} {c['organization']}"
         for c in clients
     )
-    # Demo credentials are public by design; print them so a newcomer can authorize at once.
-    print(  # noqa: T201
-        "\nHandoff DEMO clients (for /docs -> Authorize, or POST /auth/token):\n" + lines + "\n",
-        flush=True,
-    )
+    # Demo credentials are public by design; log them so a newcomer can authorize at once.
+    logger.warning("DEMO clients (for /docs -> Authorize, or POST /auth/token):\n%s", lines)
     logger.info("demo network ready: %d organizations", len(org_ids))
     return org_ids

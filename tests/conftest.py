@@ -238,3 +238,34 @@ async def instruments(app, engine: AsyncEngine) -> None:  # type: ignore[no-unty
     from service.workflows.assessments import ensure_builtin_content
 
     await ensure_builtin_content(engine, app.state.settings, app.state.rules)
+
+
+async def admin_headers(app: Any, engine: AsyncEngine, base: str = BASE) -> dict[str, str]:
+    """An administrator's bearer token for an app a test built itself."""
+    auth = app.state.auth = Authenticator(engine=engine, settings=app.state.settings)
+    async with write_transaction(engine) as conn:
+        if await get_client(conn, "test-admin") is None:
+            await add_client(
+                conn,
+                ClientRecord(
+                    client_id="test-admin",
+                    name="test-admin",
+                    organization=None,
+                    scopes="system/*.cruds handoff/admin",
+                    secret_hash=None,
+                    jwks=None,
+                    jwks_uri=None,
+                    disabled=False,
+                    created=datetime.now(UTC),
+                ),
+            )
+    issued = issue_access_token(
+        client_id="test-admin",
+        organization=None,
+        scopes=ScopeSet.parse("system/*.cruds handoff/admin"),
+        ring=await auth.ring(),
+        issuer=f"{base}/auth",
+        audience=f"{base}/fhir",
+        now=datetime.now(UTC),
+    )
+    return {"Authorization": f"Bearer {issued.access_token}"}

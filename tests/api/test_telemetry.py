@@ -34,6 +34,7 @@ from service.telemetry import (
     workflow_span,
 )
 from tests.builders import FHIR_JSON, patient
+from tests.conftest import admin_headers
 from tests.log_capture import json_logs
 
 SECRET = "Zebediah"
@@ -386,7 +387,10 @@ async def test_otlp_export_when_the_endpoint_is_set(
     telemetry: Telemetry = app.state.telemetry
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        token = await admin_headers(app, engine)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", headers=token
+        ) as c:
             r = await c.post("/fhir/Patient", json=patient(family=SECRET), headers=FHIR_JSON)
             assert r.status_code == 201
             assert (await c.get("/fhir/Patient", params={"name": SECRET})).status_code == 200

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.builders import patient
-from tests.cli.test_serve import free_port, wait_ready
+from tests.cli.test_serve import demo_token, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]
     }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        [sys.executable, "-m", "service", "serve", "--demo", "--port", str(port)],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -74,9 +74,10 @@ def test_sigterm_lets_an_in_flight_request_finish(
     server: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
     proc, port, db = server
+    token = demo_token(f"http://127.0.0.1:{port}")["Authorization"]
     body = json.dumps(patient()).encode()
     head = (
-        f"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {token}\r\n"
         f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:

@@ -25,6 +25,7 @@ from service.app import create_app
 from service.settings import Settings
 from service.storage.db import create_engine
 from service.storage.migrate import upgrade
+from tests.conftest import admin_headers
 
 PG_BIN = Path(os.environ.get("HANDOFF_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -117,9 +118,14 @@ async def outage_client(migrated: Cluster) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings, engine=engine)
     transport = httpx.ASGITransport(app=app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        headers = await admin_headers(app, engine)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", headers=headers
+        ) as c:
             yield c
     finally:
+        if app.state.auth is not None:
+            await app.state.auth.close()
         await engine.dispose()
 
 
