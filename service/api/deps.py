@@ -11,7 +11,7 @@ from fastapi.security import OAuth2
 from service.api.responses import fhir_base, public_base
 from service.auth.principal import Principal
 from service.settings import Settings
-from service.workflows.access import access_filter
+from service.workflows.access import access_filter, tenancy_filter
 from service.workflows.authn import Authenticator
 from service.workflows.context import WorkflowContext
 
@@ -87,6 +87,7 @@ def _context(request: Request, settings: Settings, principal: Principal | None) 
         principal=principal,
         access=access_filter(principal, "r", base_url=base) if principal else _deny_all,
         search_access=access_filter(principal, "s", base_url=base) if principal else _deny_all,
+        write_access=tenancy_filter(principal) if principal else _deny_all,
         rules=state.rules,
     )
 

@@ -22,6 +22,7 @@ class WorkflowContext:
     base_url: str  # public FHIR base, e.g. https://handoff.example.org/fhir
     request_id: str
     principal: Principal | None = None
-    access: AccessFilter = field(default=allow_all)  # reads, includes, write visibility
+    access: AccessFilter = field(default=allow_all)  # reads and includes (scope action "r")
     search_access: AccessFilter | None = None  # searches (scope action "s"); None: ``access``
+    write_access: AccessFilter | None = None  # targets of update/patch/delete; None: ``access``
     rules: RuleSet = field(default_factory=default_rules)
