@@ -64,8 +64,8 @@ async def settled_ids(
     c: httpx.AsyncClient, path: str, expected: set[str], params: Any = None
 ) -> set[str]:
     """``search_ids`` for history and cursor feeds, which on PostgreSQL show a commit only once
-    every older transaction in the cluster has finished: poll until ``expected`` or 15 s pass."""
-    deadline = asyncio.get_running_loop().time() + 15
+    every older transaction in the cluster has finished: poll until ``expected`` or 30 s pass."""
+    deadline = asyncio.get_running_loop().time() + 30
     while True:
         found = await search_ids(c, path, params)
         if found == expected or asyncio.get_running_loop().time() > deadline:
