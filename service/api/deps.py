@@ -16,7 +16,7 @@ from service.errors import InsufficientScopeError, InvalidRequestError
 from service.search.execute import AccessFilter
 from service.settings import Settings
 from service.workflows import audit
-from service.workflows.access import access_filter
+from service.workflows.access import access_filter, tenancy_filter
 from service.workflows.authn import Authenticator
 from service.workflows.context import WorkflowContext
 
@@ -131,6 +131,7 @@ def _context(request: Request, settings: Settings, principal: Principal | None) 
         principal=principal,
         access=access("r"),
         search_access=access("s"),
+        write_access=tenancy_filter(principal) if principal else _deny_all,
         rules=state.rules,
         purpose=purpose,
         emergency_reason=emergency,

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import InvalidRequestError, Issue
+from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.extract import entries_for
 from service.search.query import (
     Criterion,
@@ -523,6 +524,16 @@ async def history_feed(
         if allowed is None:
             return [], None
         conds.append(allowed)
+    elif access is not allow_all:
+        # System history: each type under its own access rule, so no tenant sees another's.
+        per_type = [
+            and_(h.resource_type == rtype, allowed)
+            for rtype in SUPPORTED_TYPES
+            if (allowed := access(rtype, HISTORY_COLS)) is not None
+        ]
+        if not per_type:
+            return [], None
+        conds.append(or_(*per_type))
     if since is not None:
         conds.append(h.last_updated >= since)
     stmt = (

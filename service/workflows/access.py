@@ -17,8 +17,10 @@ Tenancy rules (a client acts for one Organization, ``org`` below):
 * Administrators (``handoff/admin``) see everything. Data the caller may not see answers 404
   on read and is left out of search results.
 
-Scopes: each interaction needs its SMART action on the type (c r u d s); constrained scopes
-(``system/Task.rs?owner=Organization/1``) add their constraints as search criteria.
+Scopes: each interaction needs its SMART action on the type (c r u d s): read, vread and
+instance history ``r``; search and type or system history ``s``; update, patch and an update
+that creates ``u``. Constrained scopes (``system/Task.rs?owner=Organization/1``) add their
+constraints as search criteria, and writes must satisfy them before and after.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sqlalchemy import ColumnElement, and_, exists, false, literal, or_, select,
 from service.auth.principal import Principal
 from service.auth.scopes import Action
 from service.errors import ForbiddenError, InsufficientScopeError
+from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.execute import AccessFilter, RowCols, allow_all
 from service.search.params import params_for
 from service.search.query import Criterion, criterion_condition
@@ -75,6 +78,17 @@ def require_scope(principal: Principal | None, resource_type: str, action: Actio
         )
 
 
+def require_scope_on_any(principal: Principal | None, action: Action) -> None:
+    """System-level interactions (system history) need the action on at least one type."""
+    if principal is None:
+        return
+    if not any(principal.scopes.allows(rtype, action) for rtype in SUPPORTED_TYPES):
+        raise InsufficientScopeError(
+            f"The access token's scopes allow '{action}' on no resource type "
+            f"(needs system/*.{action} or system/<type>.{action})"
+        )
+
+
 def creator_entries(
     organization: str | None,
     *,
@@ -106,6 +120,27 @@ def creator_entries(
             )
         )
     return entries
+
+
+# A Task's owner and requester see the resources these Task parameters reference (see
+# ``tenancy_condition``); param -> (target type, element for error messages).
+TASK_LINKS = {"patient": ("Patient", "Task.for"), "focus": ("ServiceRequest", "Task.focus")}
+
+
+def linked_targets(
+    principal: Principal | None, resource_type: str, entries: list[IndexEntry]
+) -> list[tuple[str, str, str]]:
+    """(type, id, element) of what a write would link its parties to. The writer must see each,
+    or a client could reach any patient by naming it in a Task of its own."""
+    if principal is None or principal.is_admin or resource_type != "Task":
+        return []
+    out = []
+    for e in entries:
+        target_type, element = TASK_LINKS.get(e.param, ("", ""))
+        prefix = f"{target_type}/"
+        if target_type and e.value and e.value.startswith(prefix):
+            out.append((target_type, e.value.removeprefix(prefix), element))
+    return out
 
 
 # --- read side -------------------------------------------------------------------------------
@@ -270,6 +305,22 @@ def access_filter(
     return visible
 
 
+def tenancy_filter(principal: Principal | None) -> AccessFilter:
+    """What ``principal``'s organization may act on, whatever its read scopes: the write side
+    (update, patch, delete) finds its target with this, and ``check_write`` applies the write
+    scope's own constraints, so a write needs no read scope (SMART: ``u`` alone may update)."""
+    if principal is None or principal.is_admin:
+        return allow_all
+    org = principal.organization
+
+    def visible(rtype: str, cols: RowCols) -> ColumnElement[bool] | None:
+        if org is None:
+            return true() if rtype in DIRECTORY_TYPES else None
+        return tenancy_condition(rtype, cols, org)
+
+    return visible
+
+
 # --- write side ------------------------------------------------------------------------------
 
 
@@ -281,15 +332,20 @@ def check_write(
     body: dict[str, Any] | None,
     new_index: list[IndexEntry],
     old_index: list[IndexEntry],
+    creating: bool,
 ) -> None:
-    """Tenancy and scope-constraint rules for a write (the caller checked the plain scope)."""
+    """Tenancy and scope-constraint rules for a write (the caller checked the plain scope).
+
+    ``creating``: no live version exists yet (a create, or an update that creates: upsert), so
+    the rules for new resources apply whatever the interaction.
+    """
     if principal is None or principal.is_admin:
         return
     if resource_type in DIRECTORY_TYPES:
         raise ForbiddenError(f"{resource_type} is directory data: only administrators change it")
     if principal.organization is None:
         raise ForbiddenError("This client acts for no organization and may not write data")
-    if action == "c" and resource_type in ("Task", "ServiceRequest") and body is not None:
+    if creating and resource_type in ("Task", "ServiceRequest") and body is not None:
         requester = (body.get("requester") or {}).get("reference")
         if requester != principal.organization:
             raise ForbiddenError(

@@ -50,6 +50,7 @@ ACTIONS = {
     "search-type": "E",
     "history-instance": "R",
     "history-type": "R",
+    "history-system": "R",
     "operation": "E",
 }
 

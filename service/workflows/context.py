@@ -22,8 +22,9 @@ class WorkflowContext:
     base_url: str  # public FHIR base, e.g. https://handoff.example.org/fhir
     request_id: str
     principal: Principal | None = None
-    access: AccessFilter = field(default=allow_all)  # reads, includes, write visibility
+    access: AccessFilter = field(default=allow_all)  # reads and includes (scope action "r")
     search_access: AccessFilter | None = None  # searches (scope action "s"); None: ``access``
+    write_access: AccessFilter | None = None  # targets of update/patch/delete; None: ``access``
     rules: RuleSet = field(default_factory=default_rules)
     # The organization a server-made write is recorded for when there is no principal
     # (derived Observations keep the creator of their QuestionnaireResponse).

@@ -31,14 +31,21 @@ from service.errors import (
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.fhir.resource import ID_RE, new_id, now_ms, stamp
 from service.fhir.validate import validate_resource
-from service.search.execute import CURRENT_COLS, SearchPage, run_search
+from service.search.execute import CURRENT_COLS, SearchPage, history_feed, run_search
 from service.search.extract import extract_index
 from service.search.query import SearchRequest, parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
 from service.storage.repository import StoredResource
 from service.workflows import audit
-from service.workflows.access import CREATOR_PARAM, check_write, creator_entries, require_scope
+from service.workflows.access import (
+    CREATOR_PARAM,
+    check_write,
+    creator_entries,
+    linked_targets,
+    require_scope,
+    require_scope_on_any,
+)
 from service.workflows.consents import disclose
 from service.workflows.context import WorkflowContext
 from service.workflows.rules import WriteEvent, WrittenEvent
@@ -104,8 +111,11 @@ def loads(stored: StoredResource) -> dict[str, Any]:
 # --- reads -------------------------------------------------------------------------------------
 
 
-async def _visible(conn: AsyncConnection, ctx: WorkflowContext, rtype: str, rid: str) -> bool:
-    allowed = ctx.access(rtype, CURRENT_COLS)
+async def _visible(
+    conn: AsyncConnection, ctx: WorkflowContext, rtype: str, rid: str, *, write: bool = False
+) -> bool:
+    access = (ctx.write_access or ctx.access) if write else ctx.access
+    allowed = access(rtype, CURRENT_COLS)
     if allowed is None:
         return False
     stmt = select(repo.resource_t.c.id).where(
@@ -123,8 +133,20 @@ async def read_in(
 ) -> StoredResource:
     check_type(resource_type)
     require_scope(ctx.principal, resource_type, "r")
+    return await _current(conn, ctx, resource_type, resource_id, write=False)
+
+
+async def _current(
+    conn: AsyncConnection,
+    ctx: WorkflowContext,
+    resource_type: str,
+    resource_id: str,
+    *,
+    write: bool,
+) -> StoredResource:
+    """The live version, if the caller may see it (to read) or act on it (to write)."""
     stored = await repo.get_current(conn, resource_type, resource_id)
-    if stored is None or not await _visible(conn, ctx, resource_type, resource_id):
+    if stored is None or not await _visible(conn, ctx, resource_type, resource_id, write=write):
         raise _not_found(resource_type, resource_id)
     if stored.deleted:
         raise ResourceGoneError(
@@ -195,6 +217,34 @@ async def instance_history(
             since=since,
         )
         return [dataclasses.replace(e, stored=await disclose(conn, ctx, e.stored)) for e in entries]
+
+
+async def history(
+    ctx: WorkflowContext,
+    resource_type: str | None,
+    *,
+    after: tuple[int, int],
+    count: int,
+    since: datetime | None,
+) -> tuple[list[tuple[StoredResource, str]], tuple[int, int] | None]:
+    """Type history (``resource_type``) or system history (None): SMART's search permission."""
+    if resource_type is not None:
+        check_type(resource_type)
+        require_scope(ctx.principal, resource_type, "s")
+    else:
+        require_scope_on_any(ctx.principal, "s")
+    _audit_as(ctx, "history-type" if resource_type else "history-system")
+    async with read_connection(ctx.engine) as conn:
+        versions, nxt = await history_feed(
+            conn,
+            resource_type=resource_type,
+            after=after,
+            count=count,
+            since=since,
+            access=ctx.search_access or ctx.access,
+        )
+        shown = [(await disclose(conn, ctx, stored), method) for stored, method in versions]
+        return shown, nxt
 
 
 def parse_search_params(
@@ -301,7 +351,16 @@ async def _store(
         body=final,
         new_index=index,
         old_index=old_index,
+        creating=current is None or current.deleted,
     )
+    for target_type, target_id, element in linked_targets(ctx.principal, resource_type, index):
+        # Dangling references stay allowed (transactions may create the target later).
+        target = await repo.get_current(conn, target_type, target_id)
+        if target is not None and not await _visible(conn, ctx, target_type, target_id, write=True):
+            raise BusinessRuleError(
+                f"{element} refers to {target_type}/{target_id}, which is not known to this server",
+                expression=[element],
+            )
     index = [
         *index,
         *creator_entries(
@@ -436,6 +495,8 @@ async def create(
 ) -> WriteResult:
     resource_type = body.get("resourceType", "") if isinstance(body, dict) else ""
     _audit_as(ctx, "create", resource_type or None)
+    if isinstance(resource_type, str) and resource_type:
+        require_scope(ctx.principal, resource_type, "c")  # before any work on the body
     validate_resource(body, expected_type=resource_type or None)
     check_type(resource_type)
     _check_client_writable(ctx, resource_type)
@@ -457,6 +518,7 @@ async def update_in(
     check_type(resource_type)
     check_id(resource_id)
     _check_client_writable(ctx, resource_type)
+    require_scope(ctx.principal, resource_type, "u")  # SMART: update, and update-as-create
     if body.get("id") != resource_id:
         raise InvalidRequestError(
             f"The body's id ({body.get('id')!r}) must equal the id in the URL ({resource_id!r})",
@@ -465,8 +527,9 @@ async def update_in(
     if not validated:
         validate_resource(body, expected_type=resource_type)
     current = await repo.get_current(conn, resource_type, resource_id, for_update=True)
-    require_scope(ctx.principal, resource_type, "u" if current is not None else "c")
-    if current is not None and not await _visible(conn, ctx, resource_type, resource_id):
+    if current is not None and not await _visible(
+        conn, ctx, resource_type, resource_id, write=True
+    ):
         raise _not_found(resource_type, resource_id)
     if current is None or current.deleted:
         if if_match is not None and (current is None or current.version_id != if_match):
@@ -509,6 +572,7 @@ async def update(
     if_match: int | None,
 ) -> WriteResult:
     _audit_as(ctx, "update", f"{resource_type}/{resource_id}")
+    require_scope(ctx.principal, resource_type, "u")  # before any work on the body
     validate_resource(body, expected_type=resource_type)
     async with write_transaction(ctx.engine) as conn:
         return await update_in(
@@ -530,7 +594,7 @@ async def patch_in(
     require_scope(ctx.principal, resource_type, "u")
     if not isinstance(operations, list):
         raise InvalidRequestError("A JSON Patch body is an array of operations")
-    current = await read_in(conn, ctx, resource_type, resource_id)
+    current = await _current(conn, ctx, resource_type, resource_id, write=True)
     try:
         patched = jsonpatch.JsonPatch(operations).apply(loads(current))
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
@@ -584,7 +648,7 @@ async def delete_in(
             )
         )
     current = await repo.get_current(conn, resource_type, resource_id, for_update=True)
-    if current is None or not await _visible(conn, ctx, resource_type, resource_id):
+    if current is None or not await _visible(conn, ctx, resource_type, resource_id, write=True):
         raise _not_found(resource_type, resource_id)
     if current.deleted:
         return None

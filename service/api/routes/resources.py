@@ -21,9 +21,8 @@ from service.errors import InvalidRequestError, Issue
 from service.fhir import bundle
 from service.fhir.outcome import operation_outcome
 from service.search.dates import parse_range
-from service.search.execute import SearchPage, decode_cursor, encode_cursor, history_feed
+from service.search.execute import SearchPage, decode_cursor, encode_cursor
 from service.search.query import SearchRequest
-from service.storage.db import read_connection
 from service.workflows import resources as wf
 
 ResourceId = Annotated[str, Path(description="Logical id", pattern=r"^[A-Za-z0-9\-\.]{1,64}$")]
@@ -192,15 +191,7 @@ async def type_history_response(
     since = _since(params)
     page_token = next((v for k, v in params if k == "_page"), None)
     after = decode_cursor(page_token) if page_token else (-1, -1)
-    async with read_connection(ctx.engine) as conn:
-        versions, nxt = await history_feed(
-            conn,
-            resource_type=resource_type,
-            after=after,
-            count=count,
-            since=since,
-            access=ctx.access,
-        )
+    versions, nxt = await wf.history(ctx, resource_type, after=after, count=count, since=since)
     path = f"{resource_type}/_history" if resource_type else "_history"
     base_params = [(k, v) for k, v in params if k != "_page"]
     links = [("self", bundle.link(ctx.base_url, path, params))]
