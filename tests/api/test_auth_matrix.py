@@ -238,9 +238,25 @@ def test_every_route_outside_fhir_is_known_public(app: FastAPI) -> None:
     outside = {
         (r.method, r.path)
         for r in all_routes(app)
-        if not r.path.startswith("/fhir") or PUBLIC_FHIR.match(r.path)
+        if not r.path.startswith(("/fhir", "/v1")) or PUBLIC_FHIR.match(r.path)
     }
     assert outside == set(PUBLIC_ROUTES), "classify new public routes in PUBLIC_ROUTES"
+
+
+async def test_every_jms_route_refuses_a_missing_or_bad_token(
+    app: FastAPI, http: httpx.AsyncClient, mint: Minter
+) -> None:
+    """The JMS API (/v1) is protected like FHIR: 401 OperationOutcome + WWW-Authenticate."""
+    expired = await mint("system/*.cruds", now=datetime.now(UTC) - timedelta(hours=1))
+    v1 = [r for r in all_routes(app) if r.path.startswith("/v1")]
+    assert len(v1) >= 10
+    for route in v1:
+        path = route.path.replace("{", "").replace("}", "")
+        for headers in ({}, bearer(expired)):
+            r = await http.request(route.method, path, headers=headers, json={})
+            assert r.status_code == 401, f"{route.method} {route.path}: {r.status_code}"
+            assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+            assert r.json()["resourceType"] == "OperationOutcome"
 
 
 async def test_public_routes_answer_without_a_token(http: httpx.AsyncClient, mint: Minter) -> None:
@@ -297,10 +313,17 @@ async def test_openid_alone_is_refused_everywhere(
 
 
 async def assert_nothing_written(app: FastAPI, mint: Minter) -> None:
-    """No refused request left a resource behind (searched: history is fenced on PostgreSQL)."""
+    """No refused request left a resource behind (searched: history is fenced on PostgreSQL).
+    AuditEvents are the exception: every refusal is audited (test_part2, api/conftest.py)."""
     admin = bearer(await mint("system/*.cruds handoff/admin"))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
         for rtype in SUPPORTED_TYPES:
+            if rtype == "AuditEvent":
+                r = await c.get("/fhir/AuditEvent", params={"outcome": "0"}, headers=admin)
+                assert all(e["resource"]["action"] != "C" for e in r.json().get("entry", [])), (
+                    "a refused request recorded a successful create"
+                )
+                continue
             r = await c.get(f"/fhir/{rtype}", headers=admin)
             assert r.status_code == 200, r.text
             assert r.json().get("entry", []) == [], rtype
