@@ -120,9 +120,15 @@ async def read_in(
 ) -> StoredResource:
     check_type(resource_type)
     require_scope(ctx.principal, resource_type, "r")
-    stored = await repo.get_current(conn, resource_type, resource_id)
-    if stored is None or not await _visible(conn, ctx, resource_type, resource_id):
+    allowed = ctx.access(resource_type, CURRENT_COLS)
+    found = (
+        await repo.get_current_checked(conn, resource_type, resource_id, allowed)
+        if allowed is not None
+        else None
+    )
+    if found is None or not found[1]:  # unknown, or not visible to this client: both 404
         raise _not_found(resource_type, resource_id)
+    stored = found[0]
     if stored.deleted:
         raise ResourceGoneError(
             f"{resource_type}/{resource_id} was deleted (version {stored.version_id})",
