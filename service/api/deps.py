@@ -40,7 +40,9 @@ oauth2_scheme = OAuth2(
 )
 
 
-def get_settings_dep(request: Request) -> Settings:
+# Dependencies are ``async def`` even when they do not await: FastAPI runs plain ``def``
+# dependencies in a worker thread, a thread hop per request for a dictionary lookup.
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -48,7 +50,7 @@ def get_settings_dep(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def get_authenticator(request: Request) -> Authenticator:
+async def get_authenticator(request: Request) -> Authenticator:
     state = request.app.state
     if getattr(state, "auth", None) is None:
         state.auth = Authenticator(engine=state.engine, settings=state.settings)

@@ -114,6 +114,10 @@ def public_base(request: Request, settings: Settings) -> str:
     """
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
+    # Asked three times per request (token issuer, audience, links): worked out once.
+    known: str | None = request.scope.get(_BASE_KEY)
+    if known is not None:
+        return known
     scheme = request.url.scheme
     host = request.headers.get("host") or request.url.netloc
     prefix = ""
@@ -122,7 +126,12 @@ def public_base(request: Request, settings: Settings) -> str:
         host = _first(request.headers.get("x-forwarded-host")) or host
         prefix = (_first(request.headers.get("x-forwarded-prefix")) or "").rstrip("/")
     root = request.scope.get("root_path", "").rstrip("/")
-    return f"{scheme}://{host}{prefix}{root}"
+    base = f"{scheme}://{host}{prefix}{root}"
+    request.scope[_BASE_KEY] = base
+    return base
+
+
+_BASE_KEY = "handoff.public_base"
 
 
 def fhir_base(request: Request, settings: Settings) -> str:

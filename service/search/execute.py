@@ -65,6 +65,8 @@ def allow_all(_resource_type: str, _cols: RowCols) -> ColumnElement[bool] | None
 
 
 CURRENT_COLS = RowCols(resource_t.c.id, resource_t.c.version_id, resource_t.c.last_updated)
+# Built once: an alias sets up its column collection when first used (~0.1 ms per poll).
+_FEED_INDEX = index_t.alias("feed_index")
 HISTORY_COLS = RowCols(history_t.c.id, history_t.c.version_id, history_t.c.last_updated)
 MAX_INCLUDES = 1000
 _MIN_DATE = datetime(1, 1, 2, tzinfo=UTC)
@@ -422,12 +424,15 @@ async def _run_feed(
         page.next_cursor = request.cursor if request.cursor != "start" else encode_cursor(-1, -1)
         return page
     h = history_t.c
+    # The walk picks the rows; each criterion is then a per-row index probe (see index_exists).
+    probe = conn.dialect.name == "postgresql"
     now_matches = criteria_condition(
         request,
         id_col=h.id,
         version_col=h.version_id,
         last_updated_col=h.last_updated,
         base_url=base_url,
+        probe=probe,
     )
     prev_matches = criteria_condition(
         request,
@@ -435,6 +440,7 @@ async def _run_feed(
         version_col=h.version_id - 1,
         last_updated_col=h.last_updated,
         base_url=base_url,
+        probe=probe,
     )
     columns = (
         h.resource_type,
@@ -450,7 +456,7 @@ async def _run_feed(
     limit = max(request.count, 1)
     driving = _driving_criterion(request)
     if driving is not None:
-        feed_index = index_t.alias("feed_index")
+        feed_index = _FEED_INDEX
         d = feed_index.c
         values = [
             v

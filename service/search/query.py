@@ -362,7 +362,17 @@ def index_exists(
     *,
     id_col: Any,
     version_col: Any,
+    probe: bool = False,
 ) -> ColumnElement[bool]:
+    """Whether the row's version has an index row of ``param_name`` (matching the value).
+
+    ``probe``: keep it a per-row index probe. PostgreSQL may otherwise evaluate an EXISTS under
+    OR by hashing *every* index row with that value (all 333k ``status=requested`` rows of a
+    1M-Task server) once per query, and in a cached generic plan it does, since it cannot see
+    the value. ``OFFSET 0`` is the planner's documented fence against that rewrite. Use it only
+    where the rows are already chosen by an index walk (the change feed), not in searches,
+    which need the planner free to drive from the criterion instead.
+    """
     c = index_t.c
     conds = [
         c.resource_type == resource_type,
@@ -372,7 +382,8 @@ def index_exists(
     ]
     if value_condition is not None:
         conds.append(value_condition)
-    return exists(select(1).select_from(index_t).where(*conds))
+    subquery = select(1).select_from(index_t).where(*conds)
+    return exists(subquery.offset(0) if probe else subquery)
 
 
 def criterion_condition(
@@ -383,6 +394,7 @@ def criterion_condition(
     version_col: Any,
     last_updated_col: Any,
     base_url: str | None,
+    probe: bool = False,
 ) -> ColumnElement[bool]:
     p = crit.param
     if p.name == "_id":
@@ -395,14 +407,21 @@ def criterion_condition(
             ors.append(_date_condition(prefix, last_updated_col, last_updated_col, text))
         return or_(*ors)
     if crit.modifier == "missing":
-        any_row = index_exists(resource_type, p.name, None, id_col=id_col, version_col=version_col)
+        any_row = index_exists(
+            resource_type, p.name, None, id_col=id_col, version_col=version_col, probe=probe
+        )
         return not_(any_row) if crit.values[0] == "true" else any_row
     value_conds = [
         vc for vc in (value_condition(crit, v, base_url) for v in crit.values) if vc is not None
     ]
     matched = (
         index_exists(
-            resource_type, p.name, or_(*value_conds), id_col=id_col, version_col=version_col
+            resource_type,
+            p.name,
+            or_(*value_conds),
+            id_col=id_col,
+            version_col=version_col,
+            probe=probe,
         )
         if value_conds
         else false()
@@ -419,6 +438,7 @@ def criteria_condition(
     version_col: Any,
     last_updated_col: Any,
     base_url: str | None,
+    probe: bool = False,
 ) -> ColumnElement[bool]:
     conds = [
         criterion_condition(
@@ -428,6 +448,7 @@ def criteria_condition(
             version_col=version_col,
             last_updated_col=last_updated_col,
             base_url=base_url,
+            probe=probe,
         )
         for c in request.criteria
     ]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -90,10 +90,12 @@ async def set_disabled(conn: AsyncConnection, client_id: str, disabled: bool) ->
     return bool(result.rowcount)
 
 
+# Asked on every authenticated request: built once (its SQL cache key is then memoised too).
+_IS_ACTIVE = select(client_t.c.disabled).where(client_t.c.client_id == bindparam("client_id"))
+
+
 async def is_active(conn: AsyncConnection, client_id: str) -> bool:
-    row = (
-        await conn.execute(select(client_t.c.disabled).where(client_t.c.client_id == client_id))
-    ).first()
+    row = (await conn.execute(_IS_ACTIVE, {"client_id": client_id})).first()
     return row is not None and not row[0]
 
 

@@ -36,7 +36,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
@@ -45,6 +45,31 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_timeout=settings.db_pool_timeout,
         pool_pre_ping=True,
     )
+    _ping_in_one_round_trip(engine)
+    return engine
+
+
+def _ping_in_one_round_trip(engine: AsyncEngine) -> None:
+    """Keep the pre-ping on every checkout, but make it one round trip instead of three.
+
+    SQLAlchemy's asyncpg adapter wraps the ping in BEGIN ... ROLLBACK unless the connection is
+    in autocommit (for PgBouncer's transaction mode, which this service's prepared statements
+    do not support anyway). Idle pooled connections are flagged autocommit, so the ping is a
+    bare round trip, and the flag is cleared again at checkout, before any statement runs:
+    connections are used exactly as before. (The flag is the adapter's own attribute; nothing
+    is sent to the server.)
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _idle_in_autocommit(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None:
+            dbapi_connection.autocommit = True
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _transactional_again(
+        dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any
+    ) -> None:
+        dbapi_connection.autocommit = False
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -81,6 +106,16 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 
 @asynccontextmanager
 async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for reads; its implicit transaction is rolled back on exit."""
+    """A connection for reads.
+
+    PostgreSQL at READ COMMITTED (its default): in autocommit, with no BEGIN/ROLLBACK around
+    the reads. At that level each statement takes its own snapshot whether or not a
+    transaction is open, so the answers are the same and two round trips are saved. At any
+    stricter default level, and on SQLite, reads share one implicit transaction (one snapshot),
+    rolled back on exit.
+    """
     async with engine.connect() as conn:
+        dialect = engine.dialect
+        if dialect.name == "postgresql" and dialect.default_isolation_level == "READ COMMITTED":
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn

@@ -89,6 +89,24 @@ async def get_current(
     return StoredResource(resource_type, resource_id, row[0], row[1], row[2], row[3])
 
 
+async def get_current_checked(
+    conn: AsyncConnection, resource_type: str, resource_id: str, condition: ColumnElement[bool]
+) -> tuple[StoredResource, bool] | None:
+    """The current version and whether ``condition`` (on ``resource`` columns) holds for it:
+    one query where a read would otherwise fetch the row and then test its visibility."""
+    stmt = select(
+        resource_t.c.version_id,
+        resource_t.c.last_updated,
+        resource_t.c.deleted,
+        resource_t.c.raw,
+        condition.label("checked"),
+    ).where(resource_t.c.resource_type == resource_type, resource_t.c.id == resource_id)
+    row = (await conn.execute(stmt)).first()
+    if row is None:
+        return None
+    return StoredResource(resource_type, resource_id, row[0], row[1], row[2], row[3]), bool(row[4])
+
+
 async def get_version(
     conn: AsyncConnection, resource_type: str, resource_id: str, version_id: int
 ) -> StoredResource | None:

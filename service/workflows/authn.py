@@ -29,6 +29,7 @@ from service.auth.token_endpoint import parse_token_request, token_response
 from service.auth.tokens import (
     ExternalIssuerVerifier,
     LocalTokenVerifier,
+    VerifiedTokenCache,
     issue_access_token,
     peek_issuer,
 )
@@ -59,6 +60,7 @@ class Authenticator:
         self.jti_store = store.DatabaseJtiStore(engine)
         self._ring: SigningKeyRing | None = None
         self._ring_loaded = 0.0
+        self.verified_tokens = VerifiedTokenCache()
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -174,7 +176,9 @@ class Authenticator:
                 organization_claim=self.settings.auth_organization_claim,
             )
             return await verifier.verify(token, now=now)
-        local = LocalTokenVerifier(ring=await self.ring(), issuer=issuer, audience=audience)
+        local = LocalTokenVerifier(
+            ring=await self.ring(), issuer=issuer, audience=audience, cache=self.verified_tokens
+        )
         try:
             principal = await local.verify(token, now=now)
         except TokenSignatureError:

@@ -144,10 +144,18 @@ async def _current(
     *,
     write: bool,
 ) -> StoredResource:
-    """The live version, if the caller may see it (to read) or act on it (to write)."""
-    stored = await repo.get_current(conn, resource_type, resource_id)
-    if stored is None or not await _visible(conn, ctx, resource_type, resource_id, write=write):
+    """The live version, if the caller may see it (to read) or act on it (to write): one query
+    that fetches the row and tests its visibility."""
+    access = (ctx.write_access or ctx.access) if write else ctx.access
+    allowed = access(resource_type, CURRENT_COLS)
+    found = (
+        await repo.get_current_checked(conn, resource_type, resource_id, allowed)
+        if allowed is not None
+        else None
+    )
+    if found is None or not found[1]:  # unknown, or not visible to this client: both 404
         raise _not_found(resource_type, resource_id)
+    stored = found[0]
     if stored.deleted:
         raise ResourceGoneError(
             f"{resource_type}/{resource_id} was deleted (version {stored.version_id})",

@@ -13,7 +13,10 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Header, Path, Request
+from starlette._utils import get_route_path
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
 
 from service.api.deps import ContextDep
 from service.api.responses import fhir_json, prefer_strict, resource_response
@@ -205,10 +208,26 @@ async def type_history_response(
     return fhir_json(bundle.history(base_url=ctx.base_url, versions=versions, links=links))
 
 
+class PrefixRouter(APIRouter):
+    """An APIRouter that declines paths outside its prefix in one string test.
+
+    FastAPI tries every included router's routes in turn; with one router per resource type
+    that cost ~20 µs per router passed over (most of a read's routing time). Every route here
+    starts with the prefix, so a path that does not can match none of them: the answer is the
+    same, only found sooner. (Include it without a further prefix, as ``create_app`` does.)
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = get_route_path(scope)
+        if path != self.prefix and not path.startswith(self.prefix + "/"):
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
 def resource_router(
     resource_type: str, *, tags: list[str | Enum], writable: bool = True
 ) -> APIRouter:
-    router = APIRouter(prefix=f"/fhir/{resource_type}", tags=tags, responses=FHIR_ERRORS)
+    router = PrefixRouter(prefix=f"/fhir/{resource_type}", tags=tags, responses=FHIR_ERRORS)
     t = resource_type
 
     async def search_type(request: Request, ctx: ContextDep) -> Response:

@@ -1,0 +1,1 @@
+"""Benchmarks of Handoff against bare-stack ceilings: ``python -m bench`` (see README.md)."""

@@ -1,0 +1,733 @@
+"""Handoff's speed as a ratio of what the bare stack does, measured side by side.
+
+    python -m bench [--quick | --tiny] [--tasks N] [--scenario all|crud|poll] [--json FILE]
+
+Creates a scratch database ``handoff_bench_<random>`` on the local PostgreSQL, migrates it,
+loads Tasks by COPY, runs the real service (``python -m service serve``, one uvicorn worker)
+and the ceiling app (``bench/ceiling_app.py``) side by side, drives each with wrk, alternating
+service and ceiling (A B A B ...), prints the table and drops the database. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import asyncpg
+import httpx
+import orjson
+
+from bench.feed_sql import capture_feed_sql, poll_params
+from bench.load import LoadReport, load_tasks
+from bench.loadgen import Run, median_run, run_wrk, wrk_path
+from bench.tasks import task_body
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+ADMIN_CLIENT = "bench-admin"
+ADMIN_SCOPES = "system/*.cruds handoff/admin"
+PAGE = 50
+
+
+@dataclass(frozen=True)
+class Target:
+    rps_ratio: float  # service req/s >= this share of the ceiling's
+    p99_factor: float | None = None  # service p99 <= this many times the ceiling's
+
+
+TARGETS = {
+    "read": Target(0.60),
+    "create": Target(0.40),
+    "poll": Target(0.50, 2.0),
+}
+
+
+@dataclass
+class Options:
+    admin_dsn: str
+    crud_tasks: int
+    poll_tasks: int
+    owners: int | None
+    duration: float
+    warmup: float
+    rounds: int
+    scenarios: tuple[str, ...]
+    keep: bool
+    json_out: Path | None
+    profile_dir: Path | None
+
+
+@dataclass
+class Outcome:
+    started: str
+    machine: dict[str, Any]
+    options: dict[str, Any]
+    loads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+
+# --- database ---------------------------------------------------------------------------------
+
+
+def _with_database(dsn: str, name: str) -> str:
+    base, _, _old = dsn.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _admin(dsn: str, statement: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def scratch_database(admin_dsn: str, *, keep: bool) -> Iterator[str]:
+    name = f"handoff_bench_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
+    dsn = _with_database(admin_dsn, name)
+    try:
+        yield dsn
+    finally:
+        if keep:
+            print(f"kept database {name}")
+        else:
+            asyncio.run(_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+
+class Tokens:
+    """Bearer tokens for the admin client, signed with the service's own key ring (kept in the
+    database) without going through the token endpoint, as the tests do."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.ring: Any = None
+
+    async def _setup(self) -> None:
+        from service.settings import Settings
+        from service.storage.clients import ClientRecord, add_client
+        from service.storage.db import create_engine, write_transaction
+        from service.workflows.authn import Authenticator
+
+        settings = Settings(database_url=sqlalchemy_url(self.dsn), _env_file=None)
+        engine = create_engine(settings)
+        auth = Authenticator(engine=engine, settings=settings)
+        try:
+            self.ring = await auth.ring()
+            async with write_transaction(engine) as conn:
+                await add_client(
+                    conn,
+                    ClientRecord(
+                        client_id=ADMIN_CLIENT,
+                        name="benchmark administrator",
+                        organization=None,
+                        scopes=ADMIN_SCOPES,
+                        secret_hash=None,
+                        jwks=None,
+                        jwks_uri=None,
+                        disabled=False,
+                        created=datetime.now(UTC),
+                    ),
+                )
+        finally:
+            await auth.close()
+            await engine.dispose()
+
+    def setup(self) -> None:
+        asyncio.run(self._setup())
+
+    def issue(self, base: str) -> str:
+        from service.auth.scopes import ScopeSet
+        from service.auth.tokens import issue_access_token
+
+        return issue_access_token(
+            client_id=ADMIN_CLIENT,
+            organization=None,
+            scopes=ScopeSet.parse(ADMIN_SCOPES),
+            ring=self.ring,
+            issuer=f"{base}/auth",
+            audience=f"{base}/fhir",
+            now=datetime.now(UTC),
+            lifetime_seconds=300,
+        ).access_token
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"{name}.log"
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=ROOT,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: see {self.log}\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not become ready: see {self.log}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextmanager
+def servers(dsn: str, workdir: Path, *, feed_file: Path | None) -> Iterator[tuple[Server, Server]]:
+    service_env = {
+        "HANDOFF_DATABASE_URL": sqlalchemy_url(dsn),
+        "HANDOFF_LOG_LEVEL": "WARNING",
+        "HANDOFF_AUTO_MIGRATE": "false",
+        "HANDOFF_DEMO": "false",
+    }
+    ceiling_env = {"BENCH_CEILING_DSN": dsn}
+    if feed_file is not None:
+        ceiling_env["BENCH_CEILING_FEED"] = str(feed_file)
+    started: list[Server] = []
+    try:
+        service = Server("service", [PYTHON, "-m", "service", "serve"], service_env, workdir)
+        started.append(service)
+        ceiling = Server(
+            "ceiling",
+            [
+                PYTHON,
+                "-m",
+                "uvicorn",
+                "bench.ceiling_app:create_app",
+                "--factory",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            ceiling_env,
+            workdir,
+        )
+        started.append(ceiling)
+        yield service, ceiling
+    finally:
+        for s in started:
+            s.stop()
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One benchmark: the same request lines sent to both servers."""
+
+    name: str  # e.g. "poll full page"
+    kind: str  # key of TARGETS
+    lines: Path
+    method: str
+    connections: int
+
+
+class Driver:
+    def __init__(self, opts: Options, tokens: Tokens, outcome: Outcome, *, database: str) -> None:
+        self.opts = opts
+        self.tokens = tokens
+        self.outcome = outcome
+        self.database = database
+
+    def one(self, bench: Bench, server: Server, duration: float) -> Run:
+        return run_wrk(
+            benchmark=bench.name,
+            server=server.name,
+            url=server.base,
+            lines=bench.lines,
+            method=bench.method,
+            token=self.tokens.issue(server.base),
+            connections=bench.connections,
+            duration=duration,
+            server_pid=server.pid,
+            database=self.database,
+        )
+
+    def compare(self, benches: list[Bench], service: Server, ceiling: Server) -> None:
+        """Warm both up, then A B A B ... for each benchmark; record medians."""
+        for bench in benches:
+            if self.opts.warmup > 0:
+                for server in (service, ceiling):
+                    self.one(bench, server, self.opts.warmup)
+            mine: list[Run] = []
+            theirs: list[Run] = []
+            for r in range(self.opts.rounds):
+                pair = (service, ceiling) if r % 2 == 0 else (ceiling, service)
+                for server in pair:
+                    run = self.one(bench, server, self.opts.duration)
+                    (mine if server is service else theirs).append(run)
+                    self.outcome.runs.append({"round": r, **run.as_dict()})
+                    _progress(run)
+            self._summarise(bench, mine, theirs)
+            if self.opts.profile_dir is not None:
+                self._profile(bench, service)
+
+    def _summarise(self, bench: Bench, mine: list[Run], theirs: list[Run]) -> None:
+        s, c = median_run(mine), median_run(theirs)
+        target = TARGETS[bench.kind]
+        ratio = s.rps / c.rps if c.rps else 0.0
+        p99_factor = s.p99_ms / c.p99_ms if c.p99_ms else float("inf")
+        met = ratio >= target.rps_ratio and (
+            target.p99_factor is None or p99_factor <= target.p99_factor
+        )
+        per_round = [a.rps / b.rps for a, b in zip(mine, theirs, strict=False) if b.rps]
+        self.outcome.summary.append(
+            {
+                "benchmark": bench.name,
+                "kind": bench.kind,
+                "connections": bench.connections,
+                "service": s.as_dict(),
+                "ceiling": c.as_dict(),
+                "rps_ratio": ratio,
+                "rps_ratio_rounds": per_round,
+                "p99_factor": p99_factor,
+                "target_rps_ratio": target.rps_ratio,
+                "target_p99_factor": target.p99_factor,
+                "met": met,
+            }
+        )
+
+    def _profile(self, bench: Bench, service: Server) -> None:
+        spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
+        if not Path(spy).exists():
+            print("  (py-spy not installed: pip install py-spy; skipping the profile)")
+            return
+        assert self.opts.profile_dir is not None
+        self.opts.profile_dir.mkdir(parents=True, exist_ok=True)
+        stem = self.opts.profile_dir / f"{bench.name.replace(' ', '-')}-c{bench.connections}"
+        duration = max(2, round(self.opts.duration))
+        spy_proc = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(service.pid),
+                "--duration",
+                str(duration),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                f"{stem}.txt",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # let py-spy attach before the load starts
+        self.one(bench, service, duration)
+        spy_proc.wait(timeout=120)
+        print(f"  profile: {stem}.txt (collapsed stacks; see bench/profile_top.py)")
+
+
+def _progress(run: Run) -> None:
+    print(
+        f"  {run.benchmark:<24} c={run.connections:<3} {run.server:<8} {run.rps:8.0f} req/s  "
+        f"p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms  app {run.app_cpu_us:6.0f} µs  "
+        f"db {run.db_cpu_us:5.0f} µs  wrk {run.wrk_cpu_pct:3.0f}%  other {run.other_cpu_pct:3.0f}%"
+        + (f"  ERRORS {run.errors}" if run.errors else ""),
+        flush=True,
+    )
+
+
+# --- scenarios --------------------------------------------------------------------------------
+
+
+def _owners(opts: Options, tasks: int) -> int:
+    # 1,000 owners at 1M Tasks; smaller runs keep ~300 Tasks (~100 open) per owner, so that
+    # full pages of 50 exist.
+    return opts.owners or max(1, min(1000, tasks // 300))
+
+
+def _load(dsn: str, label: str, tasks: int, owners: int, outcome: Outcome) -> LoadReport:
+    print(f"loading {tasks:,} Tasks over {owners:,} owners ({label}) ...", flush=True)
+    report = asyncio.run(load_tasks(dsn, tasks=tasks, owners=owners))
+    print(
+        f"  {report.index_rows:,} index rows; COPY {report.seconds_copy:.1f} s, indexes "
+        f"{report.seconds_index:.1f} s, vacuum {report.seconds_vacuum:.1f} s",
+        flush=True,
+    )
+    outcome.loads[label] = {**report.__dict__, "seconds": report.seconds}
+    return report
+
+
+async def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def crud_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> None:
+    opts = driver.opts
+    tasks = opts.crud_tasks
+    owners = _owners(opts, tasks)
+    _load(dsn, "crud", tasks, owners, outcome)
+    ids = asyncio.run(_fetch(dsn, "SELECT id FROM resource ORDER BY random() LIMIT 20000"))
+    reads = _write_lines(workdir / "read.txt", [f"/fhir/Task/{r['id']}" for r in ids])
+    bodies = [
+        "/fhir/Task\t" + orjson.dumps(task_body(tasks + i, owners=owners)).decode()
+        for i in range(200)
+    ]
+    creates = _write_lines(workdir / "create.txt", bodies)
+    with servers(dsn, workdir, feed_file=None) as (service, ceiling):
+        _check_crud(driver, service, ceiling, str(ids[0]["id"]), bodies[0].split("\t", 1)[1])
+        driver.compare(
+            [
+                Bench("read Task by id", "read", reads, "GET", 32),
+                Bench("create Task", "create", creates, "POST", 32),
+            ],
+            service,
+            ceiling,
+        )
+
+
+def _check_crud(driver: Driver, service: Server, ceiling: Server, rid: str, body: str) -> None:
+    token = driver.tokens.issue(service.base)
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    mine = httpx.get(f"{service.base}/fhir/Task/{rid}", headers=auth)
+    theirs = httpx.get(f"{ceiling.base}/fhir/Task/{rid}")
+    if mine.status_code != 200 or theirs.status_code != 200:
+        raise RuntimeError(f"read check failed: {mine.status_code} {theirs.status_code}")
+    if orjson.loads(mine.content) != orjson.loads(theirs.content):
+        raise RuntimeError("the service and the ceiling read different documents")
+    posted = [
+        httpx.post(f"{s.base}/fhir/Task", headers=auth, content=body).status_code
+        for s in (service, ceiling)
+    ]
+    if posted != [201, 201]:
+        raise RuntimeError(f"create check failed: {posted}")
+    driver.outcome.checks.append(
+        f"read: service and ceiling return the same Task JSON ({len(mine.content)} bytes); "
+        "create: both answer 201"
+    )
+
+
+POLL_CURSORS_SQL = """
+WITH o AS (
+    SELECT value AS owner, resource_id, version_id, txid, seq
+    FROM search_index WHERE resource_type = 'Task' AND param = 'owner'
+), r AS (
+    SELECT resource_id, version_id FROM search_index
+    WHERE resource_type = 'Task' AND param = 'status' AND value = 'requested'
+), m AS (
+    SELECT o.owner, o.txid, o.seq,
+           count(r.resource_id) OVER (
+               PARTITION BY o.owner ORDER BY o.txid DESC, o.seq DESC
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+           ) AS open_after
+    FROM o LEFT JOIN r USING (resource_id, version_id)
+)
+SELECT owner, txid, seq FROM m WHERE open_after >= $1
+"""
+
+CAUGHT_UP_SQL = """
+SELECT DISTINCT ON (value) value AS owner, txid, seq
+FROM search_index WHERE resource_type = 'Task' AND param = 'owner'
+ORDER BY value, txid DESC, seq DESC
+"""
+
+
+def poll_lines(dsn: str, *, per_owner: int = 8, seed: int = 7) -> tuple[list[str], list[str]]:
+    """Request paths: cursors with a full page after them, and cursors at each owner's end."""
+    from service.search.execute import encode_cursor
+
+    rng = random.Random(seed)
+    by_owner: dict[str, list[tuple[int, int]]] = {}
+    for row in asyncio.run(_fetch(dsn, POLL_CURSORS_SQL, PAGE)):
+        by_owner.setdefault(row["owner"], []).append((row["txid"], row["seq"]))
+    full: list[str] = []
+    for owner, positions in sorted(by_owner.items()):
+        for txid, seq in rng.sample(positions, min(per_owner, len(positions))):
+            full.append(_poll_path(owner, encode_cursor(txid, seq)))
+    if not full:
+        raise RuntimeError("no owner has a full page of open Tasks: load more Tasks per owner")
+    ends = [
+        _poll_path(r["owner"], encode_cursor(r["txid"], r["seq"]))
+        for r in asyncio.run(_fetch(dsn, CAUGHT_UP_SQL))
+    ]
+    rng.shuffle(full)
+    rng.shuffle(ends)
+    return full, ends
+
+
+def _poll_path(owner: str, cursor: str) -> str:
+    return "/fhir/Task?" + urlencode(poll_params(owner, cursor, PAGE))
+
+
+def poll_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> None:
+    opts = driver.opts
+    tasks = opts.poll_tasks
+    _load(dsn, "poll", tasks, _owners(opts, tasks), outcome)
+    full, ends = poll_lines(dsn)
+    full_file = _write_lines(workdir / "poll-full.txt", full)
+    end_file = _write_lines(workdir / "poll-caught-up.txt", ends)
+    # The base URL only matters for absolute references; the service's is the request's own.
+    feed = capture_feed_sql(base_url="http://127.0.0.1/fhir", count=PAGE)
+    feed_file = workdir / "feed.json"
+    feed_file.write_bytes(orjson.dumps(feed.to_dict()))
+    outcome.checks.append(f"poll SQL ({len(feed.params)} parameters):\n{feed.sql}")
+    with servers(dsn, workdir, feed_file=feed_file) as (service, ceiling):
+        _check_poll(driver, service, ceiling, full[:5], expect=PAGE)
+        _check_poll(driver, service, ceiling, ends[:5], expect=0)
+        driver.compare(
+            [
+                Bench("poll full page", "poll", full_file, "GET", 32),
+                Bench("poll full page", "poll", full_file, "GET", 4),
+                Bench("poll caught up", "poll", end_file, "GET", 32),
+                Bench("poll caught up", "poll", end_file, "GET", 4),
+            ],
+            service,
+            ceiling,
+        )
+
+
+def _normalised(body: bytes, base: str) -> Any:
+    doc = orjson.loads(body.replace(base.encode(), b"BASE"))
+    doc.get("meta", {}).pop("lastUpdated", None)
+    return doc
+
+
+def _check_poll(
+    driver: Driver, service: Server, ceiling: Server, paths: list[str], *, expect: int
+) -> None:
+    token = driver.tokens.issue(service.base)
+    for path in paths:
+        mine = httpx.get(service.base + path, headers={"Authorization": f"Bearer {token}"})
+        theirs = httpx.get(ceiling.base + path)
+        if mine.status_code != 200 or theirs.status_code != 200:
+            raise RuntimeError(
+                f"poll check failed on {path}: {mine.status_code} {theirs.status_code}"
+            )
+        a, b = _normalised(mine.content, service.base), _normalised(theirs.content, ceiling.base)
+        if a != b:
+            raise RuntimeError(f"service and ceiling answer {path} differently:\n{a}\n{b}")
+        if len(a.get("entry", [])) != expect:
+            raise RuntimeError(f"{path}: {len(a.get('entry', []))} entries, expected {expect}")
+    driver.outcome.checks.append(
+        f"poll ({expect} entries): service and ceiling return the same Bundle for "
+        f"{len(paths)} cursors (up to meta.lastUpdated and host)"
+    )
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def report_table(outcome: Outcome) -> str:
+    head = (
+        f"{'benchmark':<18} {'c':>3} {'server':<8} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'app µs/req':>10} {'PG µs/req':>9}   {'vs ceiling':<24} {'target':<22} result"
+    )
+    out = [head, "-" * len(head)]
+    for s in outcome.summary:
+        for who in ("service", "ceiling"):
+            r = s[who]
+            row = (
+                f"{s['benchmark'] if who == 'service' else '':<18} "
+                f"{s['connections'] if who == 'service' else '':>3} {who:<8} {r['rps']:7.0f} "
+                f"{r['p50_ms']:7.1f} {r['p99_ms']:7.1f} {r['app_cpu_us']:10.0f} "
+                f"{r['db_cpu_us']:9.0f}"
+            )
+            if who == "service":
+                rounds = ", ".join(f"{x:.0%}" for x in s["rps_ratio_rounds"])
+                vs = f"{s['rps_ratio']:.0%} req/s, p99 x{s['p99_factor']:.1f}"
+                target = f">={s['target_rps_ratio']:.0%}" + (
+                    f", p99 <=x{s['target_p99_factor']:.0f}" if s["target_p99_factor"] else ""
+                )
+                row += f"   {vs:<24} {target:<22} {'MET' if s['met'] else 'MISSED'}"
+                row += f"  (rounds: {rounds})"
+            out.append(row)
+    return "\n".join(out)
+
+
+def print_report(outcome: Outcome) -> None:
+    print()
+    print("=" * 100)
+    m = outcome.machine
+    print(
+        f"Handoff vs bare-stack ceiling — {outcome.started}; {m['cores']} cores, {m['python']}, "
+        f"{m['postgres']}"
+    )
+    o = outcome.options
+    print(
+        f"{o['rounds']} rounds x {o['duration']:.0f} s per server and benchmark, alternating "
+        f"service/ceiling; medians; wrk -t1; uvicorn 1 worker each"
+    )
+    for label, load in outcome.loads.items():
+        print(
+            f"data ({label}): {load['tasks']:,} Tasks, {load['owners']:,} owners, "
+            f"{load['index_rows']:,} index rows, loaded in {load['seconds']:.0f} s"
+        )
+    print()
+    print(report_table(outcome))
+    print()
+    for check in outcome.checks:
+        if not check.startswith("poll SQL"):
+            print(f"check: {check}")
+    noisy = [r for r in outcome.runs if r["other_cpu_pct"] > 15]
+    if noisy:
+        print(
+            f"note: in {len(noisy)} of {len(outcome.runs)} runs other processes used >15% of the "
+            "machine's CPU: compare ratios, not absolute figures"
+        )
+
+
+def _machine(admin_dsn: str) -> dict[str, Any]:
+    version = asyncio.run(_fetch(admin_dsn, "SHOW server_version"))[0][0]
+    wrk = subprocess.run([wrk_path(), "-v"], capture_output=True, text=True, check=False)
+    return {
+        "cores": os.cpu_count(),
+        "python": f"Python {platform.python_version()}",
+        "postgres": f"PostgreSQL {version}",
+        "wrk": wrk.stdout.splitlines()[0] if wrk.stdout else "wrk",
+    }
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 20k Tasks, 2 rounds of 5 s")
+    p.add_argument("--tiny", action="store_true", help="the smallest run (tests): 3k Tasks, 1 s")
+    p.add_argument("--tasks", type=int, help="Tasks for the poll benchmark (default 1,000,000)")
+    p.add_argument("--crud-tasks", type=int, help="Tasks for read/create (default 100,000)")
+    p.add_argument("--owners", type=int, help="owners (default 1,000; fewer for small runs)")
+    p.add_argument("--duration", type=float, help="seconds per run (default 10)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per server (default 2)")
+    p.add_argument("--rounds", type=int, help="A/B rounds (default 3)")
+    p.add_argument("--scenario", choices=("all", "crud", "poll"), default="all")
+    p.add_argument(
+        "--pg",
+        default=os.environ.get("HANDOFF_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="admin DSN of the PostgreSQL server (env HANDOFF_BENCH_PG)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the scratch database")
+    p.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    p.add_argument("--profile", type=Path, help="py-spy the service once per benchmark, into DIR")
+    a = p.parse_args(argv)
+    if a.tiny:
+        defaults = {"tasks": 3_000, "crud": 3_000, "duration": 1.0, "warmup": 0.0, "rounds": 1}
+    elif a.quick:
+        defaults = {"tasks": 20_000, "crud": 20_000, "duration": 5.0, "warmup": 1.0, "rounds": 2}
+    else:
+        defaults = {
+            "tasks": 1_000_000,
+            "crud": 100_000,
+            "duration": 10.0,
+            "warmup": 2.0,
+            "rounds": 3,
+        }
+    return Options(
+        admin_dsn=a.pg,
+        crud_tasks=a.crud_tasks or int(defaults["crud"]),
+        poll_tasks=a.tasks or int(defaults["tasks"]),
+        owners=a.owners,
+        duration=a.duration or defaults["duration"],
+        warmup=a.warmup if a.warmup is not None else defaults["warmup"],
+        rounds=a.rounds or int(defaults["rounds"]),
+        scenarios=("crud", "poll") if a.scenario == "all" else (a.scenario,),
+        keep=a.keep,
+        json_out=a.json,
+        profile_dir=a.profile,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    wrk_path()
+    outcome = Outcome(
+        started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=_machine(opts.admin_dsn),
+        options={k: str(v) if isinstance(v, Path) else v for k, v in opts.__dict__.items()},
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="handoff-bench-"))
+    from service.storage.migrate import upgrade
+
+    with scratch_database(opts.admin_dsn, keep=opts.keep) as dsn:
+        print(f"database {dsn.rpartition('/')[2]}; work files in {workdir}", flush=True)
+        upgrade(sqlalchemy_url(dsn))
+        tokens = Tokens(dsn)
+        tokens.setup()
+        driver = Driver(opts, tokens, outcome, database=dsn.rpartition("/")[2])
+        scenarios: dict[str, Callable[[str, Path, Driver, Outcome], None]] = {
+            "crud": crud_scenario,
+            "poll": poll_scenario,
+        }
+        for name in opts.scenarios:
+            scenarios[name](dsn, workdir, driver, outcome)
+    print_report(outcome)
+    data = json.dumps(outcome.__dict__, indent=2, default=str)
+    (workdir / "results.json").write_text(data)
+    if opts.json_out:
+        opts.json_out.write_text(data)
+    return 0

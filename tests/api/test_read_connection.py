@@ -1,0 +1,65 @@
+"""Read connections skip BEGIN/ROLLBACK on PostgreSQL; writes stay in one transaction."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.storage.db import read_connection, write_transaction
+
+
+async def one_transaction(conn: AsyncConnection) -> bool:
+    """Whether two statements, 20 ms apart, ran in the same transaction (PostgreSQL)."""
+    first = (await conn.execute(text("SELECT transaction_timestamp()"))).scalar_one()
+    await conn.execute(text("SELECT pg_sleep(0.02)"))
+    second = (await conn.execute(text("SELECT transaction_timestamp()"))).scalar_one()
+    return bool(first == second)
+
+
+async def test_reads_are_autocommit_on_postgres_only(engine: AsyncEngine) -> None:
+    async with read_connection(engine) as conn:
+        assert conn.sync_connection is not None
+        level = conn.sync_connection.get_execution_options().get("isolation_level")
+        if engine.dialect.name == "postgresql":
+            assert level == "AUTOCOMMIT"
+            assert not await one_transaction(conn)
+        else:
+            assert level is None
+        assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+async def test_writes_stay_in_one_transaction_after_reads(engine: AsyncEngine) -> None:
+    """Pooled connections used for reads must come back transactional for writers."""
+    if engine.dialect.name != "postgresql":
+        return  # SQLite has no transaction timestamps; its writes are covered elsewhere
+    for _ in range(3):
+        async with read_connection(engine) as conn:
+            await conn.execute(text("SELECT 1"))
+    async with write_transaction(engine) as conn:
+        assert await one_transaction(conn)
+
+
+async def test_pre_ping_is_one_round_trip_and_writes_still_begin(postgres_url: str) -> None:
+    """asyncpg logs simple-protocol statements (the ping, BEGIN, COMMIT), not prepared ones."""
+    from service.settings import Settings
+    from service.storage.db import create_engine
+
+    engine = create_engine(
+        Settings(database_url=postgres_url, db_pool_size=1, db_max_overflow=0, _env_file=None)  # type: ignore[call-arg]
+    )
+    sent: list[str] = []
+    try:
+        async with engine.connect() as conn:  # the one pooled connection, now not fresh
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            driver.add_query_logger(lambda record: sent.append(record.query))
+        async with read_connection(engine) as conn:
+            await conn.execute(text("SELECT 1"))
+        assert sent == [";"]  # was BEGIN; ; ROLLBACK; around the ping
+        sent.clear()
+        async with write_transaction(engine) as conn:
+            await conn.execute(text("SELECT 2"))
+        assert sent == [";", "BEGIN ISOLATION LEVEL READ COMMITTED;", "COMMIT;"]
+    finally:
+        await engine.dispose()
