@@ -36,8 +36,6 @@ import asyncpg
 import orjson
 
 from bench.tasks import body_from, task_body, task_fields
-from service.auth.principal import Principal
-from service.auth.scopes import ScopeSet
 from service.fhir.resource import now_ms, stamp
 from service.search.dates import format_instant, parse_range
 from service.search.extract import extract_index
@@ -92,7 +90,6 @@ _ID = "ZqIDqZ"
 _DATE = "1901-02-03T04:05:00Z"  # a valid dateTime no generated Task carries
 _LAST_UPDATED = datetime(1902, 3, 4, 5, 6, 7, 890_000, tzinfo=UTC)
 _LAST_UPDATED_TEXT = format_instant(_LAST_UPDATED)
-_JAIL_SCOPES = ScopeSet.parse("system/*.cruds")
 
 
 def task_id(i: int, epoch_ms: int) -> str:
@@ -105,19 +102,6 @@ def task_id(i: int, epoch_ms: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _creator_principal(organization: str) -> Principal:
-    # Referrals are created by the jail that requests them (check_write requires a Task's
-    # creator to be its requester), so the creator row names the requester.
-    return Principal(
-        client_id="bench-jail",
-        organization=organization,
-        scopes=_JAIL_SCOPES,
-        is_admin=False,
-        token_id=None,
-        issuer="bench",
-    )
-
-
 def reference_rows(
     body: dict[str, Any], *, resource_id: str, last_updated: datetime
 ) -> tuple[str, list[IndexValue]]:
@@ -125,7 +109,7 @@ def reference_rows(
     final = stamp(body, resource_id=resource_id, version_id=1, last_updated=last_updated)
     entries = extract_index(final, version_id=1)
     entries += creator_entries(
-        _creator_principal(body["requester"]["reference"]),
+        body["requester"]["reference"],
         resource_type="Task",
         resource_id=resource_id,
         version_id=1,

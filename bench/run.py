@@ -434,12 +434,15 @@ def crud_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> 
     _load(dsn, "crud", tasks, owners, outcome)
     ids = asyncio.run(_fetch(dsn, "SELECT id FROM resource ORDER BY random() LIMIT 20000"))
     reads = _write_lines(workdir / "read.txt", [f"/fhir/Task/{r['id']}" for r in ids])
-    bodies = [
-        "/fhir/Task\t" + orjson.dumps(task_body(tasks + i, owners=owners)).decode()
-        for i in range(200)
-    ]
-    creates = _write_lines(workdir / "create.txt", bodies)
     with servers(dsn, workdir, feed_file=None) as (service, ceiling):
+        # A new referral Task starts as requested and its focus must exist: post its
+        # ServiceRequest through the service first, as a JMS would.
+        focus = _create_service_request(driver, service)
+        bodies = [
+            "/fhir/Task\t" + orjson.dumps(new_referral_task(tasks + i, owners, focus)).decode()
+            for i in range(200)
+        ]
+        creates = _write_lines(workdir / "create.txt", bodies)
         _check_crud(driver, service, ceiling, str(ids[0]["id"]), bodies[0].split("\t", 1)[1])
         driver.compare(
             [
@@ -449,6 +452,37 @@ def crud_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> 
             service,
             ceiling,
         )
+
+
+SERVICE_REQUEST = {
+    "resourceType": "ServiceRequest",
+    "status": "active",
+    "intent": "order",
+    "code": {"text": "Medications for opioid use disorder: continuation after release"},
+    "subject": {"reference": "Patient/p-00001"},
+    "requester": {"reference": "Organization/jail-01"},
+    "authoredOn": "2026-05-02T10:15:00Z",
+}
+
+
+def _create_service_request(driver: Driver, service: Server) -> str:
+    token = driver.tokens.issue(service.base)
+    posted = httpx.post(
+        f"{service.base}/fhir/ServiceRequest",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+        content=orjson.dumps(SERVICE_REQUEST),
+    )
+    if posted.status_code != 201:
+        raise RuntimeError(f"could not create the ServiceRequest: {posted.text}")
+    return f"ServiceRequest/{posted.json()['id']}"
+
+
+def new_referral_task(i: int, owners: int, focus: str) -> dict[str, Any]:
+    body = task_body(i, owners=owners)
+    body["status"] = "requested"
+    body["focus"] = {"reference": focus}
+    body["basedOn"] = [{"reference": focus}]
+    return body
 
 
 def _check_crud(driver: Driver, service: Server, ceiling: Server, rid: str, body: str) -> None:

@@ -25,7 +25,9 @@ class Settings(BaseSettings):
         False, description="On PostgreSQL, apply migrations at start-up (SQLite always does)."
     )
     db_pool_size: int = Field(10, ge=1, description="Connections per replica (PostgreSQL).")
-    db_max_overflow: int = Field(5, ge=0, description="Extra connections under bursts.")
+    # Overflow connections are opened and closed again per burst (a PostgreSQL backend start
+    # each time): under sustained load beyond the pool, queueing for a pooled one is cheaper.
+    db_max_overflow: int = Field(0, ge=0, description="Extra connections under bursts.")
     db_pool_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
     public_base_url: str | None = Field(
         None,

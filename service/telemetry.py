@@ -286,6 +286,10 @@ class Telemetry:
     referral_max_age: float = 30.0
     engines: list[AsyncEngine] = field(default_factory=list)
     referrals: list[ReferralCounts] = field(default_factory=list)
+    # Statement spans cost ~10 % of a read: they are made only once something can receive
+    # them (an exporter); request spans are always made, for the trace ids in the logs.
+    traced_engines: list[AsyncEngine] = field(default_factory=list)
+    exporting: bool = False
 
     def __post_init__(self) -> None:
         meter = self.meter_provider.get_meter("handoff", __version__)
@@ -331,6 +335,9 @@ class Telemetry:
         """Export finished spans, redacted, through ``exporter``."""
         inner = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
         self.tracer_provider.add_span_processor(RedactingSpanProcessor(inner))
+        self.exporting = True
+        for engine in self.engines:
+            self._trace_statements(engine)
 
     def add_metric_reader(self, reader: MetricReader) -> None:
         self.meter_provider.add_metric_reader(reader)
@@ -342,8 +349,17 @@ class Telemetry:
     # instrumentation ------------------------------------------------------------------------
 
     def instrument_engine(self, engine: AsyncEngine) -> None:
-        """Trace statements (text with placeholders only: parameters are never attached)."""
+        """Pool and referral metrics now; statement spans once there is an exporter."""
         if any(e is engine for e in self.engines):
+            return
+        self.engines.append(engine)
+        self.referrals.append(ReferralCounts(engine, max_age=self.referral_max_age))
+        if self.exporting:
+            self._trace_statements(engine)
+
+    def _trace_statements(self, engine: AsyncEngine) -> None:
+        """Trace statements (text with placeholders only: parameters are never attached)."""
+        if any(e is engine for e in self.traced_engines):
             return
         tracer = self.tracer_provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
         # The instrumentation's own pool counter would duplicate the pool gauges: discard it.
@@ -351,8 +367,7 @@ class Telemetry:
         EngineTracer(  # type: ignore[no-untyped-call]
             tracer, engine.sync_engine, unused, enable_commenter=False
         )
-        self.engines.append(engine)
-        self.referrals.append(ReferralCounts(engine, max_age=self.referral_max_age))
+        self.traced_engines.append(engine)
 
     def instrument_httpx_client(self, client: httpx.AsyncClient | httpx.Client) -> None:
         is_async = isinstance(client, httpx.AsyncClient)

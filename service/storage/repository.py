@@ -187,6 +187,84 @@ async def write_version(
     return seq
 
 
+@dataclass(frozen=True)
+class NewResource:
+    """A resource's first version, with its content and index rows, ready to insert."""
+
+    stored: StoredResource
+    content: dict[str, Any]
+    index: Sequence[IndexEntry]
+
+
+async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResource]) -> None:
+    """Insert many first versions, one executemany per table (group commit of AuditEvents).
+
+    Each gets its own history position, as if written one by one in this transaction. The
+    statements are the same whatever the batch size, so they compile (and prepare) once."""
+    if not items:
+        return
+    returned = await conn.execute(
+        insert(history_t)
+        .values(txid=_txid_expression(conn))
+        .returning(
+            history_t.c.resource_type,
+            history_t.c.id,
+            history_t.c.seq,
+            history_t.c.txid,
+            sort_by_parameter_order=True,
+        ),
+        [
+            {
+                "resource_type": i.stored.resource_type,
+                "id": i.stored.id,
+                "version_id": 1,
+                "last_updated": i.stored.last_updated,
+                "method": "POST",
+                "deleted": False,
+                "raw": i.stored.raw,
+            }
+            for i in items
+        ],
+    )
+    positions = {(r[0], r[1]): (int(r[2]), int(r[3])) for r in returned}
+    await conn.execute(
+        insert(resource_t),
+        [
+            {
+                "resource_type": i.stored.resource_type,
+                "id": i.stored.id,
+                "version_id": 1,
+                "last_updated": i.stored.last_updated,
+                "deleted": False,
+                "raw": i.stored.raw,
+                "content": i.content,
+            }
+            for i in items
+        ],
+    )
+    rows: list[dict[str, Any]] = []
+    for i in items:
+        seq, tx = positions[(i.stored.resource_type, i.stored.id)]
+        rows.extend(
+            {
+                "resource_type": e.resource_type,
+                "resource_id": e.resource_id,
+                "version_id": e.version_id,
+                "param": e.param,
+                "system": e.system,
+                "value": e.value,
+                "low": e.low,
+                "high": e.high,
+                "number": e.number,
+                "txid": tx,
+                "seq": seq,
+            }
+            for e in i.index
+        )
+    if rows:
+        await conn.execute(insert(index_t), rows)
+
+
 def history_select(
     *,
     resource_type: str | None,

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.domain import sensitivity
 from service.search.dates import format_instant
 from service.search.params import params_for
 from service.storage import repository as repo
-from service.storage.db import write_transaction
+from service.storage.db import read_connection
+from service.storage.group_commit import committer_for
 from service.storage.repository import StoredResource
 from service.workflows.context import WorkflowContext
 
@@ -181,9 +183,22 @@ def _patient_entity(ref: str) -> dict[str, Any]:
 
 
 async def _store(conn: AsyncConnection, ctx: WorkflowContext, event: dict[str, Any]) -> None:
+    """In the caller's transaction (writes: the AuditEvent commits with the change)."""
     from service.workflows.resources import store_server_resource
 
     await store_server_resource(conn, ctx, event)
+
+
+async def _flush(conn: AsyncConnection, events: Sequence[repo.NewResource]) -> None:
+    await repo.insert_new_resources(conn, events)
+
+
+async def _commit(engine: AsyncEngine, ctx: WorkflowContext, event: dict[str, Any]) -> None:
+    """On its own (reads, failures): committed with other requests' AuditEvents in one shared
+    transaction (``group_commit``); returns once this one is durable."""
+    from service.workflows.resources import prepare_server_resource
+
+    await committer_for(engine, "audit", _flush).write(prepare_server_resource(ctx, event))
 
 
 async def record_write(
@@ -237,54 +252,53 @@ async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -
             if attempted
             else []
         )
-        async with write_transaction(ctx.engine) as conn:
-            await _store(
-                conn,
+        await _commit(
+            ctx.engine,
+            ctx,
+            audit_event(
                 ctx,
-                audit_event(
-                    ctx,
-                    interaction=interaction,
-                    outcome=outcome,
-                    entities=failed,
-                    description=text,
-                    query=query,
-                ),
-            )
+                interaction=interaction,
+                outcome=outcome,
+                entities=failed,
+                description=text,
+                query=query,
+            ),
+        )
         return
     if not ctx.accessed and search is None and ctx.outcomes.get("audit:written"):
         return  # writes only: each already has its AuditEvent, committed with it
-    async with write_transaction(ctx.engine) as conn:
-        entities: list[dict[str, Any]] = []
-        patients: set[str] = set()
-        disclosure = False
-        for item in ctx.accessed:
-            stored: StoredResource = item
-            detail = None
-            body = orjson.loads(stored.raw) if stored.raw else {}
-            patient = _patient_of(body)
-            if patient:
-                patients.add(patient)
-            if sensitivity.is_labelled(body) and ctx.organization:
+    entities: list[dict[str, Any]] = []
+    patients: set[str] = set()
+    disclosure = False
+    for item in ctx.accessed:
+        stored: StoredResource = item
+        detail = None
+        body = orjson.loads(stored.raw) if stored.raw else {}
+        patient = _patient_of(body)
+        if patient:
+            patients.add(patient)
+        if sensitivity.is_labelled(body) and ctx.organization:
+            async with read_connection(ctx.engine) as conn:
                 creator = await repo.index_value(
                     conn, stored.resource_type, stored.id, stored.version_id, "_creator-org"
                 )
                 if creator != ctx.organization:
                     disclosure = True
                     detail = await _basis(conn, ctx, patient)
-            entities.append(_entity(stored, detail=detail))
-        entities.extend(_patient_entity(p) for p in sorted(patients))
-        await _store(
-            conn,
+        entities.append(_entity(stored, detail=detail))
+    entities.extend(_patient_entity(p) for p in sorted(patients))
+    await _commit(
+        ctx.engine,
+        ctx,
+        audit_event(
             ctx,
-            audit_event(
-                ctx,
-                interaction=interaction,
-                outcome="0",
-                entities=entities,
-                disclosure=disclosure,
-                query=query,
-            ),
-        )
+            interaction=interaction,
+            outcome="0",
+            entities=entities,
+            disclosure=disclosure,
+            query=query,
+        ),
+    )
 
 
 async def _basis(
@@ -319,8 +333,7 @@ async def record_unauthenticated(
         description=f"{reason} ({status}) on {path.split('?', 1)[0]}",
     )
     event["agent"] = [{"who": {"display": "unauthenticated client"}, "requestor": True}]
-    async with write_transaction(engine) as conn:
-        await _store(conn, ctx, event)
+    await _commit(engine, ctx, event)
 
 
 async def disclosures(ctx: WorkflowContext, patient_id: str) -> list[dict[str, Any]]:

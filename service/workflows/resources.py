@@ -408,10 +408,9 @@ async def _store(
     return stored
 
 
-async def store_server_resource(
-    conn: AsyncConnection, ctx: WorkflowContext, body: dict[str, Any]
-) -> StoredResource:
-    """Write a resource only the server writes (AuditEvent): no client rules, not audited."""
+def prepare_server_resource(ctx: WorkflowContext, body: dict[str, Any]) -> repo.NewResource:
+    """A new resource only the server writes (AuditEvent), stamped and indexed: no client
+    rules, not audited."""
     rid = new_id()
     last_updated = now_ms()
     final = stamp(body, resource_id=rid, version_id=1, last_updated=last_updated)
@@ -426,8 +425,18 @@ async def store_server_resource(
     stored = StoredResource(
         final["resourceType"], rid, 1, last_updated, False, orjson.dumps(final).decode()
     )
-    await repo.write_version(conn, stored=stored, method="POST", content=final, index=index)
-    return stored
+    return repo.NewResource(stored=stored, content=final, index=index)
+
+
+async def store_server_resource(
+    conn: AsyncConnection, ctx: WorkflowContext, body: dict[str, Any]
+) -> StoredResource:
+    """Write a resource only the server writes in the caller's transaction."""
+    new = prepare_server_resource(ctx, body)
+    await repo.write_version(
+        conn, stored=new.stored, method="POST", content=new.content, index=new.index
+    )
+    return new.stored
 
 
 def _check_client_writable(ctx: WorkflowContext, resource_type: str) -> None:
