@@ -4,6 +4,7 @@
   the same ``resource`` rows the service reads; answers its orjson bytes.
 * ``POST /fhir/Task``: ``orjson.loads`` the body, give it an id, insert it as one 2 KB ``jsonb``
   row (table ``bench_ceiling_task``: text primary key + jsonb), answer the bytes (201).
+* ``POST /v1/referrals``: the same single 2 KB ``jsonb`` insert of the posted JMS payload.
 * ``GET /fhir/Task?owner=..&status=requested&_cursor=..&_count=50``: runs the very SQL the
   service runs for that poll (captured by ``bench.feed_sql``, passed in a JSON file) and
   answers the same searchset Bundle bytes the service would (entries spliced from ``raw``).
@@ -97,6 +98,7 @@ def create_app() -> FastAPI:
         return Response(orjson.dumps(body), media_type=FHIR_JSON)
 
     @app.post("/fhir/Task")
+    @app.post("/v1/referrals")
     async def create(request: Request) -> Response:
         body = orjson.loads(await request.body())
         body["id"] = os.urandom(16).hex()

@@ -58,7 +58,10 @@ TARGETS = {
     "read": Target(0.60),
     "create": Target(0.40),
     "poll": Target(0.50, 2.0),
+    "referral": Target(0.25),
 }
+JAIL_CLIENT = "bench-jail"
+JAIL_SCOPES = "system/*.cruds"
 
 
 @dataclass
@@ -131,11 +134,11 @@ class Tokens:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.ring: Any = None
+        self.clients: dict[str, tuple[str | None, str]] = {ADMIN_CLIENT: (None, ADMIN_SCOPES)}
 
     async def _setup(self) -> None:
         from service.settings import Settings
-        from service.storage.clients import ClientRecord, add_client
-        from service.storage.db import create_engine, write_transaction
+        from service.storage.db import create_engine
         from service.workflows.authn import Authenticator
 
         settings = Settings(database_url=sqlalchemy_url(self.dsn), _env_file=None)
@@ -143,14 +146,27 @@ class Tokens:
         auth = Authenticator(engine=engine, settings=settings)
         try:
             self.ring = await auth.ring()
+        finally:
+            await auth.close()
+            await engine.dispose()
+        await self._register(ADMIN_CLIENT, None, ADMIN_SCOPES)
+
+    async def _register(self, client_id: str, organization: str | None, scopes: str) -> None:
+        from service.settings import Settings
+        from service.storage.clients import ClientRecord, add_client
+        from service.storage.db import create_engine, write_transaction
+
+        settings = Settings(database_url=sqlalchemy_url(self.dsn), _env_file=None)
+        engine = create_engine(settings)
+        try:
             async with write_transaction(engine) as conn:
                 await add_client(
                     conn,
                     ClientRecord(
-                        client_id=ADMIN_CLIENT,
-                        name="benchmark administrator",
-                        organization=None,
-                        scopes=ADMIN_SCOPES,
+                        client_id=client_id,
+                        name=f"benchmark {client_id}",
+                        organization=organization,
+                        scopes=scopes,
                         secret_hash=None,
                         jwks=None,
                         jwks_uri=None,
@@ -159,20 +175,25 @@ class Tokens:
                     ),
                 )
         finally:
-            await auth.close()
             await engine.dispose()
+        self.clients[client_id] = (organization, scopes)
+
+    def register(self, client_id: str, organization: str, scopes: str) -> None:
+        """A client acting for ``organization`` (e.g. the jail's JMS)."""
+        asyncio.run(self._register(client_id, organization, scopes))
 
     def setup(self) -> None:
         asyncio.run(self._setup())
 
-    def issue(self, base: str) -> str:
+    def issue(self, base: str, client_id: str = ADMIN_CLIENT) -> str:
         from service.auth.scopes import ScopeSet
         from service.auth.tokens import issue_access_token
 
+        organization, scopes = self.clients[client_id]
         return issue_access_token(
-            client_id=ADMIN_CLIENT,
-            organization=None,
-            scopes=ScopeSet.parse(ADMIN_SCOPES),
+            client_id=client_id,
+            organization=organization,
+            scopes=ScopeSet.parse(scopes),
             ring=self.ring,
             issuer=f"{base}/auth",
             audience=f"{base}/fhir",
@@ -283,6 +304,7 @@ class Bench:
     lines: Path
     method: str
     connections: int
+    client: str = ADMIN_CLIENT  # whose token the requests carry
 
 
 class Driver:
@@ -299,7 +321,7 @@ class Driver:
             url=server.base,
             lines=bench.lines,
             method=bench.method,
-            token=self.tokens.issue(server.base),
+            token=self.tokens.issue(server.base, bench.client),
             connections=bench.connections,
             duration=duration,
             server_pid=server.pid,
@@ -444,10 +466,12 @@ def crud_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> 
         ]
         creates = _write_lines(workdir / "create.txt", bodies)
         _check_crud(driver, service, ceiling, str(ids[0]["id"]), bodies[0].split("\t", 1)[1])
+        referrals = _referral_lines(driver, service, ceiling, workdir)
         driver.compare(
             [
                 Bench("read Task by id", "read", reads, "GET", 32),
                 Bench("create Task", "create", creates, "POST", 32),
+                Bench("open referral", "referral", referrals, "POST", 32, client=JAIL_CLIENT),
             ],
             service,
             ceiling,
@@ -483,6 +507,85 @@ def new_referral_task(i: int, owners: int, focus: str) -> dict[str, Any]:
     body["focus"] = {"reference": focus}
     body["basedOn"] = [{"reference": focus}]
     return body
+
+
+# --- POST /v1/referrals ---------------------------------------------------------------------
+
+RECEIVERS = 5
+
+
+def _organization(name: str) -> dict[str, Any]:
+    return {"resourceType": "Organization", "active": True, "name": name}
+
+
+def referral_payload(receiver: str, *, variant: int) -> dict[str, Any]:
+    """A JMS referral (plain JSON) of about 2 KB; @SEQ@ makes ids unique per request."""
+    release = datetime(2026, 12, 1, 8, tzinfo=UTC).isoformat()
+    return {
+        "referral_id": "BENCH-@SEQ@",
+        "person": {
+            "person_id": "P-@SEQ@",
+            "booking_number": "B-@SEQ@",
+            "family_name": "Rivera",
+            "given_names": ["Dana", "M"],
+            "birth_date": f"19{60 + variant % 40}-03-14",
+            "sex": "female" if variant % 2 else "male",
+            "phone": "+1 555 0100",
+        },
+        "referred_by": {"id": "S-1", "name": "Jordan Lee", "role": "peer-specialist"},
+        "intercept": 4,
+        "release": {"expected_at": release, "location": "Main gate, Riverbend County Jail"},
+        "services": ["moud-buprenorphine", "peer-support", "naloxone"][: 1 + variant % 3],
+        "receiving_organization": receiver,
+        "priority": "urgent" if variant % 4 == 0 else "routine",
+        "notes": (
+            "Continue buprenorphine 16 mg daily; last dose in custody on the morning of release. "
+            "Prefers morning appointments; has a phone; peer specialist will meet at the gate. "
+        )
+        * 8,
+        "contact_directly": True,
+    }
+
+
+def _referral_lines(driver: Driver, service: Server, ceiling: Server, workdir: Path) -> Path:
+    """The jail and its receivers exist (made through the service); the JMS client acts for the
+    jail; lines are referral payloads. One request is checked on both servers first."""
+    token = driver.tokens.issue(service.base)
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+
+    def create_org(name: str) -> str:
+        r = httpx.post(
+            f"{service.base}/fhir/Organization",
+            headers=auth,
+            content=orjson.dumps(_organization(name)),
+        )
+        if r.status_code != 201:
+            raise RuntimeError(f"could not create an Organization: {r.text}")
+        return f"Organization/{r.json()['id']}"
+
+    jail = create_org("Riverbend County Jail (benchmark)")
+    receivers = [create_org(f"Community provider {k} (benchmark)") for k in range(RECEIVERS)]
+    driver.tokens.register(JAIL_CLIENT, jail, JAIL_SCOPES)
+    lines = [
+        "/v1/referrals\t"
+        + orjson.dumps(referral_payload(receivers[k % RECEIVERS], variant=k)).decode()
+        for k in range(200)
+    ]
+    jms = {
+        "Authorization": f"Bearer {driver.tokens.issue(service.base, JAIL_CLIENT)}",
+        "Content-Type": "application/json",
+    }
+    sample = lines[0].split("\t", 1)[1].replace("@SEQ@", "check")
+    mine = httpx.post(f"{service.base}/v1/referrals", headers=jms, content=sample)
+    theirs = httpx.post(f"{ceiling.base}/v1/referrals", headers=jms, content=sample)
+    if mine.status_code != 201 or theirs.status_code != 201:
+        raise RuntimeError(f"referral check failed: {mine.status_code} {mine.text[:500]}")
+    opened = mine.json()
+    driver.outcome.checks.append(
+        f"referral: the service answers 201 with Task {opened.get('task_id')} "
+        f"({opened.get('status')}) for a {len(sample)}-byte JMS payload; the ceiling inserts it"
+    )
+    return _write_lines(workdir / "referrals.txt", lines)
 
 
 def _check_crud(driver: Driver, service: Server, ceiling: Server, rid: str, body: str) -> None:

@@ -3,11 +3,16 @@
 --   wrk -t1 -c32 -d10s -s requests.lua http://127.0.0.1:8000 -- <lines file> <METHOD> [token]
 --
 -- Each line of the file is a path, or a path, a TAB and a body. Requests are formatted once
--- in init(), so request() costs a table lookup: the generator stays cheap.
+-- in init(), so request() costs a table lookup: the generator stays cheap. A body holding
+-- @SEQ@ (a create that must never repeat, e.g. a referral id) is formatted per request with a
+-- value unique to this run instead.
 
 local reqs = {}
+local templates = {}
 local n = 0
 local i = 0
+local seq = 0
+local run_id = ""
 
 function init(args)
   local file = assert(io.open(args[1], "r"))
@@ -25,16 +30,27 @@ function init(args)
       path, body = line, nil
     end
     n = n + 1
-    reqs[n] = wrk.format(method, path, headers, body)
+    if body and body:find("@SEQ@", 1, true) then
+      templates[n] = { method, path, headers, body }
+    else
+      reqs[n] = wrk.format(method, path, headers, body)
+    end
   end
   file:close()
   assert(n > 0, "no requests in " .. args[1])
   math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)"), 16) or 0))
   i = math.random(n) - 1
+  run_id = string.format("%x%x", os.time(), math.random(0, 0xFFFFFF))
 end
 
 function request()
   i = i % n + 1
+  local t = templates[i]
+  if t then
+    seq = seq + 1
+    local body = t[4]:gsub("@SEQ@", run_id .. "-" .. seq)
+    return wrk.format(t[1], t[2], t[3], body)
+  end
   return reqs[i]
 end
 

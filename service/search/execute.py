@@ -48,9 +48,12 @@ from service.storage.repository import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RowCols:
-    """The columns an access filter may use: id, version, last-updated of the rows read."""
+    """The columns an access filter may use: id, version, last-updated of the rows read.
+
+    Compared and hashed by identity (there are two, below), so conditions built for them can
+    be cached."""
 
     id: Any
     version_id: Any
@@ -68,6 +71,8 @@ CURRENT_COLS = RowCols(resource_t.c.id, resource_t.c.version_id, resource_t.c.la
 # Built once: an alias sets up its column collection when first used (~0.1 ms per poll).
 _FEED_INDEX = index_t.alias("feed_index")
 HISTORY_COLS = RowCols(history_t.c.id, history_t.c.version_id, history_t.c.last_updated)
+# One expression object, so that the conditions built on it are cached (criterion_condition).
+_PREVIOUS_VERSION = history_t.c.version_id - 1
 MAX_INCLUDES = 1000
 _MIN_DATE = datetime(1, 1, 2, tzinfo=UTC)
 
@@ -437,7 +442,7 @@ async def _run_feed(
     prev_matches = criteria_condition(
         request,
         id_col=h.id,
-        version_col=h.version_id - 1,
+        version_col=_PREVIOUS_VERSION,
         last_updated_col=h.last_updated,
         base_url=base_url,
         probe=probe,

@@ -6,6 +6,7 @@ commits. Values move as plain dataclasses and JSON text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,13 @@ resource_t = cast(Table, Resource.__table__)  # type: ignore[attr-defined]
 history_t = cast(Table, ResourceHistory.__table__)  # type: ignore[attr-defined]
 index_t = cast(Table, SearchIndex.__table__)  # type: ignore[attr-defined]
 idempotency_t = cast(Table, IdempotencyRecord.__table__)  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=256)
+def aliased(table: Table, name: str) -> Any:
+    """``table.alias(name)``, made once: building an alias sets up its column collection,
+    which the tenancy and consent conditions would otherwise pay on every request."""
+    return table.alias(name)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ constraints as search criteria, and writes must satisfy them before and after.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,7 @@ from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.execute import AccessFilter, RowCols, allow_all
 from service.search.params import params_for
 from service.search.query import Criterion, criterion_condition
-from service.storage.repository import IndexEntry, index_t, resource_t
+from service.storage.repository import IndexEntry, aliased, index_t, resource_t
 
 DIRECTORY_TYPES = frozenset(
     {
@@ -166,9 +167,9 @@ def _has(
 
 def _task_links(org: str, param: str, target: Any) -> ColumnElement[bool]:
     """A current Task whose ``param`` references ``target`` and whose owner or requester is org."""
-    f = index_t.alias("task_link")
-    o = index_t.alias("task_party")
-    r = resource_t.alias("task_current")
+    f = aliased(index_t, "task_link")
+    o = aliased(index_t, "task_party")
+    r = aliased(resource_t, "task_current")
     return exists(
         select(1)
         .select_from(f)
@@ -200,7 +201,10 @@ def _task_links(org: str, param: str, target: Any) -> ColumnElement[bool]:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool]:
+    """What ``org`` may see of ``rtype`` (built once per organization and type: SQL
+    expressions are immutable, and building this one costs more than running it)."""
     if rtype in DIRECTORY_TYPES:
         return true()
     created = _has(rtype, cols, CREATOR_PARAM, org)
@@ -228,7 +232,7 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
     if rtype == "Patient":
         return or_(created, _task_links(org, "patient", literal("Patient/") + cols.id))
     if rtype in PATIENT_DATA_TYPES:
-        p = index_t.alias("own_patient")
+        p = aliased(index_t, "own_patient")
         linked = exists(
             select(1)
             .select_from(p)

@@ -19,11 +19,12 @@ under the medical-emergency exception (break the glass), which is always audited
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, exists, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain import sensitivity
@@ -32,7 +33,7 @@ from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.dates import format_instant
 from service.search.execute import RowCols
 from service.storage import repository as repo
-from service.storage.repository import StoredResource, index_t, resource_t
+from service.storage.repository import StoredResource, aliased, index_t, resource_t
 from service.workflows.context import WorkflowContext
 from service.workflows.rules import RuleSet, WriteEvent
 
@@ -143,6 +144,10 @@ def register(rules: RuleSet) -> None:
 # --- consent in SQL (search filtering) ---------------------------------------------------------
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 def consent_exists(patient_ref: Any, org: str, purpose: str) -> ColumnElement[bool]:
     """An active Consent of ``patient_ref`` naming ``org`` as recipient, for ``purpose``, now."""
     return exists(consent_ids(patient_ref, org, purpose))
@@ -150,12 +155,14 @@ def consent_exists(patient_ref: Any, org: str, purpose: str) -> ColumnElement[bo
 
 def consent_ids(patient_ref: Any, org: str, purpose: str) -> Select[Any]:
     """Ids of the active Consents of ``patient_ref`` that permit disclosure to ``org`` now."""
-    now = datetime.now(UTC)
-    c = index_t.alias("consent_patient")
-    rc = resource_t.alias("consent_current")
+    # Evaluated at each execution, so that a cached condition (``part2_condition``) never
+    # holds a stale instant.
+    now = bindparam("consent_now", callable_=_utcnow, type_=index_t.c.low.type, unique=True)
+    c = aliased(index_t, "consent_patient")
+    rc = aliased(resource_t, "consent_current")
 
     def has(param: str, value: Any) -> ColumnElement[bool]:
-        x = index_t.alias(f"consent_{param.replace('-', '_')}")
+        x = aliased(index_t, f"consent_{param.replace('-', '_')}")
         return exists(
             select(1)
             .select_from(x)
@@ -169,7 +176,7 @@ def consent_ids(patient_ref: Any, org: str, purpose: str) -> Select[Any]:
         )
 
     def rows(param: str) -> Any:
-        return index_t.alias(f"consent_any_{param}")
+        return aliased(index_t, f"consent_any_{param}")
 
     period = rows("period")
     purposes = rows("purpose")
@@ -238,15 +245,17 @@ def consent_ids(patient_ref: Any, org: str, purpose: str) -> Select[Any]:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def part2_condition(
     rtype: str, cols: RowCols, org: str, *, purpose: str
 ) -> ColumnElement[bool] | None:
-    """Extra visibility condition for labelled patient data (None: nothing to add)."""
+    """Extra visibility condition for labelled patient data (None: nothing to add). Built once
+    per type, organization and purpose: the expression is immutable."""
     if rtype not in GUARDED_TYPES:
         return None
-    lab = index_t.alias("part2_label")
-    creator = index_t.alias("part2_creator")
-    pat = index_t.alias("part2_patient")
+    lab = aliased(index_t, "part2_label")
+    creator = aliased(index_t, "part2_creator")
+    pat = aliased(index_t, "part2_patient")
     labelled = exists(
         select(1)
         .select_from(lab)
