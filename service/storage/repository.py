@@ -18,6 +18,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     delete,
     insert,
     literal,
@@ -77,24 +78,45 @@ class HistoryEntry:
     txid: int
 
 
-def _txid_expression(conn: AsyncConnection) -> ColumnElement[Any]:
-    if conn.dialect.name == "postgresql":
-        return literal_column("pg_current_xact_id()::text::bigint", BigInteger)
-    return literal(0, BigInteger)
+# The writing transaction's id: the change feed's commit order (see search.execute).
+_TXID: dict[str, ColumnElement[Any]] = {
+    "postgresql": literal_column("pg_current_xact_id()::text::bigint", BigInteger),
+    "sqlite": literal(0, BigInteger),
+}
+
+
+# Hot statements are built once with bind parameters: SQLAlchemy memoizes a statement's cache
+# key on the object, so re-executing it skips building the expression and its key (most of
+# the Python cost of a primary-key read).
+_CURRENT_COLUMNS = (
+    resource_t.c.version_id,
+    resource_t.c.last_updated,
+    resource_t.c.deleted,
+    resource_t.c.raw,
+)
+_BY_KEY = and_(resource_t.c.resource_type == bindparam("rt"), resource_t.c.id == bindparam("rid"))
+_GET_CURRENT = select(*_CURRENT_COLUMNS).where(_BY_KEY)
+_GET_CURRENT_FOR_UPDATE = _GET_CURRENT.with_for_update()
 
 
 async def get_current(
     conn: AsyncConnection, resource_type: str, resource_id: str, *, for_update: bool = False
 ) -> StoredResource | None:
-    stmt = select(
-        resource_t.c.version_id, resource_t.c.last_updated, resource_t.c.deleted, resource_t.c.raw
-    ).where(resource_t.c.resource_type == resource_type, resource_t.c.id == resource_id)
-    if for_update and conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    row = (await conn.execute(stmt)).first()
+    stmt = (
+        _GET_CURRENT_FOR_UPDATE
+        if for_update and conn.dialect.name == "postgresql"
+        else _GET_CURRENT
+    )
+    row = (await conn.execute(stmt, {"rt": resource_type, "rid": resource_id})).first()
     if row is None:
         return None
     return StoredResource(resource_type, resource_id, row[0], row[1], row[2], row[3])
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_select(condition: ColumnElement[bool]) -> Select[Any]:
+    # Conditions are cached per organization and type (workflows.access), so this is too.
+    return select(*_CURRENT_COLUMNS, condition.label("checked")).where(_BY_KEY)
 
 
 async def get_current_checked(
@@ -102,14 +124,8 @@ async def get_current_checked(
 ) -> tuple[StoredResource, bool] | None:
     """The current version and whether ``condition`` (on ``resource`` columns) holds for it:
     one query where a read would otherwise fetch the row and then test its visibility."""
-    stmt = select(
-        resource_t.c.version_id,
-        resource_t.c.last_updated,
-        resource_t.c.deleted,
-        resource_t.c.raw,
-        condition.label("checked"),
-    ).where(resource_t.c.resource_type == resource_type, resource_t.c.id == resource_id)
-    row = (await conn.execute(stmt)).first()
+    stmt = _checked_select(condition)
+    row = (await conn.execute(stmt, {"rt": resource_type, "rid": resource_id})).first()
     if row is None:
         return None
     return StoredResource(resource_type, resource_id, row[0], row[1], row[2], row[3]), bool(row[4])
@@ -129,6 +145,64 @@ async def get_version(
     return StoredResource(resource_type, resource_id, version_id, row[0], row[1], row[2])
 
 
+# (Bind names differ from the column names, which SQLAlchemy reserves in VALUES/SET.)
+_HISTORY_VALUES: dict[str, Any] = {
+    col: bindparam(f"h_{col}")
+    for col in ("resource_type", "id", "version_id", "last_updated", "method", "deleted", "raw")
+}
+_INSERT_HISTORY = {
+    dialect: insert(history_t)
+    .values(txid=txid, **_HISTORY_VALUES)
+    .returning(history_t.c.seq, history_t.c.txid)
+    for dialect, txid in _TXID.items()
+}
+# Many rows at once (executemany with RETURNING, rows matched back by key).
+_INSERT_HISTORIES = {
+    dialect: insert(history_t)
+    .values(txid=txid)
+    .returning(
+        history_t.c.resource_type,
+        history_t.c.id,
+        history_t.c.seq,
+        history_t.c.txid,
+        sort_by_parameter_order=True,
+    )
+    for dialect, txid in _TXID.items()
+}
+_INSERT_RESOURCE = insert(resource_t)
+_UPDATE_RESOURCE = (
+    update(resource_t)
+    .where(resource_t.c.resource_type == bindparam("rt"), resource_t.c.id == bindparam("rid"))
+    .values(
+        version_id=bindparam("u_version_id"),
+        last_updated=bindparam("u_last_updated"),
+        deleted=bindparam("u_deleted"),
+        raw=bindparam("u_raw"),
+        content=bindparam("u_content", type_=resource_t.c.content.type),
+    )
+)
+_INSERT_INDEX = insert(index_t)
+
+
+def _index_rows(index: Sequence[IndexEntry], *, txid: int, seq: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "resource_type": e.resource_type,
+            "resource_id": e.resource_id,
+            "version_id": e.version_id,
+            "param": e.param,
+            "system": e.system,
+            "value": e.value,
+            "low": e.low,
+            "high": e.high,
+            "number": e.number,
+            "txid": txid,
+            "seq": seq,
+        }
+        for e in index
+    ]
+
+
 async def write_version(
     conn: AsyncConnection,
     *,
@@ -140,18 +214,16 @@ async def write_version(
     """Record one new version (history row, current row, index rows); returns its ``seq``."""
     row = (
         await conn.execute(
-            insert(history_t)
-            .values(
-                txid=_txid_expression(conn),
-                resource_type=stored.resource_type,
-                id=stored.id,
-                version_id=stored.version_id,
-                last_updated=stored.last_updated,
-                method=method,
-                deleted=stored.deleted,
-                raw=stored.raw,
-            )
-            .returning(history_t.c.seq, history_t.c.txid)
+            _INSERT_HISTORY[conn.dialect.name],
+            {
+                "h_resource_type": stored.resource_type,
+                "h_id": stored.id,
+                "h_version_id": stored.version_id,
+                "h_last_updated": stored.last_updated,
+                "h_method": method,
+                "h_deleted": stored.deleted,
+                "h_raw": stored.raw,
+            },
         )
     ).one()
     seq, txid = int(row[0]), int(row[1])
@@ -164,34 +236,19 @@ async def write_version(
     }
     if stored.version_id == 1:
         await conn.execute(
-            insert(resource_t).values(resource_type=stored.resource_type, id=stored.id, **values)
+            _INSERT_RESOURCE, {"resource_type": stored.resource_type, "id": stored.id, **values}
         )
     else:
         await conn.execute(
-            update(resource_t)
-            .where(resource_t.c.resource_type == stored.resource_type, resource_t.c.id == stored.id)
-            .values(**values)
+            _UPDATE_RESOURCE,
+            {
+                "rt": stored.resource_type,
+                "rid": stored.id,
+                **{f"u_{k}": v for k, v in values.items()},
+            },
         )
     if index:
-        await conn.execute(
-            insert(index_t),
-            [
-                {
-                    "resource_type": e.resource_type,
-                    "resource_id": e.resource_id,
-                    "version_id": e.version_id,
-                    "param": e.param,
-                    "system": e.system,
-                    "value": e.value,
-                    "low": e.low,
-                    "high": e.high,
-                    "number": e.number,
-                    "txid": txid,
-                    "seq": seq,
-                }
-                for e in index
-            ],
-        )
+        await conn.execute(_INSERT_INDEX, _index_rows(index, txid=txid, seq=seq))
     return seq
 
 
@@ -212,15 +269,7 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
     if not items:
         return
     returned = await conn.execute(
-        insert(history_t)
-        .values(txid=_txid_expression(conn))
-        .returning(
-            history_t.c.resource_type,
-            history_t.c.id,
-            history_t.c.seq,
-            history_t.c.txid,
-            sort_by_parameter_order=True,
-        ),
+        _INSERT_HISTORIES[conn.dialect.name],
         [
             {
                 "resource_type": i.stored.resource_type,
@@ -236,7 +285,7 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
     )
     positions = {(r[0], r[1]): (int(r[2]), int(r[3])) for r in returned}
     await conn.execute(
-        insert(resource_t),
+        _INSERT_RESOURCE,
         [
             {
                 "resource_type": i.stored.resource_type,
@@ -253,24 +302,9 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
     rows: list[dict[str, Any]] = []
     for i in items:
         seq, tx = positions[(i.stored.resource_type, i.stored.id)]
-        rows.extend(
-            {
-                "resource_type": e.resource_type,
-                "resource_id": e.resource_id,
-                "version_id": e.version_id,
-                "param": e.param,
-                "system": e.system,
-                "value": e.value,
-                "low": e.low,
-                "high": e.high,
-                "number": e.number,
-                "txid": tx,
-                "seq": seq,
-            }
-            for e in i.index
-        )
+        rows.extend(_index_rows(i.index, txid=tx, seq=seq))
     if rows:
-        await conn.execute(insert(index_t), rows)
+        await conn.execute(_INSERT_INDEX, rows)
 
 
 def history_select(
@@ -330,22 +364,24 @@ async def index_value(
 ) -> str | None:
     row = (
         await conn.execute(
-            select(index_t.c.value).where(
-                index_t.c.resource_type == resource_type,
-                index_t.c.resource_id == resource_id,
-                index_t.c.version_id == version_id,
-                index_t.c.param == param,
-            )
+            _INDEX_VALUE,
+            {"rt": resource_type, "rid": resource_id, "vid": version_id, "param": param},
         )
     ).first()
     return str(row[0]) if row and row[0] is not None else None
 
 
+_INDEX_VALUE = select(index_t.c.value).where(
+    index_t.c.resource_type == bindparam("rt"),
+    index_t.c.resource_id == bindparam("rid"),
+    index_t.c.version_id == bindparam("vid"),
+    index_t.c.param == bindparam("param"),
+)
+_EXISTS = select(resource_t.c.deleted).where(_BY_KEY)
+
+
 async def resource_exists(conn: AsyncConnection, resource_type: str, resource_id: str) -> bool:
-    stmt = select(resource_t.c.deleted).where(
-        resource_t.c.resource_type == resource_type, resource_t.c.id == resource_id
-    )
-    row = (await conn.execute(stmt)).first()
+    row = (await conn.execute(_EXISTS, {"rt": resource_type, "rid": resource_id})).first()
     return row is not None and not row[0]
 
 
@@ -410,6 +446,7 @@ async def lock_key(conn: AsyncConnection, key: str) -> None:
     database's single write lock (BEGIN IMMEDIATE), so there is nothing more to take.
     """
     if conn.dialect.name == "postgresql":
-        await conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key}
-        )
+        await conn.execute(_ADVISORY_LOCK, {"k": key})
+
+
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))")
