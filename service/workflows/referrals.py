@@ -32,6 +32,7 @@ from service.search.execute import run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
+from service.storage.repository import StoredResource
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.access import ACTOR_PARAM
@@ -235,27 +236,26 @@ async def _timeline(
                 actor = await repo.index_value(
                     conn, "Task", task["id"], entry.stored.version_id, ACTOR_PARAM
                 )
-                events.append(
-                    {
-                        "at": format_instant(entry.stored.last_updated),
-                        "task_id": task["id"],
-                        "version": entry.stored.version_id,
-                        "status": body.get("status"),
-                        "business_status": _coding(
-                            body.get("businessStatus"), codes.BUSINESS_STATUS_SYSTEM
-                        )
-                        or (
-                            {"display": body["businessStatus"].get("text")}
-                            if body.get("businessStatus")
-                            else None
-                        ),
-                        "reason": (body.get("statusReason") or {}).get("text"),
-                        "owner": (body.get("owner") or {}).get("reference"),
-                        "by": actor,
-                    }
-                )
+                events.append(_event(body, entry.stored, by=actor))
             previous = body
     return sorted(events, key=lambda e: (e["at"], e["version"]))
+
+
+def _event(body: dict[str, Any], version: StoredResource, *, by: str | None) -> dict[str, Any]:
+    """One timeline event: a version of a Task that changed its status or milestone."""
+    return {
+        "at": format_instant(version.last_updated),
+        "task_id": version.id,
+        "version": version.version_id,
+        "status": body.get("status"),
+        "business_status": _coding(body.get("businessStatus"), codes.BUSINESS_STATUS_SYSTEM)
+        or (
+            {"display": body["businessStatus"].get("text")} if body.get("businessStatus") else None
+        ),
+        "reason": (body.get("statusReason") or {}).get("text"),
+        "owner": (body.get("owner") or {}).get("reference"),
+        "by": by,
+    }
 
 
 def _outputs(task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -283,6 +283,24 @@ async def referral_view(
     stored = await wf.read_in(conn, ctx, "ServiceRequest", sr_id)
     sr = orjson.loads(stored.raw or "{}")
     tasks = await _tasks_for(conn, ctx, sr_id)
+    view = _view(ctx, sr_id, sr, tasks)
+    if with_timeline:
+        view["timeline"] = await _timeline(conn, ctx, tasks)
+    return view
+
+
+def _opened_view(ctx: WorkflowContext, sr: StoredResource, task: StoredResource) -> dict[str, Any]:
+    """The view of a referral just opened, from what was written (no re-read): the referring
+    organization wrote both resources, so it sees them whole, and the timeline has one event."""
+    task_body = orjson.loads(task.raw or "{}")
+    view = _view(ctx, sr.id, orjson.loads(sr.raw or "{}"), [task_body])
+    view["timeline"] = [_event(task_body, task, by=ctx.organization)]
+    return view
+
+
+def _view(
+    ctx: WorkflowContext, sr_id: str, sr: dict[str, Any], tasks: list[dict[str, Any]]
+) -> dict[str, Any]:
     current = tasks[-1] if tasks else None
     period = sr.get("occurrencePeriod") or {}
     services = [
@@ -336,8 +354,6 @@ async def referral_view(
             "task": f"{ctx.base_url}/Task/{current['id']}" if current else None,
         },
     }
-    if with_timeline:
-        view["timeline"] = await _timeline(conn, ctx, tasks)
     return view
 
 
@@ -624,8 +640,8 @@ async def open_referral(
         )
         sr_result = await wf.create_in(conn, ctx, sr)
         task = _task(data, sr=sr, sr_id=sr_result.stored.id, owner=owner, organization=organization)
-        await wf.create_in(conn, ctx, task)
-        body = await referral_view(conn, ctx, sr_result.stored.id)
+        task_result = await wf.create_in(conn, ctx, task)
+        body = _opened_view(ctx, sr_result.stored, task_result.stored)
         await idempotency.finish(
             conn,
             client_id=ctx.principal.client_id,

@@ -277,6 +277,24 @@ async def test_idempotent_referrals_and_business_identifier(network: dict[str, A
     assert len(listed) == 2
 
 
+async def test_opened_referral_answer_is_the_same_view_as_a_later_read(
+    network: dict[str, Any],
+) -> None:
+    """The 201 answer is built from what was written, without reading it back: it must be
+    exactly what GET /v1/referrals/{id} (and a replay by the JMS referral id) then shows."""
+    jail, ids = network["jail"], network["ids"]
+    body = referral(ids["otp"], referral_id="REF-VIEW", notes="Bring ID")
+    opened = await jail.post("/v1/referrals", json=body)
+    assert opened.status_code == 201, opened.text
+    read = await jail.get(f"/v1/referrals/{opened.json()['referral_id']}")
+    assert read.status_code == 200
+    assert opened.json() == read.json()
+    [event] = opened.json()["timeline"]
+    assert event["status"] == "requested" and event["by"] == ids["jail"]
+    replay = await jail.post("/v1/referrals", json=body)
+    assert replay.status_code == 200 and replay.json() == read.json()
+
+
 async def test_validation_lists_every_problem(network: dict[str, Any]) -> None:
     jail = network["jail"]
     bad = referral("Organization/does-not-exist")
