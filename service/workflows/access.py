@@ -288,8 +288,6 @@ def access_filter(
 
     Besides tenancy and scopes, 42 CFR Part 2: labelled patient data of another author needs
     an active consent naming the caller's organization (unless breaking the glass)."""
-    from service.workflows.consents import part2_condition
-
     if principal is None or principal.is_admin:
         return allow_all
     org = principal.organization
@@ -297,16 +295,36 @@ def access_filter(
     def visible(rtype: str, cols: RowCols) -> ColumnElement[bool] | None:
         if not principal.scopes.allows(rtype, action):
             return None
-        scope = _constraint_condition(
-            rtype, cols, principal.scopes.constraints(rtype, action), base_url
-        )
-        if org is None:  # a client with no organization sees directory data only
-            return scope if rtype in DIRECTORY_TYPES else None
-        condition = and_(tenancy_condition(rtype, cols, org), scope)
-        part2 = None if emergency else part2_condition(rtype, cols, org, purpose=purpose)
-        return condition if part2 is None else and_(condition, part2)
+        constraints = principal.scopes.constraints(rtype, action)
+        if constraints:  # rare (SMART v2 constrained scopes): built each time
+            return _visible_condition(rtype, cols, org, constraints, base_url, purpose, emergency)
+        return _cached_visible_condition(rtype, cols, org, (), base_url, purpose, emergency)
 
     return visible
+
+
+def _visible_condition(
+    rtype: str,
+    cols: RowCols,
+    org: str | None,
+    constraints: Any,
+    base_url: str | None,
+    purpose: str,
+    emergency: bool,
+) -> ColumnElement[bool] | None:
+    from service.workflows.consents import part2_condition
+
+    scope = _constraint_condition(rtype, cols, list(constraints), base_url)
+    if org is None:  # a client with no organization sees directory data only
+        return scope if rtype in DIRECTORY_TYPES else None
+    condition = and_(tenancy_condition(rtype, cols, org), scope)
+    part2 = None if emergency else part2_condition(rtype, cols, org, purpose=purpose)
+    return condition if part2 is None else and_(condition, part2)
+
+
+# Without scope constraints the condition depends only on hashable values: build it once (a
+# cached statement part is also a memoized cache key for SQLAlchemy).
+_cached_visible_condition = functools.lru_cache(maxsize=4096)(_visible_condition)
 
 
 def tenancy_filter(principal: Principal | None) -> AccessFilter:

@@ -78,6 +78,13 @@ def _patient_body(person: Person, organization: str, base: dict[str, Any] | None
     return body
 
 
+def _has_identifier(raw: str | None, system: str, value: str) -> bool:
+    body = orjson.loads(raw or "{}")
+    return any(
+        i.get("system") == system and i.get("value") == value for i in body.get("identifier", [])
+    )
+
+
 async def match_or_create_patient(
     conn: AsyncConnection, ctx: WorkflowContext, person: Person
 ) -> tuple[str, bool]:
@@ -95,13 +102,17 @@ async def match_or_create_patient(
             "person needs the jail's person_id or booking_number", expression=["person"]
         )
     await repo.lock_key(conn, f"patient:{keys[0]}")
+    # One search for either identifier (a token OR); the person id wins over the booking
+    # number when they point at different people.
+    either = ",".join(k.replace("\\", "\\\\").replace(",", "\\,") for k in keys)
+    request = wf.parse_search_params(ctx, "Patient", [("identifier", either)], strict=True)
+    request.count = 10
+    page = await wf.search_in(conn, ctx, request)
     found = None
     for key in keys:
-        request = wf.parse_search_params(ctx, "Patient", [("identifier", key)], strict=True)
-        request.count = 2
-        page = await wf.search_in(conn, ctx, request)
-        if page.matches:
-            found = page.matches[0]
+        system, value = key.split("|", 1)
+        found = next((m for m in page.matches if _has_identifier(m.raw, system, value)), None)
+        if found is not None:
             break
     if found is None:
         created = await wf.create_in(conn, ctx, _patient_body(person, organization, None))

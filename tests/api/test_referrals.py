@@ -295,6 +295,27 @@ async def test_opened_referral_answer_is_the_same_view_as_a_later_read(
     assert replay.status_code == 200 and replay.json() == read.json()
 
 
+async def test_person_matched_by_person_id_or_booking_number(network: dict[str, Any]) -> None:
+    jail, ids = network["jail"], network["ids"]
+
+    async def refer(ref: str, **person: Any) -> str:
+        body = referral(ids["otp"], referral_id=ref)
+        body["person"] = {k: v for k, v in {**body["person"], **person}.items() if v is not None}
+        r = await jail.post("/v1/referrals", json=body)
+        assert r.status_code == 201, r.text
+        return str(r.json()["patient_id"])
+
+    first = await refer("REF-M1", person_id="P,7", booking_number="B-7")
+    # a new booking of the same person (ids may hold commas: matched exactly, not split)
+    assert await refer("REF-M2", person_id="P,7", booking_number="B-8") == first
+    assert await refer("REF-M3", person_id=None, booking_number="B-8") == first
+    assert await refer("REF-M4", person_id="P,7", booking_number=None) == first
+    other = await refer("REF-M5", person_id="P-70", booking_number="B-70")
+    assert other != first
+    # the person id wins when the booking number belongs to someone else
+    assert await refer("REF-M6", person_id="P-70", booking_number="B-7") == other
+
+
 async def test_validation_lists_every_problem(network: dict[str, Any]) -> None:
     jail = network["jail"]
     bad = referral("Organization/does-not-exist")
