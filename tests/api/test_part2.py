@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -208,6 +209,18 @@ async def test_expired_consent_discloses_nothing(world: dict[str, Any]) -> None:
     assert (
         await otp.get(f"/fhir/{world['screening']['questionnaire_response']}")
     ).status_code == 404
+
+
+async def test_consent_stops_disclosing_the_moment_it_expires(world: dict[str, Any]) -> None:
+    """The consent check is prepared once and reused (cached SQL): its clock must still be
+    read at each execution, not when the condition was first built."""
+    otp, jail, ids = world["otp"], world["jail"], world["ids"]
+    qr = f"/fhir/{world['screening']['questionnaire_response']}"
+    ends = datetime.now(UTC) + timedelta(seconds=2)
+    await consent(jail, [ids["otp"]], expires=ends.isoformat())
+    assert (await otp.get(qr)).status_code == 200
+    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.5)
+    assert (await otp.get(qr)).status_code == 404
 
 
 async def test_provider_reports_back_only_under_consent(world: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """The benchmark smoke test runs only when asked for (HANDOFF_BENCH_SMOKE=1).
 
 Without it the test is deselected (reported as "deselected", not skipped): it starts two
-servers and wrk against the local PostgreSQL, which CI's default run should not do.
+servers and wrk against the local PostgreSQL and needs wrk installed. ``.ci/run`` installs wrk
+and sets it, so the benchmark is exercised end to end on every CI run and cannot rot.
 """
 
 from __future__ import annotations

@@ -30,13 +30,20 @@ def test_tiny_benchmark_prints_every_row(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for label in ("read Task by id", "create Task", "poll full page", "poll caught up"):
+    for label in (
+        "read Task by id",
+        "create Task",
+        "open referral",
+        "poll full page",
+        "poll caught up",
+    ):
         assert label in done.stdout
     results = json.loads(out.read_text())
     rows = {(s["benchmark"], s["connections"]) for s in results["summary"]}
     assert rows == {
         ("read Task by id", 32),
         ("create Task", 32),
+        ("open referral", 32),
         ("poll full page", 32),
         ("poll full page", 4),
         ("poll caught up", 32),
