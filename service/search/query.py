@@ -13,7 +13,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, and_, exists, false, not_, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Exists,
+    FromClause,
+    Select,
+    and_,
+    exists,
+    false,
+    not_,
+    or_,
+    select,
+    true,
+)
 
 from service.errors import InvalidRequestError, Issue
 from service.search.dates import parse_range
@@ -354,6 +366,14 @@ def value_condition(
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def probe_exists(query: Select[Any]) -> Exists:
+    """EXISTS kept a per-row index probe (``OFFSET 0``; see ``index_exists``). For conditions
+    on rows already chosen otherwise, such as tenancy and consent checks: without the fence,
+    PostgreSQL may run the subquery once for every row it could match and hash the result,
+    e.g. every resource an organization ever created, on each read of one of them."""
+    return exists(query.offset(0))
 
 
 def index_exists(

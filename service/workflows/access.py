@@ -29,7 +29,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, literal, or_, select, true
+from sqlalchemy import ColumnElement, and_, false, literal, or_, select, true
 
 from service.auth.principal import Principal
 from service.auth.scopes import Action
@@ -37,7 +37,7 @@ from service.errors import ForbiddenError, InsufficientScopeError
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.execute import AccessFilter, RowCols, allow_all
 from service.search.params import params_for
-from service.search.query import Criterion, criterion_condition
+from service.search.query import Criterion, criterion_condition, probe_exists
 from service.storage.repository import IndexEntry, aliased, index_t, resource_t
 
 DIRECTORY_TYPES = frozenset(
@@ -152,7 +152,7 @@ def _has(
 ) -> ColumnElement[bool]:
     c = index_t.c
     params = (param,) if isinstance(param, str) else param
-    return exists(
+    return probe_exists(
         select(1)
         .select_from(index_t)
         .where(
@@ -170,7 +170,7 @@ def _task_links(org: str, param: str, target: Any) -> ColumnElement[bool]:
     f = aliased(index_t, "task_link")
     o = aliased(index_t, "task_party")
     r = aliased(resource_t, "task_current")
-    return exists(
+    return probe_exists(
         select(1)
         .select_from(f)
         .join(
@@ -186,7 +186,7 @@ def _task_links(org: str, param: str, target: Any) -> ColumnElement[bool]:
             f.c.resource_type == "Task",
             f.c.param == param,
             f.c.value == target,
-            exists(
+            probe_exists(
                 select(1)
                 .select_from(o)
                 .where(
@@ -210,7 +210,7 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
     created = _has(rtype, cols, CREATOR_PARAM, org)
     if rtype == "Task":
         unowned_open = and_(
-            ~exists(
+            ~probe_exists(
                 select(1)
                 .select_from(index_t)
                 .where(
@@ -233,7 +233,7 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
         return or_(created, _task_links(org, "patient", literal("Patient/") + cols.id))
     if rtype in PATIENT_DATA_TYPES:
         p = aliased(index_t, "own_patient")
-        linked = exists(
+        linked = probe_exists(
             select(1)
             .select_from(p)
             .where(

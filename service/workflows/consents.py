@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain import sensitivity
@@ -32,6 +32,7 @@ from service.errors import BusinessRuleError
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.dates import format_instant
 from service.search.execute import RowCols
+from service.search.query import probe_exists
 from service.storage import repository as repo
 from service.storage.repository import StoredResource, aliased, index_t, resource_t
 from service.workflows.context import WorkflowContext
@@ -150,7 +151,7 @@ def _utcnow() -> datetime:
 
 def consent_exists(patient_ref: Any, org: str, purpose: str) -> ColumnElement[bool]:
     """An active Consent of ``patient_ref`` naming ``org`` as recipient, for ``purpose``, now."""
-    return exists(consent_ids(patient_ref, org, purpose))
+    return probe_exists(consent_ids(patient_ref, org, purpose))
 
 
 def consent_ids(patient_ref: Any, org: str, purpose: str) -> Select[Any]:
@@ -163,7 +164,7 @@ def consent_ids(patient_ref: Any, org: str, purpose: str) -> Select[Any]:
 
     def has(param: str, value: Any) -> ColumnElement[bool]:
         x = aliased(index_t, f"consent_{param.replace('-', '_')}")
-        return exists(
+        return probe_exists(
             select(1)
             .select_from(x)
             .where(
@@ -182,7 +183,7 @@ def consent_ids(patient_ref: Any, org: str, purpose: str) -> Select[Any]:
     purposes = rows("purpose")
     period_ok = or_(
         not_(
-            exists(
+            probe_exists(
                 select(1)
                 .select_from(period)
                 .where(
@@ -193,7 +194,7 @@ def consent_ids(patient_ref: Any, org: str, purpose: str) -> Select[Any]:
                 )
             )
         ),
-        exists(
+        probe_exists(
             select(1)
             .select_from(period)
             .where(
@@ -208,7 +209,7 @@ def consent_ids(patient_ref: Any, org: str, purpose: str) -> Select[Any]:
     )
     purpose_ok = or_(
         not_(
-            exists(
+            probe_exists(
                 select(1)
                 .select_from(purposes)
                 .where(
@@ -256,7 +257,7 @@ def part2_condition(
     lab = aliased(index_t, "part2_label")
     creator = aliased(index_t, "part2_creator")
     pat = aliased(index_t, "part2_patient")
-    labelled = exists(
+    labelled = probe_exists(
         select(1)
         .select_from(lab)
         .where(
@@ -267,7 +268,7 @@ def part2_condition(
             lab.c.value == "42CFRPart2",
         )
     )
-    authored = exists(
+    authored = probe_exists(
         select(1)
         .select_from(creator)
         .where(
@@ -278,7 +279,7 @@ def part2_condition(
             creator.c.value == org,
         )
     )
-    consented = exists(
+    consented = probe_exists(
         select(1)
         .select_from(pat)
         .where(

@@ -97,3 +97,65 @@ async def test_patient_search_uses_indexes(engine: AsyncEngine) -> None:
     plan = await _plans(engine, [("patient", "Patient/p-42")])
     assert "Seq Scan on search_index" not in plan, plan
     assert "Seq Scan on resource " not in plan + " ", plan
+
+
+async def test_an_organizations_search_never_walks_everything_it_made(
+    engine: AsyncEngine,
+) -> None:
+    """Tenancy is an OR of EXISTS checks. Unfenced, PostgreSQL may evaluate one as a hashed
+    subplan: every row the organization ever created, collected on each of its searches
+    (found by the referral benchmark: a jail's reads slowed as its referrals grew)."""
+    import re
+
+    from service.auth.principal import Principal
+    from service.auth.scopes import ScopeSet
+    from service.workflows.access import access_filter
+
+    async with engine.begin() as conn:
+        await conn.execute(text(LOAD))
+        for table in ("resource", "resource_history", "search_index"):
+            await conn.execute(text(f"ANALYZE {table}"))
+        # The organization's 20,000 resources arrive after the last ANALYZE (statistics lag
+        # behind growth): the planner believes the organization has created almost nothing.
+        await conn.execute(
+            text(
+                "INSERT INTO search_index (resource_type, resource_id, version_id, param, value,"
+                " txid, seq) SELECT 'Task', id, 1, '_creator-org', 'Organization/big', 1, 1"
+                " FROM resource WHERE resource_type = 'Task'"
+            )
+        )
+    principal = Principal(
+        client_id="c",
+        organization="Organization/big",
+        scopes=ScopeSet.parse("system/*.cruds"),
+        is_admin=False,
+        token_id=None,
+        issuer="t",
+    )
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
+        captured.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with engine.connect() as conn:
+            # a search that an index answers in a few rows, as the organization
+            request = parse_search(
+                "Task", [("patient", "Patient/p-77")], strict=True, default_count=50, max_count=50
+            )
+            page = await run_search(
+                conn, request, access=access_filter(principal, "s", base_url=None)
+            )
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    assert {m.id for m in page.matches} == {"task-77", "task-5077", "task-10077", "task-15077"}
+    statement, parameters = captured[-1]
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        assert raw.driver_connection is not None
+        rows = await raw.driver_connection.fetch("EXPLAIN ANALYZE " + statement, *parameters)
+    plan = "\n".join(r[0] for r in rows)
+    assert "hashed SubPlan" not in plan, plan
+    most = max(int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan))
+    assert most <= 10, plan  # per-row probes, not 20,000 rows of the organization
