@@ -380,6 +380,30 @@ _INDEX_VALUE = select(index_t.c.value).where(
 _EXISTS = select(resource_t.c.deleted).where(_BY_KEY)
 
 
+_WITH_IDENTIFIER = (
+    select(index_t.c.resource_id, index_t.c.version_id)
+    .where(
+        index_t.c.resource_type == bindparam("rt"),
+        index_t.c.param == "identifier",
+        index_t.c.system == bindparam("system"),
+        index_t.c.value == bindparam("value"),
+    )
+    .order_by(index_t.c.resource_id, index_t.c.version_id.desc())
+    .limit(bindparam("limit"))
+)
+
+
+async def versions_with_identifier(
+    conn: AsyncConnection, resource_type: str, system: str, value: str, *, limit: int = 20
+) -> list[tuple[str, int]]:
+    """(id, version) of every version, current or not, that carried ``system|value``: from
+    the identifier's own index rows alone, so no planner estimate can make it scan a type."""
+    rows = await conn.execute(
+        _WITH_IDENTIFIER, {"rt": resource_type, "system": system, "value": value, "limit": limit}
+    )
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
 async def resource_exists(conn: AsyncConnection, resource_type: str, resource_id: str) -> bool:
     row = (await conn.execute(_EXISTS, {"rt": resource_type, "rid": resource_id})).first()
     return row is not None and not row[0]

@@ -78,13 +78,6 @@ def _patient_body(person: Person, organization: str, base: dict[str, Any] | None
     return body
 
 
-def _has_identifier(raw: str | None, system: str, value: str) -> bool:
-    body = orjson.loads(raw or "{}")
-    return any(
-        i.get("system") == system and i.get("value") == value for i in body.get("identifier", [])
-    )
-
-
 async def match_or_create_patient(
     conn: AsyncConnection, ctx: WorkflowContext, person: Person
 ) -> tuple[str, bool]:
@@ -92,27 +85,21 @@ async def match_or_create_patient(
     organization = ctx.organization
     if organization is None:
         raise BusinessRuleError("Only a client acting for an organization can record people")
-    keys = []
+    keys: list[tuple[str, str]] = []  # the person id first: it wins over a booking number
     if person.person_id:
-        keys.append(f"{person_id_system(organization)}|{person.person_id}")
+        keys.append((person_id_system(organization), person.person_id))
     if person.booking_number:
-        keys.append(f"{booking_system(organization)}|{person.booking_number}")
+        keys.append((booking_system(organization), person.booking_number))
     if not keys:
         raise BusinessRuleError(
             "person needs the jail's person_id or booking_number", expression=["person"]
         )
-    await repo.lock_key(conn, f"patient:{keys[0]}")
-    # One search for either identifier (a token OR); the person id wins over the booking
-    # number when they point at different people.
-    either = ",".join(k.replace("\\", "\\\\").replace(",", "\\,") for k in keys)
-    request = wf.parse_search_params(ctx, "Patient", [("identifier", either)], strict=True)
-    request.count = 10
-    page = await wf.search_in(conn, ctx, request)
+    await repo.lock_key(conn, f"patient:{keys[0][0]}|{keys[0][1]}")
     found = None
-    for key in keys:
-        system, value = key.split("|", 1)
-        found = next((m for m in page.matches if _has_identifier(m.raw, system, value)), None)
-        if found is not None:
+    for system, value in keys:
+        matches = await wf.find_by_identifier(conn, ctx, "Patient", system, value)
+        if matches:
+            found = matches[0]
             break
     if found is None:
         created = await wf.create_in(conn, ctx, _patient_body(person, organization, None))

@@ -625,12 +625,11 @@ async def open_referral(
             return replay.status_code, replay.body
         if data.jms_referral_id:
             # The JMS's own referral id is a business identifier: the same id is the same referral.
-            key = f"{referral_id_system(organization)}|{data.jms_referral_id}"
-            await repo.lock_key(conn, f"referral:{key}")
-            request = wf.parse_search_params(
-                ctx, "ServiceRequest", [("identifier", key)], strict=True
+            system = referral_id_system(organization)
+            await repo.lock_key(conn, f"referral:{system}|{data.jms_referral_id}")
+            existing = await wf.find_by_identifier(
+                conn, ctx, "ServiceRequest", system, data.jms_referral_id
             )
-            existing = (await wf.search_in(conn, ctx, request)).matches
             if existing:
                 return 200, await referral_view(conn, ctx, existing[0].id)
         owner, service = await _check_references(conn, ctx, data)

@@ -164,6 +164,36 @@ async def _current(
     return await disclose(conn, ctx, stored)
 
 
+async def find_by_identifier(
+    conn: AsyncConnection, ctx: WorkflowContext, resource_type: str, system: str, value: str
+) -> list[StoredResource]:
+    """The live resources whose current version has the identifier ``system|value`` and that
+    the caller may see (as a search would), for business-key lookups (a JMS's referral id, a
+    jail's person id). Found from the identifier's index rows first, then each checked by
+    primary key: a few rows whatever the database's statistics say, where the same search as
+    a single statement can be planned as a walk over every resource of the type while the
+    statistics lag behind a growing type."""
+    check_type(resource_type)
+    access = ctx.search_access or ctx.access
+    allowed = access(resource_type, CURRENT_COLS)
+    if allowed is None:
+        return []
+    found = []
+    seen: set[str] = set()
+    for rid, version in await repo.versions_with_identifier(conn, resource_type, system, value):
+        if rid in seen:
+            continue
+        seen.add(rid)
+        current = await repo.get_current_checked(conn, resource_type, rid, allowed)
+        if current is None or not current[1]:
+            continue
+        stored = current[0]
+        if stored.deleted or stored.version_id != version:
+            continue  # deleted, or the identifier was on an older version only
+        found.append(await disclose(conn, ctx, stored))
+    return found
+
+
 def _audit_as(ctx: WorkflowContext, interaction: str, target: str | None = None) -> None:
     ctx.outcomes.setdefault("audit:interaction", interaction)
     if target:

@@ -316,6 +316,27 @@ async def test_person_matched_by_person_id_or_booking_number(network: dict[str, 
     assert await refer("REF-M6", person_id="P-70", booking_number="B-7") == other
 
 
+async def test_person_whose_identifier_was_removed_is_not_matched(
+    network: dict[str, Any],
+) -> None:
+    """Business-key lookups read the identifier's index rows, which keep every version's:
+    only a current version that still carries the identifier matches."""
+    jail, ids = network["jail"], network["ids"]
+    body = referral(ids["otp"], referral_id="REF-R1")
+    body["person"] = {**body["person"], "person_id": "P-R", "booking_number": "B-R"}
+    first = (await jail.post("/v1/referrals", json=body)).json()["patient_id"]
+    patient = (await jail.get(f"/fhir/Patient/{first}")).json()
+    patient.pop("identifier")
+    r = await jail.put(
+        f"/fhir/Patient/{first}",
+        json=patient,
+        headers={**FHIR_JSON, "If-Match": f'W/"{patient["meta"]["versionId"]}"'},
+    )
+    assert r.status_code == 200, r.text
+    again = await jail.post("/v1/referrals", json={**body, "referral_id": "REF-R2"})
+    assert again.status_code == 201 and again.json()["patient_id"] != first
+
+
 async def test_validation_lists_every_problem(network: dict[str, Any]) -> None:
     jail = network["jail"]
     bad = referral("Organization/does-not-exist")
