@@ -10,7 +10,8 @@
   answers the same searchset Bundle bytes the service would (entries spliced from ``raw``).
 
 No middleware, no authentication, no validation: the cost of the stack itself. Same server
-settings as the service (uvicorn, one worker, uvloop + httptools, no access log).
+settings as the service (uvicorn, the same number of workers, uvloop + httptools, no access
+log).
 
     BENCH_CEILING_DSN=postgresql://... BENCH_CEILING_FEED=feed.json \
         uvicorn bench.ceiling_app:create_app --factory
@@ -19,6 +20,7 @@ settings as the service (uvicorn, one worker, uvloop + httptools, no access log)
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -79,7 +81,9 @@ def create_app() -> FastAPI:
             dsn, min_size=min(10, pool_size), max_size=pool_size, init=_init_connection
         )
         async with pool.acquire() as conn:
-            await conn.execute(CREATE_TABLE)
+            # another worker may create it at the same moment
+            with contextlib.suppress(asyncpg.UniqueViolationError):
+                await conn.execute(CREATE_TABLE)
         app.state.pool = pool
         yield
         await pool.close()

@@ -36,6 +36,32 @@ def _proc_cpu(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / _TICK
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (uvicorn's worker processes)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                parents[int(entry)] = int(fh.read().rsplit(b")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    total = 0.0
+    for member in tree:
+        try:
+            total += _proc_cpu(member)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 def postgres_cpu(database: str | None = None) -> dict[int, float]:
     """CPU seconds per PostgreSQL process: backends serving ``database`` (by process title)
     and the shared writers (WAL writer, checkpointer, background writer); all if None.
@@ -91,7 +117,7 @@ class Run:
     p99_ms: float
     max_ms: float
     errors: int
-    app_cpu_us: float  # server process CPU per request
+    app_cpu_us: float  # server CPU per request (all its worker processes)
     db_cpu_us: float  # CPU of PostgreSQL's backends for the bench database, per request
     wrk_cpu_pct: float  # the generator's share of one core
     machine_busy_pct: float  # of all cores
@@ -129,13 +155,13 @@ def run_wrk(
         method,
         token,
     ]
-    app0, db0, (busy0, total0) = _proc_cpu(server_pid), postgres_cpu(database), machine_cpu()
+    app0, db0, (busy0, total0) = tree_cpu(server_pid), postgres_cpu(database), machine_cpu()
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    app1, db1, (busy1, total1) = _proc_cpu(server_pid), postgres_cpu(database), machine_cpu()
+    app1, db1, (busy1, total1) = tree_cpu(server_pid), postgres_cpu(database), machine_cpu()
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")

@@ -77,6 +77,7 @@ class Options:
     keep: bool
     json_out: Path | None
     profile_dir: Path | None
+    workers: int = 1
 
 
 @dataclass
@@ -256,7 +257,9 @@ class Server:
 
 
 @contextmanager
-def servers(dsn: str, workdir: Path, *, feed_file: Path | None) -> Iterator[tuple[Server, Server]]:
+def servers(
+    dsn: str, workdir: Path, *, feed_file: Path | None, workers: int = 1
+) -> Iterator[tuple[Server, Server]]:
     service_env = {
         "HANDOFF_DATABASE_URL": sqlalchemy_url(dsn),
         "HANDOFF_LOG_LEVEL": "WARNING",
@@ -268,7 +271,12 @@ def servers(dsn: str, workdir: Path, *, feed_file: Path | None) -> Iterator[tupl
         ceiling_env["BENCH_CEILING_FEED"] = str(feed_file)
     started: list[Server] = []
     try:
-        service = Server("service", [PYTHON, "-m", "service", "serve"], service_env, workdir)
+        service = Server(
+            "service",
+            [PYTHON, "-m", "service", "serve", "--workers", str(workers)],
+            service_env,
+            workdir,
+        )
         started.append(service)
         ceiling = Server(
             "ceiling",
@@ -281,6 +289,8 @@ def servers(dsn: str, workdir: Path, *, feed_file: Path | None) -> Iterator[tupl
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--workers",
+                str(workers),
             ],
             ceiling_env,
             workdir,
@@ -456,7 +466,7 @@ def crud_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> 
     _load(dsn, "crud", tasks, owners, outcome)
     ids = asyncio.run(_fetch(dsn, "SELECT id FROM resource ORDER BY random() LIMIT 20000"))
     reads = _write_lines(workdir / "read.txt", [f"/fhir/Task/{r['id']}" for r in ids])
-    with servers(dsn, workdir, feed_file=None) as (service, ceiling):
+    with servers(dsn, workdir, feed_file=None, workers=opts.workers) as (service, ceiling):
         # A new referral Task starts as requested and its focus must exist: post its
         # ServiceRequest through the service first, as a JMS would.
         focus = _create_service_request(driver, service)
@@ -673,7 +683,10 @@ def poll_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> 
     feed_file = workdir / "feed.json"
     feed_file.write_bytes(orjson.dumps(feed.to_dict()))
     outcome.checks.append(f"poll SQL ({len(feed.params)} parameters):\n{feed.sql}")
-    with servers(dsn, workdir, feed_file=feed_file) as (service, ceiling):
+    with servers(dsn, workdir, feed_file=feed_file, workers=driver.opts.workers) as (
+        service,
+        ceiling,
+    ):
         _check_poll(driver, service, ceiling, full[:5], expect=PAGE)
         _check_poll(driver, service, ceiling, ends[:5], expect=0)
         driver.compare(
@@ -757,7 +770,7 @@ def print_report(outcome: Outcome) -> None:
     o = outcome.options
     print(
         f"{o['rounds']} rounds x {o['duration']:.0f} s per server and benchmark, alternating "
-        f"service/ceiling; medians; wrk -t1; uvicorn 1 worker each"
+        f"service/ceiling; medians; wrk -t1; uvicorn {o['workers']} worker(s) each"
     )
     for label, load in outcome.loads.items():
         print(
@@ -811,6 +824,13 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--keep", action="store_true", help="keep the scratch database")
     p.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     p.add_argument("--profile", type=Path, help="py-spy the service once per benchmark, into DIR")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="uvicorn worker processes of each server (default 2, one per core, as in the "
+        "reference ceilings; --profile needs 1)",
+    )
     a = p.parse_args(argv)
     if a.tiny:
         defaults = {"tasks": 3_000, "crud": 3_000, "duration": 1.0, "warmup": 0.0, "rounds": 1}
@@ -836,6 +856,7 @@ def parse_args(argv: list[str] | None) -> Options:
         keep=a.keep,
         json_out=a.json,
         profile_dir=a.profile,
+        workers=1 if a.profile else a.workers,
     )
 
 
