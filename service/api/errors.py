@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from service.errors import (
@@ -177,6 +178,15 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
                 )
             ],
             {"Retry-After": "5"},
+            request_id=request_id,
+        )
+    if isinstance(exc, ClientDisconnect):
+        # The client went away before sending its whole body (a load balancer timeout, a
+        # killed process): nobody will read an answer, and it is not the server's fault.
+        logger.info("client disconnected before sending the whole request")
+        return outcome_response(
+            400,
+            [Issue("error", "incomplete", "The client disconnected before sending the request")],
             request_id=request_id,
         )
     # Never echo the exception: its text may hold health data. The request id links to the log.

@@ -97,3 +97,46 @@ async def test_unexpected_error_is_500_without_leaking(
     assert "Jane" not in r.text and "secret" not in r.text
     assert "req-123" in body["issue"][0]["diagnostics"]
     assert r.headers["X-Request-ID"] == "req-123"
+
+
+async def test_a_client_that_disconnects_mid_body_is_not_a_server_error(
+    app, issue_token, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    """The body never arrives (the client went away): a 400 nobody reads, logged quietly —
+    not an unhandled 500 paging the operator."""
+    token = await issue_token(scopes="system/*.cruds")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/fhir/Task",
+        "raw_path": b"/fhir/Task",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-type", b"application/fhir+json"),
+            (b"content-length", b"2000"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    messages = [{"type": "http.request", "body": b'{"resourceType":', "more_body": True}]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
