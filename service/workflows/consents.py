@@ -530,7 +530,6 @@ async def record_consent(
 ) -> tuple[int, dict[str, Any]]:
     """``POST /v1/consents``: the person's signed Part 2 consent, as a FHIR Consent."""
     from service.errors import ForbiddenError, Issue
-    from service.storage.db import write_transaction
     from service.workflows import idempotency
     from service.workflows import resources as wf
     from service.workflows.people import match_or_create_patient
@@ -539,12 +538,8 @@ async def record_consent(
     organization = ctx.organization
     if organization is None:
         raise ForbiddenError("Only a client acting for an organization records consents")
-    async with write_transaction(ctx.engine) as conn:
-        replay = await idempotency.begin(
-            conn, client_id=ctx.principal.client_id, key=idempotency_key, fingerprint=fingerprint
-        )
-        if replay is not None:
-            return replay.status_code, replay.body
+
+    async def create(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
         unknown = []
         for i, ref in enumerate(recipients):
             if not await repo.resource_exists(conn, "Organization", ref.split("/", 1)[1]):
@@ -566,15 +561,11 @@ async def record_consent(
         )
         created = await wf.create_in(conn, ctx, consent)
         body = consent_view(orjson.loads(created.stored.raw or "{}"))
-        await idempotency.finish(
-            conn,
-            client_id=ctx.principal.client_id,
-            key=idempotency_key,
-            fingerprint=fingerprint,
-            status_code=201,
-            body=body,
-        )
-    return 201, body
+        return 201, body
+
+    return await idempotency.run_once(
+        ctx, key=idempotency_key, fingerprint=fingerprint, work=create
+    )
 
 
 def consent_view(consent: dict[str, Any]) -> dict[str, Any]:

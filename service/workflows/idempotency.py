@@ -8,8 +8,9 @@ then finds that response. Reusing a key for a different request is an error.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,6 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.errors import BusinessRuleError, InvalidRequestError
 from service.fhir.resource import now_ms
 from service.storage import repository as repo
+from service.storage.db import write_transaction
+
+if TYPE_CHECKING:
+    from service.workflows.context import WorkflowContext
 
 MAX_KEY_LENGTH = 255
 
@@ -78,3 +83,31 @@ async def finish(
         body=orjson.dumps(body).decode(),
         created=now_ms(),
     )
+
+
+async def run_once(
+    ctx: WorkflowContext,
+    *,
+    key: str | None,
+    fingerprint: str,
+    work: Callable[[AsyncConnection], Awaitable[tuple[int, dict[str, Any]]]],
+) -> tuple[int, dict[str, Any]]:
+    """``work(conn)`` in one write transaction, at most once per client and key: a retry gets
+    the stored response instead. What ``work`` created (201) is stored with its writes."""
+    assert ctx.principal is not None
+    client_id = ctx.principal.client_id
+    async with write_transaction(ctx.engine) as conn:
+        replay = await begin(conn, client_id=client_id, key=key, fingerprint=fingerprint)
+        if replay is not None:
+            return replay.status_code, replay.body
+        status_code, body = await work(conn)
+        if status_code == 201:
+            await finish(
+                conn,
+                client_id=client_id,
+                key=key,
+                fingerprint=fingerprint,
+                status_code=status_code,
+                body=body,
+            )
+    return status_code, body

@@ -28,7 +28,6 @@ from service.errors import BusinessRuleError, ForbiddenError, Issue
 from service.fhir import oend_codes as oend
 from service.fhir.codes import ADMINISTERED_AT_EXTENSION, intercept_extension, staff_reference
 from service.storage import repository as repo
-from service.storage.db import write_transaction
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
@@ -492,26 +491,18 @@ async def record_naloxone(
 ) -> tuple[int, dict[str, Any]]:
     assert ctx.principal is not None
     organization = _organization(ctx)
-    async with write_transaction(ctx.engine) as conn:
-        replay = await idempotency.begin(
-            conn, client_id=ctx.principal.client_id, key=idempotency_key, fingerprint=fingerprint
-        )
-        if replay is not None:
-            return replay.status_code, replay.body
+
+    async def create(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
         await check_naloxone(conn, ctx, data)
         if data.person is None:
             body = await _record_anonymous(conn, ctx, data, organization)
         else:
             body = await _record_dispense(conn, ctx, data, organization)
-        await idempotency.finish(
-            conn,
-            client_id=ctx.principal.client_id,
-            key=idempotency_key,
-            fingerprint=fingerprint,
-            status_code=201,
-            body=body,
-        )
-    return 201, body
+        return 201, body
+
+    return await idempotency.run_once(
+        ctx, key=idempotency_key, fingerprint=fingerprint, work=create
+    )
 
 
 async def record_overdose_response(
@@ -523,12 +514,8 @@ async def record_overdose_response(
 ) -> tuple[int, dict[str, Any]]:
     assert ctx.principal is not None
     organization = _organization(ctx)
-    async with write_transaction(ctx.engine) as conn:
-        replay = await idempotency.begin(
-            conn, client_id=ctx.principal.client_id, key=idempotency_key, fingerprint=fingerprint
-        )
-        if replay is not None:
-            return replay.status_code, replay.body
+
+    async def create(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
         await check_overdose_response(conn, data)
         patient_id = None
         if data.person is not None:
@@ -557,12 +544,8 @@ async def record_overdose_response(
             "occurred_at": data.occurred_at.isoformat(),
             "links": {"fhir": f"{ctx.base_url}/Observation/{oid}"},
         }
-        await idempotency.finish(
-            conn,
-            client_id=ctx.principal.client_id,
-            key=idempotency_key,
-            fingerprint=fingerprint,
-            status_code=201,
-            body=body,
-        )
-    return 201, body
+        return 201, body
+
+    return await idempotency.run_once(
+        ctx, key=idempotency_key, fingerprint=fingerprint, work=create
+    )

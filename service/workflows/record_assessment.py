@@ -17,7 +17,7 @@ from service.fhir.codes import (
 )
 from service.questionnaires.answers import response_from_answers
 from service.questionnaires.result import ScoreResult
-from service.storage.db import read_connection, write_transaction
+from service.storage.db import read_connection
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
@@ -92,12 +92,8 @@ async def record_assessment(
     ctx: WorkflowContext, data: AssessmentInput, *, idempotency_key: str | None, fingerprint: str
 ) -> tuple[int, dict[str, Any]]:
     assert ctx.principal is not None
-    async with write_transaction(ctx.engine) as conn:
-        replay = await idempotency.begin(
-            conn, client_id=ctx.principal.client_id, key=idempotency_key, fingerprint=fingerprint
-        )
-        if replay is not None:
-            return replay.status_code, replay.body
+
+    async def create(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
         questionnaire = await resolve_instrument(conn, ctx, data.instrument)
         patient_id, _ = await match_or_create_patient(conn, ctx, data.person)
         organization = ctx.organization or ""
@@ -145,15 +141,11 @@ async def record_assessment(
                 "person": f"{root}/v1/people/{patient_id}/assessments",
             },
         }
-        await idempotency.finish(
-            conn,
-            client_id=ctx.principal.client_id,
-            key=idempotency_key,
-            fingerprint=fingerprint,
-            status_code=201,
-            body=body,
-        )
-    return 201, body
+        return 201, body
+
+    return await idempotency.run_once(
+        ctx, key=idempotency_key, fingerprint=fingerprint, work=create
+    )
 
 
 async def person_assessments(ctx: WorkflowContext, patient_id: str) -> list[dict[str, Any]]:

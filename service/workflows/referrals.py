@@ -617,12 +617,8 @@ async def open_referral(
     organization = ctx.organization
     if organization is None:
         raise ForbiddenError("Only a client acting for an organization can refer")
-    async with write_transaction(ctx.engine) as conn:
-        replay = await idempotency.begin(
-            conn, client_id=ctx.principal.client_id, key=idempotency_key, fingerprint=fingerprint
-        )
-        if replay is not None:
-            return replay.status_code, replay.body
+
+    async def create(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
         if data.jms_referral_id:
             # The JMS's own referral id is a business identifier: the same id is the same referral.
             system = referral_id_system(organization)
@@ -641,15 +637,11 @@ async def open_referral(
         task = _task(data, sr=sr, sr_id=sr_result.stored.id, owner=owner, organization=organization)
         task_result = await wf.create_in(conn, ctx, task)
         body = _opened_view(ctx, sr_result.stored, task_result.stored)
-        await idempotency.finish(
-            conn,
-            client_id=ctx.principal.client_id,
-            key=idempotency_key,
-            fingerprint=fingerprint,
-            status_code=201,
-            body=body,
-        )
-    return 201, body
+        return 201, body
+
+    return await idempotency.run_once(
+        ctx, key=idempotency_key, fingerprint=fingerprint, work=create
+    )
 
 
 async def _current_task(conn: AsyncConnection, ctx: WorkflowContext, sr_id: str) -> dict[str, Any]:
