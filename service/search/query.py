@@ -404,7 +404,7 @@ def index_exists(
     if value_condition is not None:
         conds.append(value_condition)
     subquery = select(1).select_from(index_t).where(*conds)
-    return exists(subquery.offset(0) if probe else subquery)
+    return probe_exists(subquery) if probe else exists(subquery)
 
 
 def criterion_condition(
@@ -421,13 +421,9 @@ def criterion_condition(
     more than running a poll (~0.2 ms of SQLAlchemy per criterion), and providers repeat the
     same owner/status poll all day. SQL expressions are immutable, so sharing them is safe;
     ``ap`` dates depend on the current time and are always built afresh."""
-    if any(v.startswith("ap") for v in crit.values) and crit.param.kind in ("date", "number"):
-        return _criterion_condition(
-            crit, resource_type, id_col, version_col, last_updated_col, base_url, probe
-        )
-    return _cached_criterion_condition(
-        crit, resource_type, id_col, version_col, last_updated_col, base_url, probe
-    )
+    now_dependent = crit.param.kind == "date" and any(v.startswith("ap") for v in crit.values)
+    build = _criterion_condition if now_dependent else _cached_criterion_condition
+    return build(crit, resource_type, id_col, version_col, last_updated_col, base_url, probe)
 
 
 def _criterion_condition(

@@ -145,19 +145,8 @@ async def get_version(
     return StoredResource(resource_type, resource_id, version_id, row[0], row[1], row[2])
 
 
-# (Bind names differ from the column names, which SQLAlchemy reserves in VALUES/SET.)
-_HISTORY_VALUES: dict[str, Any] = {
-    col: bindparam(f"h_{col}")
-    for col in ("resource_type", "id", "version_id", "last_updated", "method", "deleted", "raw")
-}
+# One row or many (executemany with RETURNING; rows are matched back by key).
 _INSERT_HISTORY = {
-    dialect: insert(history_t)
-    .values(txid=txid, **_HISTORY_VALUES)
-    .returning(history_t.c.seq, history_t.c.txid)
-    for dialect, txid in _TXID.items()
-}
-# Many rows at once (executemany with RETURNING, rows matched back by key).
-_INSERT_HISTORIES = {
     dialect: insert(history_t)
     .values(txid=txid)
     .returning(
@@ -170,9 +159,10 @@ _INSERT_HISTORIES = {
     for dialect, txid in _TXID.items()
 }
 _INSERT_RESOURCE = insert(resource_t)
+# (Bind names differ from the column names, which SQLAlchemy reserves in SET.)
 _UPDATE_RESOURCE = (
     update(resource_t)
-    .where(resource_t.c.resource_type == bindparam("rt"), resource_t.c.id == bindparam("rid"))
+    .where(_BY_KEY)
     .values(
         version_id=bindparam("u_version_id"),
         last_updated=bindparam("u_last_updated"),
@@ -182,6 +172,28 @@ _UPDATE_RESOURCE = (
     )
 )
 _INSERT_INDEX = insert(index_t)
+
+
+def _history_row(stored: StoredResource, method: str) -> dict[str, Any]:
+    return {
+        "resource_type": stored.resource_type,
+        "id": stored.id,
+        "version_id": stored.version_id,
+        "last_updated": stored.last_updated,
+        "method": method,
+        "deleted": stored.deleted,
+        "raw": stored.raw,
+    }
+
+
+def _current_values(stored: StoredResource, content: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "version_id": stored.version_id,
+        "last_updated": stored.last_updated,
+        "deleted": stored.deleted,
+        "raw": stored.raw,
+        "content": content,
+    }
 
 
 def _index_rows(index: Sequence[IndexEntry], *, txid: int, seq: int) -> list[dict[str, Any]]:
@@ -213,27 +225,10 @@ async def write_version(
 ) -> int:
     """Record one new version (history row, current row, index rows); returns its ``seq``."""
     row = (
-        await conn.execute(
-            _INSERT_HISTORY[conn.dialect.name],
-            {
-                "h_resource_type": stored.resource_type,
-                "h_id": stored.id,
-                "h_version_id": stored.version_id,
-                "h_last_updated": stored.last_updated,
-                "h_method": method,
-                "h_deleted": stored.deleted,
-                "h_raw": stored.raw,
-            },
-        )
+        await conn.execute(_INSERT_HISTORY[conn.dialect.name], _history_row(stored, method))
     ).one()
-    seq, txid = int(row[0]), int(row[1])
-    values = {
-        "version_id": stored.version_id,
-        "last_updated": stored.last_updated,
-        "deleted": stored.deleted,
-        "raw": stored.raw,
-        "content": content,
-    }
+    seq, txid = int(row[2]), int(row[3])
+    values = _current_values(stored, content)
     if stored.version_id == 1:
         await conn.execute(
             _INSERT_RESOURCE, {"resource_type": stored.resource_type, "id": stored.id, **values}
@@ -241,11 +236,8 @@ async def write_version(
     else:
         await conn.execute(
             _UPDATE_RESOURCE,
-            {
-                "rt": stored.resource_type,
-                "rid": stored.id,
-                **{f"u_{k}": v for k, v in values.items()},
-            },
+            {"rt": stored.resource_type, "rid": stored.id}
+            | {f"u_{k}": v for k, v in values.items()},
         )
     if index:
         await conn.execute(_INSERT_INDEX, _index_rows(index, txid=txid, seq=seq))
@@ -269,19 +261,7 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
     if not items:
         return
     returned = await conn.execute(
-        _INSERT_HISTORIES[conn.dialect.name],
-        [
-            {
-                "resource_type": i.stored.resource_type,
-                "id": i.stored.id,
-                "version_id": 1,
-                "last_updated": i.stored.last_updated,
-                "method": "POST",
-                "deleted": False,
-                "raw": i.stored.raw,
-            }
-            for i in items
-        ],
+        _INSERT_HISTORY[conn.dialect.name], [_history_row(i.stored, "POST") for i in items]
     )
     positions = {(r[0], r[1]): (int(r[2]), int(r[3])) for r in returned}
     await conn.execute(
@@ -290,11 +270,7 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
             {
                 "resource_type": i.stored.resource_type,
                 "id": i.stored.id,
-                "version_id": 1,
-                "last_updated": i.stored.last_updated,
-                "deleted": False,
-                "raw": i.stored.raw,
-                "content": i.content,
+                **_current_values(i.stored, i.content),
             }
             for i in items
         ],
