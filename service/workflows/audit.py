@@ -14,8 +14,8 @@ AuditEvents hold references, codes and search parameter names, never names or an
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -189,16 +189,13 @@ async def _store(conn: AsyncConnection, ctx: WorkflowContext, event: dict[str, A
     await store_server_resource(conn, ctx, event)
 
 
-async def _flush(conn: AsyncConnection, events: Sequence[repo.NewResource]) -> None:
-    await repo.insert_new_resources(conn, events)
-
-
 async def _commit(engine: AsyncEngine, ctx: WorkflowContext, event: dict[str, Any]) -> None:
     """On its own (reads, failures): committed with other requests' AuditEvents in one shared
     transaction (``group_commit``); returns once this one is durable."""
     from service.workflows.resources import prepare_server_resource
 
-    await committer_for(engine, "audit", _flush).write(prepare_server_resource(ctx, event))
+    committer = committer_for(engine, "audit", repo.insert_new_resources)
+    await committer.write(prepare_server_resource(ctx, event))
 
 
 async def record_write(
@@ -270,22 +267,27 @@ async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -
     entities: list[dict[str, Any]] = []
     patients: set[str] = set()
     disclosure = False
-    for item in ctx.accessed:
-        stored: StoredResource = item
-        detail = None
-        body = orjson.loads(stored.raw) if stored.raw else {}
-        patient = _patient_of(body)
-        if patient:
-            patients.add(patient)
-        if sensitivity.is_labelled(body) and ctx.organization:
-            async with read_connection(ctx.engine) as conn:
+    # One connection, opened only if some labelled record needs its author and consent
+    # looked up, and given back before the AuditEvent waits for its commit.
+    async with contextlib.AsyncExitStack() as lookups:
+        conn: AsyncConnection | None = None
+        for item in ctx.accessed:
+            stored: StoredResource = item
+            detail = None
+            body = orjson.loads(stored.raw) if stored.raw else {}
+            patient = _patient_of(body)
+            if patient:
+                patients.add(patient)
+            if sensitivity.is_labelled(body) and ctx.organization:
+                if conn is None:
+                    conn = await lookups.enter_async_context(read_connection(ctx.engine))
                 creator = await repo.index_value(
                     conn, stored.resource_type, stored.id, stored.version_id, "_creator-org"
                 )
                 if creator != ctx.organization:
                     disclosure = True
                     detail = await _basis(conn, ctx, patient)
-        entities.append(_entity(stored, detail=detail))
+            entities.append(_entity(stored, detail=detail))
     entities.extend(_patient_entity(p) for p in sorted(patients))
     await _commit(
         ctx.engine,
