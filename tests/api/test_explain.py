@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.search.execute import run_search
+from service.search.execute import AccessFilter, SearchPage, allow_all, run_search
 from service.search.query import parse_search
 from service.settings import Settings
 from service.storage.db import create_engine
@@ -48,11 +48,10 @@ async def engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def _plans(engine: AsyncEngine, params: list[tuple[str, str]]) -> str:
-    async with engine.begin() as conn:
-        await conn.execute(text(LOAD))
-        for table in ("resource", "resource_history", "search_index"):
-            await conn.execute(text(f"ANALYZE {table}"))
+async def search_statement(
+    engine: AsyncEngine, params: list[tuple[str, str]], *, access: AccessFilter = allow_all
+) -> tuple[SearchPage, str, Any]:
+    """Run a Task search; its page, and the last statement it sent with its parameters."""
     captured: list[tuple[str, Any]] = []
 
     def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
@@ -62,19 +61,28 @@ async def _plans(engine: AsyncEngine, params: list[tuple[str, str]]) -> str:
     try:
         async with engine.connect() as conn:
             request = parse_search("Task", params, strict=True, default_count=50, max_count=1000)
-            await run_search(conn, request)
+            page = await run_search(conn, request, access=access)
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", capture)
     statement, parameters = captured[-1]
-    plans = []
+    return page, statement, parameters
+
+
+async def _explain(engine: AsyncEngine, statement: str, parameters: Any, how: str = "") -> str:
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
-        assert driver is not None
-        rows = await driver.fetch("EXPLAIN " + statement, *parameters)
-        plans.append("\n".join(r[0] for r in rows))
+        assert raw.driver_connection is not None
+        rows = await raw.driver_connection.fetch(f"EXPLAIN {how}{statement}", *parameters)
+    return "\n".join(r[0] for r in rows)
 
-    return "\n".join(plans)
+
+async def _plans(engine: AsyncEngine, params: list[tuple[str, str]]) -> str:
+    async with engine.begin() as conn:
+        await conn.execute(text(LOAD))
+        for table in ("resource", "resource_history", "search_index"):
+            await conn.execute(text(f"ANALYZE {table}"))
+    _page, statement, parameters = await search_statement(engine, params)
+    return await _explain(engine, statement, parameters)
 
 
 async def test_poll_owner_status_cursor_uses_indexes(engine: AsyncEngine) -> None:
@@ -132,30 +140,12 @@ async def test_an_organizations_search_never_walks_everything_it_made(
         token_id=None,
         issuer="t",
     )
-    captured: list[tuple[str, Any]] = []
-
-    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
-        captured.append((statement, parameters))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    try:
-        async with engine.connect() as conn:
-            # a search that an index answers in a few rows, as the organization
-            request = parse_search(
-                "Task", [("patient", "Patient/p-77")], strict=True, default_count=50, max_count=50
-            )
-            page = await run_search(
-                conn, request, access=access_filter(principal, "s", base_url=None)
-            )
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    # a search that an index answers in a few rows, as the organization
+    page, statement, parameters = await search_statement(
+        engine, [("patient", "Patient/p-77")], access=access_filter(principal, "s", base_url=None)
+    )
     assert {m.id for m in page.matches} == {"task-77", "task-5077", "task-10077", "task-15077"}
-    statement, parameters = captured[-1]
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        assert raw.driver_connection is not None
-        rows = await raw.driver_connection.fetch("EXPLAIN ANALYZE " + statement, *parameters)
-    plan = "\n".join(r[0] for r in rows)
+    plan = await _explain(engine, statement, parameters, "ANALYZE ")
     assert "hashed SubPlan" not in plan, plan
     most = max(int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan))
     assert most <= 10, plan  # per-row probes, not 20,000 rows of the organization

@@ -11,14 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.search.execute import encode_cursor, run_search
-from service.search.query import parse_search
+from service.search.execute import encode_cursor
 from service.settings import Settings
 from service.storage.db import create_engine
-from tests.api.test_explain import LOAD
+from tests.api.test_explain import LOAD, search_statement
 from tests.conftest import TABLES
 
 pytestmark = pytest.mark.postgres
@@ -43,19 +42,7 @@ def _literal(value: Any) -> str:
 
 
 async def _generic_plan(engine: AsyncEngine, params: list[tuple[str, str]]) -> tuple[str, int]:
-    captured: list[tuple[str, Any]] = []
-
-    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
-        captured.append((statement, parameters))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    try:
-        async with engine.connect() as conn:
-            request = parse_search("Task", params, strict=True, default_count=50, max_count=1000)
-            page = await run_search(conn, request)
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", capture)
-    statement, parameters = captured[-1]
+    page, statement, parameters = await search_statement(engine, params)
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
