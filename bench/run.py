@@ -78,6 +78,7 @@ class Options:
     json_out: Path | None
     profile_dir: Path | None
     workers: int = 1
+    only: str | None = None  # run only the benchmarks whose name contains this
 
 
 @dataclass
@@ -341,6 +342,8 @@ class Driver:
     def compare(self, benches: list[Bench], service: Server, ceiling: Server) -> None:
         """Warm both up, then A B A B ... for each benchmark; record medians."""
         for bench in benches:
+            if self.opts.only and self.opts.only not in bench.name:
+                continue
             if self.opts.warmup > 0:
                 for server in (service, ceiling):
                     self.one(bench, server, self.opts.warmup)
@@ -822,6 +825,7 @@ def parse_args(argv: list[str] | None) -> Options:
         help="admin DSN of the PostgreSQL server (env HANDOFF_BENCH_PG)",
     )
     p.add_argument("--keep", action="store_true", help="keep the scratch database")
+    p.add_argument("--only", help="run only the benchmarks whose name contains this, e.g. read")
     p.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     p.add_argument("--profile", type=Path, help="py-spy the service once per benchmark, into DIR")
     p.add_argument(
@@ -857,6 +861,7 @@ def parse_args(argv: list[str] | None) -> Options:
         json_out=a.json,
         profile_dir=a.profile,
         workers=1 if a.profile else a.workers,
+        only=a.only,
     )
 
 

@@ -172,6 +172,29 @@ _UPDATE_RESOURCE = (
     )
 )
 _INSERT_INDEX = insert(index_t)
+_INDEX_COLUMNS = (
+    ("resource_type", "text"),
+    ("resource_id", "text"),
+    ("version_id", "integer"),
+    ("param", "text"),
+    ("system", "text"),
+    ("value", "text"),
+    ("low", "timestamptz"),
+    ("high", "timestamptz"),
+    ("number", "float8"),
+    ("txid", "bigint"),
+    ("seq", "bigint"),
+)
+# PostgreSQL: all of a write's index rows in one statement, one array per column. An
+# executemany runs the executor once per row (a Task has ~16 rows, a page's AuditEvent ~60):
+# this costs PostgreSQL about a quarter less CPU, and is the same prepared statement whatever
+# the number of rows.
+_INSERT_INDEX_UNNEST = text(
+    f"INSERT INTO {index_t.name} ({', '.join(n for n, _ in _INDEX_COLUMNS)}) "
+    "SELECT * FROM unnest("
+    + ", ".join(f":{n}_list ::{t}[]" for n, t in _INDEX_COLUMNS)
+    + ")"
+)
 
 
 def _history_row(stored: StoredResource, method: str) -> dict[str, Any]:
@@ -196,7 +219,36 @@ def _current_values(stored: StoredResource, content: dict[str, Any] | None) -> d
     }
 
 
-def _index_rows(index: Sequence[IndexEntry], *, txid: int, seq: int) -> list[dict[str, Any]]:
+async def _insert_index(
+    conn: AsyncConnection, index: Sequence[IndexEntry], positions: Sequence[tuple[int, int]]
+) -> None:
+    """Insert ``index`` rows; ``positions[i]`` is the (txid, seq) of ``index[i]``'s version."""
+    if not index:
+        return
+    if conn.dialect.name != "postgresql":
+        await conn.execute(_INSERT_INDEX, _index_rows(index, positions))
+        return
+    await conn.execute(
+        _INSERT_INDEX_UNNEST,
+        {
+            "resource_type_list": [e.resource_type for e in index],
+            "resource_id_list": [e.resource_id for e in index],
+            "version_id_list": [e.version_id for e in index],
+            "param_list": [e.param for e in index],
+            "system_list": [e.system for e in index],
+            "value_list": [e.value for e in index],
+            "low_list": [e.low for e in index],
+            "high_list": [e.high for e in index],
+            "number_list": [e.number for e in index],
+            "txid_list": [p[0] for p in positions],
+            "seq_list": [p[1] for p in positions],
+        },
+    )
+
+
+def _index_rows(
+    index: Sequence[IndexEntry], positions: Sequence[tuple[int, int]]
+) -> list[dict[str, Any]]:
     return [
         {
             "resource_type": e.resource_type,
@@ -211,7 +263,7 @@ def _index_rows(index: Sequence[IndexEntry], *, txid: int, seq: int) -> list[dic
             "txid": txid,
             "seq": seq,
         }
-        for e in index
+        for e, (txid, seq) in zip(index, positions, strict=True)
     ]
 
 
@@ -239,8 +291,7 @@ async def write_version(
             {"rt": stored.resource_type, "rid": stored.id}
             | {f"u_{k}": v for k, v in values.items()},
         )
-    if index:
-        await conn.execute(_INSERT_INDEX, _index_rows(index, txid=txid, seq=seq))
+    await _insert_index(conn, index, [(txid, seq)] * len(index))
     return seq
 
 
@@ -275,12 +326,13 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
             for i in items
         ],
     )
-    rows: list[dict[str, Any]] = []
+    index: list[IndexEntry] = []
+    index_positions: list[tuple[int, int]] = []
     for i in items:
         seq, tx = positions[(i.stored.resource_type, i.stored.id)]
-        rows.extend(_index_rows(i.index, txid=tx, seq=seq))
-    if rows:
-        await conn.execute(_INSERT_INDEX, rows)
+        index.extend(i.index)
+        index_positions.extend([(tx, seq)] * len(i.index))
+    await _insert_index(conn, index, index_positions)
 
 
 def history_select(
