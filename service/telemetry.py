@@ -1,6 +1,6 @@
 """OpenTelemetry: traces of requests, database calls and outbound HTTP; request, referral and
 connection-pool metrics. Exported by OTLP (http/protobuf) when ``OTEL_EXPORTER_OTLP_ENDPOINT``
-is set; otherwise spans and metrics stay in the process (trace ids still reach the logs).
+is set; otherwise no span is made unless the caller sent trace context (``ServerSpans``).
 
 Nothing that leaves through here may carry health data: span attributes hold resource types,
 ids, route templates, interactions, outcomes and search parameter NAMES, never query values,
@@ -287,7 +287,7 @@ class Telemetry:
     engines: list[AsyncEngine] = field(default_factory=list)
     referrals: list[ReferralCounts] = field(default_factory=list)
     # Statement spans cost ~10 % of a read: they are made only once something can receive
-    # them (an exporter); request spans are always made, for the trace ids in the logs.
+    # them (an exporter); request spans too, unless the caller sent trace context.
     traced_engines: list[AsyncEngine] = field(default_factory=list)
     exporting: bool = False
 
@@ -449,6 +449,28 @@ def _pool_attrs(name: str, state: str | None = None) -> dict[str, AttributeValue
     if state:
         attrs["db.client.connection.state"] = state
     return attrs
+
+
+class ServerSpans:
+    """A server span per request (OpenTelemetry's ASGI middleware) when it can be of use: an
+    exporter is configured, or the caller sent W3C trace context (``traceparent``), whose
+    trace id the logs then carry. Otherwise the request goes straight through: making a span
+    nobody receives cost ~15 % of a read's CPU."""
+
+    def __init__(self, app: ASGIApp, *, telemetry: Telemetry, **otel: Any) -> None:
+        self.app = app
+        self.traced = OpenTelemetryMiddleware(app, **otel)
+        self.telemetry = telemetry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.telemetry.exporting or _has_trace_context(scope):
+            await self.traced(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _has_trace_context(scope: Scope) -> bool:
+    return any(name == b"traceparent" for name, _ in scope.get("headers", ()))
 
 
 class RequestMetricsMiddleware:
@@ -617,7 +639,8 @@ def install_telemetry(app: FastAPI, *, settings: Settings, engine: AsyncEngine |
     # against every route a second time to name the span (~1 ms here with 200 routes);
     # RequestMetricsMiddleware names it from the route the router already matched.
     app.add_middleware(
-        OpenTelemetryMiddleware,
+        ServerSpans,
+        telemetry=telemetry,
         excluded_urls=excluded,
         default_span_details=_initial_span_details,
         server_request_hook=_server_request_hook,

@@ -101,6 +101,8 @@ def entries_for(
                 if isinstance(raw, dict) and isinstance(raw.get("reference"), str):
                     ref = relative_reference(raw["reference"], base_url)
                     target = ref.split("/", 1)[0] if "/" in ref and "://" not in ref else None
+                    if param.targets_only and target is not None and target not in param.targets:
+                        continue
                     yield target, ref[:512], None, None
                 elif isinstance(raw, str):  # canonical (e.g. QuestionnaireResponse.questionnaire)
                     yield None, raw[:512], None, None

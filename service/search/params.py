@@ -22,6 +22,9 @@ class SearchParam:
     paths: tuple[str, ...]
     targets: tuple[str, ...] = ()  # reference target types
     description: str = ""
+    # Only references to ``targets`` are indexed: the definition's ``where(resolve() is …)``
+    # (e.g. AuditEvent's ``patient`` is ``entity.what`` that is a Patient, not every entity).
+    targets_only: bool = False
 
 
 def _p(name: str, kind: Kind, *paths: str, targets: tuple[str, ...] = ()) -> SearchParam:
@@ -29,6 +32,15 @@ def _p(name: str, kind: Kind, *paths: str, targets: tuple[str, ...] = ()) -> Sea
 
 
 _PATIENT = ("Patient",)
+
+
+def _patient(*paths: str) -> SearchParam:
+    """R4's ``patient`` parameters: the path's references that are Patients."""
+    return SearchParam(
+        name="patient", kind="reference", paths=paths, targets=_PATIENT, targets_only=True
+    )
+
+
 _ORG_ROLE = ("Organization", "PractitionerRole", "Practitioner", "Patient", "RelatedPerson")
 _ANY = (
     "Patient",
@@ -70,7 +82,7 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("status", "token", "status"),
         _p("business-status", "token", "businessStatus"),
         _p("focus", "reference", "focus", targets=_ANY),
-        _p("patient", "reference", "for", targets=_PATIENT),
+        _patient("for"),
         _p("subject", "reference", "for", targets=_ANY),
         _p("code", "token", "code"),
         _p("intent", "token", "intent"),
@@ -84,7 +96,7 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("output", "reference", "output.valueReference", targets=_ANY),
     ),
     "ServiceRequest": (
-        _p("patient", "reference", "subject", targets=_PATIENT),
+        _patient("subject"),
         _p("subject", "reference", "subject", targets=_ANY),
         _p("status", "token", "status"),
         _p("intent", "token", "intent"),
@@ -101,7 +113,7 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("supporting-info", "reference", "supportingInfo", targets=_ANY),
     ),
     "QuestionnaireResponse": (
-        _p("patient", "reference", "subject", targets=_PATIENT),
+        _patient("subject"),
         _p("subject", "reference", "subject", targets=_ANY),
         _p("questionnaire", "reference", "questionnaire", targets=("Questionnaire",)),
         _p("status", "token", "status"),
@@ -110,7 +122,7 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("identifier", "token", "identifier"),
     ),
     "Observation": (
-        _p("patient", "reference", "subject", targets=_PATIENT),
+        _patient("subject"),
         _p("subject", "reference", "subject", targets=_ANY),
         _p("code", "token", "code"),
         _p("date", "date", "effectiveDateTime", "effectivePeriod", "effectiveInstant"),
@@ -174,7 +186,7 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("specialty", "token", "specialty"),
     ),
     "Procedure": (
-        _p("patient", "reference", "subject", targets=_PATIENT),
+        _patient("subject"),
         _p("subject", "reference", "subject", targets=_ANY),
         _p("based-on", "reference", "basedOn", targets=_ANY),
         _p("status", "token", "status"),
@@ -184,7 +196,7 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("identifier", "token", "identifier"),
     ),
     "Consent": (
-        _p("patient", "reference", "patient", targets=_PATIENT),
+        _patient("patient"),
         _p("status", "token", "status"),
         _p("category", "token", "category"),
         _p("date", "date", "dateTime"),
@@ -199,7 +211,7 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("date", "date", "recorded"),
         _p("agent", "reference", "agent.who", targets=(*_ORG_ROLE, "Device")),
         _p("entity", "reference", "entity.what", targets=_ANY),
-        _p("patient", "reference", "entity.what", targets=_PATIENT),
+        _patient("entity.what"),
         _p("type", "token", "type"),
         _p("subtype", "token", "subtype"),
         _p("outcome", "token", "outcome"),
@@ -220,13 +232,13 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("status", "token", "status"),
     ),
     "RelatedPerson": (
-        _p("patient", "reference", "patient", targets=_PATIENT),
+        _patient("patient"),
         _p("name", "string", "name"),
         _p("identifier", "token", "identifier"),
         _p("relationship", "token", "relationship"),
     ),
     "MedicationDispense": (
-        _p("patient", "reference", "subject", targets=_PATIENT),
+        _patient("subject"),
         _p("subject", "reference", "subject", targets=_ANY),
         _p("status", "token", "status"),
         _p("code", "token", "medicationCodeableConcept"),
@@ -241,7 +253,7 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("identifier", "token", "identifier"),
     ),
     "SupplyDelivery": (
-        _p("patient", "reference", "patient", targets=_PATIENT),
+        _patient("patient"),
         _p("status", "token", "status"),
         _p("supplier", "reference", "supplier", targets=_ORG_ROLE),
         _p("receiver", "reference", "receiver", targets=_ORG_ROLE),

@@ -191,9 +191,7 @@ _INDEX_COLUMNS = (
 # the number of rows.
 _INSERT_INDEX_UNNEST = text(
     f"INSERT INTO {index_t.name} ({', '.join(n for n, _ in _INDEX_COLUMNS)}) "
-    "SELECT * FROM unnest("
-    + ", ".join(f":{n}_list ::{t}[]" for n, t in _INDEX_COLUMNS)
-    + ")"
+    "SELECT * FROM unnest(" + ", ".join(f":{n}_list ::{t}[]" for n, t in _INDEX_COLUMNS) + ")"
 )
 
 

@@ -169,6 +169,26 @@ async def test_outbound_httpx_calls_are_traced_without_query_values(
         assert url == "https://idp.example/jwks?kid"
 
 
+async def test_without_an_exporter_only_callers_trace_context_makes_a_span(
+    client: httpx.AsyncClient, telemetry: Telemetry
+) -> None:
+    live = InMemorySpanExporter()  # sees every span made, exported or not
+    telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(live))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with json_logs("INFO") as logs:
+        assert (await client.get("/fhir/Patient", params={"_count": "1"})).status_code == 200
+        traced = await client.get(
+            "/fhir/Patient",
+            params={"_count": "1"},
+            headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+        )
+        assert traced.status_code == 200
+    servers = [s for s in live.get_finished_spans() if s.name == "GET /fhir/Patient"]
+    assert [format_trace_id(s.context.trace_id) for s in servers if s.context] == [trace_id]
+    access = [r for r in logs.records() if r["logger"] == "handoff.access"]
+    assert [r["trace_id"] for r in access] == [None, trace_id]
+
+
 async def test_probes_are_not_traced(client: httpx.AsyncClient, telemetry: Telemetry) -> None:
     spans = InMemorySpanExporter()
     telemetry.add_span_exporter(spans, batch=False)

@@ -1,0 +1,32 @@
+"""What the index extractor writes for reference parameters."""
+
+from __future__ import annotations
+
+from service.search.extract import extract_index
+
+
+def _values(resource: dict, param: str) -> list[str | None]:
+    rows = extract_index(resource, version_id=1, base_url="https://h.example/fhir")
+    return [r.value for r in rows if r.param == param]
+
+
+def test_patient_parameters_index_only_patient_references() -> None:
+    # R4: AuditEvent's patient is entity.what.where(resolve() is Patient)
+    event = {
+        "resourceType": "AuditEvent",
+        "id": "a1",
+        "entity": [
+            {"what": {"reference": "Task/t1/_history/3"}},
+            {"what": {"reference": "Patient/p1"}},
+        ],
+    }
+    assert _values(event, "patient") == ["Patient/p1"]
+    assert _values(event, "entity") == ["Task/t1", "Patient/p1"]
+
+
+def test_task_for_a_group_is_a_subject_but_not_a_patient() -> None:
+    task = {"resourceType": "Task", "id": "t1", "for": {"reference": "Group/g1"}}
+    assert _values(task, "patient") == []
+    assert _values(task, "subject") == ["Group/g1"]
+    task["for"] = {"reference": "https://h.example/fhir/Patient/p2"}
+    assert _values(task, "patient") == ["Patient/p2"]
