@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     # each time): under sustained load beyond the pool, queueing for a pooled one is cheaper.
     db_max_overflow: int = Field(0, ge=0, description="Extra connections under bursts.")
     db_pool_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
+    db_ping_after_idle: float = Field(
+        10.0,
+        ge=0,
+        description="Ping a pooled connection before use if it sat idle this many seconds "
+        "(0: before every use).",
+    )
     public_base_url: str | None = Field(
         None,
         description="Public URL of the service (e.g. https://handoff.example.org). When unset, "

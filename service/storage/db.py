@@ -7,6 +7,7 @@ embedded default; production runs on PostgreSQL.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 from sqlalchemy import event
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -43,32 +45,44 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
-        pool_pre_ping=True,
     )
-    _ping_in_one_round_trip(engine)
+    _ping_idle_connections(engine, after_idle=settings.db_ping_after_idle)
     return engine
 
 
-def _ping_in_one_round_trip(engine: AsyncEngine) -> None:
-    """Keep the pre-ping on every checkout, but make it one round trip instead of three.
+def _ping_idle_connections(engine: AsyncEngine, *, after_idle: float) -> None:
+    """Replace dead pooled connections before a request uses one, without a round trip on a
+    busy service.
 
-    SQLAlchemy's asyncpg adapter wraps the ping in BEGIN ... ROLLBACK unless the connection is
-    in autocommit (for PgBouncer's transaction mode, which this service's prepared statements
-    do not support anyway). Idle pooled connections are flagged autocommit, so the ping is a
-    bare round trip, and the flag is cleared again at checkout, before any statement runs:
-    connections are used exactly as before. (The flag is the adapter's own attribute; nothing
-    is sent to the server.)
+    A database restart or failover leaves the pool holding dead connections. The server closes
+    them on shutdown and asyncpg notices at once (``is_closed``): such a connection is replaced
+    at checkout (``DisconnectionError`` makes the pool open a new one), so a restart between
+    requests is invisible. A connection that has been idle ``after_idle`` seconds is also
+    pinged, for the deaths nobody announces (a dropped network path). SQLAlchemy's
+    ``pool_pre_ping`` pinged on every checkout: a round trip per checkout, two per read, on a
+    service whose connections are never idle.
+
+    The ping is one bare round trip: idle connections are flagged autocommit (the asyncpg
+    adapter's own attribute; nothing is sent), so the adapter does not wrap it in
+    BEGIN ... ROLLBACK, and the flag is cleared before any statement runs.
     """
 
     @event.listens_for(engine.sync_engine, "checkin")
-    def _idle_in_autocommit(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    def _idle(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         if dbapi_connection is not None:
             dbapi_connection.autocommit = True
+            record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine.sync_engine, "checkout")
-    def _transactional_again(
-        dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any
-    ) -> None:
+    def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if record.driver_connection is not None and record.driver_connection.is_closed():
+            raise DisconnectionError("the server closed this pooled connection")
+        if idle_since is not None and time.monotonic() - idle_since >= after_idle:
+            try:
+                dbapi_connection.ping()
+            except Exception as exc:
+                raise DisconnectionError("pooled connection is dead") from exc
         dbapi_connection.autocommit = False
 
 

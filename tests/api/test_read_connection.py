@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -39,21 +41,37 @@ async def test_writes_stay_in_one_transaction_after_reads(engine: AsyncEngine) -
         assert await one_transaction(conn)
 
 
-async def test_pre_ping_is_one_round_trip_and_writes_still_begin(postgres_url: str) -> None:
-    """asyncpg logs simple-protocol statements (the ping, BEGIN, COMMIT), not prepared ones."""
+def _one_connection_engine(postgres_url: str, *, ping_after_idle: float) -> AsyncEngine:
     from service.settings import Settings
     from service.storage.db import create_engine
 
-    engine = create_engine(
-        Settings(database_url=postgres_url, db_pool_size=1, db_max_overflow=0, _env_file=None)  # type: ignore[call-arg]
+    return create_engine(
+        Settings(  # type: ignore[call-arg]
+            database_url=postgres_url,
+            db_pool_size=1,
+            db_max_overflow=0,
+            db_ping_after_idle=ping_after_idle,
+            _env_file=None,
+        )
     )
+
+
+async def _log_statements(engine: AsyncEngine) -> list[str]:
+    """What the one pooled connection sends from now on (asyncpg logs simple-protocol
+    statements: the ping, BEGIN, COMMIT; not prepared ones)."""
     sent: list[str] = []
+    async with engine.connect() as conn:  # the one pooled connection, now not fresh
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        driver.add_query_logger(lambda record: sent.append(record.query))
+    return sent
+
+
+async def test_idle_ping_is_one_round_trip_and_writes_still_begin(postgres_url: str) -> None:
+    engine = _one_connection_engine(postgres_url, ping_after_idle=0)
     try:
-        async with engine.connect() as conn:  # the one pooled connection, now not fresh
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            driver.add_query_logger(lambda record: sent.append(record.query))
+        sent = await _log_statements(engine)
         async with read_connection(engine) as conn:
             await conn.execute(text("SELECT 1"))
         assert sent == [";"]  # was BEGIN; ; ROLLBACK; around the ping
@@ -63,3 +81,35 @@ async def test_pre_ping_is_one_round_trip_and_writes_still_begin(postgres_url: s
         assert sent == [";", "BEGIN ISOLATION LEVEL READ COMMITTED;", "COMMIT;"]
     finally:
         await engine.dispose()
+
+
+async def test_a_connection_used_moments_ago_is_not_pinged(postgres_url: str) -> None:
+    engine = _one_connection_engine(postgres_url, ping_after_idle=60)
+    try:
+        sent = await _log_statements(engine)
+        for _ in range(3):
+            async with read_connection(engine) as conn:
+                await conn.execute(text("SELECT 1"))
+        assert sent == []
+    finally:
+        await engine.dispose()
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced_unnoticed(
+    postgres_url: str,
+) -> None:
+    """E.g. a restart: the server ends every session; the next checkout opens a new one."""
+    engine = _one_connection_engine(postgres_url, ping_after_idle=60)
+    other = _one_connection_engine(postgres_url, ping_after_idle=60)
+    try:
+        async with read_connection(engine) as conn:
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        async with read_connection(other) as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        for _ in range(50):  # the client sees the server's goodbye as soon as it reads it
+            await asyncio.sleep(0.01)
+        async with read_connection(engine) as conn:
+            assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid
+    finally:
+        await engine.dispose()
+        await other.dispose()
