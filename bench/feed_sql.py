@@ -55,9 +55,11 @@ class _Recorder:
     def __init__(self) -> None:
         self.dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
         self.statements: list[Any] = []
+        self.parameters: list[dict[str, Any]] = []
 
-    async def execute(self, statement: Any, *_args: Any) -> _NoRows:
+    async def execute(self, statement: Any, parameters: dict[str, Any] | None = None) -> _NoRows:
         self.statements.append(statement)
+        self.parameters.append(parameters or {})
         return _NoRows()
 
 
@@ -80,7 +82,8 @@ def capture_feed_sql(*, base_url: str, count: int = 50) -> FeedSql:
         raise RuntimeError(f"expected one statement, the feed ran {len(recorder.statements)}")
     compiled = recorder.statements[0].compile(dialect=recorder.dialect)
     assert compiled.positiontup is not None
-    params = [compiled.params[name] for name in compiled.positiontup]
+    values = compiled.construct_params(recorder.parameters[0])
+    params = [values[name] for name in compiled.positiontup]
     found = {key: [i for i, v in enumerate(params) if v == key] for key in (_OWNER, _TXID, _SEQ)}
     if not all(found.values()):
         raise RuntimeError(f"sentinels missing from the captured parameters: {params}")
