@@ -457,7 +457,7 @@ class ServerSpans:
     trace id the logs then carry. Otherwise the request goes straight through: making a span
     nobody receives cost ~15 % of a read's CPU."""
 
-    def __init__(self, app: ASGIApp, *, telemetry: Telemetry, **otel: Any) -> None:
+    def __init__(self, app: ASGIApp, /, *, telemetry: Telemetry, **otel: Any) -> None:
         self.app = app
         self.traced = OpenTelemetryMiddleware(app, **otel)
         self.telemetry = telemetry
