@@ -223,25 +223,12 @@ async def _insert_index(
     """Insert ``index`` rows; ``positions[i]`` is the (txid, seq) of ``index[i]``'s version."""
     if not index:
         return
+    rows = _index_rows(index, positions)
     if conn.dialect.name != "postgresql":
-        await conn.execute(_INSERT_INDEX, _index_rows(index, positions))
+        await conn.execute(_INSERT_INDEX, rows)
         return
-    await conn.execute(
-        _INSERT_INDEX_UNNEST,
-        {
-            "resource_type_list": [e.resource_type for e in index],
-            "resource_id_list": [e.resource_id for e in index],
-            "version_id_list": [e.version_id for e in index],
-            "param_list": [e.param for e in index],
-            "system_list": [e.system for e in index],
-            "value_list": [e.value for e in index],
-            "low_list": [e.low for e in index],
-            "high_list": [e.high for e in index],
-            "number_list": [e.number for e in index],
-            "txid_list": [p[0] for p in positions],
-            "seq_list": [p[1] for p in positions],
-        },
-    )
+    arrays = {f"{name}_list": [row[name] for row in rows] for name, _ in _INDEX_COLUMNS}
+    await conn.execute(_INSERT_INDEX_UNNEST, arrays)
 
 
 def _index_rows(
