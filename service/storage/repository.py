@@ -185,14 +185,6 @@ _INDEX_COLUMNS = (
     ("txid", "bigint"),
     ("seq", "bigint"),
 )
-# PostgreSQL: all of a write's index rows in one statement, one array per column. An
-# executemany runs the executor once per row (a Task has ~16 rows, a page's AuditEvent ~60):
-# this costs PostgreSQL about a quarter less CPU, and is the same prepared statement whatever
-# the number of rows.
-_INSERT_INDEX_UNNEST = text(
-    f"INSERT INTO {index_t.name} ({', '.join(n for n, _ in _INDEX_COLUMNS)}) "
-    "SELECT * FROM unnest(" + ", ".join(f":{n}_list ::{t}[]" for n, t in _INDEX_COLUMNS) + ")"
-)
 
 
 def _history_row(stored: StoredResource, method: str) -> dict[str, Any]:
@@ -220,15 +212,10 @@ def _current_values(stored: StoredResource, content: dict[str, Any] | None) -> d
 async def _insert_index(
     conn: AsyncConnection, index: Sequence[IndexEntry], positions: Sequence[tuple[int, int]]
 ) -> None:
-    """Insert ``index`` rows; ``positions[i]`` is the (txid, seq) of ``index[i]``'s version."""
-    if not index:
-        return
-    rows = _index_rows(index, positions)
-    if conn.dialect.name != "postgresql":
-        await conn.execute(_INSERT_INDEX, rows)
-        return
-    arrays = {f"{name}_list": [row[name] for row in rows] for name, _ in _INDEX_COLUMNS}
-    await conn.execute(_INSERT_INDEX_UNNEST, arrays)
+    """Insert ``index`` rows (SQLite; PostgreSQL writes them with their version, below);
+    ``positions[i]`` is the (txid, seq) of ``index[i]``'s version."""
+    if index:
+        await conn.execute(_INSERT_INDEX, _index_rows(index, positions))
 
 
 def _index_rows(
@@ -261,6 +248,9 @@ async def write_version(
     index: Sequence[IndexEntry],
 ) -> int:
     """Record one new version (history row, current row, index rows); returns its ``seq``."""
+    if conn.dialect.name == "postgresql":
+        positions = await _write_versions_pg(conn, [(stored, method, index)])
+        return positions[(stored.resource_type, stored.id)][1]
     row = (
         await conn.execute(_INSERT_HISTORY[conn.dialect.name], _history_row(stored, method))
     ).one()
@@ -290,11 +280,14 @@ class NewResource:
 
 
 async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResource]) -> None:
-    """Insert many first versions, one executemany per table (group commit of AuditEvents).
+    """Insert many first versions (group commit of AuditEvents).
 
     Each gets its own history position, as if written one by one in this transaction. The
     statements are the same whatever the batch size, so they compile (and prepare) once."""
     if not items:
+        return
+    if conn.dialect.name == "postgresql":
+        await _write_versions_pg(conn, [(i.stored, "POST", i.index) for i in items])
         return
     returned = await conn.execute(
         _INSERT_HISTORY[conn.dialect.name], [_history_row(i.stored, "POST") for i in items]
@@ -318,6 +311,62 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
         index.extend(i.index)
         index_positions.extend([(tx, seq)] * len(i.index))
     await _insert_index(conn, index, index_positions)
+
+
+_VERSION_COLUMNS = (
+    ("resource_type", "text"),
+    ("id", "text"),
+    ("version_id", "integer"),
+    ("last_updated", "timestamptz"),
+    ("method", "text"),
+    ("deleted", "boolean"),
+    ("raw", "text"),
+)
+# PostgreSQL: versions (one or many) with their history, current and index rows in ONE
+# statement, one array per column: three round trips (and three executions through
+# SQLAlchemy) become one. The current row is an upsert (a first version inserts it, a later
+# one replaces it); ``uq_history_version`` still rejects two writers of the same version.
+# ``content`` (JSONB for ad-hoc SQL) is parsed from the stored text by PostgreSQL.
+_WRITE_VERSIONS_PG = text(
+    "WITH v AS (SELECT * FROM unnest("
+    + ", ".join(f":v_{n} ::{t}[]" for n, t in _VERSION_COLUMNS)
+    + f") AS v({', '.join(n for n, _ in _VERSION_COLUMNS)})), "
+    f"h AS (INSERT INTO {history_t.name} "
+    "(txid, resource_type, id, version_id, last_updated, method, deleted, raw) "
+    "SELECT pg_current_xact_id()::text::bigint, "
+    "resource_type, id, version_id, last_updated, method, deleted, raw FROM v "
+    "RETURNING resource_type, id, seq, txid), "
+    f"r AS (INSERT INTO {resource_t.name} "
+    "(resource_type, id, version_id, last_updated, deleted, raw, content) "
+    "SELECT resource_type, id, version_id, last_updated, deleted, raw, raw::jsonb FROM v "
+    "ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, "
+    "last_updated = excluded.last_updated, deleted = excluded.deleted, raw = excluded.raw, "
+    "content = excluded.content), "
+    f"i AS (INSERT INTO {index_t.name} ({', '.join(n for n, _ in _INDEX_COLUMNS)}) "
+    "SELECT "
+    + ", ".join(f"x.{n}" for n, _ in _INDEX_COLUMNS[:-2])
+    + ", h.txid, h.seq FROM unnest("
+    + ", ".join(f":i_{n} ::{t}[]" for n, t in _INDEX_COLUMNS[:-2])
+    + f") AS x({', '.join(n for n, _ in _INDEX_COLUMNS[:-2])}) "
+    "JOIN h ON h.resource_type = x.resource_type AND h.id = x.resource_id) "
+    "SELECT resource_type, id, seq, txid FROM h"
+)
+
+
+async def _write_versions_pg(
+    conn: AsyncConnection, versions: Sequence[tuple[StoredResource, str, Sequence[IndexEntry]]]
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """Write ``(version, method, index rows)`` in one statement; (txid, seq) of each by key."""
+    params: dict[str, list[Any]] = {f"v_{n}": [] for n, _ in _VERSION_COLUMNS}
+    params.update({f"i_{n}": [] for n, _ in _INDEX_COLUMNS[:-2]})
+    for stored, method, index in versions:
+        for name, value in _history_row(stored, method).items():
+            params[f"v_{name}"].append(value)
+        for entry in index:
+            for name, _ in _INDEX_COLUMNS[:-2]:
+                params[f"i_{name}"].append(getattr(entry, name))
+    rows = await conn.execute(_WRITE_VERSIONS_PG, params)
+    return {(r[0], r[1]): (int(r[3]), int(r[2])) for r in rows}
 
 
 def history_select(
