@@ -15,7 +15,6 @@ from urllib.parse import parse_qsl
 
 import jsonpatch
 import orjson
-from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import (
@@ -114,14 +113,21 @@ def loads(stored: StoredResource) -> dict[str, Any]:
 async def _visible(
     conn: AsyncConnection, ctx: WorkflowContext, rtype: str, rid: str, *, write: bool = False
 ) -> bool:
+    found = await _fetch_checked(conn, ctx, rtype, rid, write=write)
+    return found is not None and found[1]
+
+
+async def _fetch_checked(
+    conn: AsyncConnection, ctx: WorkflowContext, rtype: str, rid: str, *, write: bool
+) -> tuple[StoredResource, bool] | None:
+    """The current row (None if unknown) and whether the caller may see it (``write``: act
+    on it), in one prebuilt query."""
     access = (ctx.write_access or ctx.access) if write else ctx.access
     allowed = access(rtype, CURRENT_COLS)
     if allowed is None:
-        return False
-    stmt = select(repo.resource_t.c.id).where(
-        and_(repo.resource_t.c.resource_type == rtype, repo.resource_t.c.id == rid, allowed)
-    )
-    return (await conn.execute(stmt)).first() is not None
+        current = await repo.get_current(conn, rtype, rid)
+        return None if current is None else (current, False)
+    return await repo.get_current_checked(conn, rtype, rid, allowed)
 
 
 def _not_found(rtype: str, rid: str) -> ResourceNotFoundError:
@@ -393,8 +399,8 @@ async def _store(
     )
     for target_type, target_id, element in linked_targets(ctx.principal, resource_type, index):
         # Dangling references stay allowed (transactions may create the target later).
-        target = await repo.get_current(conn, target_type, target_id)
-        if target is not None and not await _visible(conn, ctx, target_type, target_id, write=True):
+        target = await _fetch_checked(conn, ctx, target_type, target_id, write=True)
+        if target is not None and not target[1]:
             raise BusinessRuleError(
                 f"{element} refers to {target_type}/{target_id}, which is not known to this server",
                 expression=[element],
