@@ -240,7 +240,11 @@ async def test_bystander_cannot_gain_access_by_pointing_a_task_at_them(
         focus=f"ServiceRequest/{referral.service_request['id']}",
     )
     r = await net.c.post("/fhir/Task", json=grab, headers=FHIR_JSON)
-    assert r.status_code in (403, 404, 422), r.text
+    assert r.status_code == 422, r.text
+    # Named as unknown, as a read of it would be: its existence is not disclosed either.
+    issue = r.json()["issue"][0]
+    assert issue["diagnostics"].endswith("which is not known to this server")
+    assert any(f"refers to {ref}," in issue["diagnostics"] for ref in referral.refs())
     for ref in referral.refs():
         assert_not_found(await net.c.get(f"/fhir/{ref}"))
     # The owner, who sees the patient, may refer onwards.
