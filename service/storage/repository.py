@@ -433,10 +433,34 @@ async def index_value(
     return str(row[0]) if row and row[0] is not None else None
 
 
+async def index_values(
+    conn: AsyncConnection, resource_type: str, versions: Sequence[tuple[str, int]], param: str
+) -> dict[tuple[str, int], str | None]:
+    """``param``'s value for each (id, version) of ``resource_type`` (None where it has none):
+    one query for a page of records."""
+    if not versions:
+        return {}
+    wanted = set(versions)
+    found: dict[tuple[str, int], str | None] = dict.fromkeys(wanted)
+    rows = await conn.execute(
+        _INDEX_VALUES,
+        {"rt": resource_type, "rids": sorted({rid for rid, _ in wanted}), "param": param},
+    )
+    for rid, vid, value in rows:
+        if (rid, vid) in wanted and value is not None:
+            found[(rid, vid)] = str(value)
+    return found
+
+
 _INDEX_VALUE = select(index_t.c.value).where(
     index_t.c.resource_type == bindparam("rt"),
     index_t.c.resource_id == bindparam("rid"),
     index_t.c.version_id == bindparam("vid"),
+    index_t.c.param == bindparam("param"),
+)
+_INDEX_VALUES = select(index_t.c.resource_id, index_t.c.version_id, index_t.c.value).where(
+    index_t.c.resource_type == bindparam("rt"),
+    index_t.c.resource_id.in_(bindparam("rids", expanding=True)),
     index_t.c.param == bindparam("param"),
 )
 _EXISTS = select(resource_t.c.deleted).where(_BY_KEY)

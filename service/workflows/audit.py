@@ -14,7 +14,6 @@ AuditEvents hold references, codes and search parameter names, never names or an
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 from datetime import UTC, datetime
 from typing import Any
@@ -266,28 +265,15 @@ async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -
         return  # writes only: each already has its AuditEvent, committed with it
     entities: list[dict[str, Any]] = []
     patients: set[str] = set()
-    disclosure = False
-    # One connection, opened only if some labelled record needs its author and consent
-    # looked up, and given back before the AuditEvent waits for its commit.
-    async with contextlib.AsyncExitStack() as lookups:
-        conn: AsyncConnection | None = None
-        for item in ctx.accessed:
-            stored: StoredResource = item
-            detail = None
-            body = orjson.loads(stored.raw) if stored.raw else {}
-            patient = _patient_of(body)
-            if patient:
-                patients.add(patient)
-            if sensitivity.is_labelled(body) and ctx.organization:
-                if conn is None:
-                    conn = await lookups.enter_async_context(read_connection(ctx.engine))
-                creator = await repo.index_value(
-                    conn, stored.resource_type, stored.id, stored.version_id, "_creator-org"
-                )
-                if creator != ctx.organization:
-                    disclosure = True
-                    detail = await _basis(conn, ctx, patient)
-            entities.append(_entity(stored, detail=detail))
+    bodies = [orjson.loads(s.raw) if s.raw else {} for s in ctx.accessed]
+    for body in bodies:
+        patient = _patient_of(body)
+        if patient:
+            patients.add(patient)
+    bases = await _disclosure_bases(ctx, ctx.accessed, bodies)
+    for stored in ctx.accessed:
+        entities.append(_entity(stored, detail=bases.get(_key(stored))))
+    disclosure = bool(bases)
     entities.extend(_patient_entity(p) for p in sorted(patients))
     await _commit(
         ctx.engine,
@@ -303,18 +289,52 @@ async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -
     )
 
 
-async def _basis(
-    conn: AsyncConnection, ctx: WorkflowContext, patient: str | None
-) -> list[dict[str, Any]]:
-    if ctx.emergency_reason:
-        return [{"type": "exception", "valueString": f"medical-emergency: {ctx.emergency_reason}"}]
-    if patient and ctx.organization:
-        from service.workflows.consents import has_consent
+def _key(stored: StoredResource) -> tuple[str, str, int]:
+    return (stored.resource_type, stored.id, stored.version_id)
 
-        consent = await has_consent(conn, patient, ctx.organization, ctx.purpose)
-        if consent:
-            return [{"type": "consent", "valueString": f"Consent/{consent}"}]
-    return [{"type": "basis", "valueString": "author or redacted view"}]
+
+async def _disclosure_bases(
+    ctx: WorkflowContext, accessed: list[StoredResource], bodies: list[dict[str, Any]]
+) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
+    """The labelled (Part 2) records among ``accessed`` that another organization recorded,
+    each with the basis of its disclosure to the caller: the emergency, the consent, or that
+    the caller saw only what it may (its own part, or a redacted view). Two or three queries
+    for a page, whatever its size; no connection at all when nothing is labelled."""
+    org = ctx.organization
+    labelled = [
+        (stored, body)
+        for stored, body in zip(accessed, bodies, strict=True)
+        if org and sensitivity.is_labelled(body)
+    ]
+    if not labelled or org is None:
+        return {}
+    async with read_connection(ctx.engine) as conn:
+        creators: dict[tuple[str, str, int], str | None] = {}
+        for rtype in sorted({stored.resource_type for stored, _ in labelled}):
+            versions = [(s.id, s.version_id) for s, _ in labelled if s.resource_type == rtype]
+            found = await repo.index_values(conn, rtype, versions, "_creator-org")
+            creators.update({(rtype, rid, vid): value for (rid, vid), value in found.items()})
+        disclosed = [(s, body) for s, body in labelled if creators.get(_key(s)) != org]
+        consents: dict[str, str] = {}
+        if disclosed and not ctx.emergency_reason:
+            from service.workflows.consents import consents_by_patient
+
+            wanted = {p for _, body in disclosed if (p := _patient_of(body))}
+            consents = await consents_by_patient(conn, wanted, org, ctx.purpose)
+    bases: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for stored, body in disclosed:
+        patient = _patient_of(body)
+        if ctx.emergency_reason:
+            basis = {
+                "type": "exception",
+                "valueString": f"medical-emergency: {ctx.emergency_reason}",
+            }
+        elif patient in consents:
+            basis = {"type": "consent", "valueString": f"Consent/{consents[patient]}"}
+        else:
+            basis = {"type": "basis", "valueString": "author or redacted view"}
+        bases[_key(stored)] = [basis]
+    return bases
 
 
 async def record_unauthenticated(

@@ -36,7 +36,7 @@ from service.storage.repository import StoredResource
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.access import ACTOR_PARAM
-from service.workflows.consents import WITHHELD_ELEMENTS, disclose
+from service.workflows.consents import WITHHELD_ELEMENTS, disclose_all
 from service.workflows.context import WorkflowContext
 from service.workflows.people import SID_BASE, Person, match_or_create_patient
 from service.workflows.rules import RuleSet, WriteEvent, WrittenEvent
@@ -192,8 +192,8 @@ async def _tasks_for(
     )
     page = await run_search(conn, request, base_url=ctx.base_url)
     tasks = [
-        orjson.loads((await disclose(conn, ctx, m, record=record)).raw or "{}")
-        for m in page.matches
+        orjson.loads(shown.raw or "{}")
+        for shown in await disclose_all(conn, ctx, page.matches, record=record)
     ]
     return sorted(tasks, key=lambda t: (t.get("authoredOn", ""), t["meta"]["lastUpdated"]))
 
@@ -222,9 +222,14 @@ async def _timeline(
         versions = await repo.instance_history(
             conn, "Task", task["id"], before_version=None, limit=1000
         )
+        oldest_first = [entry.stored for entry in reversed(versions)]
+        # The caller's view of each version, and who acted: a query each for all versions.
+        shown_versions = await disclose_all(conn, ctx, oldest_first, record=False)
+        actors = await repo.index_values(
+            conn, "Task", [(s.id, s.version_id) for s in oldest_first], ACTOR_PARAM
+        )
         previous: dict[str, Any] | None = None
-        for entry in reversed(versions):
-            shown = await disclose(conn, ctx, entry.stored, record=False)  # the caller's view
+        for stored, shown in zip(oldest_first, shown_versions, strict=True):
             if shown.raw is None:
                 continue
             body = orjson.loads(shown.raw)
@@ -233,10 +238,7 @@ async def _timeline(
                 for k in ("status", "businessStatus", "statusReason", "output", "owner")
             )
             if changed:
-                actor = await repo.index_value(
-                    conn, "Task", task["id"], entry.stored.version_id, ACTOR_PARAM
-                )
-                events.append(_event(body, entry.stored, by=actor))
+                events.append(_event(body, stored, by=actors[(stored.id, stored.version_id)]))
             previous = body
     return sorted(events, key=lambda e: (e["at"], e["version"]))
 

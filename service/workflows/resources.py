@@ -45,7 +45,7 @@ from service.workflows.access import (
     require_scope,
     require_scope_on_any,
 )
-from service.workflows.consents import disclose
+from service.workflows.consents import disclose, disclose_all
 from service.workflows.context import WorkflowContext
 from service.workflows.rules import WriteEvent, WrittenEvent
 
@@ -260,7 +260,8 @@ async def instance_history(
             limit=count + 1,
             since=since,
         )
-        return [dataclasses.replace(e, stored=await disclose(conn, ctx, e.stored)) for e in entries]
+        shown = await disclose_all(conn, ctx, [e.stored for e in entries])
+        return [dataclasses.replace(e, stored=s) for e, s in zip(entries, shown, strict=True)]
 
 
 async def history(
@@ -287,8 +288,8 @@ async def history(
             since=since,
             access=ctx.search_access or ctx.access,
         )
-        shown = [(await disclose(conn, ctx, stored), method) for stored, method in versions]
-        return shown, nxt
+        disclosed = await disclose_all(conn, ctx, [stored for stored, _ in versions])
+        return [(s, m) for s, (_, m) in zip(disclosed, versions, strict=True)], nxt
 
 
 def parse_search_params(
@@ -311,10 +312,14 @@ async def search_in(
     page = await run_search(
         conn, request, access=ctx.search_access or ctx.access, base_url=ctx.base_url
     )
-    page.matches = [await disclose(conn, ctx, m) for m in page.matches]
-    page.included = [await disclose(conn, ctx, m) for m in page.included]
-    for entry in page.feed:
-        entry.stored = await disclose(conn, ctx, entry.stored)
+    shown = await disclose_all(
+        conn, ctx, [*page.matches, *page.included, *(e.stored for e in page.feed)]
+    )
+    matched, included = len(page.matches), len(page.included)
+    page.matches = shown[:matched]
+    page.included = shown[matched : matched + included]
+    for entry, stored in zip(page.feed, shown[matched + included :], strict=True):
+        entry.stored = stored
     return page
 
 

@@ -313,3 +313,85 @@ async def test_audit_events_are_append_only_and_phi_free(world: dict[str, Any]) 
         await client.put(f"/fhir/AuditEvent/{one['id']}", json=one, headers=FHIR_JSON)
     ).status_code == 405
     assert (await client.delete(f"/fhir/AuditEvent/{one['id']}")).status_code == 405
+
+
+async def test_a_page_of_many_peoples_records_costs_the_same_queries_as_one(
+    world: dict[str, Any], engine: Any
+) -> None:
+    """A provider polls labelled referrals of many people, some consented: each Task is shown
+    whole or redacted by its own patient's consent, the page's AuditEvent names each one's
+    basis, and the consent and author look-ups are per page, not per record."""
+    from sqlalchemy import event
+
+    otp, jail, client, ids = world["otp"], world["jail"], world["client"], world["ids"]
+    release = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0).isoformat()
+
+    async def refer(n: int, *, consented: bool) -> str:
+        person = dict(PERSON, person_id=f"P-page-{n}")
+        r = await jail.post(
+            "/v1/referrals",
+            json={
+                "person": person,
+                "referred_by": {"name": "Jordan Lee", "role": "peer-specialist"},
+                "intercept": 4,
+                "release": {"expected_at": release},
+                "services": ["moud-methadone"],
+                "receiving_organization": ids["otp"],
+            },
+        )
+        assert r.status_code == 201, r.text
+        if consented:
+            given = await consent(jail, [ids["otp"]], person=person)
+            consents[r.json()["task_id"]] = f"Consent/{given['consent_id']}"
+        return str(r.json()["task_id"])
+
+    async def poll() -> tuple[httpx.Response, int]:
+        statements: list[str] = []
+
+        def count(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+            statements.append(statement)
+
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        try:
+            r = await otp.get("/fhir/Task", params={"owner": ids["otp"], "_count": 100})
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", count)
+        assert r.status_code == 200, r.text
+        return r, len(statements)
+
+    consents: dict[str, str] = {}
+    tasks = [await refer(n, consented=n % 2 == 0) for n in range(2)]
+    _, few = await poll()
+    tasks += [await refer(n, consented=n % 2 == 0) for n in range(2, 8)]
+    page, many = await poll()
+    assert many == few  # 2 or 8 labelled referrals: the same number of statements
+
+    shown = {e["resource"]["id"]: e["resource"] for e in page.json()["entry"]}
+    assert set(tasks) <= set(shown)
+    for task_id in tasks:
+        tags = {t.get("code") for t in shown[task_id].get("meta", {}).get("tag", [])}
+        assert ("REDACTED" in tags) == (task_id not in consents), task_id
+
+    request_id = page.headers["x-request-id"]
+    events = (
+        await client.get("/fhir/AuditEvent", params={"_sort": "-date", "_count": 50})
+    ).json()["entry"]
+    audit = next(
+        e["resource"]
+        for e in events
+        if any(
+            (x.get("what") or {}).get("identifier", {}).get("value") == request_id
+            for x in e["resource"]["entity"]
+        )
+    )
+    assert any(s["code"] == "disclosure" for s in audit["subtype"])
+    basis = {}
+    for entity in audit["entity"]:
+        ref = (entity.get("what") or {}).get("reference", "")
+        if ref.startswith("Task/"):
+            basis[ref.split("/")[1]] = {d["type"]: d["valueString"] for d in entity["detail"]}
+    for task_id in tasks:
+        if task_id in consents:
+            assert basis[task_id] == {"consent": consents[task_id]}, task_id
+        else:
+            assert basis[task_id] == {"basis": "author or redacted view"}, task_id
