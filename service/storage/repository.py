@@ -239,6 +239,15 @@ def _index_rows(
     ]
 
 
+@dataclass(frozen=True)
+class NewResource:
+    """A resource's first version, with its content and index rows, ready to insert."""
+
+    stored: StoredResource
+    content: dict[str, Any]
+    index: Sequence[IndexEntry]
+
+
 async def write_version(
     conn: AsyncConnection,
     *,
@@ -246,10 +255,14 @@ async def write_version(
     method: str,
     content: dict[str, Any] | None,
     index: Sequence[IndexEntry],
+    with_new: Sequence[NewResource] = (),
 ) -> int:
-    """Record one new version (history row, current row, index rows); returns its ``seq``."""
+    """Record one new version (history row, current row, index rows), and ``with_new`` (its
+    AuditEvent) after it; returns the version's ``seq``."""
     if conn.dialect.name == "postgresql":
-        positions = await _write_versions_pg(conn, [(stored, method, index)])
+        positions = await _write_versions_pg(
+            conn, [(stored, method, index), *((n.stored, "POST", n.index) for n in with_new)]
+        )
         return positions[(stored.resource_type, stored.id)][1]
     row = (
         await conn.execute(_INSERT_HISTORY[conn.dialect.name], _history_row(stored, method))
@@ -267,16 +280,8 @@ async def write_version(
             | {f"u_{k}": v for k, v in values.items()},
         )
     await _insert_index(conn, index, [(txid, seq)] * len(index))
+    await insert_new_resources(conn, with_new)
     return seq
-
-
-@dataclass(frozen=True)
-class NewResource:
-    """A resource's first version, with its content and index rows, ready to insert."""
-
-    stored: StoredResource
-    content: dict[str, Any]
-    index: Sequence[IndexEntry]
 
 
 async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResource]) -> None:

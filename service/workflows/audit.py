@@ -1,6 +1,7 @@
 """The single choke point for AuditEvents (IHE Basic Audit Log Patterns shape).
 
-* Every write records one AuditEvent in the same transaction as the change (``record_write``).
+* Every write records one AuditEvent, written with the change (``write_event``: the caller
+  stores it in the same statement as the new version).
 * Reads, searches and history record one AuditEvent per request after the read, listing every
   resource returned (matches and included) — ``finish_request``, called by the request's
   context dependency; a failed or denied request records its failure the same way.
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import sensitivity
 from service.search.dates import format_instant
@@ -181,13 +182,6 @@ def _patient_entity(ref: str) -> dict[str, Any]:
     }
 
 
-async def _store(conn: AsyncConnection, ctx: WorkflowContext, event: dict[str, Any]) -> None:
-    """In the caller's transaction (writes: the AuditEvent commits with the change)."""
-    from service.workflows.resources import store_server_resource
-
-    await store_server_resource(conn, ctx, event)
-
-
 async def _commit(engine: AsyncEngine, ctx: WorkflowContext, event: dict[str, Any]) -> None:
     """On its own (reads, failures): committed with other requests' AuditEvents in one shared
     transaction (``group_commit``); returns once this one is durable."""
@@ -197,25 +191,24 @@ async def _commit(engine: AsyncEngine, ctx: WorkflowContext, event: dict[str, An
     await committer.write(prepare_server_resource(ctx, event))
 
 
-async def record_write(
-    conn: AsyncConnection,
+def write_event(
     ctx: WorkflowContext,
     *,
     interaction: str,
     stored: StoredResource,
     body: dict[str, Any] | None,
     previous: dict[str, Any] | None,
-) -> None:
+) -> dict[str, Any] | None:
+    """The AuditEvent of a write (None when not audited); the caller stores it with the write,
+    so that it commits, or not, with the change."""
     if not ctx.audit or stored.resource_type == "AuditEvent":
-        return
+        return None
     ctx.outcomes["audit:written"] = True
     entities = [_entity(stored)]
     patient = _patient_of(body or previous or {})
     if patient:
         entities.append(_patient_entity(patient))
-    await _store(
-        conn, ctx, audit_event(ctx, interaction=interaction, outcome="0", entities=entities)
-    )
+    return audit_event(ctx, interaction=interaction, outcome="0", entities=entities)
 
 
 def _masked_query(params: list[tuple[str, str]], resource_type: str) -> str:

@@ -421,20 +421,20 @@ async def _store(
         ),
     ]
     stored = StoredResource(resource_type, resource_id, version, last_updated, final is None, raw)
+    audit_event = audit.write_event(
+        ctx,
+        interaction={"update": "update", "patch": "patch"}.get(interaction, interaction),
+        stored=stored,
+        body=final,
+        previous=current_body,
+    )
     await repo.write_version(
         conn,
         stored=stored,
         method={"create": "POST", "delete": "DELETE", "patch": "PATCH"}.get(interaction, "PUT"),
         content=final,
         index=index,
-    )
-    await audit.record_write(
-        conn,
-        ctx,
-        interaction={"update": "update", "patch": "patch"}.get(interaction, interaction),
-        stored=stored,
-        body=final,
-        previous=current_body,
+        with_new=[prepare_server_resource(ctx, audit_event)] if audit_event is not None else [],
     )
     await _apply_after_rules(
         WrittenEvent(
@@ -467,17 +467,6 @@ def prepare_server_resource(ctx: WorkflowContext, body: dict[str, Any]) -> repo.
         final["resourceType"], rid, 1, last_updated, False, orjson.dumps(final).decode()
     )
     return repo.NewResource(stored=stored, content=final, index=index)
-
-
-async def store_server_resource(
-    conn: AsyncConnection, ctx: WorkflowContext, body: dict[str, Any]
-) -> StoredResource:
-    """Write a resource only the server writes in the caller's transaction."""
-    new = prepare_server_resource(ctx, body)
-    await repo.write_version(
-        conn, stored=new.stored, method="POST", content=new.content, index=new.index
-    )
-    return new.stored
 
 
 def _check_client_writable(ctx: WorkflowContext, resource_type: str) -> None:

@@ -216,3 +216,58 @@ async def test_concurrent_updates_never_lose_one(client: httpx.AsyncClient) -> N
     assert sorted(statuses) == [200] + [412] * 7
     current = (await client.get(f"/fhir/Organization/{oid}")).json()
     assert current["meta"]["versionId"] == "2"
+
+
+async def _write_events(client: httpx.AsyncClient) -> list[dict[str, object]]:
+    """Every AuditEvent of a successful write: (action, the version it names), oldest first."""
+    found = (
+        await client.get(
+            "/fhir/AuditEvent", params={"outcome": "0", "_sort": "date", "_count": 1000}
+        )
+    ).json()
+    events = []
+    for entry in found.get("entry", []):
+        event = entry["resource"]
+        if event["action"] in ("C", "U", "D"):
+            versions = [
+                e["what"]["reference"]
+                for e in event["entity"]
+                if "/_history/" in (e.get("what") or {}).get("reference", "")
+            ]
+            events.append({"action": event["action"], "versions": versions})
+    return events
+
+
+async def test_every_write_has_one_audit_event_and_a_failed_one_none(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    pid = created["id"]
+    stale = await client.put(
+        f"/fhir/Patient/{pid}", json=created, headers={**FHIR_JSON, "If-Match": 'W/"9"'}
+    )
+    assert stale.status_code == 412
+    r = await client.put(
+        f"/fhir/Patient/{pid}", json=created, headers={**FHIR_JSON, "If-Match": 'W/"1"'}
+    )
+    assert r.status_code == 200, r.text
+    assert (await client.delete(f"/fhir/Patient/{pid}")).status_code in (200, 204)
+    # A transaction that fails on its second entry: its first entry's write is not audited.
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Task"}, "request": {"method": "POST", "url": "Task"}},
+        ],
+    }
+    assert (await client.post("/fhir", json=bundle, headers=FHIR_JSON)).status_code in (400, 422)
+
+    events = await _write_events(client)
+    assert events == [
+        {"action": "C", "versions": [f"Patient/{pid}/_history/1"]},
+        {"action": "U", "versions": [f"Patient/{pid}/_history/2"]},
+        {"action": "D", "versions": [f"Patient/{pid}/_history/3"]},
+    ]
