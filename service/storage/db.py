@@ -108,14 +108,30 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+_OWN_WRITES = "handoff.own_writes"
+
+
 @asynccontextmanager
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """One transaction that commits when the block succeeds and rolls back on any error."""
     async with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             await conn.execution_options(**{_IMMEDIATE: True})
-        async with conn.begin():
-            yield conn
+        # ``info`` outlives the checkout (it belongs to the pooled connection): the record of
+        # this transaction's own writes is made here and dropped however the block ends.
+        conn.info[_OWN_WRITES] = {}
+        try:
+            async with conn.begin():
+                yield conn
+        finally:
+            conn.info.pop(_OWN_WRITES, None)
+
+
+def own_writes(conn: AsyncConnection) -> dict[tuple[str, str], Any] | None:
+    """The versions this write transaction has written so far, by (type, id), for the
+    repository to read back without a round trip (None outside ``write_transaction``)."""
+    found: dict[tuple[str, str], Any] | None = conn.info.get(_OWN_WRITES)
+    return found
 
 
 @asynccontextmanager

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.storage.db import own_writes
 from service.storage.tables import IdempotencyRecord, Resource, ResourceHistory, SearchIndex
 
 # SQLModel types ``__table__`` loosely; these are the Core tables the queries use.
@@ -102,6 +103,11 @@ _GET_CURRENT_FOR_UPDATE = _GET_CURRENT.with_for_update()
 async def get_current(
     conn: AsyncConnection, resource_type: str, resource_id: str, *, for_update: bool = False
 ) -> StoredResource | None:
+    written = own_writes(conn)
+    if written is not None and (resource_type, resource_id) in written:
+        # Read-your-writes without a round trip (and already locked, if ``for_update``).
+        found: StoredResource = written[(resource_type, resource_id)]
+        return found
     stmt = (
         _GET_CURRENT_FOR_UPDATE
         if for_update and conn.dialect.name == "postgresql"
@@ -248,6 +254,13 @@ class NewResource:
     index: Sequence[IndexEntry]
 
 
+def _remember(conn: AsyncConnection, versions: Sequence[StoredResource]) -> None:
+    # Recorded before the statement runs: if it fails, the transaction (and the record) ends.
+    written = own_writes(conn)
+    if written is not None:
+        written.update({(v.resource_type, v.id): v for v in versions})
+
+
 async def write_version(
     conn: AsyncConnection,
     *,
@@ -259,6 +272,7 @@ async def write_version(
 ) -> int:
     """Record one new version (history row, current row, index rows), and ``with_new`` (its
     AuditEvent) after it; returns the version's ``seq``."""
+    _remember(conn, [stored])
     if conn.dialect.name == "postgresql":
         positions = await _write_versions_pg(
             conn, [(stored, method, index), *((n.stored, "POST", n.index) for n in with_new)]
@@ -496,6 +510,9 @@ async def versions_with_identifier(
 
 
 async def resource_exists(conn: AsyncConnection, resource_type: str, resource_id: str) -> bool:
+    written = own_writes(conn)
+    if written is not None and (resource_type, resource_id) in written:
+        return not written[(resource_type, resource_id)].deleted
     row = (await conn.execute(_EXISTS, {"rt": resource_type, "rid": resource_id})).first()
     return row is not None and not row[0]
 

@@ -1,0 +1,80 @@
+"""A write transaction reads back its own writes without a round trip, and only its own."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.settings import Settings
+from service.storage import repository as repo
+from service.storage.db import create_engine, own_writes, read_connection, write_transaction
+from service.storage.repository import StoredResource
+
+
+def version(rid: str, n: int = 1) -> StoredResource:
+    raw = f'{{"resourceType":"Organization","id":"{rid}","meta":{{"versionId":"{n}"}}}}'
+    return StoredResource("Organization", rid, n, datetime.now(UTC), False, raw)
+
+
+def count_statements(engine: AsyncEngine) -> list[str]:
+    seen: list[str] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    return seen
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_own_writes_are_read_back_without_a_query(engine: AsyncEngine) -> None:
+    seen = count_statements(engine)
+    async with write_transaction(engine) as conn:
+        written = version("own-1")
+        await repo.write_version(conn, stored=written, method="POST", content={}, index=[])
+        before = len(seen)
+        assert await repo.get_current(conn, "Organization", "own-1") == written
+        assert await repo.get_current(conn, "Organization", "own-1", for_update=True) == written
+        assert await repo.resource_exists(conn, "Organization", "own-1")
+        assert len(seen) == before  # no statement sent
+        # Anything else still comes from the database.
+        assert await repo.get_current(conn, "Organization", "other") is None
+        assert len(seen) == before + 1
+        updated = version("own-1", 2)
+        await repo.write_version(conn, stored=updated, method="PUT", content={}, index=[])
+        assert await repo.get_current(conn, "Organization", "own-1") == updated
+    async with read_connection(engine) as conn:
+        assert own_writes(conn) is None
+        stored = await repo.get_current(conn, "Organization", "own-1")
+        assert stored is not None and stored.version_id == 2
+
+
+async def test_a_rolled_back_write_is_forgotten_with_its_transaction(settings: Settings) -> None:
+    # The record lives on the pooled connection's ``info``: a pool of one connection, so the
+    # next transactions certainly reuse the one that wrote.
+    engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
+    try:
+        await _rolled_back_then_reused(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _rolled_back_then_reused(engine: AsyncEngine) -> None:
+    with pytest.raises(Boom):
+        async with write_transaction(engine) as conn:
+            await repo.write_version(
+                conn, stored=version("gone"), method="POST", content={}, index=[]
+            )
+            raise Boom
+    for _ in range(3):
+        async with write_transaction(engine) as conn:
+            assert own_writes(conn) == {}
+            assert await repo.get_current(conn, "Organization", "gone") is None
+            assert not await repo.resource_exists(conn, "Organization", "gone")
