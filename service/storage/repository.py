@@ -247,10 +247,11 @@ def _index_rows(
 
 @dataclass(frozen=True)
 class NewResource:
-    """A resource's first version, with its content and index rows, ready to insert."""
+    """A resource's first version, with its content and index rows, ready to insert.
+    ``content`` None: no JSONB copy (AuditEvents, see workflows.resources)."""
 
     stored: StoredResource
-    content: dict[str, Any]
+    content: dict[str, Any] | None
     index: Sequence[IndexEntry]
 
 
@@ -275,7 +276,11 @@ async def write_version(
     _remember(conn, [stored])
     if conn.dialect.name == "postgresql":
         positions = await _write_versions_pg(
-            conn, [(stored, method, index), *((n.stored, "POST", n.index) for n in with_new)]
+            conn,
+            [
+                (stored, method, index, content is not None),
+                *((n.stored, "POST", n.index, n.content is not None) for n in with_new),
+            ],
         )
         return positions[(stored.resource_type, stored.id)][1]
     row = (
@@ -306,7 +311,9 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
     if not items:
         return
     if conn.dialect.name == "postgresql":
-        await _write_versions_pg(conn, [(i.stored, "POST", i.index) for i in items])
+        await _write_versions_pg(
+            conn, [(i.stored, "POST", i.index, i.content is not None) for i in items]
+        )
         return
     returned = await conn.execute(
         _INSERT_HISTORY[conn.dialect.name], [_history_row(i.stored, "POST") for i in items]
@@ -340,12 +347,14 @@ _VERSION_COLUMNS = (
     ("method", "text"),
     ("deleted", "boolean"),
     ("raw", "text"),
+    ("with_content", "boolean"),
 )
 # PostgreSQL: versions (one or many) with their history, current and index rows in ONE
 # statement, one array per column: three round trips (and three executions through
 # SQLAlchemy) become one. The current row is an upsert (a first version inserts it, a later
 # one replaces it); ``uq_history_version`` still rejects two writers of the same version.
-# ``content`` (JSONB for ad-hoc SQL) is parsed from the stored text by PostgreSQL.
+# ``content`` (JSONB for ad-hoc SQL) is parsed from the stored text by PostgreSQL, for the
+# versions that keep one (``with_content``).
 _WRITE_VERSIONS_PG = text(
     "WITH v AS (SELECT * FROM unnest("
     + ", ".join(f":v_{n} ::{t}[]" for n, t in _VERSION_COLUMNS)
@@ -357,7 +366,8 @@ _WRITE_VERSIONS_PG = text(
     "RETURNING resource_type, id, seq, txid), "
     f"r AS (INSERT INTO {resource_t.name} "
     "(resource_type, id, version_id, last_updated, deleted, raw, content) "
-    "SELECT resource_type, id, version_id, last_updated, deleted, raw, raw::jsonb FROM v "
+    "SELECT resource_type, id, version_id, last_updated, deleted, raw, "
+    "CASE WHEN with_content THEN raw::jsonb END FROM v "
     "ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, "
     "last_updated = excluded.last_updated, deleted = excluded.deleted, raw = excluded.raw, "
     "content = excluded.content), "
@@ -373,14 +383,17 @@ _WRITE_VERSIONS_PG = text(
 
 
 async def _write_versions_pg(
-    conn: AsyncConnection, versions: Sequence[tuple[StoredResource, str, Sequence[IndexEntry]]]
+    conn: AsyncConnection,
+    versions: Sequence[tuple[StoredResource, str, Sequence[IndexEntry], bool]],
 ) -> dict[tuple[str, str], tuple[int, int]]:
-    """Write ``(version, method, index rows)`` in one statement; (txid, seq) of each by key."""
+    """Write ``(version, method, index rows, keep JSONB content)`` in one statement; (txid,
+    seq) of each by key."""
     params: dict[str, list[Any]] = {f"v_{n}": [] for n, _ in _VERSION_COLUMNS}
     params.update({f"i_{n}": [] for n, _ in _INDEX_COLUMNS[:-2]})
-    for stored, method, index in versions:
+    for stored, method, index, with_content in versions:
         for name, value in _history_row(stored, method).items():
             params[f"v_{name}"].append(value)
+        params["v_with_content"].append(with_content)
         for entry in index:
             for name, _ in _INDEX_COLUMNS[:-2]:
                 params[f"i_{name}"].append(getattr(entry, name))

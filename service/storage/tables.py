@@ -1,6 +1,7 @@
 """Table definitions (SQLModel), shared by the repository and by Alembic.
 
-- ``resource``: the current version of every resource (JSON as stored, plus JSONB for ad-hoc SQL).
+- ``resource``: the current version of every resource (JSON as stored, plus JSONB for ad-hoc SQL
+  except for AuditEvents).
 - ``resource_history``: every version, in a gap-free change order (``seq``, ``txid``).
 - ``search_index``: one row per search-parameter value of every version (token, reference,
   string, date, number, uri), so search is a set of index probes on both dialects.

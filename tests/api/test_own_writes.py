@@ -1,18 +1,21 @@
-"""A write transaction reads back its own writes without a round trip, and only its own."""
+"""What a write stores: its own writes read back without a round trip (and only its own),
+the JSONB copy of resources but not of AuditEvents."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings
 from service.storage import repository as repo
 from service.storage.db import create_engine, own_writes, read_connection, write_transaction
 from service.storage.repository import StoredResource
+from tests.builders import FHIR_JSON, task
 
 
 def version(rid: str, n: int = 1) -> StoredResource:
@@ -78,3 +81,18 @@ async def _rolled_back_then_reused(engine: AsyncEngine) -> None:
             assert own_writes(conn) == {}
             assert await repo.get_current(conn, "Organization", "gone") is None
             assert not await repo.resource_exists(conn, "Organization", "gone")
+
+
+async def test_jsonb_copy_for_resources_but_not_audit_events(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    r = await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    async with read_connection(engine) as conn:
+        rows = (
+            await conn.execute(select(repo.resource_t.c.resource_type, repo.resource_t.c.content))
+        ).all()
+    contents = dict(rows)
+    assert contents["Task"] == created  # the JSON as served, queryable by SQL
+    assert "AuditEvent" in contents and contents["AuditEvent"] is None
