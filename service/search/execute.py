@@ -358,10 +358,11 @@ async def _reverse(
         .select_from(index_t)
         .where(
             c.resource_type == inc.source_type,
-            c.param == inc.param.name,
+            c.param == inc.param.index_name,
             c.resource_id == resource_t.c.id,
             c.version_id == resource_t.c.version_id,
             c.value.in_(refs),
+            *([c.system == inc.param.index_system] if inc.param.index_system else []),
         )
         .exists(),
         allowed,
@@ -484,7 +485,8 @@ def _feed_statement(
         .select_from(_FEED_INDEX.join(history_t, h.seq == d.seq))
         .where(
             d.resource_type == resource_type,
-            d.param == driving.param.name,
+            d.param == driving.param.index_name,
+            *([d.system == driving.param.index_system] if driving.param.index_system else []),
             or_(*values),
             tuple_(d.txid, d.seq) > after,
             fence_condition(dialect, d.txid),

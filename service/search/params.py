@@ -9,6 +9,7 @@ the index for every type and lets the CapabilityStatement list exactly what is s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +26,20 @@ class SearchParam:
     # Only references to ``targets`` are indexed: the definition's ``where(resolve() is …)``
     # (e.g. AuditEvent's ``patient`` is ``entity.what`` that is a Patient, not every entity).
     targets_only: bool = False
+    # Served by another parameter's rows, those whose ``system`` (a reference's target type) is
+    # given: AuditEvent's ``patient`` is its ``entity`` references to Patients, indexed once as
+    # ``entity`` (a provider's page AuditEvent would otherwise index each patient twice).
+    stored_as: tuple[str, str] | None = None
+
+    @property
+    def index_name(self) -> str:
+        """The ``param`` of the index rows that hold this parameter's values."""
+        return self.stored_as[0] if self.stored_as else self.name
+
+    @property
+    def index_system(self) -> str | None:
+        """The ``system`` those rows must have (None: any)."""
+        return self.stored_as[1] if self.stored_as else None
 
 
 def _p(name: str, kind: Kind, *paths: str, targets: tuple[str, ...] = ()) -> SearchParam:
@@ -211,7 +226,14 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("date", "date", "recorded"),
         _p("agent", "reference", "agent.who", targets=(*_ORG_ROLE, "Device")),
         _p("entity", "reference", "entity.what", targets=_ANY),
-        _patient("entity.what"),
+        SearchParam(
+            name="patient",
+            kind="reference",
+            paths=("entity.what",),
+            targets=_PATIENT,
+            targets_only=True,
+            stored_as=("entity", "Patient"),
+        ),
         _p("type", "token", "type"),
         _p("subtype", "token", "subtype"),
         _p("outcome", "token", "outcome"),
@@ -270,10 +292,12 @@ def params_for(resource_type: str) -> dict[str, SearchParam]:
     return found
 
 
+@functools.lru_cache(maxsize=128)
 def indexed_params(resource_type: str) -> tuple[SearchParam, ...]:
-    """Parameters whose values go into ``search_index`` (``_id``/``_lastUpdated`` do not)."""
+    """Parameters whose values go into ``search_index`` under their own name (``_id`` and
+    ``_lastUpdated`` are columns; ``stored_as`` parameters use another one's rows)."""
     return tuple(
         p
         for p in (*COMMON, *BY_TYPE.get(resource_type, ()))
-        if p.name not in {"_id", "_lastUpdated"}
+        if p.name not in {"_id", "_lastUpdated"} and p.stored_as is None
     )

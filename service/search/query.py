@@ -384,8 +384,10 @@ def index_exists(
     id_col: Any,
     version_col: Any,
     probe: bool = False,
+    system: str | None = None,
 ) -> ColumnElement[bool]:
-    """Whether the row's version has an index row of ``param_name`` (matching the value).
+    """Whether the row's version has an index row of ``param_name`` (with ``system``, if
+    given) matching the value.
 
     ``probe``: keep it a per-row index probe. PostgreSQL may otherwise evaluate an EXISTS under
     OR by hashing *every* index row with that value (all 333k ``status=requested`` rows of a
@@ -401,6 +403,8 @@ def index_exists(
         c.resource_id == id_col,
         c.version_id == version_col,
     ]
+    if system is not None:
+        conds.append(c.system == system)
     if value_condition is not None:
         conds.append(value_condition)
     subquery = select(1).select_from(index_t).where(*conds)
@@ -447,7 +451,13 @@ def _criterion_condition(
         return or_(*ors)
     if crit.modifier == "missing":
         any_row = index_exists(
-            resource_type, p.name, None, id_col=id_col, version_col=version_col, probe=probe
+            resource_type,
+            p.index_name,
+            None,
+            id_col=id_col,
+            version_col=version_col,
+            probe=probe,
+            system=p.index_system,
         )
         return not_(any_row) if crit.values[0] == "true" else any_row
     value_conds = [
@@ -456,11 +466,12 @@ def _criterion_condition(
     matched = (
         index_exists(
             resource_type,
-            p.name,
+            p.index_name,
             or_(*value_conds),
             id_col=id_col,
             version_col=version_col,
             probe=probe,
+            system=p.index_system,
         )
         if value_conds
         else false()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.search.extract import extract_index
+from service.search.params import params_for
 
 
 def _values(resource: dict, param: str) -> list[str | None]:
@@ -20,8 +21,15 @@ def test_patient_parameters_index_only_patient_references() -> None:
             {"what": {"reference": "Patient/p1"}},
         ],
     }
-    assert _values(event, "patient") == ["Patient/p1"]
-    assert _values(event, "entity") == ["Task/t1", "Patient/p1"]
+    # ... and is served by the entity rows whose target type is Patient (indexed once).
+    assert _values(event, "patient") == []
+    rows = extract_index(event, version_id=1, base_url="https://h.example/fhir")
+    entity = [(r.system, r.value) for r in rows if r.param == "entity"]
+    assert entity == [("Task", "Task/t1"), ("Patient", "Patient/p1")]
+    patient = params_for("AuditEvent")["patient"]
+    assert (patient.index_name, patient.index_system) == ("entity", "Patient")
+    procedure = {"resourceType": "Procedure", "id": "x", "subject": {"reference": "Patient/p1"}}
+    assert _values(procedure, "patient") == ["Patient/p1"]
 
 
 def test_task_for_a_group_is_a_subject_but_not_a_patient() -> None:
