@@ -461,8 +461,9 @@ async def _lookups_for(
         if body is None:
             continue
         patients.add(str(_patient_of(body)))
-        if stored.resource_type == "Task":
-            tasks.append((stored.id, stored.version_id))
+        requester = (body.get("requester") or {}).get("reference")
+        if stored.resource_type == "Task" and requester == ctx.organization:
+            tasks.append((stored.id, stored.version_id))  # whose actor decides (below)
     if not patients or ctx.organization is None:
         return None
     return _Lookups(
