@@ -30,6 +30,7 @@ from service.api.routes.resources import resource_router
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.logging_config import AccessLogMiddleware, configure_logging
 from service.openapi_schemas import fhir_component_schemas
+from service.runtime import tune_garbage_collector
 from service.settings import Settings, get_settings
 from service.storage.db import create_engine
 from service.telemetry import install_telemetry, instrument_engine
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
                 from service.demo import seed_demo
 
                 await seed_demo(app)
+            tune_garbage_collector(settings)
             yield
         finally:
             if getattr(app.state, "auth", None) is not None:

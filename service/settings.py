@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         "('*' trusts all).",
     )
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="Largest request body.")
+    gc_gen0_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="Python's cyclic garbage collector: allocations between collections of its "
+        "youngest generation (the interpreter's default is 700); what start-up built is frozen "
+        "out of collections. 0 leaves the interpreter's defaults.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     demo: bool = Field(False, description="Seed demo organizations and clients on start-up.")
     default_page_size: int = Field(50, ge=1, le=1000)

@@ -100,7 +100,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, public_base_url=None, _env_file=None)  # type: ignore[call-arg]
+    # gc_gen0_threshold=0: apps started by tests leave the test process's collector alone.
+    return Settings(  # type: ignore[call-arg]
+        database_url=database_url, public_base_url=None, gc_gen0_threshold=0, _env_file=None
+    )
 
 
 @pytest.fixture
