@@ -108,7 +108,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
-_OWN_WRITES = "handoff.own_writes"
+_KNOWN_ROWS = "handoff.known_rows"
 
 
 @asynccontextmanager
@@ -118,19 +118,19 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
         if engine.dialect.name == "sqlite":
             await conn.execution_options(**{_IMMEDIATE: True})
         # ``info`` outlives the checkout (it belongs to the pooled connection): the record of
-        # this transaction's own writes is made here and dropped however the block ends.
-        conn.info[_OWN_WRITES] = {}
+        # the rows this transaction wrote or read is made here and dropped however it ends.
+        conn.info[_KNOWN_ROWS] = {}
         try:
             async with conn.begin():
                 yield conn
         finally:
-            conn.info.pop(_OWN_WRITES, None)
+            conn.info.pop(_KNOWN_ROWS, None)
 
 
-def own_writes(conn: AsyncConnection) -> dict[tuple[str, str], Any] | None:
-    """The versions this write transaction has written so far, by (type, id), for the
-    repository to read back without a round trip (None outside ``write_transaction``)."""
-    found: dict[tuple[str, str], Any] | None = conn.info.get(_OWN_WRITES)
+def known_rows(conn: AsyncConnection) -> dict[tuple[str, str], Any] | None:
+    """The current rows this write transaction has written or read so far, by (type, id), for
+    the repository to answer again without a round trip (None outside ``write_transaction``)."""
+    found: dict[tuple[str, str], Any] | None = conn.info.get(_KNOWN_ROWS)
     return found
 
 

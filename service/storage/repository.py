@@ -7,7 +7,7 @@ commits. Values move as plain dataclasses and JSON text.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -19,17 +19,20 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     delete,
+    false,
     insert,
     literal,
     literal_column,
+    or_,
     select,
     text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.storage.db import own_writes
+from service.storage.db import known_rows
 from service.storage.tables import IdempotencyRecord, Resource, ResourceHistory, SearchIndex
 
 # SQLModel types ``__table__`` loosely; these are the Core tables the queries use.
@@ -103,11 +106,15 @@ _GET_CURRENT_FOR_UPDATE = _GET_CURRENT.with_for_update()
 async def get_current(
     conn: AsyncConnection, resource_type: str, resource_id: str, *, for_update: bool = False
 ) -> StoredResource | None:
-    written = own_writes(conn)
-    if written is not None and (resource_type, resource_id) in written:
-        # Read-your-writes without a round trip (and already locked, if ``for_update``).
-        found: StoredResource = written[(resource_type, resource_id)]
-        return found
+    """The current row. In a write transaction, a row it wrote, locked or read before is
+    answered again without a round trip: what it wrote is what it would read, a locked row
+    cannot change, and an unlocked one read again is as if both reads ran at the first."""
+    known = known_rows(conn)
+    key = (resource_type, resource_id)
+    if known is not None and key in known:
+        stored, locked = known[key]
+        if locked or not for_update:
+            return cast(StoredResource, stored)
     stmt = (
         _GET_CURRENT_FOR_UPDATE
         if for_update and conn.dialect.name == "postgresql"
@@ -116,7 +123,10 @@ async def get_current(
     row = (await conn.execute(stmt, {"rt": resource_type, "rid": resource_id})).first()
     if row is None:
         return None
-    return StoredResource(resource_type, resource_id, row[0], row[1], row[2], row[3])
+    found = StoredResource(resource_type, resource_id, row[0], row[1], row[2], row[3])
+    if known is not None:
+        known[key] = (found, for_update)
+    return found
 
 
 @functools.lru_cache(maxsize=1024)
@@ -135,6 +145,39 @@ async def get_current_checked(
     if row is None:
         return None
     return StoredResource(resource_type, resource_id, row[0], row[1], row[2], row[3]), bool(row[4])
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_many_select(
+    conditions: tuple[tuple[str, ColumnElement[bool] | None], ...], count: int
+) -> Select[Any]:
+    r = resource_t.c
+    checked = case(
+        *((r.resource_type == rtype, cond) for rtype, cond in conditions if cond is not None),
+        else_=false(),
+    )
+    keys = [
+        and_(r.resource_type == bindparam(f"rt_{i}"), r.id == bindparam(f"rid_{i}"))
+        for i in range(count)
+    ]
+    return select(r.resource_type, r.id, checked.label("checked")).where(or_(*keys))
+
+
+async def which_pass(
+    conn: AsyncConnection,
+    targets: Sequence[tuple[str, str]],
+    condition_for: Callable[[str], ColumnElement[bool] | None],
+) -> dict[tuple[str, str], bool]:
+    """For each existing (type, id) of ``targets``: whether its current row meets its type's
+    condition (None: never). One query for all; unknown targets are absent from the answer."""
+    if not targets:
+        return {}
+    types = sorted({rtype for rtype, _ in targets})
+    stmt = _checked_many_select(tuple((t, condition_for(t)) for t in types), len(targets))
+    params: dict[str, str] = {}
+    for i, (rtype, rid) in enumerate(targets):
+        params[f"rt_{i}"], params[f"rid_{i}"] = rtype, rid
+    return {(r[0], r[1]): bool(r[2]) for r in await conn.execute(stmt, params)}
 
 
 async def get_version(
@@ -257,9 +300,9 @@ class NewResource:
 
 def _remember(conn: AsyncConnection, versions: Sequence[StoredResource]) -> None:
     # Recorded before the statement runs: if it fails, the transaction (and the record) ends.
-    written = own_writes(conn)
-    if written is not None:
-        written.update({(v.resource_type, v.id): v for v in versions})
+    known = known_rows(conn)
+    if known is not None:
+        known.update({(v.resource_type, v.id): (v, True) for v in versions})
 
 
 async def write_version(
@@ -498,17 +541,24 @@ _INDEX_VALUES = select(index_t.c.resource_id, index_t.c.version_id, index_t.c.va
 _EXISTS = select(resource_t.c.deleted).where(_BY_KEY)
 
 
-_WITH_IDENTIFIER = (
-    select(index_t.c.resource_id, index_t.c.version_id)
-    .where(
-        index_t.c.resource_type == bindparam("rt"),
-        index_t.c.param == "identifier",
-        index_t.c.system == bindparam("system"),
-        index_t.c.value == bindparam("value"),
+@functools.lru_cache(maxsize=8)
+def _with_identifiers(count: int) -> Select[Any]:
+    c = index_t.c
+    return (
+        select(c.system, c.value, c.resource_id, c.version_id)
+        .where(
+            c.resource_type == bindparam("rt"),
+            c.param == "identifier",
+            or_(
+                *(
+                    and_(c.system == bindparam(f"system_{i}"), c.value == bindparam(f"value_{i}"))
+                    for i in range(count)
+                )
+            ),
+        )
+        .order_by(c.resource_id, c.version_id.desc())
+        .limit(bindparam("limit"))
     )
-    .order_by(index_t.c.resource_id, index_t.c.version_id.desc())
-    .limit(bindparam("limit"))
-)
 
 
 async def versions_with_identifier(
@@ -516,16 +566,34 @@ async def versions_with_identifier(
 ) -> list[tuple[str, int]]:
     """(id, version) of every version, current or not, that carried ``system|value``: from
     the identifier's own index rows alone, so no planner estimate can make it scan a type."""
-    rows = await conn.execute(
-        _WITH_IDENTIFIER, {"rt": resource_type, "system": system, "value": value, "limit": limit}
-    )
-    return [(str(r[0]), int(r[1])) for r in rows]
+    found = await versions_with_identifiers(conn, resource_type, [(system, value)], limit=limit)
+    return [(rid, version) for _, rid, version in found]
+
+
+async def versions_with_identifiers(
+    conn: AsyncConnection,
+    resource_type: str,
+    identifiers: Sequence[tuple[str, str]],
+    *,
+    limit: int = 20,
+) -> list[tuple[int, str, int]]:
+    """``versions_with_identifier`` for several identifiers in one query: (which of
+    ``identifiers`` it carried, id, version), by id and newest version first."""
+    params: dict[str, Any] = {"rt": resource_type, "limit": limit * len(identifiers)}
+    for i, (system, value) in enumerate(identifiers):
+        params[f"system_{i}"], params[f"value_{i}"] = system, value
+    rows = await conn.execute(_with_identifiers(len(identifiers)), params)
+    return [
+        (identifiers.index((str(r[0]), str(r[1]))), str(r[2]), int(r[3]))
+        for r in rows
+        if (str(r[0]), str(r[1])) in identifiers
+    ]
 
 
 async def resource_exists(conn: AsyncConnection, resource_type: str, resource_id: str) -> bool:
-    written = own_writes(conn)
-    if written is not None and (resource_type, resource_id) in written:
-        return not written[(resource_type, resource_id)].deleted
+    known = known_rows(conn)
+    if known is not None and (resource_type, resource_id) in known:
+        return not known[(resource_type, resource_id)][0].deleted
     row = (await conn.execute(_EXISTS, {"rt": resource_type, "rid": resource_id})).first()
     return row is not None and not row[0]
 

@@ -95,12 +95,8 @@ async def match_or_create_patient(
             "person needs the jail's person_id or booking_number", expression=["person"]
         )
     await repo.lock_key(conn, f"patient:{keys[0][0]}|{keys[0][1]}")
-    found = None
-    for system, value in keys:
-        matches = await wf.find_by_identifier(conn, ctx, "Patient", system, value)
-        if matches:
-            found = matches[0]
-            break
+    matches = await wf.find_by_first_identifier(conn, ctx, "Patient", keys)
+    found = matches[0] if matches else None
     if found is None:
         created = await wf.create_in(conn, ctx, _patient_body(person, organization, None))
         return created.stored.id, True

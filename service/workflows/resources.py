@@ -179,25 +179,40 @@ async def find_by_identifier(
     primary key: a few rows whatever the database's statistics say, where the same search as
     a single statement can be planned as a walk over every resource of the type while the
     statistics lag behind a growing type."""
+    return await find_by_first_identifier(conn, ctx, resource_type, [(system, value)])
+
+
+async def find_by_first_identifier(
+    conn: AsyncConnection,
+    ctx: WorkflowContext,
+    resource_type: str,
+    identifiers: list[tuple[str, str]],
+) -> list[StoredResource]:
+    """``find_by_identifier`` for the first of ``identifiers`` (in order of preference) that
+    finds anything, with the index rows of all of them fetched in one query."""
     check_type(resource_type)
     access = ctx.search_access or ctx.access
     allowed = access(resource_type, CURRENT_COLS)
-    if allowed is None:
+    if allowed is None or not identifiers:
         return []
-    found = []
-    seen: set[str] = set()
-    for rid, version in await repo.versions_with_identifier(conn, resource_type, system, value):
-        if rid in seen:
-            continue
-        seen.add(rid)
-        current = await repo.get_current_checked(conn, resource_type, rid, allowed)
-        if current is None or not current[1]:
-            continue
-        stored = current[0]
-        if stored.deleted or stored.version_id != version:
-            continue  # deleted, or the identifier was on an older version only
-        found.append(await disclose(conn, ctx, stored))
-    return found
+    carried = await repo.versions_with_identifiers(conn, resource_type, identifiers)
+    for which in range(len(identifiers)):
+        found = []
+        seen: set[str] = set()
+        for rid, version in [(rid, v) for i, rid, v in carried if i == which]:
+            if rid in seen:
+                continue
+            seen.add(rid)
+            current = await repo.get_current_checked(conn, resource_type, rid, allowed)
+            if current is None or not current[1]:
+                continue
+            stored = current[0]
+            if stored.deleted or stored.version_id != version:
+                continue  # deleted, or the identifier was on an older version only
+            found.append(await disclose(conn, ctx, stored))
+        if found:
+            return found
+    return []
 
 
 def _audit_as(ctx: WorkflowContext, interaction: str, target: str | None = None) -> None:
@@ -402,10 +417,14 @@ async def _store(
         old_index=old_index,
         creating=current is None or current.deleted,
     )
-    for target_type, target_id, element in linked_targets(ctx.principal, resource_type, index):
+    targets = linked_targets(ctx.principal, resource_type, index)
+    access = ctx.write_access or ctx.access
+    visible = await repo.which_pass(
+        conn, [(t, i) for t, i, _ in targets], lambda rtype: access(rtype, CURRENT_COLS)
+    )
+    for target_type, target_id, element in targets:
         # Dangling references stay allowed (transactions may create the target later).
-        target = await _fetch_checked(conn, ctx, target_type, target_id, write=True)
-        if target is not None and not target[1]:
+        if visible.get((target_type, target_id), True) is False:
             raise BusinessRuleError(
                 f"{element} refers to {target_type}/{target_id}, which is not known to this server",
                 expression=[element],
