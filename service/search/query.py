@@ -360,7 +360,9 @@ def value_condition(
         return c.value == value
     if p.kind == "date":
         prefix, text = split_prefix(value)
-        return _date_condition(prefix, c.low, c.high, text)
+        # Date rows have no ``value``: saying so lets the planner use ``ix_search_low``, which
+        # holds only such rows (see storage.tables).
+        return and_(c.value.is_(None), _date_condition(prefix, c.low, c.high, text))
     return None
 
 

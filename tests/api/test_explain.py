@@ -149,3 +149,30 @@ async def test_an_organizations_search_never_walks_everything_it_made(
     assert "hashed SubPlan" not in plan, plan
     most = max(int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan))
     assert most <= 10, plan  # per-row probes, not 20,000 rows of the organization
+
+
+async def test_date_search_uses_the_date_row_index(engine: AsyncEngine) -> None:
+    """``ix_search_low`` holds date rows only (a partial index): a date condition must say so
+    for the planner to use it."""
+    async with engine.begin() as conn:
+        await conn.execute(text(LOAD))
+        await conn.execute(
+            text(
+                "INSERT INTO search_index (resource_type, resource_id, version_id, param, low,"
+                " high, txid, seq) SELECT 'Task', id, 1, 'authored-on',"
+                " timestamptz '2026-01-01' + (row_number() OVER (ORDER BY id)) * interval '1 min',"
+                " timestamptz '2026-01-01' + (row_number() OVER (ORDER BY id)) * interval '1 min',"
+                " 1, 1 FROM resource WHERE resource_type = 'Task'"
+            )
+        )
+        for table in ("resource", "resource_history", "search_index"):
+            await conn.execute(text(f"ANALYZE {table}"))
+    # 20,000 Tasks authored a minute apart from 2026-01-01T00:01
+    page, _, _ = await search_statement(engine, [("authored-on", "lt2026-01-01T00:05:00Z")])
+    assert len(page.matches) == 4
+    page, statement, parameters = await search_statement(
+        engine, [("authored-on", "sa2026-01-14T21:00:00Z")]
+    )
+    assert len(page.matches) == 20
+    plan = await _explain(engine, statement, parameters)
+    assert "ix_search_low" in plan, plan

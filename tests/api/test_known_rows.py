@@ -1,5 +1,6 @@
-"""What a write stores: its own writes read back without a round trip (and only its own),
-the JSONB copy of resources but not of AuditEvents."""
+"""What a write transaction knows and stores: rows it wrote or read are answered again without a
+round trip (and only within it, never a lock it did not take); resources keep a JSONB copy,
+AuditEvents not."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings
 from service.storage import repository as repo
-from service.storage.db import create_engine, own_writes, read_connection, write_transaction
+from service.storage.db import create_engine, known_rows, read_connection, write_transaction
 from service.storage.repository import StoredResource
 from tests.builders import FHIR_JSON, task
 
@@ -27,7 +28,8 @@ def count_statements(engine: AsyncEngine) -> list[str]:
     seen: list[str] = []
 
     def capture(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
-        seen.append(statement)
+        if not statement.startswith("BEGIN"):  # SQLite's, sent as a statement
+            seen.append(statement)
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
     return seen
@@ -49,12 +51,13 @@ async def test_own_writes_are_read_back_without_a_query(engine: AsyncEngine) -> 
         assert len(seen) == before  # no statement sent
         # Anything else still comes from the database.
         assert await repo.get_current(conn, "Organization", "other") is None
-        assert len(seen) == before + 1
+        assert await repo.get_current(conn, "Organization", "other") is None  # not remembered
+        assert len(seen) == before + 2
         updated = version("own-1", 2)
         await repo.write_version(conn, stored=updated, method="PUT", content={}, index=[])
         assert await repo.get_current(conn, "Organization", "own-1") == updated
     async with read_connection(engine) as conn:
-        assert own_writes(conn) is None
+        assert known_rows(conn) is None
         stored = await repo.get_current(conn, "Organization", "own-1")
         assert stored is not None and stored.version_id == 2
 
@@ -78,7 +81,7 @@ async def _rolled_back_then_reused(engine: AsyncEngine) -> None:
             raise Boom
     for _ in range(3):
         async with write_transaction(engine) as conn:
-            assert own_writes(conn) == {}
+            assert known_rows(conn) == {}
             assert await repo.get_current(conn, "Organization", "gone") is None
             assert not await repo.resource_exists(conn, "Organization", "gone")
 
@@ -96,3 +99,50 @@ async def test_jsonb_copy_for_resources_but_not_audit_events(
     contents = dict(rows)
     assert contents["Task"] == created  # the JSON as served, queryable by SQL
     assert "AuditEvent" in contents and contents["AuditEvent"] is None
+
+
+async def test_a_row_read_is_answered_again_but_locked_only_by_the_database(
+    engine: AsyncEngine,
+) -> None:
+    async with write_transaction(engine) as conn:
+        await repo.write_version(
+            conn, stored=version("read-1"), method="POST", content={}, index=[]
+        )
+    seen = count_statements(engine)
+    async with write_transaction(engine) as conn:
+        first = await repo.get_current(conn, "Organization", "read-1")
+        assert first is not None and len(seen) == 1
+        assert await repo.get_current(conn, "Organization", "read-1") == first
+        assert await repo.resource_exists(conn, "Organization", "read-1")
+        assert len(seen) == 1
+        # A row only read is not locked: FOR UPDATE goes to the database (once).
+        assert await repo.get_current(conn, "Organization", "read-1", for_update=True) == first
+        assert len(seen) == 2
+        if engine.dialect.name == "postgresql":
+            assert "FOR UPDATE" in seen[-1]
+        assert await repo.get_current(conn, "Organization", "read-1", for_update=True) == first
+        assert len(seen) == 2
+    async with write_transaction(engine) as conn:  # a new transaction reads afresh
+        await repo.get_current(conn, "Organization", "read-1")
+        assert len(seen) == 3
+
+
+async def test_which_pass_checks_several_targets_in_one_query(engine: AsyncEngine) -> None:
+    from sqlalchemy import literal
+
+    async with write_transaction(engine) as conn:
+        for rid in ("a", "b"):
+            await repo.write_version(conn, stored=version(rid), method="POST", content={}, index=[])
+    conditions = {
+        "Organization": repo.resource_t.c.id == literal("a"),  # only "a" passes
+        "Patient": None,  # never
+    }
+    seen = count_statements(engine)
+    async with read_connection(engine) as conn:
+        found = await repo.which_pass(
+            conn,
+            [("Organization", "a"), ("Organization", "b"), ("Organization", "x"), ("Patient", "a")],
+            conditions.get,
+        )
+    assert found == {("Organization", "a"): True, ("Organization", "b"): False}
+    assert len(seen) == 1
