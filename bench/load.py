@@ -292,7 +292,7 @@ async def _drain(
 
 
 def index_records(plan: Plan) -> Iterator[tuple[Any, ...]]:
-    """Every index row, ordered as ix_search_feed / ix_search_value / ix_search_low and
+    """Every index row, ordered as ix_search_feed / ix_search_low and
     ix_search_system_value order them (by parameter, then value, then Task), NULL values last."""
     rows = TaskRows(owners=plan.owners, seed=plan.seed)
     fields = [rows.fields(i) for i in range(plan.tasks)]

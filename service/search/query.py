@@ -31,7 +31,7 @@ from service.errors import InvalidRequestError, Issue
 from service.search.dates import parse_range
 from service.search.extract import normalize_string, relative_reference
 from service.search.params import SearchParam, params_for
-from service.storage.repository import index_t, resource_t
+from service.storage.repository import index_t, probe_type, resource_t
 
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 RESULT_PARAMS = {
@@ -400,7 +400,8 @@ def index_exists(
     """
     c = index_t.c
     conds = [
-        c.resource_type == resource_type,
+        # A probe goes by the version's own rows; a search may drive from the value's rows.
+        probe_type(c.resource_type, resource_type) if probe else c.resource_type == resource_type,
         c.param == param_name,
         c.resource_id == id_col,
         c.version_id == version_col,
@@ -521,7 +522,7 @@ def sort_expression(resource_type: str, key: str) -> Any:
     return (
         select(c.low)
         .where(
-            c.resource_type == resource_type,
+            probe_type(c.resource_type, resource_type),
             c.param == key,
             c.resource_id == r.id,
             c.version_id == r.version_id,

@@ -28,6 +28,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -40,6 +41,17 @@ resource_t = cast(Table, Resource.__table__)  # type: ignore[attr-defined]
 history_t = cast(Table, ResourceHistory.__table__)  # type: ignore[attr-defined]
 index_t = cast(Table, SearchIndex.__table__)  # type: ignore[attr-defined]
 idempotency_t = cast(Table, IdempotencyRecord.__table__)  # type: ignore[attr-defined]
+
+
+def probe_type(column: Any, resource_type: Any) -> ColumnElement[bool]:
+    """``column = resource_type`` in a probe of one version's index rows (its ``resource_id``
+    is given), written so that no index can use it: the probe then goes by
+    ``ix_search_resource`` (a handful of rows) and cannot be planned as a walk over every row
+    of a type and parameter, which PostgreSQL does for a type whose statistics lag behind its
+    growth (measured in the referral benchmark: every Patient a jail had created, per check).
+    """
+    condition: ColumnElement[bool] = column.op("||")(literal_column("''")) == resource_type
+    return condition
 
 
 @functools.lru_cache(maxsize=256)
@@ -528,13 +540,13 @@ async def index_values(
 
 
 _INDEX_VALUE = select(index_t.c.value).where(
-    index_t.c.resource_type == bindparam("rt"),
+    probe_type(index_t.c.resource_type, bindparam("rt")),
     index_t.c.resource_id == bindparam("rid"),
     index_t.c.version_id == bindparam("vid"),
     index_t.c.param == bindparam("param"),
 )
 _INDEX_VALUES = select(index_t.c.resource_id, index_t.c.version_id, index_t.c.value).where(
-    index_t.c.resource_type == bindparam("rt"),
+    probe_type(index_t.c.resource_type, bindparam("rt")),
     index_t.c.resource_id.in_(bindparam("rids", expanding=True)),
     index_t.c.param == bindparam("param"),
 )
@@ -542,23 +554,23 @@ _EXISTS = select(resource_t.c.deleted).where(_BY_KEY)
 
 
 @functools.lru_cache(maxsize=8)
-def _with_identifiers(count: int) -> Select[Any]:
+def _with_identifiers(count: int) -> Any:
+    # One exact (type, param, system, value) look-up per identifier, UNION ALL: an OR of them
+    # was planned as a walk over every identifier row of the type (stale statistics).
     c = index_t.c
-    return (
+    lookups = [
         select(c.system, c.value, c.resource_id, c.version_id)
         .where(
             c.resource_type == bindparam("rt"),
             c.param == "identifier",
-            or_(
-                *(
-                    and_(c.system == bindparam(f"system_{i}"), c.value == bindparam(f"value_{i}"))
-                    for i in range(count)
-                )
-            ),
+            c.system == bindparam(f"system_{i}"),
+            c.value == bindparam(f"value_{i}"),
         )
-        .order_by(c.resource_id, c.version_id.desc())
+        .order_by(c.resource_id, c.version_id.desc())  # each resource's newest versions
         .limit(bindparam("limit"))
-    )
+        for i in range(count)
+    ]
+    return lookups[0] if count == 1 else union_all(*(q.subquery().select() for q in lookups))
 
 
 async def versions_with_identifier(
@@ -579,15 +591,16 @@ async def versions_with_identifiers(
 ) -> list[tuple[int, str, int]]:
     """``versions_with_identifier`` for several identifiers in one query: (which of
     ``identifiers`` it carried, id, version), by id and newest version first."""
-    params: dict[str, Any] = {"rt": resource_type, "limit": limit * len(identifiers)}
+    params: dict[str, Any] = {"rt": resource_type, "limit": limit}
     for i, (system, value) in enumerate(identifiers):
         params[f"system_{i}"], params[f"value_{i}"] = system, value
     rows = await conn.execute(_with_identifiers(len(identifiers)), params)
-    return [
+    found = [
         (identifiers.index((str(r[0]), str(r[1]))), str(r[2]), int(r[3]))
         for r in rows
         if (str(r[0]), str(r[1])) in identifiers
     ]
+    return sorted(found, key=lambda f: (f[1], -f[2]))
 
 
 async def resource_exists(conn: AsyncConnection, resource_type: str, resource_id: str) -> bool:
@@ -602,7 +615,8 @@ async def purge_index(conn: AsyncConnection, resource_type: str, resource_id: st
     """Drop index rows of a resource (used only by maintenance/tests)."""
     await conn.execute(
         delete(index_t).where(
-            index_t.c.resource_type == resource_type, index_t.c.resource_id == resource_id
+            probe_type(index_t.c.resource_type, resource_type),
+            index_t.c.resource_id == resource_id,
         )
     )
 

@@ -38,7 +38,7 @@ from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.execute import AccessFilter, RowCols, allow_all
 from service.search.params import params_for
 from service.search.query import Criterion, criterion_condition, probe_exists
-from service.storage.repository import IndexEntry, aliased, index_t, resource_t
+from service.storage.repository import IndexEntry, aliased, index_t, probe_type, resource_t
 
 DIRECTORY_TYPES = frozenset(
     {
@@ -156,7 +156,7 @@ def _has(
         select(1)
         .select_from(index_t)
         .where(
-            c.resource_type == rtype,
+            probe_type(c.resource_type, rtype),
             c.resource_id == cols.id,
             c.version_id == cols.version_id,
             c.param.in_(params) if len(params) > 1 else c.param == params[0],
@@ -190,7 +190,7 @@ def _task_links(org: str, param: str, target: Any) -> ColumnElement[bool]:
                 select(1)
                 .select_from(o)
                 .where(
-                    o.c.resource_type == "Task",
+                    probe_type(o.c.resource_type, "Task"),
                     o.c.resource_id == f.c.resource_id,
                     o.c.version_id == f.c.version_id,
                     o.c.param.in_(("owner", "requester")),
@@ -214,7 +214,7 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
                 select(1)
                 .select_from(index_t)
                 .where(
-                    index_t.c.resource_type == "Task",
+                    probe_type(index_t.c.resource_type, "Task"),
                     index_t.c.resource_id == cols.id,
                     index_t.c.version_id == cols.version_id,
                     index_t.c.param == "owner",
@@ -237,7 +237,7 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
             select(1)
             .select_from(p)
             .where(
-                p.c.resource_type == rtype,
+                probe_type(p.c.resource_type, rtype),
                 p.c.resource_id == cols.id,
                 p.c.version_id == cols.version_id,
                 p.c.param == "patient",

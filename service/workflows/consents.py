@@ -34,7 +34,7 @@ from service.search.dates import format_instant
 from service.search.execute import RowCols
 from service.search.query import probe_exists
 from service.storage import repository as repo
-from service.storage.repository import StoredResource, aliased, index_t, resource_t
+from service.storage.repository import StoredResource, aliased, index_t, probe_type, resource_t
 from service.workflows.context import WorkflowContext
 from service.workflows.rules import RuleSet, WriteEvent
 
@@ -180,7 +180,7 @@ def _permitting(
             select(1)
             .select_from(x)
             .where(
-                x.c.resource_type == "Consent",
+                probe_type(x.c.resource_type, "Consent"),
                 x.c.resource_id == c.c.resource_id,
                 x.c.version_id == c.c.version_id,
                 x.c.param == param,
@@ -199,7 +199,7 @@ def _permitting(
                 select(1)
                 .select_from(period)
                 .where(
-                    period.c.resource_type == "Consent",
+                    probe_type(period.c.resource_type, "Consent"),
                     period.c.resource_id == c.c.resource_id,
                     period.c.version_id == c.c.version_id,
                     period.c.param == "period",
@@ -210,7 +210,7 @@ def _permitting(
             select(1)
             .select_from(period)
             .where(
-                period.c.resource_type == "Consent",
+                probe_type(period.c.resource_type, "Consent"),
                 period.c.resource_id == c.c.resource_id,
                 period.c.version_id == c.c.version_id,
                 period.c.param == "period",
@@ -225,7 +225,7 @@ def _permitting(
                 select(1)
                 .select_from(purposes)
                 .where(
-                    purposes.c.resource_type == "Consent",
+                    probe_type(purposes.c.resource_type, "Consent"),
                     purposes.c.resource_id == c.c.resource_id,
                     purposes.c.version_id == c.c.version_id,
                     purposes.c.param == "purpose",
@@ -273,7 +273,7 @@ def part2_condition(
         select(1)
         .select_from(lab)
         .where(
-            lab.c.resource_type == rtype,
+            probe_type(lab.c.resource_type, rtype),
             lab.c.resource_id == cols.id,
             lab.c.version_id == cols.version_id,
             lab.c.param == "_security",
@@ -284,7 +284,7 @@ def part2_condition(
         select(1)
         .select_from(creator)
         .where(
-            creator.c.resource_type == rtype,
+            probe_type(creator.c.resource_type, rtype),
             creator.c.resource_id == cols.id,
             creator.c.version_id == cols.version_id,
             creator.c.param == "_creator-org",
@@ -295,7 +295,7 @@ def part2_condition(
         select(1)
         .select_from(pat)
         .where(
-            pat.c.resource_type == rtype,
+            probe_type(pat.c.resource_type, rtype),
             pat.c.resource_id == cols.id,
             pat.c.version_id == cols.version_id,
             pat.c.param == "patient",

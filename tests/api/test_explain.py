@@ -176,3 +176,62 @@ async def test_date_search_uses_the_date_row_index(engine: AsyncEngine) -> None:
     assert len(page.matches) == 20
     plan = await _explain(engine, statement, parameters)
     assert "ix_search_low" in plan, plan
+
+
+async def test_probes_of_a_type_newer_than_its_statistics_stay_probes(
+    engine: AsyncEngine,
+) -> None:
+    """A type that grew after the last ANALYZE (the statistics say it has no rows) must still
+    be probed by the version's own index rows: PostgreSQL otherwise plans a walk over every row
+    of the type and parameter (found by the referral benchmark: each visibility check of a
+    jail's new Patient walked every Patient the jail had created, each identifier look-up every
+    identifier of the type)."""
+    import re
+
+    from service.storage import repository as repo
+    from service.workflows.access import tenancy_condition
+    from service.workflows.resources import CURRENT_COLS
+
+    async with engine.begin() as conn:
+        await conn.execute(text(LOAD))
+        for table in ("resource", "resource_history", "search_index"):
+            await conn.execute(text(f"ANALYZE {table}"))
+        # 5,000 Patients of one organization, unknown to the statistics
+        await conn.execute(
+            text(
+                "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, raw)"
+                " SELECT 'Patient', 'pat-' || g, 1, now(), false, '{}'"
+                " FROM generate_series(1, 5000) g"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO search_index (resource_type, resource_id, version_id, param, system,"
+                " value, txid, seq) SELECT 'Patient', 'pat-' || g, 1, p.param, p.system, p.value,"
+                " 1, 1 FROM generate_series(1, 5000) g CROSS JOIN LATERAL (VALUES"
+                " ('_creator-org', NULL, 'Organization/jail'),"
+                " ('identifier', 'urn:jail:person-id', 'P-' || g)) AS p(param, system, value)"
+            )
+        )
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
+        captured.append((statement, parameters))
+
+    condition = tenancy_condition("Patient", CURRENT_COLS, "Organization/jail")
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with engine.connect() as conn:
+            visible = await repo.which_pass(conn, [("Patient", "pat-4321")], lambda _t: condition)
+            found = await repo.versions_with_identifiers(
+                conn, "Patient", [("urn:jail:person-id", "P-77"), ("urn:jail:booking", "B-1")]
+            )
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    assert visible == {("Patient", "pat-4321"): True}
+    assert found == [(0, "pat-77", 1)]
+    for statement, parameters in captured:
+        plan = await _explain(engine, statement, parameters, "ANALYZE ")
+        most = max(int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan))
+        removed = sum(int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", plan))
+        assert most <= 10 and removed <= 50, plan

@@ -373,9 +373,9 @@ async def test_a_page_of_many_peoples_records_costs_the_same_queries_as_one(
         assert ("REDACTED" in tags) == (task_id not in consents), task_id
 
     request_id = page.headers["x-request-id"]
-    events = (
-        await client.get("/fhir/AuditEvent", params={"_sort": "-date", "_count": 50})
-    ).json()["entry"]
+    events = (await client.get("/fhir/AuditEvent", params={"_sort": "-date", "_count": 50})).json()[
+        "entry"
+    ]
     audit = next(
         e["resource"]
         for e in events
