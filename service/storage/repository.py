@@ -246,6 +246,7 @@ _INDEX_COLUMNS = (
     ("txid", "bigint"),
     ("seq", "bigint"),
 )
+_ENTRY_COLUMNS = _INDEX_COLUMNS[:-2]  # those an IndexEntry carries (not its version's position)
 
 
 def _history_row(stored: StoredResource, method: str) -> dict[str, Any]:
@@ -283,19 +284,7 @@ def _index_rows(
     index: Sequence[IndexEntry], positions: Sequence[tuple[int, int]]
 ) -> list[dict[str, Any]]:
     return [
-        {
-            "resource_type": e.resource_type,
-            "resource_id": e.resource_id,
-            "version_id": e.version_id,
-            "param": e.param,
-            "system": e.system,
-            "value": e.value,
-            "low": e.low,
-            "high": e.high,
-            "number": e.number,
-            "txid": txid,
-            "seq": seq,
-        }
+        {name: getattr(e, name) for name, _ in _ENTRY_COLUMNS} | {"txid": txid, "seq": seq}
         for e, (txid, seq) in zip(index, positions, strict=True)
     ]
 
@@ -428,10 +417,10 @@ _WRITE_VERSIONS_PG = text(
     "content = excluded.content), "
     f"i AS (INSERT INTO {index_t.name} ({', '.join(n for n, _ in _INDEX_COLUMNS)}) "
     "SELECT "
-    + ", ".join(f"x.{n}" for n, _ in _INDEX_COLUMNS[:-2])
+    + ", ".join(f"x.{n}" for n, _ in _ENTRY_COLUMNS)
     + ", h.txid, h.seq FROM unnest("
-    + ", ".join(f":i_{n} ::{t}[]" for n, t in _INDEX_COLUMNS[:-2])
-    + f") AS x({', '.join(n for n, _ in _INDEX_COLUMNS[:-2])}) "
+    + ", ".join(f":i_{n} ::{t}[]" for n, t in _ENTRY_COLUMNS)
+    + f") AS x({', '.join(n for n, _ in _ENTRY_COLUMNS)}) "
     "JOIN h ON h.resource_type = x.resource_type AND h.id = x.resource_id) "
     "SELECT resource_type, id, seq, txid FROM h"
 )
@@ -444,13 +433,13 @@ async def _write_versions_pg(
     """Write ``(version, method, index rows, keep JSONB content)`` in one statement; (txid,
     seq) of each by key."""
     params: dict[str, list[Any]] = {f"v_{n}": [] for n, _ in _VERSION_COLUMNS}
-    params.update({f"i_{n}": [] for n, _ in _INDEX_COLUMNS[:-2]})
+    params.update({f"i_{n}": [] for n, _ in _ENTRY_COLUMNS})
     for stored, method, index, with_content in versions:
         for name, value in _history_row(stored, method).items():
             params[f"v_{name}"].append(value)
         params["v_with_content"].append(with_content)
         for entry in index:
-            for name, _ in _INDEX_COLUMNS[:-2]:
+            for name, _ in _ENTRY_COLUMNS:
                 params[f"i_{name}"].append(getattr(entry, name))
     rows = await conn.execute(_WRITE_VERSIONS_PG, params)
     return {(r[0], r[1]): (int(r[3]), int(r[2])) for r in rows}
@@ -511,13 +500,8 @@ async def instance_history(
 async def index_value(
     conn: AsyncConnection, resource_type: str, resource_id: str, version_id: int, param: str
 ) -> str | None:
-    row = (
-        await conn.execute(
-            _INDEX_VALUE,
-            {"rt": resource_type, "rid": resource_id, "vid": version_id, "param": param},
-        )
-    ).first()
-    return str(row[0]) if row and row[0] is not None else None
+    found = await index_values(conn, resource_type, [(resource_id, version_id)], param)
+    return found[(resource_id, version_id)]
 
 
 async def index_values(
@@ -539,12 +523,6 @@ async def index_values(
     return found
 
 
-_INDEX_VALUE = select(index_t.c.value).where(
-    probe_type(index_t.c.resource_type, bindparam("rt")),
-    index_t.c.resource_id == bindparam("rid"),
-    index_t.c.version_id == bindparam("vid"),
-    index_t.c.param == bindparam("param"),
-)
 _INDEX_VALUES = select(index_t.c.resource_id, index_t.c.version_id, index_t.c.value).where(
     probe_type(index_t.c.resource_type, bindparam("rt")),
     index_t.c.resource_id.in_(bindparam("rids", expanding=True)),
@@ -573,15 +551,6 @@ def _with_identifiers(count: int) -> Any:
     return lookups[0] if count == 1 else union_all(*(q.subquery().select() for q in lookups))
 
 
-async def versions_with_identifier(
-    conn: AsyncConnection, resource_type: str, system: str, value: str, *, limit: int = 20
-) -> list[tuple[str, int]]:
-    """(id, version) of every version, current or not, that carried ``system|value``: from
-    the identifier's own index rows alone, so no planner estimate can make it scan a type."""
-    found = await versions_with_identifiers(conn, resource_type, [(system, value)], limit=limit)
-    return [(rid, version) for _, rid, version in found]
-
-
 async def versions_with_identifiers(
     conn: AsyncConnection,
     resource_type: str,
@@ -589,8 +558,9 @@ async def versions_with_identifiers(
     *,
     limit: int = 20,
 ) -> list[tuple[int, str, int]]:
-    """``versions_with_identifier`` for several identifiers in one query: (which of
-    ``identifiers`` it carried, id, version), by id and newest version first."""
+    """(which of ``identifiers`` it carried, id, version) of every version, current or not,
+    that carried one of them, by id and newest version first: from the identifiers' own index
+    rows alone, so no planner estimate can make it scan a type. One query for all."""
     params: dict[str, Any] = {"rt": resource_type, "limit": limit}
     for i, (system, value) in enumerate(identifiers):
         params[f"system_{i}"], params[f"value_{i}"] = system, value
