@@ -312,8 +312,7 @@ async def has_consent(
     conn: AsyncConnection, patient_ref: str, org: str, purpose: str
 ) -> str | None:
     """The id of an active consent permitting disclosure to ``org`` now, or None."""
-    row = (await conn.execute(consent_ids(patient_ref, org, purpose).limit(1))).first()
-    return str(row[0]) if row else None
+    return (await consents_by_patient(conn, {patient_ref}, org, purpose)).get(patient_ref)
 
 
 async def consents_by_patient(
@@ -406,7 +405,7 @@ async def disclose(
 ) -> StoredResource:
     """The version of ``stored`` this request may see (redacted referral parts), noted for the
     request's AuditEvent."""
-    shown = await _disclosed(conn, ctx, stored, None)
+    shown = await _disclosed(conn, ctx, stored, _needs_decision(ctx, stored), None)
     if record and shown.raw is not None:
         ctx.accessed.append(shown)
     return shown
@@ -421,8 +420,12 @@ async def disclose_all(
 ) -> list[StoredResource]:
     """``disclose`` for a page of records, with the consents and Task actors its decisions need
     fetched in one query each (not one or two per labelled record)."""
-    lookups = await _lookups_for(conn, ctx, items)
-    shown = [await _disclosed(conn, ctx, stored, lookups) for stored in items]
+    bodies = [_needs_decision(ctx, stored) for stored in items]  # each parsed once
+    lookups = await _lookups_for(conn, ctx, items, bodies)
+    shown = [
+        await _disclosed(conn, ctx, stored, body, lookups)
+        for stored, body in zip(items, bodies, strict=True)
+    ]
     if record:
         ctx.accessed.extend(s for s in shown if s.raw is not None)
     return shown
@@ -452,12 +455,14 @@ def _needs_decision(ctx: WorkflowContext, stored: StoredResource) -> dict[str, A
 
 
 async def _lookups_for(
-    conn: AsyncConnection, ctx: WorkflowContext, items: list[StoredResource]
+    conn: AsyncConnection,
+    ctx: WorkflowContext,
+    items: list[StoredResource],
+    bodies: list[dict[str, Any] | None],
 ) -> _Lookups | None:
     patients: set[str] = set()
     tasks: list[tuple[str, int]] = []
-    for stored in items:
-        body = _needs_decision(ctx, stored)
+    for stored, body in zip(items, bodies, strict=True):
         if body is None:
             continue
         patients.add(str(_patient_of(body)))
@@ -476,9 +481,10 @@ async def _disclosed(
     conn: AsyncConnection,
     ctx: WorkflowContext,
     stored: StoredResource,
+    body: dict[str, Any] | None,
     lookups: _Lookups | None,
 ) -> StoredResource:
-    body = _needs_decision(ctx, stored)
+    """What the caller may see of ``stored``, whose ``body`` is ``_needs_decision``'s answer."""
     org = ctx.organization
     if body is None or org is None:
         return stored
