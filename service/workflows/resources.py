@@ -8,6 +8,7 @@ and the ``/v1`` APIs compose them; the plain functions open their own transactio
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from urllib.parse import parse_qsl
 
 import jsonpatch
 import orjson
+from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import (
@@ -110,24 +112,19 @@ def loads(stored: StoredResource) -> dict[str, Any]:
 # --- reads -------------------------------------------------------------------------------------
 
 
+def _condition_for(
+    ctx: WorkflowContext, *, write: bool
+) -> Callable[[str], ColumnElement[bool] | None]:
+    """What the caller may see (``write``: act on) of a type, on ``resource`` rows."""
+    access = (ctx.write_access or ctx.access) if write else ctx.access
+    return lambda rtype: access(rtype, CURRENT_COLS)
+
+
 async def _visible(
     conn: AsyncConnection, ctx: WorkflowContext, rtype: str, rid: str, *, write: bool = False
 ) -> bool:
-    found = await _fetch_checked(conn, ctx, rtype, rid, write=write)
-    return found is not None and found[1]
-
-
-async def _fetch_checked(
-    conn: AsyncConnection, ctx: WorkflowContext, rtype: str, rid: str, *, write: bool
-) -> tuple[StoredResource, bool] | None:
-    """The current row (None if unknown) and whether the caller may see it (``write``: act
-    on it), in one prebuilt query."""
-    access = (ctx.write_access or ctx.access) if write else ctx.access
-    allowed = access(rtype, CURRENT_COLS)
-    if allowed is None:
-        current = await repo.get_current(conn, rtype, rid)
-        return None if current is None else (current, False)
-    return await repo.get_current_checked(conn, rtype, rid, allowed)
+    passed = await repo.which_pass(conn, [(rtype, rid)], _condition_for(ctx, write=write))
+    return passed.get((rtype, rid), False)
 
 
 def _not_found(rtype: str, rid: str) -> ResourceNotFoundError:
@@ -418,9 +415,8 @@ async def _store(
         creating=current is None or current.deleted,
     )
     targets = linked_targets(ctx.principal, resource_type, index)
-    access = ctx.write_access or ctx.access
     visible = await repo.which_pass(
-        conn, [(t, i) for t, i, _ in targets], lambda rtype: access(rtype, CURRENT_COLS)
+        conn, [(t, i) for t, i, _ in targets], _condition_for(ctx, write=True)
     )
     for target_type, target_id, element in targets:
         # Dangling references stay allowed (transactions may create the target later).
