@@ -40,6 +40,7 @@ from service.search.query import (
     SearchRequest,
     criteria_condition,
     index_exists,
+    param_rows,
     sort_expression,
     value_condition,
 )
@@ -358,11 +359,10 @@ async def _reverse(
         .select_from(index_t)
         .where(
             c.resource_type == inc.source_type,
-            c.param == inc.param.index_name,
+            *param_rows(c, inc.param),
             c.resource_id == resource_t.c.id,
             c.version_id == resource_t.c.version_id,
             c.value.in_(refs),
-            *([c.system == inc.param.index_system] if inc.param.index_system else []),
         )
         .exists(),
         allowed,
@@ -485,8 +485,7 @@ def _feed_statement(
         .select_from(_FEED_INDEX.join(history_t, h.seq == d.seq))
         .where(
             d.resource_type == resource_type,
-            d.param == driving.param.index_name,
-            *([d.system == driving.param.index_system] if driving.param.index_system else []),
+            *param_rows(d, driving.param),
             or_(*values),
             tuple_(d.txid, d.seq) > after,
             fence_condition(dialect, d.txid),

@@ -378,6 +378,15 @@ def probe_exists(query: Select[Any]) -> Exists:
     return exists(query.offset(0))
 
 
+def param_rows(cols: Any, param: SearchParam) -> list[ColumnElement[bool]]:
+    """Conditions on ``search_index`` columns ``cols`` for the rows holding ``param``'s values
+    (its own, or those it is ``stored_as``)."""
+    conds: list[ColumnElement[bool]] = [cols.param == param.index_name]
+    if param.index_system is not None:
+        conds.append(cols.system == param.index_system)
+    return conds
+
+
 def index_exists(
     resource_type: str,
     param_name: str,
