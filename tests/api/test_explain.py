@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,11 +77,27 @@ async def _explain(engine: AsyncEngine, statement: str, parameters: Any, how: st
     return "\n".join(r[0] for r in rows)
 
 
-async def _plans(engine: AsyncEngine, params: list[tuple[str, str]]) -> str:
+async def _load(
+    engine: AsyncEngine, *, analyzed: tuple[str, ...] = (), unanalyzed: tuple[str, ...] = ()
+) -> None:
+    """LOAD and the ``analyzed`` statements, ANALYZE, then the ``unanalyzed`` ones: rows the
+    statistics do not know of yet (they lag behind growth)."""
     async with engine.begin() as conn:
-        await conn.execute(text(LOAD))
+        for statement in (LOAD, *analyzed):
+            await conn.execute(text(statement))
         for table in ("resource", "resource_history", "search_index"):
             await conn.execute(text(f"ANALYZE {table}"))
+        for statement in unanalyzed:
+            await conn.execute(text(statement))
+
+
+def _most_rows(plan: str) -> int:
+    """The most rows any node of an EXPLAIN ANALYZE plan produced."""
+    return max(int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan))
+
+
+async def _plans(engine: AsyncEngine, params: list[tuple[str, str]]) -> str:
+    await _load(engine)
     _page, statement, parameters = await search_statement(engine, params)
     return await _explain(engine, statement, parameters)
 
@@ -113,25 +130,20 @@ async def test_an_organizations_search_never_walks_everything_it_made(
     """Tenancy is an OR of EXISTS checks. Unfenced, PostgreSQL may evaluate one as a hashed
     subplan: every row the organization ever created, collected on each of its searches
     (found by the referral benchmark: a jail's reads slowed as its referrals grew)."""
-    import re
-
     from service.auth.principal import Principal
     from service.auth.scopes import ScopeSet
     from service.workflows.access import access_filter
 
-    async with engine.begin() as conn:
-        await conn.execute(text(LOAD))
-        for table in ("resource", "resource_history", "search_index"):
-            await conn.execute(text(f"ANALYZE {table}"))
-        # The organization's 20,000 resources arrive after the last ANALYZE (statistics lag
-        # behind growth): the planner believes the organization has created almost nothing.
-        await conn.execute(
-            text(
-                "INSERT INTO search_index (resource_type, resource_id, version_id, param, value,"
-                " txid, seq) SELECT 'Task', id, 1, '_creator-org', 'Organization/big', 1, 1"
-                " FROM resource WHERE resource_type = 'Task'"
-            )
-        )
+    # The organization's 20,000 resources arrive after the last ANALYZE: the planner believes
+    # the organization has created almost nothing.
+    await _load(
+        engine,
+        unanalyzed=(
+            "INSERT INTO search_index (resource_type, resource_id, version_id, param, value,"
+            " txid, seq) SELECT 'Task', id, 1, '_creator-org', 'Organization/big', 1, 1"
+            " FROM resource WHERE resource_type = 'Task'",
+        ),
+    )
     principal = Principal(
         client_id="c",
         organization="Organization/big",
@@ -147,26 +159,22 @@ async def test_an_organizations_search_never_walks_everything_it_made(
     assert {m.id for m in page.matches} == {"task-77", "task-5077", "task-10077", "task-15077"}
     plan = await _explain(engine, statement, parameters, "ANALYZE ")
     assert "hashed SubPlan" not in plan, plan
-    most = max(int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan))
-    assert most <= 10, plan  # per-row probes, not 20,000 rows of the organization
+    assert _most_rows(plan) <= 10, plan  # per-row probes, not 20,000 rows of the organization
 
 
 async def test_date_search_uses_the_date_row_index(engine: AsyncEngine) -> None:
     """``ix_search_low`` holds date rows only (a partial index): a date condition must say so
     for the planner to use it."""
-    async with engine.begin() as conn:
-        await conn.execute(text(LOAD))
-        await conn.execute(
-            text(
-                "INSERT INTO search_index (resource_type, resource_id, version_id, param, low,"
-                " high, txid, seq) SELECT 'Task', id, 1, 'authored-on',"
-                " timestamptz '2026-01-01' + (row_number() OVER (ORDER BY id)) * interval '1 min',"
-                " timestamptz '2026-01-01' + (row_number() OVER (ORDER BY id)) * interval '1 min',"
-                " 1, 1 FROM resource WHERE resource_type = 'Task'"
-            )
-        )
-        for table in ("resource", "resource_history", "search_index"):
-            await conn.execute(text(f"ANALYZE {table}"))
+    await _load(
+        engine,
+        analyzed=(
+            "INSERT INTO search_index (resource_type, resource_id, version_id, param, low,"
+            " high, txid, seq) SELECT 'Task', id, 1, 'authored-on',"
+            " timestamptz '2026-01-01' + (row_number() OVER (ORDER BY id)) * interval '1 min',"
+            " timestamptz '2026-01-01' + (row_number() OVER (ORDER BY id)) * interval '1 min',"
+            " 1, 1 FROM resource WHERE resource_type = 'Task'",
+        ),
+    )
     # 20,000 Tasks authored a minute apart from 2026-01-01T00:01
     page, _, _ = await search_statement(engine, [("authored-on", "lt2026-01-01T00:05:00Z")])
     assert len(page.matches) == 4
@@ -186,33 +194,24 @@ async def test_probes_of_a_type_newer_than_its_statistics_stay_probes(
     of the type and parameter (found by the referral benchmark: each visibility check of a
     jail's new Patient walked every Patient the jail had created, each identifier look-up every
     identifier of the type)."""
-    import re
-
     from service.storage import repository as repo
     from service.workflows.access import tenancy_condition
     from service.workflows.resources import CURRENT_COLS
 
-    async with engine.begin() as conn:
-        await conn.execute(text(LOAD))
-        for table in ("resource", "resource_history", "search_index"):
-            await conn.execute(text(f"ANALYZE {table}"))
-        # 5,000 Patients of one organization, unknown to the statistics
-        await conn.execute(
-            text(
-                "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, raw)"
-                " SELECT 'Patient', 'pat-' || g, 1, now(), false, '{}'"
-                " FROM generate_series(1, 5000) g"
-            )
-        )
-        await conn.execute(
-            text(
-                "INSERT INTO search_index (resource_type, resource_id, version_id, param, system,"
-                " value, txid, seq) SELECT 'Patient', 'pat-' || g, 1, p.param, p.system, p.value,"
-                " 1, 1 FROM generate_series(1, 5000) g CROSS JOIN LATERAL (VALUES"
-                " ('_creator-org', NULL, 'Organization/jail'),"
-                " ('identifier', 'urn:jail:person-id', 'P-' || g)) AS p(param, system, value)"
-            )
-        )
+    # 5,000 Patients of one organization, unknown to the statistics
+    await _load(
+        engine,
+        unanalyzed=(
+            "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, raw)"
+            " SELECT 'Patient', 'pat-' || g, 1, now(), false, '{}'"
+            " FROM generate_series(1, 5000) g",
+            "INSERT INTO search_index (resource_type, resource_id, version_id, param, system,"
+            " value, txid, seq) SELECT 'Patient', 'pat-' || g, 1, p.param, p.system, p.value,"
+            " 1, 1 FROM generate_series(1, 5000) g CROSS JOIN LATERAL (VALUES"
+            " ('_creator-org', NULL, 'Organization/jail'),"
+            " ('identifier', 'urn:jail:person-id', 'P-' || g)) AS p(param, system, value)",
+        ),
+    )
     captured: list[tuple[str, Any]] = []
 
     def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
@@ -232,6 +231,6 @@ async def test_probes_of_a_type_newer_than_its_statistics_stay_probes(
     assert found == [(0, "pat-77", 1)]
     for statement, parameters in captured:
         plan = await _explain(engine, statement, parameters, "ANALYZE ")
-        most = max(int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan))
+        most = _most_rows(plan)
         removed = sum(int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", plan))
         assert most <= 10 and removed <= 50, plan
