@@ -23,6 +23,22 @@ PERSON = {
 }
 
 
+def methadone_referral(
+    person: dict[str, Any], receiver: str, *, days: int, **extra: Any
+) -> dict[str, Any]:
+    """A jail's referral of ``person`` to ``receiver`` for methadone, released in ``days``."""
+    release = (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0).isoformat()
+    return {
+        "person": person,
+        "referred_by": {"name": "Jordan Lee", "role": "peer-specialist"},
+        "intercept": 4,
+        "release": {"expected_at": release},
+        "services": ["moud-methadone"],
+        "receiving_organization": receiver,
+        **extra,
+    }
+
+
 @pytest.fixture
 async def world(client: httpx.AsyncClient, org_client, issue_token) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     ids = {}
@@ -49,19 +65,15 @@ async def world(client: httpx.AsyncClient, org_client, issue_token) -> dict[str,
             },
         )
     ).json()
-    release = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0).isoformat()
     referral = (
         await jail.post(
             "/v1/referrals",
-            json={
-                "person": PERSON,
-                "referred_by": {"name": "Jordan Lee", "role": "peer-specialist"},
-                "intercept": 4,
-                "release": {"expected_at": release},
-                "services": ["moud-methadone"],
-                "receiving_organization": ids["otp"],
-                "supporting_info": [screening["questionnaire_response"]],
-            },
+            json=methadone_referral(
+                PERSON,
+                ids["otp"],
+                days=3,
+                supporting_info=[screening["questionnaire_response"]],
+            ),
         )
     ).json()
     return {
@@ -324,21 +336,10 @@ async def test_a_page_of_many_peoples_records_costs_the_same_queries_as_one(
     from sqlalchemy import event
 
     otp, jail, client, ids = world["otp"], world["jail"], world["client"], world["ids"]
-    release = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0).isoformat()
 
     async def refer(n: int, *, consented: bool) -> str:
         person = dict(PERSON, person_id=f"P-page-{n}")
-        r = await jail.post(
-            "/v1/referrals",
-            json={
-                "person": person,
-                "referred_by": {"name": "Jordan Lee", "role": "peer-specialist"},
-                "intercept": 4,
-                "release": {"expected_at": release},
-                "services": ["moud-methadone"],
-                "receiving_organization": ids["otp"],
-            },
-        )
+        r = await jail.post("/v1/referrals", json=methadone_referral(person, ids["otp"], days=2))
         assert r.status_code == 201, r.text
         if consented:
             given = await consent(jail, [ids["otp"]], person=person)
