@@ -103,7 +103,10 @@ def entries_for(
                     target = ref.split("/", 1)[0] if "/" in ref and "://" not in ref else None
                     if param.targets_only and target is not None and target not in param.targets:
                         continue
-                    yield target, ref[:512], None, None
+                    # No ``system``: the value names the target type, and a row with a system
+                    # would also maintain ``ix_search_system_value`` (a random insert into a
+                    # large index, for every reference of every version and AuditEvent).
+                    yield None, ref[:512], None, None
                 elif isinstance(raw, str):  # canonical (e.g. QuestionnaireResponse.questionnaire)
                     yield None, raw[:512], None, None
                     if "|" in raw:

@@ -26,8 +26,8 @@ class SearchParam:
     # Only references to ``targets`` are indexed: the definition's ``where(resolve() is …)``
     # (e.g. AuditEvent's ``patient`` is ``entity.what`` that is a Patient, not every entity).
     targets_only: bool = False
-    # Served by another parameter's rows, those whose ``system`` (a reference's target type) is
-    # given: AuditEvent's ``patient`` is its ``entity`` references to Patients, indexed once as
+    # Served by another parameter's rows, those that reference the given target type:
+    # AuditEvent's ``patient`` is its ``entity`` references to Patients, indexed once as
     # ``entity`` (a provider's page AuditEvent would otherwise index each patient twice).
     stored_as: tuple[str, str] | None = None
 
@@ -37,8 +37,8 @@ class SearchParam:
         return self.stored_as[0] if self.stored_as else self.name
 
     @property
-    def index_system(self) -> str | None:
-        """The ``system`` those rows must have (None: any)."""
+    def index_target(self) -> str | None:
+        """The type those rows must reference (None: any)."""
         return self.stored_as[1] if self.stored_as else None
 
 

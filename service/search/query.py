@@ -382,9 +382,15 @@ def param_rows(cols: Any, param: SearchParam) -> list[ColumnElement[bool]]:
     """Conditions on ``search_index`` columns ``cols`` for the rows holding ``param``'s values
     (its own, or those it is ``stored_as``)."""
     conds: list[ColumnElement[bool]] = [cols.param == param.index_name]
-    if param.index_system is not None:
-        conds.append(cols.system == param.index_system)
+    if param.index_target is not None:
+        conds.append(references_type(cols.value, param.index_target))
     return conds
+
+
+def references_type(value_col: Any, target: str) -> ColumnElement[bool]:
+    """A reference row's value (``Type/id``) points at ``target``. The value says it: reference
+    rows keep no ``system``, which keeps them out of ``ix_search_system_value``."""
+    return value_col.like(f"{target}/%")
 
 
 def index_exists(
@@ -395,10 +401,10 @@ def index_exists(
     id_col: Any,
     version_col: Any,
     probe: bool = False,
-    system: str | None = None,
+    target: str | None = None,
 ) -> ColumnElement[bool]:
-    """Whether the row's version has an index row of ``param_name`` (with ``system``, if
-    given) matching the value.
+    """Whether the row's version has an index row of ``param_name`` (referencing ``target``,
+    if given) matching the value.
 
     ``probe``: keep it a per-row index probe. PostgreSQL may otherwise evaluate an EXISTS under
     OR by hashing *every* index row with that value (all 333k ``status=requested`` rows of a
@@ -415,8 +421,8 @@ def index_exists(
         c.resource_id == id_col,
         c.version_id == version_col,
     ]
-    if system is not None:
-        conds.append(c.system == system)
+    if target is not None:
+        conds.append(references_type(c.value, target))
     if value_condition is not None:
         conds.append(value_condition)
     subquery = select(1).select_from(index_t).where(*conds)
@@ -469,7 +475,7 @@ def _criterion_condition(
             id_col=id_col,
             version_col=version_col,
             probe=probe,
-            system=p.index_system,
+            target=p.index_target,
         )
         return not_(any_row) if crit.values[0] == "true" else any_row
     value_conds = [
@@ -483,7 +489,7 @@ def _criterion_condition(
             id_col=id_col,
             version_col=version_col,
             probe=probe,
-            system=p.index_system,
+            target=p.index_target,
         )
         if value_conds
         else false()

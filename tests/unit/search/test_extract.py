@@ -21,13 +21,15 @@ def test_patient_parameters_index_only_patient_references() -> None:
             {"what": {"reference": "Patient/p1"}},
         ],
     }
-    # ... and is served by the entity rows whose target type is Patient (indexed once).
+    # ... and is served by the entity rows whose value references a Patient (indexed once).
+    # Reference rows keep no system: the value names the type (and the row stays out of the
+    # token index ``ix_search_system_value``).
     assert _values(event, "patient") == []
     rows = extract_index(event, version_id=1, base_url="https://h.example/fhir")
     entity = [(r.system, r.value) for r in rows if r.param == "entity"]
-    assert entity == [("Task", "Task/t1"), ("Patient", "Patient/p1")]
+    assert entity == [(None, "Task/t1"), (None, "Patient/p1")]
     patient = params_for("AuditEvent")["patient"]
-    assert (patient.index_name, patient.index_system) == ("entity", "Patient")
+    assert (patient.index_name, patient.index_target) == ("entity", "Patient")
     procedure = {"resourceType": "Procedure", "id": "x", "subject": {"reference": "Patient/p1"}}
     assert _values(procedure, "patient") == ["Patient/p1"]
 
