@@ -90,10 +90,14 @@ OVERDOSE_RESPONSE = "overdose-response"
 def is_labelled(resource: dict[str, Any] | None) -> bool:
     if not resource:
         return False
-    return any(
-        label.get("code") in SENSITIVE_CODES
-        for label in (resource.get("meta") or {}).get("security", [])
+    return has_sensitive_code(
+        label.get("code") for label in (resource.get("meta") or {}).get("security", [])
     )
+
+
+def has_sensitive_code(codes: Iterable[Any]) -> bool:
+    """Whether any of a resource's ``meta.security`` codes is a Part 2 label."""
+    return any(code in SENSITIVE_CODES for code in codes)
 
 
 def _codes(concepts: Iterable[Any]) -> set[str]:

@@ -390,7 +390,8 @@ def param_rows(cols: Any, param: SearchParam) -> list[ColumnElement[bool]]:
 def references_type(value_col: Any, target: str) -> ColumnElement[bool]:
     """A reference row's value (``Type/id``) points at ``target``. The value says it: reference
     rows keep no ``system``, which keeps them out of ``ix_search_system_value``."""
-    return value_col.like(f"{target}/%")
+    condition: ColumnElement[bool] = value_col.like(f"{target}/%")
+    return condition
 
 
 def index_exists(

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.domain import sensitivity
+from service.fhir.head import ResourceHead, head_of, patient_of
 from service.search.dates import format_instant
 from service.search.params import params_for
 from service.storage import repository as repo
@@ -90,16 +90,6 @@ def _agents(ctx: WorkflowContext) -> list[dict[str, Any]]:
             }
         )
     return agents
-
-
-def _patient_of(body: dict[str, Any]) -> str | None:
-    if body.get("resourceType") == "Patient":
-        return f"Patient/{body.get('id')}"
-    for key in ("subject", "for", "patient"):
-        ref = (body.get(key) or {}).get("reference") if isinstance(body.get(key), dict) else None
-        if isinstance(ref, str) and ref.startswith("Patient/"):
-            return ref
-    return None
 
 
 def audit_event(
@@ -205,7 +195,7 @@ def write_event(
         return None
     ctx.outcomes["audit:written"] = True
     entities = [_entity(stored)]
-    patient = _patient_of(body or previous or {})
+    patient = patient_of(body or previous or {})
     if patient:
         entities.append(_patient_entity(patient))
     return audit_event(ctx, interaction=interaction, outcome="0", entities=entities)
@@ -257,13 +247,9 @@ async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -
     if not ctx.accessed and search is None and ctx.outcomes.get("audit:written"):
         return  # writes only: each already has its AuditEvent, committed with it
     entities: list[dict[str, Any]] = []
-    patients: set[str] = set()
-    bodies = [orjson.loads(s.raw) if s.raw else {} for s in ctx.accessed]
-    for body in bodies:
-        patient = _patient_of(body)
-        if patient:
-            patients.add(patient)
-    bases = await _disclosure_bases(ctx, ctx.accessed, bodies)
+    heads = [head_of(s.raw) if s.raw else _NO_HEAD for s in ctx.accessed]
+    patients = {head.patient for head in heads if head.patient}
+    bases = await _disclosure_bases(ctx, ctx.accessed, heads)
     for stored in ctx.accessed:
         entities.append(_entity(stored, detail=bases.get(_key(stored))))
     disclosure = bool(bases)
@@ -282,12 +268,15 @@ async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -
     )
 
 
+_NO_HEAD = ResourceHead(patient=None, labelled=False)  # a deleted version: no body
+
+
 def _key(stored: StoredResource) -> tuple[str, str, int]:
     return (stored.resource_type, stored.id, stored.version_id)
 
 
 async def _disclosure_bases(
-    ctx: WorkflowContext, accessed: list[StoredResource], bodies: list[dict[str, Any]]
+    ctx: WorkflowContext, accessed: list[StoredResource], heads: list[ResourceHead]
 ) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
     """The labelled (Part 2) records among ``accessed`` that another organization recorded,
     each with the basis of its disclosure to the caller: the emergency, the consent, or that
@@ -295,9 +284,9 @@ async def _disclosure_bases(
     for a page, whatever its size; no connection at all when nothing is labelled."""
     org = ctx.organization
     labelled = [
-        (stored, body)
-        for stored, body in zip(accessed, bodies, strict=True)
-        if org and sensitivity.is_labelled(body)
+        (stored, head)
+        for stored, head in zip(accessed, heads, strict=True)
+        if org and head.labelled
     ]
     if not labelled or org is None:
         return {}
@@ -312,11 +301,11 @@ async def _disclosure_bases(
         if disclosed and not ctx.emergency_reason:
             from service.workflows.consents import consents_by_patient
 
-            wanted = {p for _, body in disclosed if (p := _patient_of(body))}
+            wanted = {head.patient for _, head in disclosed if head.patient}
             consents = await consents_by_patient(conn, wanted, org, ctx.purpose)
     bases: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-    for stored, body in disclosed:
-        patient = _patient_of(body)
+    for stored, head in disclosed:
+        patient = head.patient
         if ctx.emergency_reason:
             basis = {
                 "type": "exception",

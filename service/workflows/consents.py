@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain import sensitivity
 from service.errors import BusinessRuleError
+from service.fhir.head import head_of, patient_of
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.dates import format_instant
 from service.search.execute import RowCols
@@ -337,11 +338,6 @@ async def consents_by_patient(
     return found
 
 
-def _patient_of(body: dict[str, Any]) -> str | None:
-    ref = (body.get("for") or body.get("subject") or body.get("patient") or {}).get("reference")
-    return ref if isinstance(ref, str) and ref.startswith("Patient/") else None
-
-
 def _tag(body: dict[str, Any]) -> dict[str, Any]:
     meta = dict(body.get("meta") or {})
     meta["tag"] = [*meta.get("tag", []), REDACTED_TAG]
@@ -448,9 +444,10 @@ def _needs_decision(ctx: WorkflowContext, stored: StoredResource) -> dict[str, A
         or ctx.organization is None
     ):
         return None
-    body: dict[str, Any] = orjson.loads(stored.raw)
-    if not sensitivity.is_labelled(body) or _patient_of(body) is None:
+    head = head_of(stored.raw)  # most records need no decision: don't parse them whole
+    if not head.labelled or head.patient is None:
         return None
+    body: dict[str, Any] = orjson.loads(stored.raw)
     return body
 
 
@@ -465,7 +462,7 @@ async def _lookups_for(
     for stored, body in zip(items, bodies, strict=True):
         if body is None:
             continue
-        patients.add(str(_patient_of(body)))
+        patients.add(str(patient_of(body)))
         requester = (body.get("requester") or {}).get("reference")
         if stored.resource_type == "Task" and requester == ctx.organization:
             tasks.append((stored.id, stored.version_id))  # whose actor decides (below)
@@ -488,7 +485,7 @@ async def _disclosed(
     org = ctx.organization
     if body is None or org is None:
         return stored
-    patient = str(_patient_of(body))
+    patient = str(patient_of(body))
 
     async def consented() -> bool:
         if lookups is not None:
