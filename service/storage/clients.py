@@ -6,11 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.storage.tables import OAuthClient, SigningKeyRingRow, UsedAssertion
+
+# Changes to a client's status are announced here (see client_status).
+CLIENT_STATUS_CHANNEL = "handoff_client_status"
 
 client_t = cast(Table, OAuthClient.__table__)  # type: ignore[attr-defined]
 jti_t = cast(Table, UsedAssertion.__table__)  # type: ignore[attr-defined]
@@ -71,6 +74,7 @@ async def add_client(conn: AsyncConnection, record: ClientRecord) -> None:
             created=record.created,
         )
     )
+    await _announce(conn, record.client_id)
 
 
 async def get_client(conn: AsyncConnection, client_id: str) -> ClientRecord | None:
@@ -87,7 +91,18 @@ async def set_disabled(conn: AsyncConnection, client_id: str, disabled: bool) ->
     result = await conn.execute(
         update(client_t).where(client_t.c.client_id == client_id).values(disabled=disabled)
     )
+    await _announce(conn, client_id)
     return bool(result.rowcount)
+
+
+async def _announce(conn: AsyncConnection, client_id: str) -> None:
+    """Tell every process that remembers client status (client_status.py): on PostgreSQL by a
+    notification that is delivered when this transaction commits; in this process at once."""
+    from service.storage.client_status import changed_here  # it reads this module
+
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(func.pg_notify(CLIENT_STATUS_CHANNEL, client_id)))
+    changed_here(client_id)
 
 
 # Asked on every authenticated request: built once (its SQL cache key is then memoised too).

@@ -3,8 +3,9 @@ bearer token into a Principal.
 
 One ``Authenticator`` per app (built in the lifespan, kept on ``app.state``); it holds only
 caches (the signing key ring, fetched JWKS), never state another replica would need: the ring
-lives in the database (or a mounted key file), client status is read on every request, and
-used assertion ids are unique rows.
+lives in the database (or a mounted key file), client status is read from the database unless
+PostgreSQL has promised to announce its changes (storage/client_status.py), and used assertion
+ids are unique rows.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from service.auth.tokens import (
 from service.errors import AuthenticationError
 from service.settings import Settings
 from service.storage import clients as store
+from service.storage.client_status import client_status
 from service.storage.db import read_connection, write_transaction
 
 RING_RELOAD_SECONDS = 60.0
@@ -185,7 +187,6 @@ class Authenticator:
             # Another replica may have rotated the keys moments ago: reload once, then judge.
             local.ring = await self.ring(refresh=True)
             principal = await local.verify(token, now=now)
-        async with read_connection(self.engine) as conn:
-            if not await store.is_active(conn, principal.client_id):
-                raise AuthenticationError("This client has been disabled")
+        if not await client_status(self.engine).is_active(principal.client_id):
+            raise AuthenticationError("This client has been disabled")
         return principal

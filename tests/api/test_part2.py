@@ -350,7 +350,8 @@ async def test_a_page_of_many_peoples_records_costs_the_same_queries_as_one(
         statements: list[str] = []
 
         def count(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
-            statements.append(statement)
+            if "oauth_client" not in statement:  # the client status: read until remembered
+                statements.append(statement)
 
         event.listen(engine.sync_engine, "before_cursor_execute", count)
         try:
