@@ -78,6 +78,18 @@ def build_rules(_settings: Settings) -> RuleSet:
     return rules
 
 
+# Resource types by expected request rate (providers poll Tasks; the rest follow).
+_BUSIEST_TYPES = ("Task", "ServiceRequest", "Patient", "QuestionnaireResponse", "Observation")
+
+
+def _by_traffic(resource_type: str) -> int:
+    return (
+        _BUSIEST_TYPES.index(resource_type)
+        if resource_type in _BUSIEST_TYPES
+        else len(_BUSIEST_TYPES)
+    )
+
+
 def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None = None) -> FastAPI:
     """Build the app. With ``engine`` given (tests), the caller owns the engine's lifetime."""
     settings = settings or get_settings()
@@ -119,14 +131,9 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.state.rules = build_rules(settings)
     app.state.auth = None
 
-    app.include_router(health.router)
-    app.include_router(auth.router)
-    app.include_router(v1_assessments.router)
-    app.include_router(v1_referrals.router)
-    app.include_router(v1_consents.router)
-    app.include_router(v1_naloxone.router)
-    app.include_router(system.router)
-    for rtype in SUPPORTED_TYPES:
+    # FastAPI tries included routers in order (~3 µs each passed over, even with
+    # PrefixRouter's early refusal): the busiest first. No two of them share a path.
+    for rtype in sorted(SUPPORTED_TYPES, key=_by_traffic):
         app.include_router(
             resource_router(
                 rtype,
@@ -134,6 +141,13 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
                 writable=rtype not in app.state.rules.server_written,
             )
         )
+    app.include_router(v1_referrals.router)
+    app.include_router(v1_assessments.router)
+    app.include_router(v1_consents.router)
+    app.include_router(v1_naloxone.router)
+    app.include_router(system.router)
+    app.include_router(auth.router)
+    app.include_router(health.router)
     install_error_handlers(app)
     app.add_middleware(FhirNegotiationMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
