@@ -68,22 +68,15 @@ def token_issuer(request: Request, settings: Settings) -> str:
     return public_base(request, settings) + "/auth"
 
 
-async def get_principal(
-    request: Request,
-    settings: SettingsDep,
-    auth: AuthenticatorDep,
-    authorization: Annotated[str | None, Security(oauth2_scheme)],
-) -> Principal:
-    principal = await auth.authenticate(
+async def authenticate(request: Request, authorization: str | None) -> Principal:
+    settings: Settings = request.app.state.settings
+    principal = await (await get_authenticator(request)).authenticate(
         authorization,
         issuer=token_issuer(request, settings),
         audience=fhir_base(request, settings),
     )
     request.state.principal = principal
     return principal
-
-
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 PURPOSES = frozenset({"TREAT", "ETREAT", "HPAYMT", "HOPERAT", "PUBHLTH", "HRESCH", "COC"})
@@ -145,11 +138,16 @@ def _deny_all(*_args: object) -> None:
 
 
 async def get_context(
-    request: Request, settings: SettingsDep, principal: PrincipalDep
+    request: Request, authorization: Annotated[str | None, Security(oauth2_scheme)]
 ) -> AsyncIterator[WorkflowContext]:
     """The request's context; afterwards, the AuditEvent of what it read or of its failure
-    (writes record theirs in their own transaction)."""
-    ctx = _context(request, settings, principal)
+    (writes record theirs in their own transaction).
+
+    One dependency that authenticates itself, rather than context <- principal <- settings,
+    authenticator: FastAPI's dependency solving costs per level, on every request. (The
+    ``Security`` parameter is what declares the bearer token in OpenAPI for Swagger UI.)"""
+    principal = await authenticate(request, authorization)
+    ctx = _context(request, request.app.state.settings, principal)
     request.state.audit_ctx = ctx
     try:
         yield ctx
