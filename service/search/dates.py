@@ -68,5 +68,5 @@ def parse_range(text: str) -> tuple[datetime, datetime] | None:
 
 def format_instant(value: datetime) -> str:
     """``meta.lastUpdated`` form: UTC, millisecond precision."""
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # isoformat is C; strftime cost ~3 µs, and every response and AuditEvent formats some.
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"

@@ -10,7 +10,9 @@ the index for every type and lets the CapabilityStatement list exactly what is s
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 Kind = Literal["token", "reference", "string", "date", "uri", "number"]
@@ -285,11 +287,12 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
 }
 
 
-def params_for(resource_type: str) -> dict[str, SearchParam]:
-    """Every parameter of a type, common ones included, by name."""
+@functools.lru_cache(maxsize=128)
+def params_for(resource_type: str) -> Mapping[str, SearchParam]:
+    """Every parameter of a type, common ones included, by name (read-only: shared)."""
     found = {p.name: p for p in COMMON}
     found.update({p.name: p for p in BY_TYPE.get(resource_type, ())})
-    return found
+    return MappingProxyType(found)
 
 
 @functools.lru_cache(maxsize=128)
