@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.storage.db import write_transaction
+from service.storage.db import single_statement_write, write_transaction
 
 T = TypeVar("T")
 
@@ -38,9 +38,12 @@ class GroupCommitter(Generic[T]):
         flush: Callable[[AsyncConnection, Sequence[T]], Awaitable[None]],
         *,
         max_batch: int = MAX_BATCH,
+        single_statement: bool = False,
     ) -> None:
         self.engine = engine
         self._flush = flush
+        # ``flush`` writes a batch in one statement (on PostgreSQL): no transaction around it.
+        self._connection = single_statement_write if single_statement else write_transaction
         self.max_batch = max_batch
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._running: asyncio.Task[None] | None = None
@@ -68,7 +71,7 @@ class GroupCommitter(Generic[T]):
                 self._pending[self.max_batch :],
             )
             try:
-                async with write_transaction(self.engine) as conn:
+                async with self._connection(self.engine) as conn:
                     await self._flush(conn, [item for item, _ in batch])
             except BaseException as exc:  # handed to every waiter
                 for _, done in batch:
@@ -93,10 +96,16 @@ def committer_for(
     engine: AsyncEngine,
     name: str,
     flush: Callable[[AsyncConnection, Sequence[T]], Awaitable[None]],
+    *,
+    single_statement: bool = False,
 ) -> GroupCommitter[T]:
     """The engine's committer called ``name`` (one per engine and purpose, made on first use)."""
     by_name = _committers.setdefault(engine, {})
     found = by_name.get(name)
     if found is None:
-        found = by_name[name] = GroupCommitter(engine, flush)  # type: ignore[arg-type]
+        found = by_name[name] = GroupCommitter(
+            engine,
+            flush,  # type: ignore[arg-type]
+            single_statement=single_statement,
+        )
     return found  # type: ignore[return-value]

@@ -352,7 +352,8 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
     """Insert many first versions (group commit of AuditEvents).
 
     Each gets its own history position, as if written one by one in this transaction. The
-    statements are the same whatever the batch size, so they compile (and prepare) once."""
+    statements are the same whatever the batch size, so they compile (and prepare) once. On
+    PostgreSQL it is ONE statement (the group commit relies on it to skip BEGIN/COMMIT)."""
     if not items:
         return
     if conn.dialect.name == "postgresql":

@@ -177,7 +177,8 @@ async def _commit(engine: AsyncEngine, ctx: WorkflowContext, event: dict[str, An
     transaction (``group_commit``); returns once this one is durable."""
     from service.workflows.resources import prepare_server_resource
 
-    committer = committer_for(engine, "audit", repo.insert_new_resources)
+    # One statement per batch on PostgreSQL (insert_new_resources): committed without BEGIN.
+    committer = committer_for(engine, "audit", repo.insert_new_resources, single_statement=True)
     await committer.write(prepare_server_resource(ctx, event))
 
 

@@ -103,3 +103,49 @@ async def test_a_caller_that_goes_away_still_has_its_event_written(engine: Async
     assert committer._running is not None
     await committer._running
     assert await _count(engine, [event.stored.id]) == 1
+
+
+async def test_one_statement_batches_commit_without_begin_on_postgresql(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a batch that is one statement runs in autocommit: no BEGIN and COMMIT
+    round trips; on SQLite it still takes a transaction."""
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+    begun: list[object] = []
+    original = AsyncAdapt_asyncpg_connection._start_transaction
+
+    async def counting(self: AsyncAdapt_asyncpg_connection) -> None:
+        if self.isolation_level != "autocommit":  # (in autocommit it sends nothing)
+            begun.append(self)
+        await original(self)
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "_start_transaction", counting)
+    single: GroupCommitter[NewResource] = GroupCommitter(
+        engine, repo.insert_new_resources, single_statement=True
+    )
+    plain: GroupCommitter[NewResource] = GroupCommitter(engine, repo.insert_new_resources)
+    first, second = _event(engine, 1), _event(engine, 2)
+    await single.write(first)
+    with_single = len(begun)
+    await plain.write(second)
+    assert await _count(engine, [first.stored.id, second.stored.id]) == 2
+    if engine.dialect.name == "postgresql":
+        assert with_single == 0
+        assert len(begun) == 1  # the plain committer's BEGIN
+
+
+async def test_a_one_statement_batch_that_fails_writes_none_of_it(engine: AsyncEngine) -> None:
+    committer: GroupCommitter[NewResource] = GroupCommitter(
+        engine, repo.insert_new_resources, single_statement=True
+    )
+    blocker = asyncio.ensure_future(committer.write(_event(engine, 0)))
+    await asyncio.sleep(0)
+    good = [_event(engine, n) for n in range(1, 4)]
+    twice = _event(engine, 4)  # the same version twice in one batch: the batch is rejected
+    results = await asyncio.gather(
+        *(committer.write(e) for e in [*good, twice, twice]), return_exceptions=True
+    )
+    await blocker
+    assert all(isinstance(r, Exception) for r in results)
+    assert await _count(engine, [e.stored.id for e in [*good, twice]]) == 0
