@@ -27,8 +27,18 @@ _XML_HINTS = ("xml",)
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 
 
+_HEADERS_KEY = "handoff.headers"
+
+
 def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    """The request headers by lower-case name, decoded once per request (three middlewares
+    ask)."""
+    found: dict[str, str] | None = scope.get(_HEADERS_KEY)
+    if found is None:
+        found = scope[_HEADERS_KEY] = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
+    return found
 
 
 async def _send_error(send: Send, exc: ServiceError) -> None:
@@ -58,24 +68,20 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):
                     headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             await send(message)
 
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send_with_id(message)
-
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, send_with_id)
         except Exception as exc:
             # Answer here rather than let Starlette's ServerErrorMiddleware re-raise: the server
             # would then log the exception text, which may quote health data.
@@ -102,13 +108,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = PayloadTooLargeError(
-            f"The request body is larger than the limit of {self.max_bytes} bytes "
-            "(HANDOFF_MAX_BODY_BYTES); split the Bundle or send smaller attachments"
-        )
-        length = _headers(scope).get("content-length")
+        headers = _headers(scope)
+        length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_bytes:
-            await _send_error(send, too_large)
+            await _send_error(send, self._too_large())
+            return
+        if length is None and "transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body at all (a GET): nothing to watch
             return
         received = 0
         started = False
@@ -132,7 +138,13 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _send_error(send, too_large)
+                await _send_error(send, self._too_large())
+
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"The request body is larger than the limit of {self.max_bytes} bytes "
+            "(HANDOFF_MAX_BODY_BYTES); split the Bundle or send smaller attachments"
+        )
 
 
 class _BodyTooLarge(Exception):

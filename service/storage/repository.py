@@ -248,6 +248,7 @@ _INDEX_COLUMNS = (
     ("seq", "bigint"),
 )
 _ENTRY_COLUMNS = _INDEX_COLUMNS[:-2]  # those an IndexEntry carries (not its version's position)
+assert tuple(n for n, _ in _ENTRY_COLUMNS) == IndexEntry._fields  # transposed by position
 
 
 def _history_row(stored: StoredResource, method: str) -> dict[str, Any]:
@@ -435,14 +436,15 @@ async def _write_versions_pg(
     """Write ``(version, method, index rows, keep JSONB content)`` in one statement; (txid,
     seq) of each by key."""
     params: dict[str, list[Any]] = {f"v_{n}": [] for n, _ in _VERSION_COLUMNS}
-    params.update({f"i_{n}": [] for n, _ in _ENTRY_COLUMNS})
+    entries: list[IndexEntry] = []
     for stored, method, index, with_content in versions:
         for name, value in _history_row(stored, method).items():
             params[f"v_{name}"].append(value)
         params["v_with_content"].append(with_content)
-        for entry in index:
-            for name, _ in _ENTRY_COLUMNS:
-                params[f"i_{name}"].append(getattr(entry, name))
+        entries.extend(index)
+    # One array per column: the entries (tuples) transposed.
+    columns = list(zip(*entries, strict=True)) if entries else [()] * len(_ENTRY_COLUMNS)
+    params.update({f"i_{n}": list(c) for (n, _), c in zip(_ENTRY_COLUMNS, columns, strict=True)})
     rows = await conn.execute(_WRITE_VERSIONS_PG, params)
     return {(r[0], r[1]): (int(r[3]), int(r[2])) for r in rows}
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -67,6 +70,23 @@ async def test_oversized_body_is_413(app, client: httpx.AsyncClient) -> None:
     big = task()
     big["description"] = "x" * (limit + 10)
     r = await client.post("/fhir/Task", json=big, headers=FHIR_JSON)
+    assert_outcome(r, 413, "too-costly")
+
+
+async def test_oversized_streamed_body_is_413(app, client: httpx.AsyncClient) -> None:
+    """A body sent without Content-Length (chunked) is counted as it arrives."""
+    limit = app.state.settings.max_body_bytes
+    big = task()
+    big["description"] = "x" * (limit + 10)
+    data = json.dumps(big).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 65536):
+            yield data[start : start + 65536]
+
+    r = await client.post("/fhir/Task", content=chunks(), headers=FHIR_JSON)
+    assert "content-length" not in r.request.headers
+    assert r.request.headers["transfer-encoding"] == "chunked"
     assert_outcome(r, 413, "too-costly")
 
 
