@@ -166,9 +166,11 @@ class Authenticator:
             raise AuthenticationError("Use 'Authorization: Bearer <access token>'")
         token = token.strip()
         now = utcnow()
-        token_issuer = peek_issuer(token)
+        ring = await self.ring()
         external = self.settings.auth_issuer
-        if external and token_issuer == external:
+        # A token this server signed and has verified before needs no look at its issuer.
+        ours = self.verified_tokens.lookup(token, ring) is not None
+        if external and not ours and peek_issuer(token) == external:
             verifier = ExternalIssuerVerifier(
                 issuer=external,
                 jwks_url=self.settings.auth_jwks_url or "",
@@ -179,7 +181,7 @@ class Authenticator:
             )
             return await verifier.verify(token, now=now)
         local = LocalTokenVerifier(
-            ring=await self.ring(), issuer=issuer, audience=audience, cache=self.verified_tokens
+            ring=ring, issuer=issuer, audience=audience, cache=self.verified_tokens
         )
         try:
             principal = await local.verify(token, now=now)

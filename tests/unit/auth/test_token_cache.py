@@ -134,3 +134,23 @@ async def test_local_verifier_uses_the_cache(ring: SigningKeyRing) -> None:
             principal = await verifier.verify(token, now=NOW)
             assert principal.organization == "Organization/123"
     assert checked.call_count == 1
+
+
+async def test_the_principal_is_made_once_per_token_and_claims_still_checked(
+    ring: SigningKeyRing,
+) -> None:
+    cache = VerifiedTokenCache(max_entries=1)
+    verifier = LocalTokenVerifier(ring=ring, issuer=ISSUER, audience=AUDIENCE, cache=cache)
+    token, other = issue(ring), issue(ring, client_id="another-clinic")
+    with mock.patch.object(
+        tokens, "principal_from_claims", wraps=tokens.principal_from_claims
+    ) as made:
+        first = await verifier.verify(token, now=NOW)
+        assert await verifier.verify(token, now=NOW) is first
+        assert made.call_count == 1
+        with pytest.raises(TokenExpiredError):  # a remembered principal does not skip expiry
+            await verifier.verify(token, now=NOW + timedelta(seconds=66))
+        assert (await verifier.verify(other, now=NOW)).client_id == "another-clinic"
+        again = await verifier.verify(token, now=NOW)  # evicted with its entry: made anew
+    assert again == first and again is not first
+    assert made.call_count == 3
