@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Response, Security
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
+from fastapi.routing import APIRoute
 from fastapi.security import OAuth2
 
 from service.api.responses import fhir_base, public_base
@@ -139,9 +140,10 @@ def _deny_all(*_args: object) -> None:
 
 async def get_context(
     request: Request, authorization: Annotated[str | None, Security(oauth2_scheme)]
-) -> AsyncIterator[WorkflowContext]:
-    """The request's context; afterwards, the AuditEvent of what it read or of its failure
-    (writes record theirs in their own transaction).
+) -> WorkflowContext:
+    """The request's context. Its route (an ``AuditedRoute``) records, once the handler has
+    answered, the AuditEvent of what it read or of its failure (writes record theirs in their
+    own transaction).
 
     One dependency that authenticates itself, rather than context <- principal <- settings,
     authenticator: FastAPI's dependency solving costs per level, on every request. (The
@@ -149,12 +151,34 @@ async def get_context(
     principal = await authenticate(request, authorization)
     ctx = _context(request, request.app.state.settings, principal)
     request.state.audit_ctx = ctx
-    try:
-        yield ctx
-    except BaseException as exc:
-        await audit.finish_request(ctx, error=exc)
-        raise
-    await audit.finish_request(ctx, error=None)
+    return ctx
+
+
+class AuditedRoute(APIRoute):
+    """A route whose handler, once it has answered or failed, records the request's AuditEvent
+    (``audit.finish_request``) for the context ``get_context`` made. Every router with routes
+    that take a ``ContextDep`` uses it (``route_class=AuditedRoute``).
+
+    Not a dependency with ``yield``: FastAPI wraps those in exit stacks and a shielded cancel
+    scope, measured at ~3 % of a read."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def audited(request: Request) -> Response:
+            try:
+                response = await handle(request)
+            except BaseException as exc:
+                ctx = getattr(request.state, "audit_ctx", None)
+                if ctx is not None:
+                    await audit.finish_request(ctx, error=exc)
+                raise
+            ctx = getattr(request.state, "audit_ctx", None)
+            if ctx is not None:
+                await audit.finish_request(ctx, error=None)
+            return response
+
+        return audited
 
 
 async def get_public_context(request: Request, settings: SettingsDep) -> WorkflowContext:
@@ -162,5 +186,5 @@ async def get_public_context(request: Request, settings: SettingsDep) -> Workflo
     return _context(request, settings, None)
 
 
-ContextDep = Annotated[WorkflowContext, Depends(get_context, scope="function")]
+ContextDep = Annotated[WorkflowContext, Depends(get_context)]
 PublicContextDep = Annotated[WorkflowContext, Depends(get_public_context)]

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Scope
 
-from service.api.deps import ContextDep
+from service.api.deps import AuditedRoute, ContextDep
 from service.api.responses import fhir_json, prefer_strict, resource_response
 from service.errors import InvalidRequestError, Issue
 from service.fhir import bundle
@@ -227,7 +227,9 @@ class PrefixRouter(APIRouter):
 def resource_router(
     resource_type: str, *, tags: list[str | Enum], writable: bool = True
 ) -> APIRouter:
-    router = PrefixRouter(prefix=f"/fhir/{resource_type}", tags=tags, responses=FHIR_ERRORS)
+    router = PrefixRouter(
+        prefix=f"/fhir/{resource_type}", tags=tags, responses=FHIR_ERRORS, route_class=AuditedRoute
+    )
     t = resource_type
 
     async def search_type(request: Request, ctx: ContextDep) -> Response:

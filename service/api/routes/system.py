@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service import __version__
-from service.api.deps import ContextDep, PublicContextDep
+from service.api.deps import AuditedRoute, ContextDep, PublicContextDep
 from service.api.responses import fhir_json
 from service.api.routes.auth import capability_security
 from service.api.routes.resources import FHIR_ERRORS, type_history_response
@@ -20,7 +20,7 @@ from service.workflows import bundles
 from service.workflows import resources as wf
 from service.workflows.rules import RuleSet
 
-router = APIRouter(prefix="/fhir", responses=FHIR_ERRORS)
+router = APIRouter(prefix="/fhir", responses=FHIR_ERRORS, route_class=AuditedRoute)
 
 _SEARCH_TYPES = {
     "token": "token",

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.deps import ContextDep
+from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_models import Intercept, PersonIn, StaffIn, fhir_datetime
 from service.workflows import idempotency
 from service.workflows.instruments import get_instrument, list_instruments
@@ -19,7 +19,7 @@ from service.workflows.record_assessment import (
     record_assessment,
 )
 
-router = APIRouter(prefix="/v1", tags=["JMS: assessments"])
+router = APIRouter(prefix="/v1", tags=["JMS: assessments"], route_class=AuditedRoute)
 
 V1_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {

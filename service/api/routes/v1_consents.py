@@ -11,13 +11,13 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.api.deps import ContextDep
+from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import PersonIn, fhir_datetime
 from service.workflows import audit, idempotency
 from service.workflows import consents as wf
 
-router = APIRouter(prefix="/v1", tags=["JMS: consent and disclosures"])
+router = APIRouter(prefix="/v1", tags=["JMS: consent and disclosures"], route_class=AuditedRoute)
 
 Purpose = Literal["TREAT", "HPAYMT", "HOPERAT", "COC"]
 

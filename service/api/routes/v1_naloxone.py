@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.api.deps import ContextDep
+from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Intercept, PersonIn, StaffIn, fhir_datetime
 from service.errors import InvalidRequestError
@@ -25,7 +25,7 @@ from service.workflows.naloxone_summary import (
     summary_csv,
 )
 
-router = APIRouter(prefix="/v1", tags=["Naloxone (OEND)"])
+router = APIRouter(prefix="/v1", tags=["Naloxone (OEND)"], route_class=AuditedRoute)
 
 Setting = Literal[
     "at-release",

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.api.deps import ContextDep
+from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Intercept, PersonIn, StaffIn, fhir_datetime
 from service.errors import InvalidRequestError
@@ -17,7 +17,7 @@ from service.fhir.codes import PROGRAM_TYPES, SERVICES
 from service.workflows import idempotency
 from service.workflows import referrals as wf
 
-router = APIRouter(prefix="/v1/referrals", tags=["JMS: referrals"])
+router = APIRouter(prefix="/v1/referrals", tags=["JMS: referrals"], route_class=AuditedRoute)
 
 ServiceKey = Literal[
     "moud-methadone",
