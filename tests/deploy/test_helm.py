@@ -351,6 +351,14 @@ def test_settings_come_from_the_config_map(default_manifests: list[Manifest]) ->
     }
 
 
+def test_gc_threshold_only_when_set(render: Render) -> None:
+    assert (
+        _config(render({"config": {"gcGen0Threshold": 20000}}))["HANDOFF_GC_GEN0_THRESHOLD"]
+        == "20000"
+    )
+    assert _config(render({"config": {"gcGen0Threshold": 0}}))["HANDOFF_GC_GEN0_THRESHOLD"] == "0"
+
+
 def test_production_settings(production_manifests: list[Manifest]) -> None:
     config = _config(production_manifests)
     assert config["HANDOFF_LOG_LEVEL"] == "WARNING"
@@ -587,6 +595,7 @@ def test_migrations_can_be_disabled(render: Render) -> None:
         ({"autoscaling": {"targetCPUUtilizationPercentage": 150}}, "targetCPUUtilization"),
         ({"podDisruptionBudget": {"maxUnavailable": "half"}}, "/podDisruptionBudget"),
         ({"extraEnv": [{"value": "no name"}]}, "/extraEnv/0"),
+        ({"config": {"gcGen0Threshold": -1}}, "/config/gcGen0Threshold"),
     ],
 )
 def test_schema_rejects_bad_values(
