@@ -165,17 +165,18 @@ class AuditedRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
 
+        async def finish(request: Request, error: BaseException | None) -> None:
+            ctx = getattr(request.state, "audit_ctx", None)  # None: refused before a context
+            if ctx is not None:
+                await audit.finish_request(ctx, error=error)
+
         async def audited(request: Request) -> Response:
             try:
                 response = await handle(request)
             except BaseException as exc:
-                ctx = getattr(request.state, "audit_ctx", None)
-                if ctx is not None:
-                    await audit.finish_request(ctx, error=exc)
+                await finish(request, exc)
                 raise
-            ctx = getattr(request.state, "audit_ctx", None)
-            if ctx is not None:
-                await audit.finish_request(ctx, error=None)
+            await finish(request, None)
             return response
 
         return audited

@@ -396,16 +396,15 @@ def references_type(value_col: Any, target: str) -> ColumnElement[bool]:
 
 def index_exists(
     resource_type: str,
-    param_name: str,
+    param: SearchParam,
     value_condition: ColumnElement[bool] | None,
     *,
     id_col: Any,
     version_col: Any,
     probe: bool = False,
-    target: str | None = None,
 ) -> ColumnElement[bool]:
-    """Whether the row's version has an index row of ``param_name`` (referencing ``target``,
-    if given) matching the value.
+    """Whether the row's version has an index row of ``param`` (``param_rows``) matching the
+    value.
 
     ``probe``: keep it a per-row index probe. PostgreSQL may otherwise evaluate an EXISTS under
     OR by hashing *every* index row with that value (all 333k ``status=requested`` rows of a
@@ -418,12 +417,10 @@ def index_exists(
     conds = [
         # A probe goes by the version's own rows; a search may drive from the value's rows.
         probe_type(c.resource_type, resource_type) if probe else c.resource_type == resource_type,
-        c.param == param_name,
+        *param_rows(c, param),
         c.resource_id == id_col,
         c.version_id == version_col,
     ]
-    if target is not None:
-        conds.append(references_type(c.value, target))
     if value_condition is not None:
         conds.append(value_condition)
     subquery = select(1).select_from(index_t).where(*conds)
@@ -470,13 +467,7 @@ def _criterion_condition(
         return or_(*ors)
     if crit.modifier == "missing":
         any_row = index_exists(
-            resource_type,
-            p.index_name,
-            None,
-            id_col=id_col,
-            version_col=version_col,
-            probe=probe,
-            target=p.index_target,
+            resource_type, p, None, id_col=id_col, version_col=version_col, probe=probe
         )
         return not_(any_row) if crit.values[0] == "true" else any_row
     value_conds = [
@@ -485,12 +476,11 @@ def _criterion_condition(
     matched = (
         index_exists(
             resource_type,
-            p.index_name,
+            p,
             or_(*value_conds),
             id_col=id_col,
             version_col=version_col,
             probe=probe,
-            target=p.index_target,
         )
         if value_conds
         else false()
