@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -71,6 +71,28 @@ async def _setup(app: Any, issue_token: TokenFactory) -> tuple[httpx.AsyncClient
     return http, "status-client"
 
 
+@pytest.fixture
+async def listening(
+    app: Any, engine: AsyncEngine, issue_token: TokenFactory
+) -> AsyncIterator[tuple[httpx.AsyncClient, str, ClientStatus]]:
+    """PostgreSQL only: a client that has made one request, and its engine's cache once the
+    listener is up."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's (on SQLite the status is read per request)")
+    http, cid = await _setup(app, issue_token)
+    cache = client_status(engine)
+    async with http:
+        assert (await http.get("/fhir/Task")).status_code == 200
+        await _until(lambda: cache.listening)
+        yield http, cid, cache
+
+
+def _listener_pid(cache: ClientStatus) -> int:
+    assert cache._conn is not None
+    pid: int = cache._conn.get_server_pid()
+    return pid
+
+
 async def test_status_is_read_per_request_until_changes_are_announced(
     app: Any, engine: AsyncEngine, issue_token: TokenFactory, status_reads: list[str]
 ) -> None:
@@ -90,54 +112,41 @@ async def test_status_is_read_per_request_until_changes_are_announced(
 
 
 async def test_a_disable_by_another_process_is_heard(
-    app: Any, engine: AsyncEngine, issue_token: TokenFactory, status_reads: list[str]
+    engine: AsyncEngine, listening: tuple[httpx.AsyncClient, str, ClientStatus]
 ) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's (on SQLite the status is read per request)")
-    http, cid = await _setup(app, issue_token)
-    cache = client_status(engine)
-    async with http:
-        assert (await http.get("/fhir/Task")).status_code == 200
-        await _until(lambda: cache.listening)
-        assert (await http.get("/fhir/Task")).status_code == 200  # remembered
-        # What clients.set_disabled does, in two steps and from another process (no
-        # in-process shortcut). Unannounced, the remembered answer stands: proof it was kept.
-        await _other_process(
-            engine, "UPDATE oauth_client SET disabled = true WHERE client_id = $1", cid
-        )
-        assert (await http.get("/fhir/Task")).status_code == 200
-        await _other_process(engine, f"SELECT pg_notify('{CLIENT_STATUS_CHANNEL}', $1)", cid)
+    http, cid, _cache = listening
+    assert (await http.get("/fhir/Task")).status_code == 200  # remembered
+    # What clients.set_disabled does, in two steps and from another process (no in-process
+    # shortcut). Unannounced, the remembered answer stands: proof it was kept.
+    await _other_process(
+        engine, "UPDATE oauth_client SET disabled = true WHERE client_id = $1", cid
+    )
+    assert (await http.get("/fhir/Task")).status_code == 200
+    await _other_process(engine, f"SELECT pg_notify('{CLIENT_STATUS_CHANNEL}', $1)", cid)
 
-        async def refused() -> bool:
-            return (await http.get("/fhir/Task")).status_code == 401
+    async def refused() -> bool:
+        return (await http.get("/fhir/Task")).status_code == 401
 
-        await _until(refused, 5.0)  # heard at commit: milliseconds here (generous under load)
+    await _until(refused, 5.0)  # heard at commit: milliseconds here (generous under load)
 
 
 async def test_without_the_listener_every_request_reads_the_status(
-    app: Any, engine: AsyncEngine, issue_token: TokenFactory
+    engine: AsyncEngine, listening: tuple[httpx.AsyncClient, str, ClientStatus]
 ) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
-    http, cid = await _setup(app, issue_token)
-    cache = client_status(engine)
-    async with http:
-        assert (await http.get("/fhir/Task")).status_code == 200
-        await _until(lambda: cache.listening)
-        assert cache._conn is not None
-        pid = cache._conn.get_server_pid()
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        await _until(lambda: not cache.listening)
-        # An unannounced change is now seen at once: nothing is remembered.
-        await _other_process(
-            engine, "UPDATE oauth_client SET disabled = true WHERE client_id = $1", cid
-        )
-        assert (await http.get("/fhir/Task")).status_code == 401
-        # The listener comes back by itself (and forgets everything read while it was away).
-        await _until(lambda: cache.listening, 5.0)
-        assert cache._conn is not None and cache._conn.get_server_pid() != pid
-        assert (await http.get("/fhir/Task")).status_code == 401
+    http, cid, cache = listening
+    pid = _listener_pid(cache)
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    await _until(lambda: not cache.listening)
+    # An unannounced change is now seen at once: nothing is remembered.
+    await _other_process(
+        engine, "UPDATE oauth_client SET disabled = true WHERE client_id = $1", cid
+    )
+    assert (await http.get("/fhir/Task")).status_code == 401
+    # The listener comes back by itself (and forgets everything read while it was away).
+    await _until(lambda: cache.listening, 5.0)
+    assert _listener_pid(cache) != pid
+    assert (await http.get("/fhir/Task")).status_code == 401
 
 
 async def test_an_answer_read_while_a_change_is_heard_is_not_kept(
@@ -166,17 +175,10 @@ async def test_an_answer_read_while_a_change_is_heard_is_not_kept(
 
 
 async def test_disposing_the_engine_ends_the_listener(
-    app: Any, settings: Any, issue_token: TokenFactory, engine: AsyncEngine
+    engine: AsyncEngine, listening: tuple[httpx.AsyncClient, str, ClientStatus]
 ) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
-    http, _cid = await _setup(app, issue_token)
-    cache = client_status(engine)
-    async with http:
-        assert (await http.get("/fhir/Task")).status_code == 200
-    await _until(lambda: cache.listening)
-    assert cache._conn is not None
-    pid = cache._conn.get_server_pid()
+    _http, _cid, cache = listening
+    pid = _listener_pid(cache)
     await engine.dispose()
     assert not cache.listening and cache._conn is None
 
