@@ -69,12 +69,13 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    from service.workflows import assessments, consents, referrals
+    from service.workflows import assessments, consents, naloxone, referrals
 
     rules = default_rules()
     consents.register(rules)  # labels first: later rules and the index see them
     assessments.register(rules)
     referrals.register(rules)
+    naloxone.register(rules)
     return rules
 
 

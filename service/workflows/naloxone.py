@@ -31,7 +31,9 @@ from service.storage import repository as repo
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
+from service.workflows.naloxone_facts import Medications, instant
 from service.workflows.people import Person, match_or_create_patient
+from service.workflows.rules import RuleSet, WriteEvent
 
 FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew between the JMS and us
 MAX_DOSES = 20  # naloxone doses in one response; more is a typing error
@@ -549,3 +551,84 @@ async def record_overdose_response(
     return await idempotency.run_once(
         ctx, key=idempotency_key, fingerprint=fingerprint, work=create
     )
+
+
+# --- the same limits on records written through FHIR -------------------------------------------
+# Programs may POST MedicationDispense, SupplyDelivery and Observation resources themselves, and
+# the OEND summary counts them like /v1 records: a kit count or a date that /v1 refuses must
+# not reach the measures through the other door.
+
+
+def _whole_count(value: Any, path: str, *, maximum: int, what: str) -> list[Issue]:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return []  # structure (a number) is the validator's; absent means one
+    if value != int(value):
+        return [
+            Issue("error", "value", f"{path}: {value} is not a whole number of {what}", (path,))
+        ]
+    return _count_issues(int(value), path, maximum=maximum, what=what)
+
+
+def _future_issues(value: Any, path: str) -> list[Issue]:
+    at = instant(value)
+    return _when_issues(at, path) if at is not None else []
+
+
+async def _check_kit_record(event: WriteEvent) -> None:
+    body = event.body
+    if body is None:
+        return
+    maximum = event.ctx.settings.naloxone_max_quantity
+    if event.resource_type == "MedicationDispense":
+        if not await Medications(event.conn).is_naloxone(
+            body, "medicationCodeableConcept", "medicationReference"
+        ):
+            return
+        quantity = (body.get("quantity") or {}).get("value")
+        issues = _whole_count(
+            quantity, "MedicationDispense.quantity.value", maximum=maximum, what="kits"
+        ) + _future_issues(body.get("whenHandedOver"), "MedicationDispense.whenHandedOver")
+    else:
+        item = body.get("suppliedItem") or {}
+        if not await Medications(event.conn).is_naloxone(
+            item, "itemCodeableConcept", "itemReference"
+        ):
+            return
+        quantity = (item.get("quantity") or {}).get("value")
+        when = body.get("occurrenceDateTime") or (body.get("occurrencePeriod") or {}).get("start")
+        issues = _whole_count(
+            quantity, "SupplyDelivery.suppliedItem.quantity.value", maximum=maximum, what="kits"
+        ) + _future_issues(when, "SupplyDelivery.occurrence")
+    _raise(issues)
+
+
+async def _check_overdose_response(event: WriteEvent) -> None:
+    body = event.body
+    codings = ((body or {}).get("code") or {}).get("coding") or []
+    if body is None or not any(
+        c.get("system") == oend.OEND_SYSTEM and c.get("code") == "overdose-response"
+        for c in codings
+        if isinstance(c, dict)
+    ):
+        return
+    issues = _future_issues(body.get("effectiveDateTime"), "Observation.effectiveDateTime")
+    for component in body.get("component") or []:
+        coded = (component.get("code") or {}).get("coding") or []
+        if any(
+            c.get("system") == oend.OEND_SYSTEM and c.get("code") == "naloxone-doses"
+            for c in coded
+            if isinstance(c, dict)
+        ):
+            issues += _whole_count(
+                component.get("valueInteger"),
+                "Observation.component(naloxone-doses).valueInteger",
+                maximum=MAX_DOSES,
+                what="doses",
+            )
+    _raise(issues)
+
+
+def register(rules: RuleSet) -> None:
+    rules.on_write("MedicationDispense", _check_kit_record)
+    rules.on_write("SupplyDelivery", _check_kit_record)
+    rules.on_write("Observation", _check_overdose_response)

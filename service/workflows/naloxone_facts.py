@@ -174,7 +174,7 @@ async def search_all(
         request.page = page.next_page
 
 
-class _Medications:
+class Medications:
     """Medication resources referenced by dispenses (directory data, readable by all)."""
 
     def __init__(self, conn: AsyncConnection) -> None:
@@ -200,7 +200,7 @@ class _Medications:
 async def kits(
     conn: AsyncConnection, ctx: WorkflowContext, span: Span, *, patient: str | None = None
 ) -> list[Kit]:
-    medications = _Medications(conn)
+    medications = Medications(conn)
     out: list[Kit] = []
     who = [("patient", patient)] if patient else []
     for md in await search_all(

@@ -305,6 +305,117 @@ async def test_validation_lists_every_problem(net: dict[str, Any], app) -> None:
     assert await total(admin, "/fhir/SupplyDelivery") == 1
 
 
+NALOXONE_4MG = {"coding": [{"system": RXNORM, "code": "1725059"}]}
+BUPRENORPHINE = {"coding": [{"system": RXNORM, "code": "1010600"}]}
+
+
+def fhir_dispense(patient: str, quantity: float, **over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "resourceType": "MedicationDispense",
+        "status": "completed",
+        "medicationCodeableConcept": NALOXONE_4MG,
+        "subject": {"reference": patient},
+        "quantity": {"value": quantity},
+        "whenHandedOver": "2026-10-05T08:00:00-04:00",
+    }
+    return body | over
+
+
+def fhir_delivery(quantity: float, when: str = "2026-10-05T08:00:00-04:00") -> dict[str, Any]:
+    return {
+        "resourceType": "SupplyDelivery",
+        "status": "completed",
+        "suppliedItem": {"itemCodeableConcept": NALOXONE_4MG, "quantity": {"value": quantity}},
+        "occurrenceDateTime": when,
+    }
+
+
+async def test_fhir_kit_records_have_the_v1_limits(net: dict[str, Any], app) -> None:  # type: ignore[no-untyped-def]
+    """A program that POSTs its own kit records cannot put into the measures what /v1 refuses:
+    51 kits, half a kit, no kit, a kit handed over next week."""
+    admin = net["admin"]
+    patient = (await fhir_post(admin, {"resourceType": "Patient"}))["id"]
+    ref = f"Patient/{patient}"
+    future = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    for body, expression in (
+        (fhir_dispense(ref, 51), "MedicationDispense.quantity.value"),
+        (fhir_dispense(ref, 0), "MedicationDispense.quantity.value"),
+        (fhir_dispense(ref, 1.5), "MedicationDispense.quantity.value"),
+        (fhir_dispense(ref, 2, whenHandedOver=future), "MedicationDispense.whenHandedOver"),
+        (fhir_delivery(500), "SupplyDelivery.suppliedItem.quantity.value"),
+        (fhir_delivery(2, future), "SupplyDelivery.occurrence"),
+    ):
+        r = await admin.post(f"/fhir/{body['resourceType']}", json=body, headers=FHIR_JSON)
+        assert r.status_code == 422, (body, r.text)
+        outcome = r.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert outcome["issue"][0]["expression"] == [expression], outcome
+    # Within the limits: stored and counted; another medicine is not naloxone's business.
+    good = await fhir_post(admin, fhir_dispense(ref, 2.0))
+    await fhir_post(admin, fhir_delivery(50))
+    await fhir_post(admin, fhir_dispense(ref, 90, medicationCodeableConcept=BUPRENORPHINE))
+    assert await total(admin, "/fhir/MedicationDispense") == 2
+    assert await total(admin, "/fhir/SupplyDelivery") == 1
+    # Updates and transactions go through the same rule.
+    good["quantity"] = {"value": 60}
+    r = await admin.put(f"/fhir/MedicationDispense/{good['id']}", json=good, headers=FHIR_JSON)
+    assert r.status_code == 422
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": fhir_delivery(3), "request": {"method": "POST", "url": "SupplyDelivery"}},
+            {"resource": fhir_delivery(99), "request": {"method": "POST", "url": "SupplyDelivery"}},
+        ],
+    }
+    r = await admin.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert r.status_code == 422
+    assert await total(admin, "/fhir/SupplyDelivery") == 1  # neither entry was written
+    # A product named through a Medication resource is recognized too.
+    med = await fhir_post(admin, {"resourceType": "Medication", "code": NALOXONE_4MG})
+    by_reference = fhir_dispense(ref, 70)
+    del by_reference["medicationCodeableConcept"]
+    by_reference["medicationReference"] = {"reference": f"Medication/{med['id']}"}
+    r = await admin.post("/fhir/MedicationDispense", json=by_reference, headers=FHIR_JSON)
+    assert r.status_code == 422
+    # The maximum is the same setting as /v1's.
+    app.state.settings = app.state.settings.model_copy(update={"naloxone_max_quantity": 100})
+    await fhir_post(admin, by_reference)
+
+
+async def test_fhir_overdose_responses_have_the_v1_limits(net: dict[str, Any]) -> None:
+    admin = net["admin"]
+    future = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+
+    def observation(doses: int, when: str = "2026-10-10T23:40:00-04:00") -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": OEND, "code": "overdose-response"}]},
+            "effectiveDateTime": when,
+            "valueCodeableConcept": {"coding": [{"system": OEND, "code": "survived"}]},
+            "component": [
+                {
+                    "code": {"coding": [{"system": OEND, "code": "naloxone-doses"}]},
+                    "valueInteger": doses,
+                }
+            ],
+        }
+
+    r = await admin.post("/fhir/Observation", json=observation(21), headers=FHIR_JSON)
+    assert r.status_code == 422
+    assert r.json()["issue"][0]["expression"] == [
+        "Observation.component(naloxone-doses).valueInteger"
+    ]
+    r = await admin.post("/fhir/Observation", json=observation(2, future), headers=FHIR_JSON)
+    assert r.status_code == 422
+    assert r.json()["issue"][0]["expression"] == ["Observation.effectiveDateTime"]
+    await fhir_post(admin, observation(20))
+    other = observation(21)
+    other["code"] = {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}
+    await fhir_post(admin, other)  # not an overdose response: not this rule's business
+
+
 async def test_idempotent_retries(net: dict[str, Any]) -> None:
     jail, admin = net["jail"], net["admin"]
     headers = {"Idempotency-Key": "kit-42"}

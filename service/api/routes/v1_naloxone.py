@@ -229,7 +229,9 @@ async def create_naloxone(
     (`anonymous: true`, no `person`) becomes a SupplyDelivery that stores nothing about the
     recipient. One transaction; a retry with the same `Idempotency-Key` returns the original
     result. An unknown product, a quantity below 1 or above the configured maximum, a future
-    `given_at` and an unknown facility are reported together in one 422."""
+    `given_at` and an unknown facility are reported together in one 422. Kit records a program
+    writes through FHIR itself (a naloxone MedicationDispense or SupplyDelivery) are held to
+    the same quantity and date limits."""
     idempotency.check_key(idempotency_key)
     status, body = await wf.record_naloxone(
         ctx,
