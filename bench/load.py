@@ -15,8 +15,8 @@ written by one transaction): loaded rows sort before anything the service writes
 
 Two processes load at once, each table by one ``COPY ... FREEZE`` in the transaction that
 empties it (no vacuum needed afterwards): one writes ``resource`` and ``resource_history`` in
-Task order; the other writes ``search_index`` sorted by (param, value, Task), the order of four
-of its five secondary indexes, which PostgreSQL then builds from presorted input. Secondary
+Task order; the other writes ``search_index`` sorted by (param, value, Task), the order of
+most of its secondary indexes, which PostgreSQL then builds from presorted input. Secondary
 indexes are dropped first and rebuilt from their own definitions: the schema ends exactly as
 the migration made it.
 """

@@ -57,12 +57,13 @@ class ResourceHistory(SQLModel, table=True):
 
 class SearchIndex(SQLModel, table=True):
     __tablename__ = "search_index"
-    # Four secondary indexes, each for one way in (every index costs each row written):
+    # Five secondary indexes, each for one way in (every index costs each row written):
     # - ix_search_feed: rows of one parameter value (driving equality searches, reference
     #   look-ups) in commit order (the change feed walks them from a cursor);
     # - ix_search_system_value: token ``system|code`` and identifier look-ups (rows that have a
     #   system only);
-    # - ix_search_low: date ranges (date rows only: the only rows without a ``value``);
+    # - ix_search_low / ix_search_high: date ranges from below (lt, le, sa) and from above
+    #   (gt, ge, eb), date rows only (the only rows without a ``value``);
     # - ix_search_resource: one version's rows (per-row probes of search, tenancy and consent
     #   conditions). It leads with ``resource_id`` on purpose: no other index does, so the
     #   planner cannot prefer a walk over every row of a type whose statistics lag behind its
@@ -83,6 +84,14 @@ class SearchIndex(SQLModel, table=True):
             "resource_type",
             "param",
             "low",
+            postgresql_where=text("value IS NULL"),
+            sqlite_where=text("value IS NULL"),
+        ),
+        Index(
+            "ix_search_high",
+            "resource_type",
+            "param",
+            "high",
             postgresql_where=text("value IS NULL"),
             sqlite_where=text("value IS NULL"),
         ),

@@ -163,8 +163,8 @@ async def test_an_organizations_search_never_walks_everything_it_made(
 
 
 async def test_date_search_uses_the_date_row_index(engine: AsyncEngine) -> None:
-    """``ix_search_low`` holds date rows only (a partial index): a date condition must say so
-    for the planner to use it."""
+    """``ix_search_low`` and ``ix_search_high`` hold date rows only (partial indexes): a date
+    condition must say so for the planner to use them."""
     await _load(
         engine,
         analyzed=(
@@ -184,6 +184,13 @@ async def test_date_search_uses_the_date_row_index(engine: AsyncEngine) -> None:
     assert len(page.matches) == 20
     plan = await _explain(engine, statement, parameters)
     assert "ix_search_low" in plan, plan
+    # From above (the end of each range): ix_search_high, read only where the matches are.
+    for value in ("gt2026-01-14T21:00:00Z", "ge2026-01-14T21:00:01Z"):
+        page, statement, parameters = await search_statement(engine, [("authored-on", value)])
+        assert len(page.matches) == 20
+        plan = await _explain(engine, statement, parameters, "ANALYZE ")
+        assert "ix_search_high" in plan, plan
+        assert _most_rows(plan) <= 100, plan  # not the 20,000 date rows of the type
 
 
 async def test_probes_of_a_type_newer_than_its_statistics_stay_probes(

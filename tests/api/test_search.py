@@ -98,6 +98,36 @@ async def test_date_prefixes(client: httpx.AsyncClient, value: str, expected: se
     assert got == {made[k]["id"] for k in expected}
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("gt2026-11-20", {"open-end"}),
+        ("ge2026-11-10", {"open-end", "open-start"}),
+        ("lt2026-11-05", {"open-start", "closed"}),
+        ("le2026-11-01", {"open-start", "closed"}),
+        ("ne2026-11-10", {"open-end", "open-start", "closed"}),
+        ("eq2026-11", {"closed"}),
+        ("sa2026-11-05", {"open-end"}),
+        ("eb2026-11-10", {"closed"}),
+    ],
+)
+async def test_date_prefixes_on_open_periods(
+    client: httpx.AsyncClient, value: str, expected: set[str]
+) -> None:
+    """A Period without an end runs on for ever, one without a start from for ever: they match
+    every comparison on their open side (only Period parameters carry that condition)."""
+    periods = {
+        "open-end": {"start": "2026-11-10"},
+        "open-start": {"end": "2026-11-10"},
+        "closed": {"start": "2026-11-01", "end": "2026-11-05"},
+    }
+    made = {}
+    for key, period in periods.items():
+        made[key] = await create(client, {**task(), "executionPeriod": period})
+    got = await ids(client, "Task", period=value)
+    assert got == {made[k]["id"] for k in expected}
+
+
 async def test_last_updated_and_id(client: httpx.AsyncClient) -> None:
     a = await create(client, organization(identifier="o-1"))
     b = await create(client, organization(identifier="o-2"))
