@@ -193,6 +193,16 @@ def is_rescue_naloxone(concept: Any) -> bool:
     )
 
 
+def is_oend(concept: Any, code: str) -> bool:
+    """True when a CodeableConcept carries ``code`` of our OEND code system."""
+    if not isinstance(concept, dict):
+        return False
+    return any(
+        isinstance(c, dict) and c.get("system") == OEND_SYSTEM and c.get("code") == code
+        for c in concept.get("coding", [])
+    )
+
+
 def is_education(concept: Any) -> bool:
     if not isinstance(concept, dict):
         return False

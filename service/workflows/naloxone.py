@@ -31,7 +31,7 @@ from service.storage import repository as repo
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
-from service.workflows.naloxone_facts import Medications, instant
+from service.workflows.naloxone_facts import Medications, instant, kit_parts
 from service.workflows.people import Person, match_or_create_patient
 from service.workflows.rules import RuleSet, WriteEvent
 
@@ -575,50 +575,26 @@ def _future_issues(value: Any, path: str) -> list[Issue]:
 
 
 async def _check_kit_record(event: WriteEvent) -> None:
-    body = event.body
-    if body is None:
+    if event.body is None:
         return
+    kit = kit_parts(event.body)
+    if not await Medications(event.conn).is_naloxone(kit):
+        return
+    quantity = (kit.quantity or {}).get("value")
     maximum = event.ctx.settings.naloxone_max_quantity
-    if event.resource_type == "MedicationDispense":
-        if not await Medications(event.conn).is_naloxone(
-            body, "medicationCodeableConcept", "medicationReference"
-        ):
-            return
-        quantity = (body.get("quantity") or {}).get("value")
-        issues = _whole_count(
-            quantity, "MedicationDispense.quantity.value", maximum=maximum, what="kits"
-        ) + _future_issues(body.get("whenHandedOver"), "MedicationDispense.whenHandedOver")
-    else:
-        item = body.get("suppliedItem") or {}
-        if not await Medications(event.conn).is_naloxone(
-            item, "itemCodeableConcept", "itemReference"
-        ):
-            return
-        quantity = (item.get("quantity") or {}).get("value")
-        when = body.get("occurrenceDateTime") or (body.get("occurrencePeriod") or {}).get("start")
-        issues = _whole_count(
-            quantity, "SupplyDelivery.suppliedItem.quantity.value", maximum=maximum, what="kits"
-        ) + _future_issues(when, "SupplyDelivery.occurrence")
-    _raise(issues)
+    _raise(
+        _whole_count(quantity, kit.quantity_path, maximum=maximum, what="kits")
+        + _future_issues(kit.when, kit.when_path)
+    )
 
 
 async def _check_overdose_response(event: WriteEvent) -> None:
     body = event.body
-    codings = ((body or {}).get("code") or {}).get("coding") or []
-    if body is None or not any(
-        c.get("system") == oend.OEND_SYSTEM and c.get("code") == "overdose-response"
-        for c in codings
-        if isinstance(c, dict)
-    ):
+    if body is None or not oend.is_oend(body.get("code"), "overdose-response"):
         return
     issues = _future_issues(body.get("effectiveDateTime"), "Observation.effectiveDateTime")
     for component in body.get("component") or []:
-        coded = (component.get("code") or {}).get("coding") or []
-        if any(
-            c.get("system") == oend.OEND_SYSTEM and c.get("code") == "naloxone-doses"
-            for c in coded
-            if isinstance(c, dict)
-        ):
+        if oend.is_oend(component.get("code"), "naloxone-doses"):
             issues += _whole_count(
                 component.get("valueInteger"),
                 "Observation.component(naloxone-doses).valueInteger",

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -174,6 +174,45 @@ async def search_all(
         request.page = page.next_page
 
 
+class KitParts(NamedTuple):
+    """Where a kit record (MedicationDispense or SupplyDelivery) keeps its product, quantity and
+    date: read alike by the facts and by the write rule that checks them."""
+
+    product: dict[str, Any]  # the element naming the product, inline or by reference
+    inline: str
+    reference: str
+    quantity: Any  # the Quantity element, if any
+    when: Any
+    quantity_path: str  # FHIRPath of the quantity's value and of the date, for messages
+    when_path: str
+
+
+def kit_parts(resource: dict[str, Any]) -> KitParts:
+    if resource.get("resourceType") == "MedicationDispense":
+        return KitParts(
+            resource,
+            "medicationCodeableConcept",
+            "medicationReference",
+            resource.get("quantity"),
+            resource.get("whenHandedOver"),
+            "MedicationDispense.quantity.value",
+            "MedicationDispense.whenHandedOver",
+        )
+    item = resource.get("suppliedItem") or {}
+    when = resource.get("occurrenceDateTime") or (resource.get("occurrencePeriod") or {}).get(
+        "start"
+    )
+    return KitParts(
+        item,
+        "itemCodeableConcept",
+        "itemReference",
+        item.get("quantity"),
+        when,
+        "SupplyDelivery.suppliedItem.quantity.value",
+        "SupplyDelivery.occurrence",
+    )
+
+
 class Medications:
     """Medication resources referenced by dispenses (directory data, readable by all)."""
 
@@ -181,10 +220,10 @@ class Medications:
         self.conn = conn
         self.cache: dict[str, bool] = {}
 
-    async def is_naloxone(self, resource: dict[str, Any], inline: str, ref: str) -> bool:
-        if inline in resource:
-            return oend.is_rescue_naloxone(resource[inline])
-        target = _ref(resource.get(ref))
+    async def is_naloxone(self, kit: KitParts) -> bool:
+        if kit.inline in kit.product:
+            return oend.is_rescue_naloxone(kit.product[kit.inline])
+        target = _ref(kit.product.get(kit.reference))
         if not target or not target.startswith("Medication/"):
             return False
         if target not in self.cache:
@@ -206,7 +245,8 @@ async def kits(
     for md in await search_all(
         conn, ctx, "MedicationDispense", [*who, *span.params("whenhandedover")]
     ):
-        at, day = instant(md.get("whenHandedOver")), day_of(md.get("whenHandedOver"))
+        kit = kit_parts(md)
+        at, day = instant(kit.when), day_of(kit.when)
         subject = _ref(md.get("subject"))
         if (
             md.get("status") != "completed"
@@ -214,9 +254,7 @@ async def kits(
             or day is None
             or not subject
             or not subject.startswith("Patient/")
-            or not await medications.is_naloxone(
-                md, "medicationCodeableConcept", "medicationReference"
-            )
+            or not await medications.is_naloxone(kit)
         ):
             continue
         receivers = [_ref(r) for r in md.get("receiver", []) or []]
@@ -228,7 +266,7 @@ async def kits(
                 resource=f"MedicationDispense/{md['id']}",
                 at=at,
                 day=day,
-                quantity=_quantity(md.get("quantity")),
+                quantity=_quantity(kit.quantity),
                 patient=subject,
                 via_family=via_family,
                 facility=facility_of(md),
@@ -237,14 +275,13 @@ async def kits(
             )
         )
     for sd in await search_all(conn, ctx, "SupplyDelivery", [*who, *span.params("date")]):
-        when = sd.get("occurrenceDateTime") or (sd.get("occurrencePeriod") or {}).get("start")
-        at, day = instant(when), day_of(when)
-        item = sd.get("suppliedItem") or {}
+        kit = kit_parts(sd)
+        at, day = instant(kit.when), day_of(kit.when)
         if (
             sd.get("status") != "completed"
             or at is None
             or day is None
-            or not await medications.is_naloxone(item, "itemCodeableConcept", "itemReference")
+            or not await medications.is_naloxone(kit)
         ):
             continue
         out.append(
@@ -252,7 +289,7 @@ async def kits(
                 resource=f"SupplyDelivery/{sd['id']}",
                 at=at,
                 day=day,
-                quantity=_quantity(item.get("quantity")),
+                quantity=_quantity(kit.quantity),
                 patient=_ref(sd.get("patient")),
                 via_family=False,
                 facility=facility_of(sd),
