@@ -308,23 +308,22 @@ def _date_condition(
     assert rng is not None  # checked by parse_search
     s_low, s_high = rng
 
-    def unbounded(col: ColumnElement[Any], bounded: ColumnElement[bool]) -> ColumnElement[bool]:
-        return or_(bounded, col.is_(None)) if open_ended else bounded
+    def unbounded(bounded: ColumnElement[bool], *ends: ColumnElement[Any]) -> ColumnElement[bool]:
+        """``bounded``, or (open-ended parameters only) an open end on any of ``ends``."""
+        return or_(bounded, *(end.is_(None) for end in ends)) if open_ended else bounded
 
     if prefix == "eq":
         return and_(low_col >= s_low, high_col <= s_high)
     if prefix == "ne":
-        if open_ended:
-            return or_(low_col < s_low, high_col > s_high, low_col.is_(None), high_col.is_(None))
-        return or_(low_col < s_low, high_col > s_high)
+        return unbounded(or_(low_col < s_low, high_col > s_high), low_col, high_col)
     if prefix == "gt":
-        return unbounded(high_col, high_col > s_high)
+        return unbounded(high_col > s_high, high_col)
     if prefix == "lt":
-        return unbounded(low_col, low_col < s_low)
+        return unbounded(low_col < s_low, low_col)
     if prefix == "ge":
-        return unbounded(high_col, high_col >= s_low)
+        return unbounded(high_col >= s_low, high_col)
     if prefix == "le":
-        return unbounded(low_col, low_col <= s_high)
+        return unbounded(low_col <= s_high, low_col)
     if prefix == "sa":
         return low_col > s_high
     if prefix == "eb":

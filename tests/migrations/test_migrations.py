@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -30,24 +31,24 @@ def _diff(url: str) -> list:
     return asyncio.run(run())
 
 
-def _tables(url: str) -> set[str]:
-    async def run() -> set[str]:
+def _rows(url: str, sql: str) -> list[Any]:
+    async def run() -> list[Any]:
         engine = create_async_engine(url)
         try:
             async with engine.connect() as conn:
-                if conn.dialect.name == "sqlite":
-                    rows = await conn.execute(
-                        text("SELECT name FROM sqlite_master WHERE type='table'")
-                    )
-                else:
-                    rows = await conn.execute(
-                        text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
-                    )
-                return {r[0] for r in rows}
+                return list(await conn.execute(text(sql)))
         finally:
             await engine.dispose()
 
     return asyncio.run(run())
+
+
+def _tables(url: str) -> set[str]:
+    if url.startswith("sqlite"):
+        sql = "SELECT name FROM sqlite_master WHERE type='table'"
+    else:
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+    return {r[0] for r in _rows(url, sql)}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -72,24 +73,15 @@ def test_upgrade_downgrade_upgrade_and_no_drift(fresh_url: str) -> None:
 
 
 def _compression(url: str) -> dict[tuple[str, str], str]:
-    async def run() -> dict[tuple[str, str], str]:
-        engine = create_async_engine(url)
-        try:
-            async with engine.connect() as conn:
-                rows = await conn.execute(
-                    text(
-                        "SELECT c.relname, a.attname, a.attcompression::text FROM pg_attribute a "
-                        "JOIN pg_class c ON c.oid = a.attrelid "
-                        "WHERE c.relname IN ('resource', 'resource_history', "
-                        "'idempotency_record') AND a.attname IN ('raw', 'content', 'body') "
-                        "AND c.relnamespace = current_schema()::regnamespace"
-                    )
-                )
-                return {(r[0], r[1]): r[2] for r in rows}
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    rows = _rows(
+        url,
+        "SELECT c.relname, a.attname, a.attcompression::text FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid "
+        "WHERE c.relname IN ('resource', 'resource_history', 'idempotency_record') "
+        "AND a.attname IN ('raw', 'content', 'body') "
+        "AND c.relnamespace = current_schema()::regnamespace",
+    )
+    return {(r[0], r[1]): r[2] for r in rows}
 
 
 @pytest.mark.postgres

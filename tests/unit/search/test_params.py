@@ -9,17 +9,19 @@ from fhir.resources.R4B import get_fhir_model_class
 from service.search.params import BY_TYPE, SearchParam
 
 
+def _type_name(model: type, field: str) -> str:
+    """The R4 type of ``model.field`` (e.g. ``Period``), "primitive" for a primitive."""
+    found = re.search(r"abc\.(\w+)Type\b", str(model.model_fields[field].annotation))
+    return found.group(1) if found else "primitive"
+
+
 def _element_type(resource_type: str, path: str) -> str:
-    """The R4 type name of ``path`` in ``resource_type`` (e.g. ``Period``), from fhir.resources."""
+    """The R4 type name of ``path`` in ``resource_type``, from the fhir.resources R4B models."""
     model = get_fhir_model_class(resource_type)
-    type_name = resource_type
-    for segment in path.split("."):
-        annotation = str(model.model_fields[segment].annotation)
-        found = re.search(r"abc\.(\w+)Type\b", annotation)
-        type_name = found.group(1) if found else "primitive"
-        if found and segment != path.rsplit(".", 1)[-1]:
-            model = get_fhir_model_class(type_name)
-    return type_name
+    *parents, last = path.split(".")
+    for segment in parents:
+        model = get_fhir_model_class(_type_name(model, segment))
+    return _type_name(model, last)
 
 
 def _date_params() -> list[tuple[str, SearchParam]]:
