@@ -43,6 +43,9 @@ from service.workflows.rules import RuleSet, WriteEvent, WrittenEvent
 
 RELEASE_LOCATION_EXTENSION = f"{codes.HANDOFF}/StructureDefinition/release-location"
 FACILITY_EXTENSION = f"{codes.HANDOFF}/StructureDefinition/referring-facility"
+_ONE_MS = timedelta(milliseconds=1)
+# Referrals read per search page while building the worklist (all pages are read).
+WORKLIST_PAGE_SIZE = 500
 CONTACT_PROHIBITED = {
     "coding": [{"system": codes.SDOHCC_TEMP, "code": "contacting-subject-prohibited"}],
     "text": "Do not contact the person directly; coordinate through the referring facility",
@@ -371,28 +374,40 @@ async def list_referrals(
     release_from: datetime | None,
     release_to: datetime | None,
     statuses: set[str] | None,
-    limit: int = 500,
 ) -> list[dict[str, Any]]:
-    """The referring organization's worklist, soonest release first."""
-    params: list[tuple[str, str]] = [("_count", str(limit))]
+    """The referring organization's worklist, soonest release first: referrals whose expected
+    release (``occurrencePeriod.start``) lies in [``release_from``, ``release_to``], every page of
+    them (a large jail releases hundreds a day)."""
+    params: list[tuple[str, str]] = [("_count", str(WORKLIST_PAGE_SIZE))]
     if ctx.organization:
         params.append(("requester", ctx.organization))
+    # Not ``ge``/``le``: FHIR compares Periods as ranges, and a release window without an end
+    # is open-ended, so ``ge<from>`` matched every such referral ever released. ``sa`` and ``le``
+    # bound the start alone; ``sa`` ("starts after") takes the millisecond before ``from``.
     if release_from:
-        params.append(("occurrence", f"ge{format_instant(release_from)}"))
+        start_floor = release_from.replace(microsecond=release_from.microsecond // 1000 * 1000)
+        params.append(("occurrence", f"sa{format_instant(start_floor - _ONE_MS)}"))
     if release_to:
         params.append(("occurrence", f"le{format_instant(release_to)}"))
+    out = []
     async with read_connection(ctx.engine) as conn:
-        request = wf.parse_search_params(ctx, "ServiceRequest", params, strict=True)
-        page = await wf.search_in(conn, ctx, request)
-        out = []
-        for match in page.matches:
-            sr = orjson.loads(match.raw or "{}")
-            if facility and (_extension(sr, FACILITY_EXTENSION) or {}).get("reference") != facility:
-                continue
-            view = await referral_view(conn, ctx, match.id, with_timeline=False)
-            if statuses is not None and (view["status"] or "none") not in statuses:
-                continue
-            out.append(view)
+        page_token: str | None = None
+        while True:
+            paged = params + ([("_page", page_token)] if page_token else [])
+            request = wf.parse_search_params(ctx, "ServiceRequest", paged, strict=True)
+            page = await wf.search_in(conn, ctx, request)
+            for match in page.matches:
+                sr = orjson.loads(match.raw or "{}")
+                link = (_extension(sr, FACILITY_EXTENSION) or {}).get("reference")
+                if facility and link != facility:
+                    continue
+                view = await referral_view(conn, ctx, match.id, with_timeline=False)
+                if statuses is not None and (view["status"] or "none") not in statuses:
+                    continue
+                out.append(view)
+            if page.next_page is None:
+                break
+            page_token = page.next_page
     return sorted(out, key=lambda v: v["release"]["expected_at"] or "")
 
 

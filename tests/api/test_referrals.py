@@ -396,6 +396,62 @@ async def test_worklist_and_escalations(network: dict[str, Any]) -> None:
     assert (await otp.get("/v1/referrals")).json() == []
 
 
+async def test_worklist_window_is_the_expected_release(network: dict[str, Any]) -> None:
+    """A release window without an end is open-ended in FHIR's Period comparison; the worklist
+    must still select by the expected release, or a referral released last month would sit in
+    every "next 72 hours" list."""
+    jail, ids = network["jail"], network["ids"]
+    made = {}
+    for name, hours in (("past-soon", 1), ("in-window", 30), ("later", 200)):
+        body = referral(ids["otp"], referral_id=name, release={"expected_at": soon(hours)})
+        body["person"] = {**body["person"], "person_id": f"P-{name}", "booking_number": name}
+        made[name] = (await jail.post("/v1/referrals", json=body)).json()["referral_id"]
+    now = datetime.now(UTC)
+    listed = (
+        await jail.get(
+            "/v1/referrals",
+            params={
+                "release_from": (now + timedelta(hours=2)).isoformat(),
+                "release_to": (now + timedelta(hours=72)).isoformat(),
+            },
+        )
+    ).json()
+    assert [v["referral_id"] for v in listed] == [made["in-window"]]
+    # A closed window that began before the range and ends inside it is not in it either.
+    start, end = soon(-30), soon(40)
+    sr_id = made["later"]
+    sr = (await jail.get(f"/fhir/ServiceRequest/{sr_id}")).json()
+    sr["occurrencePeriod"] = {"start": start, "end": end}
+    r = await jail.put(
+        f"/fhir/ServiceRequest/{sr_id}",
+        json=sr,
+        headers={**FHIR_JSON, "If-Match": f'W/"{sr["meta"]["versionId"]}"'},
+    )
+    assert r.status_code == 200, r.text
+    esc = (await jail.get("/v1/referrals/escalations", params={"within_hours": 72})).json()
+    # released 30 hours ago (outside "passed in the last day"): no longer an escalation
+    assert made["later"] not in {v["referral_id"] for v in esc}
+    assert {made["past-soon"], made["in-window"]} <= {v["referral_id"] for v in esc}
+
+
+async def test_worklist_reads_every_page(
+    network: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.workflows import referrals as referral_workflow
+
+    monkeypatch.setattr(referral_workflow, "WORKLIST_PAGE_SIZE", 2)
+    jail, ids = network["jail"], network["ids"]
+    for n in range(5):
+        body = referral(ids["otp"], referral_id=f"R-{n}", release={"expected_at": soon(10 + n)})
+        body["person"] = {**body["person"], "person_id": f"P-{n}", "booking_number": f"B-{n}"}
+        assert (await jail.post("/v1/referrals", json=body)).status_code == 201
+    listed = (await jail.get("/v1/referrals")).json()
+    assert [v["release"]["expected_at"] for v in listed] == sorted(
+        v["release"]["expected_at"] for v in listed
+    )
+    assert len(listed) == 5
+
+
 async def test_release_change(network: dict[str, Any]) -> None:
     jail, otp, ids = network["jail"], network["otp"], network["ids"]
     ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()

@@ -196,8 +196,14 @@ async def create_referral(
 async def list_referrals(
     ctx: ContextDep,
     facility: Annotated[str | None, Query(description="Referring facility reference")] = None,
-    release_from: dt.datetime | None = None,
-    release_to: dt.datetime | None = None,
+    release_from: Annotated[
+        dt.datetime | None,
+        Query(description="Expected release at or after this instant (with a time zone)"),
+    ] = None,
+    release_to: Annotated[
+        dt.datetime | None,
+        Query(description="Expected release at or before this instant (with a time zone)"),
+    ] = None,
     status: Annotated[
         str | None,
         Query(description="Task statuses, comma-separated (e.g. requested,rejected)"),
