@@ -367,6 +367,25 @@ async def get_referral(ctx: WorkflowContext, sr_id: str) -> dict[str, Any]:
         return await referral_view(conn, ctx, sr_id)
 
 
+def worklist_search(
+    requester: str | None, release_from: datetime | None, release_to: datetime | None
+) -> list[tuple[str, str]]:
+    """The ServiceRequest search behind the worklist: the requester's referrals whose expected
+    release (``occurrencePeriod.start``) lies in [``release_from``, ``release_to``]."""
+    params: list[tuple[str, str]] = [("_count", str(WORKLIST_PAGE_SIZE))]
+    if requester:
+        params.append(("requester", requester))
+    # Not ``ge``/``le``: FHIR compares Periods as ranges, and a release window without an end
+    # is open-ended, so ``ge<from>`` matched every such referral ever released. ``sa`` and ``le``
+    # bound the start alone; ``sa`` ("starts after") takes the millisecond before ``from``.
+    if release_from:
+        start_floor = release_from.replace(microsecond=release_from.microsecond // 1000 * 1000)
+        params.append(("occurrence", f"sa{format_instant(start_floor - _ONE_MS)}"))
+    if release_to:
+        params.append(("occurrence", f"le{format_instant(release_to)}"))
+    return params
+
+
 async def list_referrals(
     ctx: WorkflowContext,
     *,
@@ -378,17 +397,7 @@ async def list_referrals(
     """The referring organization's worklist, soonest release first: referrals whose expected
     release (``occurrencePeriod.start``) lies in [``release_from``, ``release_to``], every page of
     them (a large jail releases hundreds a day)."""
-    params: list[tuple[str, str]] = [("_count", str(WORKLIST_PAGE_SIZE))]
-    if ctx.organization:
-        params.append(("requester", ctx.organization))
-    # Not ``ge``/``le``: FHIR compares Periods as ranges, and a release window without an end
-    # is open-ended, so ``ge<from>`` matched every such referral ever released. ``sa`` and ``le``
-    # bound the start alone; ``sa`` ("starts after") takes the millisecond before ``from``.
-    if release_from:
-        start_floor = release_from.replace(microsecond=release_from.microsecond // 1000 * 1000)
-        params.append(("occurrence", f"sa{format_instant(start_floor - _ONE_MS)}"))
-    if release_to:
-        params.append(("occurrence", f"le{format_instant(release_to)}"))
+    params = worklist_search(ctx.organization, release_from, release_to)
     out = []
     async with read_connection(ctx.engine) as conn:
         page_token: str | None = None

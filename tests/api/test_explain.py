@@ -1,9 +1,11 @@
-"""The provider poll (owner + status + cursor) and patient searches use indexes on PostgreSQL."""
+"""The provider poll (owner + status + cursor), patient, date and worklist searches use indexes
+on PostgreSQL."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -50,9 +52,13 @@ async def engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def search_statement(
-    engine: AsyncEngine, params: list[tuple[str, str]], *, access: AccessFilter = allow_all
+    engine: AsyncEngine,
+    params: list[tuple[str, str]],
+    *,
+    access: AccessFilter = allow_all,
+    resource_type: str = "Task",
 ) -> tuple[SearchPage, str, Any]:
-    """Run a Task search; its page, and the last statement it sent with its parameters."""
+    """Run a search; its page, and the last statement it sent with its parameters."""
     captured: list[tuple[str, Any]] = []
 
     def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
@@ -61,7 +67,9 @@ async def search_statement(
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
     try:
         async with engine.connect() as conn:
-            request = parse_search("Task", params, strict=True, default_count=50, max_count=1000)
+            request = parse_search(
+                resource_type, params, strict=True, default_count=50, max_count=1000
+            )
             page = await run_search(conn, request, access=access)
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", capture)
@@ -191,6 +199,42 @@ async def test_date_search_uses_the_date_row_index(engine: AsyncEngine) -> None:
         plan = await _explain(engine, statement, parameters, "ANALYZE ")
         assert "ix_search_high" in plan, plan
         assert _most_rows(plan) <= 100, plan  # not the 20,000 date rows of the type
+
+
+async def test_release_worklist_reads_only_the_window(engine: AsyncEngine) -> None:
+    """The jail's worklist (requester + expected release between two instants, as
+    ``service.workflows.referrals.list_referrals`` asks it) reads the window's referrals, not
+    every referral the jail ever made: release windows are open-ended Periods."""
+    await _load(
+        engine,
+        analyzed=(
+            "INSERT INTO search_index (resource_type, resource_id, version_id, param, value,"
+            " low, high, txid, seq) SELECT 'ServiceRequest', 'sr-' || g, 1, p.param, p.value,"
+            " p.low, NULL, 1, 1 FROM generate_series(1, 20000) g CROSS JOIN LATERAL (VALUES"
+            " ('requester', 'Organization/jail', NULL::timestamptz),"
+            " ('occurrence', NULL, timestamptz '2026-01-01' + g * interval '1 hour'))"
+            " AS p(param, value, low)",
+            "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, raw)"
+            " SELECT 'ServiceRequest', 'sr-' || g, 1, now(), false, '{}'"
+            " FROM generate_series(1, 20000) g",
+        ),
+    )
+    # Releases an hour apart from 2026-01-01T01:00 to 2028-04-13T08:00: the last three days
+    # and a few hours, as a jail's are on the day it looks (few releases are planned further
+    # ahead). The next 72 hours hold 72 of them.
+    from service.workflows.referrals import worklist_search
+
+    window = worklist_search(
+        "Organization/jail",
+        datetime(2028, 4, 10, 1, tzinfo=UTC),
+        datetime(2028, 4, 13, 0, 59, tzinfo=UTC),
+    )
+    page, statement, parameters = await search_statement(
+        engine, window, resource_type="ServiceRequest"
+    )
+    assert len(page.matches) == 72
+    plan = await _explain(engine, statement, parameters, "ANALYZE ")
+    assert _most_rows(plan) <= 300, plan  # not the jail's 20,000 referrals
 
 
 async def test_probes_of_a_type_newer_than_its_statistics_stay_probes(
