@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import orjson
 
 from service.errors import Issue
+from service.fhir import summary as summary_rules
 from service.fhir.outcome import operation_outcome
 from service.search.dates import format_instant
 from service.storage.repository import StoredResource
@@ -67,6 +68,7 @@ def searchset(
     issues: Sequence[Issue] = (),
     no_longer_matching: set[tuple[str, str, int]] | None = None,
     elements: Sequence[str] = (),
+    summary: str | None = None,
 ) -> bytes:
     head: dict[str, Any] = {
         "resourceType": "Bundle",
@@ -84,7 +86,7 @@ def searchset(
         entries.append(
             entry_bytes(
                 full=full_url(base_url, m),
-                resource_raw=_subset(m.raw, elements),
+                resource_raw=_subset(m.raw, m.resource_type, elements, summary),
                 extra={"search": search},
             )
         )
@@ -107,13 +109,16 @@ def searchset(
     return assemble(head, entries)
 
 
-def _subset(raw: str | None, elements: Sequence[str]) -> str | None:
-    """``_elements``: keep the listed top-level elements (plus mandatory ones), tag SUBSETTED."""
-    if raw is None or not elements:
+def _subset(
+    raw: str | None, resource_type: str, elements: Sequence[str], summary: str | None
+) -> str | None:
+    """``_elements`` / ``_summary``: keep some top-level elements, tag SUBSETTED."""
+    keep = summary_rules.kept_elements(resource_type, elements=elements, summary=summary)
+    drop_text = keep is None and summary_rules.drops_text(summary)
+    if raw is None or (keep is None and not drop_text):
         return raw
     body = orjson.loads(raw)
-    keep = {"resourceType", "id", "meta", *elements}
-    out = {k: v for k, v in body.items() if k in keep}
+    out = {k: v for k, v in body.items() if (k != "text" if keep is None else k in keep)}
     meta = dict(out.get("meta") or {})
     meta["tag"] = [
         *meta.get("tag", []),

@@ -218,7 +218,15 @@ async def run_search(
             page.next_page = _encode(["f", *last])
         if has_prev:
             page.previous_page = _encode(["b", *first])
-    await _add_includes(conn, request, page, access=access, base_url=base_url)
+    await _add_includes(
+        conn,
+        request,
+        page,
+        seeds=page.matches,
+        listed=page.matches,
+        access=access,
+        base_url=base_url,
+    )
     return page
 
 
@@ -264,13 +272,17 @@ async def _add_includes(
     request: SearchRequest,
     page: SearchPage,
     *,
+    seeds: list[StoredResource],
+    listed: list[StoredResource],
     access: AccessFilter,
     base_url: str | None,
 ) -> None:
-    if not (request.includes or request.revincludes) or not page.matches:
+    """Add to ``page.included`` what ``seeds`` include (and, with ``:iterate``, what those
+    include), leaving out whatever the page already ``listed``."""
+    if not (request.includes or request.revincludes) or not seeds:
         return
-    seen = {(m.resource_type, m.id) for m in page.matches}
-    frontier = list(page.matches)
+    seen = {(m.resource_type, m.id) for m in listed}
+    frontier = list(seeds)
     first_round = True
     while frontier and len(page.included) < MAX_INCLUDES:
         found: list[StoredResource] = []
@@ -540,6 +552,16 @@ async def _run_feed(
         page.next_page = page.next_cursor if len(rows) >= limit else None
     else:
         page.next_cursor = encode_cursor(txid, seq)
+    # Includes follow what matches now (a version that left the search needs no context).
+    await _add_includes(
+        conn,
+        request,
+        page,
+        seeds=[entry.stored for entry in page.feed if entry.matches],
+        listed=[entry.stored for entry in page.feed],
+        access=access,
+        base_url=base_url,
+    )
     return page
 
 

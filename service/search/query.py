@@ -9,6 +9,7 @@ a case- and accent-insensitive prefix (``:exact``, ``:contains``); date prefixes
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -167,10 +168,33 @@ def parse_search(
             request.criteria.append(Criterion(param=param, modifier=mod, values=values))
         except InvalidRequestError as exc:
             problems.extend(exc.issues)
+    if request.cursor is not None:
+        _drop_what_a_feed_cannot_apply(request, unsupported)
     if problems:
         status_error = InvalidRequestError(problems[0].diagnostics, issues=problems)
         raise status_error
     return request
+
+
+def _drop_what_a_feed_cannot_apply(
+    request: SearchRequest, unsupported: Callable[[str, str], None]
+) -> None:
+    """A ``_cursor`` page lists changes in commit order, not a ranked or counted match set:
+    sorting, totals, counts and ``_page`` tokens do not apply to it. Reported like any other
+    unsupported parameter (400 under ``handling=strict``), never silently dropped."""
+    why = "does not apply with _cursor (a feed page lists changes in commit order)"
+    if request.sort:
+        unsupported(f"_sort {why}", "_sort")
+        request.sort = []
+    if request.total != "none":
+        unsupported(f"_total {why}", "_total")
+        request.total = "none"
+    if request.summary == "count":
+        unsupported(f"_summary=count {why}", "_summary")
+        request.summary = None
+    if request.page is not None:
+        unsupported(f"_page {why}; follow the feed's next and cursor links", "_page")
+        request.page = None
 
 
 def _split_or(value: str) -> list[str]:

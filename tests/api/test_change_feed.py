@@ -167,3 +167,68 @@ async def test_out_of_order_commits_are_never_missed(app, client: httpx.AsyncCli
     counts = Counter(seen)
     assert not [k for k, n in counts.items() if n > 1], "a version was delivered twice"
     assert set(seen) == expected, f"missed: {expected - set(seen)}"
+
+
+async def test_cursor_feed_pages_carry_includes_and_elements(client: httpx.AsyncClient) -> None:
+    """The README's poll asks ``_include=Task:focus`` with ``_cursor``: the provider gets each
+    new Task's ServiceRequest on the same page, and ``_elements`` applies as on any search."""
+    sr = (
+        await client.post(
+            "/fhir/ServiceRequest",
+            json={
+                "resourceType": "ServiceRequest",
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": "Patient/p1"},
+            },
+            headers=FHIR_JSON,
+        )
+    ).json()
+    made = (
+        await client.post(
+            "/fhir/Task", json=task(focus=f"ServiceRequest/{sr['id']}"), headers=FHIR_JSON
+        )
+    ).json()
+    url = (
+        "/fhir/Task?owner=Organization/prov-1&status=requested&_include=Task:focus"
+        "&_elements=status&_cursor=start"
+    )
+    page = (await client.get(url)).json()
+    kinds = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in page["entry"]]
+    assert kinds == [("Task", "match"), ("ServiceRequest", "include")]
+    shown = page["entry"][0]["resource"]
+    assert shown["status"] == "requested" and "focus" not in shown
+    assert "SUBSETTED" in {t["code"] for t in shown["meta"]["tag"]}
+    assert "_include=Task%3Afocus" in link(page, "cursor")  # type: ignore[operator]
+    # The Task leaves the search: reported, without its ServiceRequest again.
+    await client.put(
+        f"/fhir/Task/{made['id']}",
+        json=dict(made, status="accepted"),
+        headers={**FHIR_JSON, "If-Match": 'W/"1"'},
+    )
+    after = (await client.get(link(page, "cursor"))).json()  # type: ignore[arg-type]
+    kinds = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in after["entry"]]
+    assert kinds == [("Task", "match")]
+    assert after["entry"][0]["search"]["extension"][0]["valueBoolean"] is True
+
+
+async def test_cursor_feed_reports_what_it_cannot_apply(client: httpx.AsyncClient) -> None:
+    """Sorting, totals, counts and _page tokens mean nothing on a feed page: they are reported
+    (or refused under strict handling), never silently dropped."""
+    await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)
+    url = "/fhir/Task?owner=Organization/prov-1&_sort=-_lastUpdated&_total=accurate&_cursor=start"
+    page = (await client.get(url)).json()
+    assert "total" not in page
+    outcome = next(e for e in page["entry"] if e["search"]["mode"] == "outcome")["resource"]
+    said = " ".join(i["diagnostics"] for i in outcome["issue"])
+    assert "_sort does not apply with _cursor" in said
+    assert "_total does not apply with _cursor" in said
+    assert "_sort" not in link(page, "self")  # type: ignore[operator]
+    strict = await client.get(url, headers={"Prefer": "handling=strict"})
+    assert strict.status_code == 400
+    assert strict.json()["resourceType"] == "OperationOutcome"
+    assert "_sort does not apply with _cursor" in strict.text
+    count = await client.get(
+        "/fhir/Task?_summary=count&_cursor=start", headers={"Prefer": "handling=strict"}
+    )
+    assert count.status_code == 400 and "_summary=count" in count.text

@@ -211,10 +211,38 @@ async def test_sort_and_count_and_total(client: httpx.AsyncClient) -> None:
 
 async def test_elements_subsets(client: httpx.AsyncClient) -> None:
     t = await create(client, task())
-    r = (await client.get("/fhir/Task", params={"_id": t["id"], "_elements": "status"})).json()
+    r = (await client.get("/fhir/Task", params={"_id": t["id"], "_elements": "owner"})).json()
     res = r["entry"][0]["resource"]
-    assert set(res) == {"resourceType", "id", "meta", "status"}
+    # the listed element, plus what R4 makes mandatory (status, intent)
+    assert set(res) == {"resourceType", "id", "meta", "owner", "status", "intent"}
     assert any(tag["code"] == "SUBSETTED" for tag in res["meta"]["tag"])
+
+
+async def test_summary_subsets(client: httpx.AsyncClient) -> None:
+    """``_summary=true|text|data`` as R4 defines them (summary elements from the R4 models)."""
+    body = task()
+    body["text"] = {
+        "status": "generated",
+        "div": '<div xmlns="http://www.w3.org/1999/xhtml">T</div>',
+    }
+    body["note"] = [{"text": "call before release"}]
+    t = await create(client, body)
+
+    async def shown(summary: str) -> dict[str, Any]:
+        r = await client.get("/fhir/Task", params={"_id": t["id"], "_summary": summary})
+        return r.json()["entry"][0]["resource"]  # type: ignore[no-any-return]
+
+    summary = await shown("true")
+    assert {"status", "intent", "focus", "owner", "requester", "for"} <= set(summary)
+    assert not {"note", "authoredOn", "priority", "text"} & set(summary)  # not summary in R4
+    assert any(tag["code"] == "SUBSETTED" for tag in summary["meta"]["tag"])
+    text = await shown("text")
+    assert set(text) == {"resourceType", "id", "meta", "text", "status", "intent"}
+    data = await shown("data")
+    assert "text" not in data and data["note"] == body["note"]
+    assert any(tag["code"] == "SUBSETTED" for tag in data["meta"]["tag"])
+    whole = await shown("false")
+    assert whole["text"] == body["text"] and "tag" not in whole["meta"]
 
 
 async def test_post_search(client: httpx.AsyncClient) -> None:

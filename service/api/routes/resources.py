@@ -149,10 +149,13 @@ def searchset_response(base: str, request: SearchRequest, page: SearchPage) -> R
         body = bundle.searchset(
             base_url=base,
             matches=matches,
+            included=page.included,
             total=None,
             links=_search_links(base, request, page),
             issues=issues,
             no_longer_matching=stale,
+            elements=request.elements,
+            summary=request.summary,
         )
         return fhir_json(body)
     body = bundle.searchset(
@@ -163,6 +166,7 @@ def searchset_response(base: str, request: SearchRequest, page: SearchPage) -> R
         links=_search_links(base, request, page),
         issues=issues,
         elements=request.elements,
+        summary=request.summary,
     )
     return fhir_json(body)
 
