@@ -44,7 +44,6 @@ from service.workflows.access import creator_entries
 TXID_GROUP = 100  # Tasks per transaction id
 BATCH = 2_000  # Tasks per COPY chunk
 CHECK_EVERY = 997  # build every Nth Task the slow way too, and compare
-ROW_ID_STRIDE = 32  # search_index.row_id = (seq - 1) * stride + k
 TABLES = ("resource", "resource_history", "search_index")
 
 RESOURCE_COLUMNS = (
@@ -68,7 +67,6 @@ HISTORY_COLUMNS = (
     "raw",
 )
 INDEX_COLUMNS = (
-    "row_id",
     "resource_type",
     "resource_id",
     "version_id",
@@ -305,7 +303,6 @@ def index_records(plan: Plan) -> Iterator[tuple[Any, ...]]:
                 _, system, value, low, high = rows.row(t, k, f)
                 seq = i + 1
                 record = (
-                    (seq - 1) * ROW_ID_STRIDE + k + 1,
                     "Task",
                     ids[i],
                     1,
@@ -468,10 +465,6 @@ async def load_tasks(dsn: str, *, tasks: int, owners: int, seed: int = 1) -> Loa
             raise RuntimeError(f"indexes differ after the load: {after} != {definitions}")
         await conn.execute(
             "SELECT setval(pg_get_serial_sequence('resource_history', 'seq'), $1)", max(tasks, 1)
-        )
-        row_max = await conn.fetchval("SELECT coalesce(max(row_id), 1) FROM search_index")
-        await conn.execute(
-            "SELECT setval(pg_get_serial_sequence('search_index', 'row_id'), $1)", row_max
         )
         index_rows = int(await conn.fetchval("SELECT count(*) FROM search_index"))
     finally:

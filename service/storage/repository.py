@@ -34,12 +34,12 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage.db import known_rows
-from service.storage.tables import IdempotencyRecord, Resource, ResourceHistory, SearchIndex
+from service.storage.tables import IdempotencyRecord, Resource, ResourceHistory, search_index
 
 # SQLModel types ``__table__`` loosely; these are the Core tables the queries use.
 resource_t = cast(Table, Resource.__table__)  # type: ignore[attr-defined]
 history_t = cast(Table, ResourceHistory.__table__)  # type: ignore[attr-defined]
-index_t = cast(Table, SearchIndex.__table__)  # type: ignore[attr-defined]
+index_t = search_index
 idempotency_t = cast(Table, IdempotencyRecord.__table__)  # type: ignore[attr-defined]
 
 

@@ -43,6 +43,18 @@ def _rows(url: str, sql: str) -> list[Any]:
     return asyncio.run(run())
 
 
+def _execute(url: str, sql: str) -> None:
+    async def run() -> None:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(sql))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
 def _tables(url: str) -> set[str]:
     if url.startswith("sqlite"):
         sql = "SELECT name FROM sqlite_master WHERE type='table'"
@@ -95,3 +107,30 @@ def test_stored_json_is_compressed_with_lz4_on_postgresql(fresh_url: str) -> Non
     assert set(_compression(fresh_url).values()) == {"p"}
     upgrade(fresh_url)
     assert set(_compression(fresh_url).values()) == {"l"}
+
+
+def _columns(url: str, table: str) -> set[str]:
+    if url.startswith("sqlite"):
+        return {r[1] for r in _rows(url, f"PRAGMA table_info({table})")}
+    sql = f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}'"
+    return {r[0] for r in _rows(url, sql)}
+
+
+def test_search_index_loses_its_surrogate_key_and_keeps_its_rows(fresh_url: str) -> None:
+    """0006 drops ``search_index.row_id`` (nothing addresses one row; it cost every row
+    written); existing rows stay, and the downgrade numbers them again."""
+    upgrade(fresh_url, "0005")
+    assert "row_id" in _columns(fresh_url, "search_index")
+    insert = (
+        "INSERT INTO search_index (resource_type, resource_id, version_id, param, value, txid,"
+        " seq) VALUES ('Task', 't1', 1, 'status', 'requested', 0, 1)"
+    )
+    _execute(fresh_url, insert)
+    upgrade(fresh_url)
+    assert "row_id" not in _columns(fresh_url, "search_index")
+    assert _rows(fresh_url, "SELECT resource_id, value FROM search_index") == [("t1", "requested")]
+    _execute(fresh_url, insert.replace("'t1'", "'t2'"))
+    downgrade(fresh_url, "0005")
+    numbered = _rows(fresh_url, "SELECT resource_id, row_id FROM search_index ORDER BY row_id")
+    assert [r[0] for r in numbered] == ["t1", "t2"] and all(r[1] is not None for r in numbered)
+    upgrade(fresh_url)
