@@ -186,19 +186,41 @@ def register(rules: RuleSet) -> None:
 async def _tasks_for(
     conn: AsyncConnection, ctx: WorkflowContext, sr_id: str, *, record: bool = True
 ) -> list[dict[str, Any]]:
-    request = parse_search(
-        "Task",
-        [("focus", f"ServiceRequest/{sr_id}")],
-        strict=True,
-        default_count=100,
-        max_count=100,
-    )
-    page = await run_search(conn, request, base_url=ctx.base_url)
-    tasks = [
-        orjson.loads(shown.raw or "{}")
-        for shown in await disclose_all(conn, ctx, page.matches, record=record)
-    ]
-    return sorted(tasks, key=lambda t: (t.get("authoredOn", ""), t["meta"]["lastUpdated"]))
+    return (await _tasks_by_referral(conn, ctx, [sr_id], record=record))[sr_id]
+
+
+async def _tasks_by_referral(
+    conn: AsyncConnection, ctx: WorkflowContext, sr_ids: list[str], *, record: bool = True
+) -> dict[str, list[dict[str, Any]]]:
+    """Each referral's Tasks (as the caller may see them), oldest first: one search for all
+    the referrals (a worklist page asked one per referral)."""
+    out: dict[str, list[dict[str, Any]]] = {sr_id: [] for sr_id in sr_ids}
+    if not sr_ids:
+        return out
+    focus = ",".join(f"ServiceRequest/{sr_id}" for sr_id in sr_ids)
+    page_token: str | None = None
+    while True:
+        params = [("focus", focus)] + ([("_page", page_token)] if page_token else [])
+        request = parse_search("Task", params, strict=True, default_count=1000, max_count=1000)
+        page = await run_search(conn, request, base_url=ctx.base_url)
+        shown = await disclose_all(conn, ctx, page.matches, record=record)
+        for stored, seen in zip(page.matches, shown, strict=True):
+            if seen.raw is None:
+                continue
+            task = orjson.loads(seen.raw)
+            # The focus as stored (a redacted copy might not carry it).
+            body = task if "focus" in task else orjson.loads(stored.raw or "{}")
+            sr_id = str((body.get("focus") or {}).get("reference", "")).removeprefix(
+                "ServiceRequest/"
+            )
+            if sr_id in out:
+                out[sr_id].append(task)
+        if page.next_page is None:
+            break
+        page_token = page.next_page
+    for tasks in out.values():
+        tasks.sort(key=lambda t: (t.get("authoredOn", ""), t["meta"]["lastUpdated"]))
+    return out
 
 
 def _coding(concept: Any, system: str) -> dict[str, Any] | None:
@@ -405,12 +427,19 @@ async def list_referrals(
             paged = params + ([("_page", page_token)] if page_token else [])
             request = wf.parse_search_params(ctx, "ServiceRequest", paged, strict=True)
             page = await wf.search_in(conn, ctx, request)
-            for match in page.matches:
-                sr = orjson.loads(match.raw or "{}")
-                link = (_extension(sr, FACILITY_EXTENSION) or {}).get("reference")
-                if facility and link != facility:
-                    continue
-                view = await referral_view(conn, ctx, match.id, with_timeline=False)
+            referrals = [
+                (match.id, sr)
+                for match in page.matches
+                if match.raw is not None
+                and (sr := orjson.loads(match.raw))
+                and (
+                    facility is None
+                    or (_extension(sr, FACILITY_EXTENSION) or {}).get("reference") == facility
+                )
+            ]
+            tasks = await _tasks_by_referral(conn, ctx, [sr_id for sr_id, _ in referrals])
+            for sr_id, sr in referrals:
+                view = _view(ctx, sr_id, sr, tasks[sr_id])
                 if statuses is not None and (view["status"] or "none") not in statuses:
                     continue
                 out.append(view)

@@ -10,8 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.builders import FHIR_JSON, organization
+
+HANDOFF_CS = "https://handoff.dev/fhir/CodeSystem"
 
 pytestmark = pytest.mark.usefixtures("instruments")
 
@@ -450,6 +454,64 @@ async def test_worklist_reads_every_page(
         v["release"]["expected_at"] for v in listed
     )
     assert len(listed) == 5
+
+
+async def test_worklist_views_and_statement_count(
+    network: dict[str, Any], engine: AsyncEngine
+) -> None:
+    """Each referral in the worklist shows its own Tasks (a re-referral shows both), and the
+    worklist costs the same number of statements for 2 referrals as for 6 (it looked up each
+    referral's Tasks one by one)."""
+    jail, otp, ids = network["jail"], network["otp"], network["ids"]
+
+    async def open_referral(n: int) -> dict[str, Any]:
+        body = referral(ids["otp"], referral_id=f"W-{n}", release={"expected_at": soon(10 + n)})
+        body["person"] = {**body["person"], "person_id": f"P-{n}", "booking_number": f"B-{n}"}
+        return (await jail.post("/v1/referrals", json=body)).json()  # type: ignore[no-any-return]
+
+    async def worklist() -> tuple[list[dict[str, Any]], int]:
+        statements: list[str] = []
+
+        def count(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+            if "oauth_client" not in statement:  # the client status: read until remembered
+                statements.append(statement)
+
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        try:
+            r = await jail.get("/v1/referrals")
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", count)
+        assert r.status_code == 200, r.text
+        return r.json(), len(statements)
+
+    made = [await open_referral(n) for n in range(2)]
+    _, few = await worklist()
+    made += [await open_referral(n) for n in range(2, 6)]
+    # W-1 rejected and re-referred to the peer organization: two Tasks, the newer one current
+    task = (await otp.get(f"/fhir/Task/{made[1]['task_id']}")).json()
+    reason = {
+        "text": "No slots",
+        "coding": [{"system": f"{HANDOFF_CS}/referral-status-reason", "code": "at-capacity"}],
+    }
+    assert (await put_task(otp, task, status="rejected", statusReason=reason)).status_code == 200
+    r = await jail.post(
+        f"/v1/referrals/{made[1]['referral_id']}/re-refer",
+        json={"receiving_organization": ids["peer"]},
+    )
+    assert r.status_code == 200, r.text
+    # W-2 accepted
+    task = (await otp.get(f"/fhir/Task/{made[2]['task_id']}")).json()
+    assert (await put_task(otp, task, status="accepted")).status_code == 200
+    views, many = await worklist()
+    assert many == few
+    by_id = {v["jms_referral_id"]: v for v in views}
+    assert len(by_id) == 6
+    assert [t["status"] for t in by_id["W-1"]["tasks"]] == ["rejected", "requested"]
+    assert by_id["W-1"]["owner"] == ids["peer"] and by_id["W-1"]["status"] == "requested"
+    assert by_id["W-2"]["status"] == "accepted"
+    for n in (0, 3, 4, 5):
+        view = by_id[f"W-{n}"]
+        assert view["task_id"] == made[n]["task_id"] and view["status"] == "requested"
 
 
 async def test_release_change(network: dict[str, Any]) -> None:
