@@ -368,6 +368,7 @@ def _view(
         ],
         "services": services,
         "priority": sr.get("priority"),
+        "facility": (_extension(sr, FACILITY_EXTENSION) or {}).get("reference"),
         "intercept": int((_extension(sr, codes.SIM_EXTENSION) or {}).get("code", -1)),
         "release": {
             "expected_at": period.get("start"),

@@ -514,6 +514,36 @@ async def test_worklist_views_and_statement_count(
         assert view["task_id"] == made[n]["task_id"] and view["status"] == "requested"
 
 
+async def test_referring_facility_is_checked_shown_and_filtered(
+    network: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    jail, ids = network["jail"], network["ids"]
+    units = []
+    for name in ("Main jail", "Annex"):
+        r = await client.post(
+            "/fhir/Location", json={"resourceType": "Location", "name": name}, headers=FHIR_JSON
+        )
+        units.append(f"Location/{r.json()['id']}")
+    made = {}
+    for n, unit in enumerate([units[0], units[1], units[0]]):
+        body = referral(ids["otp"], referral_id=f"F-{n}", facility=unit)
+        body["person"] = {**body["person"], "person_id": f"P-{n}", "booking_number": f"B-{n}"}
+        r = await jail.post("/v1/referrals", json=body)
+        assert r.status_code == 201, r.text
+        assert r.json()["facility"] == unit
+        made[n] = r.json()["referral_id"]
+    listed = (await jail.get("/v1/referrals", params={"facility": units[0]})).json()
+    assert {v["referral_id"] for v in listed} == {made[0], made[2]}
+    # A facility is a Location or an Organization; every wrong reference is named at once.
+    patient = (await jail.get(f"/v1/referrals/{made[0]}")).json()["patient_id"]
+    body = referral(f"Location/{units[1].split('/')[1]}", facility=f"Patient/{patient}")
+    r = await jail.post("/v1/referrals", json=body)
+    assert r.status_code == 422
+    paths = {tuple(i["expression"]) for i in r.json()["issue"]}
+    assert {("facility",), ("receiving_organization",)} <= paths, r.text
+    assert "Location/<id> or Organization/<id>" in r.text
+
+
 async def test_release_change(network: dict[str, Any]) -> None:
     jail, otp, ids = network["jail"], network["otp"], network["ids"]
     ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()

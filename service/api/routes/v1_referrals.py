@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query
@@ -43,6 +44,18 @@ ProgramType = Literal[
 assert set(SERVICES) == set(ServiceKey.__args__)  # type: ignore[attr-defined]
 assert set(PROGRAM_TYPES) == set(ProgramType.__args__)  # type: ignore[attr-defined]
 Reference = Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-\.]{1,64}$")]
+
+
+def _of_types(*types: str) -> Callable[[str | None], str | None]:
+    """A field validator: the reference, if given, names one of ``types``."""
+    names = " or ".join(f"{t}/<id>" for t in types)
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value.split("/", 1)[0] not in types:
+            raise ValueError(f"must be {names}, not {value}")
+        return value
+
+    return check
 
 
 class ReleaseIn(BaseModel):
@@ -109,16 +122,16 @@ class ReferralIn(BaseModel):
         default_factory=list, max_length=20, description="Assessments already recorded"
     )
 
+    # Each reference's type checked on its own field, so that every wrong one is reported at
+    # once, at its own path.
+    _facility = field_validator("facility")(_of_types("Location", "Organization"))
+    _organization = field_validator("receiving_organization")(_of_types("Organization"))
+    _service = field_validator("receiving_service")(_of_types("HealthcareService"))
+
     @model_validator(mode="after")
     def _receiver(self) -> ReferralIn:
         if bool(self.receiving_organization) == bool(self.receiving_service):
             raise ValueError("give exactly one of receiving_organization or receiving_service")
-        if self.receiving_organization and not self.receiving_organization.startswith(
-            "Organization/"
-        ):
-            raise ValueError("receiving_organization must be Organization/<id>")
-        if self.receiving_service and not self.receiving_service.startswith("HealthcareService/"):
-            raise ValueError("receiving_service must be HealthcareService/<id>")
         if len(set(self.services)) != len(self.services):
             raise ValueError("services lists a service twice")
         return self
@@ -160,12 +173,8 @@ class ReReferIn(BaseModel):
     receiving_organization: Reference | None = None
     receiving_service: Reference | None = None
 
-    @field_validator("receiving_organization")
-    @classmethod
-    def _org(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("Organization/"):
-            raise ValueError("must be Organization/<id>")
-        return value
+    _organization = field_validator("receiving_organization")(_of_types("Organization"))
+    _service = field_validator("receiving_service")(_of_types("HealthcareService"))
 
 
 @router.post(
