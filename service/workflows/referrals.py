@@ -708,9 +708,20 @@ async def _current_task(conn: AsyncConnection, ctx: WorkflowContext, sr_id: str)
     return tasks[-1]
 
 
+async def _locked_latest(conn: AsyncConnection, resource_type: str, found: dict[str, Any]) -> Any:
+    """``found`` (as a search saw it) at its latest version, locked until the transaction ends:
+    a provider's update committed since the search then cannot turn the change into a 412.
+
+    Lock order, for every writer: Tasks first, then their ServiceRequest, as a provider's Task
+    update and the rule that makes the ServiceRequest follow it take them (the other order
+    could deadlock with them)."""
+    locked = await repo.get_current(conn, resource_type, found["id"], for_update=True)
+    return orjson.loads(locked.raw) if locked is not None and locked.raw else found
+
+
 async def cancel_referral(ctx: WorkflowContext, sr_id: str, *, reason: str) -> dict[str, Any]:
     async with write_transaction(ctx.engine) as conn:
-        task = await _current_task(conn, ctx, sr_id)
+        task = await _locked_latest(conn, "Task", await _current_task(conn, ctx, sr_id))
         if task.get("status") not in OPEN:
             raise BusinessRuleError(
                 f"The referral is already {task.get('status')}; "
@@ -733,8 +744,14 @@ async def change_release(
     location: str | None,
 ) -> dict[str, Any]:
     async with write_transaction(ctx.engine) as conn:
-        stored = await wf.read_in(conn, ctx, "ServiceRequest", sr_id)
-        sr = orjson.loads(stored.raw or "{}")
+        await wf.read_in(conn, ctx, "ServiceRequest", sr_id)  # 404 unless visible
+        open_tasks = [
+            task
+            for found in await _tasks_for(conn, ctx, sr_id)
+            if found.get("status") in OPEN
+            and (task := await _locked_latest(conn, "Task", found)).get("status") in OPEN
+        ]
+        sr = await _locked_latest(conn, "ServiceRequest", {"id": sr_id})
         if sr.get("status") != "active":
             raise BusinessRuleError(
                 f"The referral is {sr.get('status')}; its release date is final"
@@ -748,13 +765,14 @@ async def change_release(
                 e for e in sr.get("extension", []) if e.get("url") != RELEASE_LOCATION_EXTENSION
             ]
             sr["extension"].append({"url": RELEASE_LOCATION_EXTENSION, "valueString": location})
-        await wf.update_in(conn, ctx, "ServiceRequest", sr_id, sr, if_match=stored.version_id)
-        for task in await _tasks_for(conn, ctx, sr_id):
-            if task.get("status") in OPEN:
-                task["restriction"] = {**(task.get("restriction") or {}), "period": period}
-                await wf.update_in(
-                    conn, ctx, "Task", task["id"], task, if_match=int(task["meta"]["versionId"])
-                )
+        await wf.update_in(
+            conn, ctx, "ServiceRequest", sr_id, sr, if_match=int(sr["meta"]["versionId"])
+        )
+        for task in open_tasks:
+            task["restriction"] = {**(task.get("restriction") or {}), "period": period}
+            await wf.update_in(
+                conn, ctx, "Task", task["id"], task, if_match=int(task["meta"]["versionId"])
+            )
         return await referral_view(conn, ctx, sr_id)
 
 
@@ -764,8 +782,10 @@ async def re_refer(ctx: WorkflowContext, sr_id: str, *, receiver: str) -> dict[s
     if organization is None:
         raise ForbiddenError("Only a client acting for an organization can refer")
     async with write_transaction(ctx.engine) as conn:
-        stored = await wf.read_in(conn, ctx, "ServiceRequest", sr_id)
-        sr = orjson.loads(stored.raw or "{}")
+        await wf.read_in(conn, ctx, "ServiceRequest", sr_id)  # 404 unless visible
+        # Locked first: a second re-refer (a double click) waits, then sees the new open Task
+        # and is told so, instead of failing on the ServiceRequest's version.
+        sr = await _locked_latest(conn, "ServiceRequest", {"id": sr_id})
         if (sr.get("requester") or {}).get("reference") != organization:
             raise ForbiddenError("Only the referring organization can re-refer")
         tasks = await _tasks_for(conn, ctx, sr_id)
@@ -779,7 +799,9 @@ async def re_refer(ctx: WorkflowContext, sr_id: str, *, receiver: str) -> dict[s
         data = dataclasses.replace(_EMPTY, receiver=receiver)
         owner, service = await _check_references(conn, ctx, data)
         sr["performer"] = [{"reference": owner}] + ([{"reference": service}] if service else [])
-        await wf.update_in(conn, ctx, "ServiceRequest", sr_id, sr, if_match=stored.version_id)
+        await wf.update_in(
+            conn, ctx, "ServiceRequest", sr_id, sr, if_match=int(sr["meta"]["versionId"])
+        )
         await wf.create_in(
             conn, ctx, _task(None, sr=sr, sr_id=sr_id, owner=owner, organization=organization)
         )

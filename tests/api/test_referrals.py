@@ -544,6 +544,83 @@ async def test_referring_facility_is_checked_shown_and_filtered(
     assert "Location/<id> or Organization/<id>" in r.text
 
 
+async def test_cancel_applies_to_an_update_committed_meanwhile(
+    network: dict[str, Any], engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider accepts between the jail's cancel finding the Task and changing it: the
+    cancel applies to the accepted Task (cancel after accept is allowed) instead of failing
+    with a 412 the JMS never asked for (it sent no If-Match)."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer: the cancel's transaction excludes the accept")
+    from service.workflows import referrals as referral_workflow
+
+    jail, otp, ids = network["jail"], network["otp"], network["ids"]
+    ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
+    found_task = referral_workflow._current_task
+
+    async def provider_accepts_meanwhile(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        found = await found_task(*args, **kwargs)
+        task = (await otp.get(f"/fhir/Task/{found['id']}")).json()
+        assert (await put_task(otp, task, status="accepted")).status_code == 200
+        return found
+
+    monkeypatch.setattr(referral_workflow, "_current_task", provider_accepts_meanwhile)
+    r = await jail.post(f"/v1/referrals/{ref['referral_id']}/cancel", json={"reason": "Moved"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    statuses = [e["status"] for e in r.json()["timeline"]]
+    assert statuses[-2:] == ["accepted", "cancelled"]
+
+
+async def test_referral_writes_lock_tasks_before_their_service_request(
+    network: dict[str, Any], engine: AsyncEngine
+) -> None:
+    """A provider's Task update locks the Task, then (completing or cancelling) the rule locks
+    its ServiceRequest. A release change takes them in the same order, or the two could
+    deadlock."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite takes no row locks")
+    jail, ids = network["jail"], network["ids"]
+    ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
+    locks: list[str] = []
+
+    def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
+        if "FOR UPDATE" in statement:
+            locks.extend(p for p in parameters if p in ("Task", "ServiceRequest"))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        r = await jail.patch(
+            f"/v1/referrals/{ref['referral_id']}", json={"release": {"expected_at": soon(60)}}
+        )
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert r.status_code == 200, r.text
+    assert locks[:2] == ["Task", "ServiceRequest"], locks
+
+
+async def test_a_double_re_refer_is_told_the_referral_is_open_again(
+    network: dict[str, Any],
+) -> None:
+    jail, otp, ids = network["jail"], network["otp"], network["ids"]
+    ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
+    task = (await otp.get(f"/fhir/Task/{ref['task_id']}")).json()
+    reason = {
+        "text": "No slots",
+        "coding": [{"system": f"{HANDOFF_CS}/referral-status-reason", "code": "at-capacity"}],
+    }
+    assert (await put_task(otp, task, status="rejected", statusReason=reason)).status_code == 200
+    url = f"/v1/referrals/{ref['referral_id']}/re-refer"
+    answers = await asyncio.gather(
+        *(jail.post(url, json={"receiving_organization": ids["peer"]}) for _ in range(2))
+    )
+    assert sorted(a.status_code for a in answers) == [200, 422], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 422)
+    assert "still has an open Task" in refused.text
+    view = (await jail.get(f"/v1/referrals/{ref['referral_id']}")).json()
+    assert [t["status"] for t in view["tasks"]] == ["rejected", "requested"]
+
+
 async def test_release_change(network: dict[str, Any]) -> None:
     jail, otp, ids = network["jail"], network["otp"], network["ids"]
     ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
