@@ -209,6 +209,21 @@ async def test_disclosure_with_consent_and_its_limits(world: dict[str, Any]) -> 
     assert again.get("entry", []) == []
 
 
+async def test_revoking_twice_at_once_answers_both(world: dict[str, Any]) -> None:
+    """A revocation retried (or double-clicked) while the first is running: both answer the
+    inactive Consent, one revocation recorded."""
+    jail, ids = world["jail"], world["ids"]
+    given = await consent(jail, [ids["otp"]])
+    url = f"/v1/consents/{given['consent_id']}/revoke"
+    answers = await asyncio.gather(
+        *(jail.post(url, json={"reason": "Patient revoked in writing"}) for _ in range(3))
+    )
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert {a.json()["status"] for a in answers} == {"inactive"}
+    stored = (await jail.get(f"/fhir/Consent/{given['consent_id']}")).json()
+    assert stored["meta"]["versionId"] == "2"
+
+
 async def test_expired_consent_discloses_nothing(world: dict[str, Any]) -> None:
     otp, jail, ids = world["otp"], world["jail"], world["ids"]
     long_ago = datetime.now(UTC) - timedelta(days=400)
