@@ -86,7 +86,7 @@ def searchset(
         entries.append(
             entry_bytes(
                 full=full_url(base_url, m),
-                resource_raw=_subset(m.raw, m.resource_type, elements, summary),
+                resource_raw=summary_rules.subset(m.raw, m.resource_type, elements, summary),
                 extra={"search": search},
             )
         )
@@ -107,28 +107,6 @@ def searchset(
             )
         )
     return assemble(head, entries)
-
-
-def _subset(
-    raw: str | None, resource_type: str, elements: Sequence[str], summary: str | None
-) -> str | None:
-    """``_elements`` / ``_summary``: keep some top-level elements, tag SUBSETTED."""
-    keep = summary_rules.kept_elements(resource_type, elements=elements, summary=summary)
-    drop_text = keep is None and summary_rules.drops_text(summary)
-    if raw is None or (keep is None and not drop_text):
-        return raw
-    body = orjson.loads(raw)
-    out = {k: v for k, v in body.items() if (k != "text" if keep is None else k in keep)}
-    meta = dict(out.get("meta") or {})
-    meta["tag"] = [
-        *meta.get("tag", []),
-        {
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-            "code": "SUBSETTED",
-        },
-    ]
-    out["meta"] = meta
-    return orjson.dumps(out).decode()
 
 
 def history(

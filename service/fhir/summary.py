@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+import orjson
+
 from service.fhir.r4 import model_for
 
 # Always kept: what identifies the resource, and what changes its meaning.
@@ -53,3 +55,26 @@ def kept_elements(
 def drops_text(summary: str | None) -> bool:
     """``_summary=data``: the resource without its narrative."""
     return summary == "data"
+
+
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+}
+
+
+def subset(
+    raw: str | None, resource_type: str, elements: Sequence[str], summary: str | None
+) -> str | None:
+    """The stored JSON under ``_elements`` / ``_summary``: some top-level elements, tagged
+    SUBSETTED; unchanged when neither asks for less."""
+    keep = kept_elements(resource_type, elements=elements, summary=summary)
+    drop_text = keep is None and drops_text(summary)
+    if raw is None or (keep is None and not drop_text):
+        return raw
+    body = orjson.loads(raw)
+    out = {k: v for k, v in body.items() if (k != "text" if keep is None else k in keep)}
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    out["meta"] = meta
+    return orjson.dumps(out).decode()

@@ -46,6 +46,41 @@ async def test_read_and_vread(client: httpx.AsyncClient) -> None:
     assert missing.json()["resourceType"] == "OperationOutcome"
 
 
+async def test_read_and_vread_honour_elements_and_summary(client: httpx.AsyncClient) -> None:
+    body = task()
+    body["note"] = [{"text": "call before release"}]
+    created = (await client.post("/fhir/Task", json=body, headers=FHIR_JSON)).json()
+    url = f"/fhir/Task/{created['id']}"
+    shown = (await client.get(url, params={"_elements": "owner"})).json()
+    assert set(shown) == {"resourceType", "id", "meta", "owner", "status", "intent"}
+    assert "SUBSETTED" in {t["code"] for t in shown["meta"]["tag"]}
+    summary = (await client.get(f"{url}/_history/1", params={"_summary": "true"})).json()
+    assert "focus" in summary and "note" not in summary
+    assert (await client.get(url, params={"_summary": "false"})).json() == created
+    refused = await client.get(url, params={"_summary": "count"})
+    assert refused.status_code == 400 and "_summary" in refused.json()["issue"][0]["diagnostics"]
+
+
+async def test_conditional_read(client: httpx.AsyncClient) -> None:
+    """If-None-Match (this version) or If-Modified-Since (not before it) answer 304."""
+    metadata = (await client.get("/fhir/metadata")).json()
+    assert {r["conditionalRead"] for r in metadata["rest"][0]["resource"]} == {"full-support"}
+    created = (await client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)).json()
+    url = f"/fhir/Patient/{created['id']}"
+    first = await client.get(url)
+    modified = first.headers["Last-Modified"]
+    assert (await client.get(url, headers={"If-None-Match": 'W/"1"'})).status_code == 304
+    assert (await client.get(url, headers={"If-None-Match": 'W/"2"'})).status_code == 200
+    same = await client.get(url, headers={"If-Modified-Since": modified})
+    assert same.status_code == 304 and same.headers["ETag"] == 'W/"1"'
+    earlier = "Mon, 01 Jan 2024 00:00:00 GMT"
+    assert (await client.get(url, headers={"If-Modified-Since": earlier})).status_code == 200
+    assert (await client.get(url, headers={"If-Modified-Since": "yesterday"})).status_code == 200
+    # If-None-Match wins over If-Modified-Since (RFC 9110)
+    both = {"If-None-Match": 'W/"9"', "If-Modified-Since": modified}
+    assert (await client.get(url, headers=both)).status_code == 200
+
+
 async def test_read_unknown_is_404_outcome(client: httpx.AsyncClient) -> None:
     r = await client.get("/fhir/Task/does-not-exist")
     assert r.status_code == 404

@@ -6,8 +6,10 @@ One explicit set of routes per type (built by ``resource_router``) rather than a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -19,13 +21,15 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from service.api.deps import AuditedRoute, ContextDep
-from service.api.responses import fhir_json, prefer_strict, resource_response
+from service.api.responses import fhir_json, prefer_strict, resource_response, version_headers
 from service.errors import InvalidRequestError, Issue
 from service.fhir import bundle
+from service.fhir import summary as summary_rules
 from service.fhir.outcome import operation_outcome
 from service.search.dates import parse_range
 from service.search.execute import SearchPage, decode_cursor, encode_cursor
 from service.search.query import SearchRequest
+from service.storage.repository import StoredResource
 from service.workflows import resources as wf
 
 ResourceId = Annotated[str, Path(description="Logical id", pattern=r"^[A-Za-z0-9\-\.]{1,64}$")]
@@ -228,6 +232,43 @@ class PrefixRouter(APIRouter):
         return super().matches(scope)
 
 
+def _subset_params(request: Request) -> tuple[list[str], str | None]:
+    """``_elements`` and ``_summary`` on read and vread, as on search (``count`` is search-only)."""
+    query = request.query_params
+    elements = [e.strip() for e in query.get("_elements", "").split(",") if e.strip()]
+    summary = query.get("_summary")
+    if summary not in (None, "true", "text", "data", "false"):
+        raise InvalidRequestError(
+            "_summary on a read must be true, text, data or false", expression=["_summary"]
+        )
+    return elements, None if summary == "false" else summary
+
+
+def _subsetted(stored: StoredResource, elements: list[str], summary: str | None) -> StoredResource:
+    if not elements and summary is None:
+        return stored
+    raw = summary_rules.subset(stored.raw, stored.resource_type, elements, summary)
+    return dataclasses.replace(stored, raw=raw)
+
+
+def _not_modified(request: Request, stored: StoredResource) -> bool:
+    """Conditional read: ``If-None-Match`` names this version, or (without it)
+    ``If-Modified-Since`` is not before it (HTTP dates have whole seconds)."""
+    inm = request.headers.get("if-none-match")
+    if inm is not None:
+        return inm.strip() == f'W/"{stored.version_id}"'
+    ims = request.headers.get("if-modified-since")
+    if not ims:
+        return False
+    try:
+        since = parsedate_to_datetime(ims)
+    except (TypeError, ValueError):
+        return False  # an unreadable date is ignored (RFC 9110 §13.1.3)
+    if since.tzinfo is None:
+        return False
+    return stored.last_updated.replace(microsecond=0) <= since
+
+
 def resource_router(
     resource_type: str, *, tags: list[str | Enum], writable: bool = True
 ) -> APIRouter:
@@ -253,17 +294,18 @@ def resource_router(
         return await type_history_response(ctx, request, t)
 
     async def read_resource(resource_id: ResourceId, request: Request, ctx: ContextDep) -> Response:
+        subset = _subset_params(request)
         stored = await wf.read(ctx, t, resource_id)
-        inm = request.headers.get("if-none-match")
-        if inm and inm.strip() == f'W/"{stored.version_id}"':
-            return Response(status_code=304, headers={"ETag": inm.strip()})
-        return resource_response(request, stored, base_url=ctx.base_url)
+        if _not_modified(request, stored):
+            return Response(status_code=304, headers=version_headers(stored))
+        return resource_response(request, _subsetted(stored, *subset), base_url=ctx.base_url)
 
     async def vread_resource(
         resource_id: ResourceId, version_id: str, request: Request, ctx: ContextDep
     ) -> Response:
+        subset = _subset_params(request)
         stored = await wf.vread(ctx, t, resource_id, version_id)
-        return resource_response(request, stored, base_url=ctx.base_url)
+        return resource_response(request, _subsetted(stored, *subset), base_url=ctx.base_url)
 
     async def history_instance(
         resource_id: ResourceId, request: Request, ctx: ContextDep

@@ -88,7 +88,7 @@ def capability_statement(
                 "readHistory": True,
                 "updateCreate": writable,
                 "conditionalCreate": writable,
-                "conditionalRead": "not-supported",
+                "conditionalRead": "full-support",  # If-None-Match and If-Modified-Since
                 "conditionalUpdate": False,
                 "conditionalDelete": "not-supported",
                 "searchInclude": includes,
