@@ -17,6 +17,13 @@ _DATE_RE = re.compile(
 )
 _ONE_US = timedelta(microseconds=1)
 
+# The stored ends of a Period that has no start or no end: it runs from, or on to, for ever.
+# Finite instants rather than NULL, so that every date comparison is one range over an index
+# (``high >= X OR high IS NULL`` made PostgreSQL walk every date row of the parameter) and
+# both databases store and order them alike.
+OPEN_START = datetime(1, 1, 1, tzinfo=UTC)
+OPEN_END = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
 
 def parse_range(text: str) -> tuple[datetime, datetime] | None:
     """The UTC range a FHIR date/dateTime/instant covers, or None when it is not one.

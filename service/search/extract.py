@@ -6,7 +6,7 @@ import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
-from service.search.dates import parse_range
+from service.search.dates import OPEN_END, OPEN_START, parse_range
 from service.search.params import SearchParam, indexed_params
 from service.storage.repository import IndexEntry
 
@@ -83,9 +83,7 @@ def _dates(value: Any) -> Iterator[tuple[Any, Any]]:
         start = parse_range(value["start"]) if isinstance(value.get("start"), str) else None
         end = parse_range(value["end"]) if isinstance(value.get("end"), str) else None
         if start or end:
-            low = start[0] if start else None
-            high = end[1] if end else None
-            yield low, high
+            yield (start[0] if start else OPEN_START), (end[1] if end else OPEN_END)
 
 
 def entries_for(

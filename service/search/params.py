@@ -34,16 +34,6 @@ class SearchParam:
     stored_as: tuple[str, str] | None = None
 
     @property
-    def open_ended(self) -> bool:
-        """Whether a value may lack a start or an end: a date parameter with a Period among its
-        elements (R4 names every Period-typed element ``period`` or ``…Period``; a test checks
-        this against the R4 models)."""
-        return self.kind == "date" and any(
-            (last := path.rsplit(".", 1)[-1]) == "period" or last.endswith("Period")
-            for path in self.paths
-        )
-
-    @property
     def index_name(self) -> str:
         """The ``param`` of the index rows that hold this parameter's values."""
         return self.stored_as[0] if self.stored_as else self.name

@@ -215,8 +215,8 @@ def _permitting(
                 period.c.resource_id == c.c.resource_id,
                 period.c.version_id == c.c.version_id,
                 period.c.param == "period",
-                or_(period.c.low.is_(None), period.c.low <= now),
-                or_(period.c.high.is_(None), period.c.high >= now),
+                period.c.low <= now,  # open ends are stored as OPEN_START / OPEN_END
+                period.c.high >= now,
             )
         ),
     )

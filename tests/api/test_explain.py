@@ -201,6 +201,31 @@ async def test_date_search_uses_the_date_row_index(engine: AsyncEngine) -> None:
         assert _most_rows(plan) <= 100, plan  # not the 20,000 date rows of the type
 
 
+async def test_period_search_uses_the_date_row_index(engine: AsyncEngine) -> None:
+    """A Period parameter (Task ``period``) has open-ended values; they are stored as
+    far-future ends, so ``ge`` is one range over ``ix_search_high`` (with ``OR high IS NULL``
+    PostgreSQL walked every date row of the parameter)."""
+    await _load(
+        engine,
+        analyzed=(
+            # 20,000 closed periods a minute apart, and 50 open-ended ones from 2026-01-01
+            "INSERT INTO search_index (resource_type, resource_id, version_id, param, low,"
+            " high, txid, seq) SELECT 'Task', id, 1, 'period',"
+            " timestamptz '2026-01-01' + (row_number() OVER (ORDER BY id)) * interval '1 min',"
+            " CASE WHEN row_number() OVER (ORDER BY id) <= 50 THEN NULL ELSE"
+            " timestamptz '2026-01-01' + (row_number() OVER (ORDER BY id)) * interval '1 min'"
+            " END, 1, 1 FROM resource WHERE resource_type = 'Task'",
+        ),
+    )
+    page, statement, parameters = await search_statement(
+        engine, [("period", "ge2026-01-14T21:00:01Z"), ("_count", "500")]
+    )
+    assert len(page.matches) == 70  # the last 20 closed ones and the 50 open-ended ones
+    plan = await _explain(engine, statement, parameters, "ANALYZE ")
+    assert "ix_search_high" in plan, plan
+    assert _most_rows(plan) <= 300, plan  # not the 20,000 date rows of the parameter
+
+
 async def test_release_worklist_reads_only_the_window(engine: AsyncEngine) -> None:
     """The jail's worklist (requester + expected release between two instants, as
     ``service.workflows.referrals.list_referrals`` asks it) reads the window's referrals, not

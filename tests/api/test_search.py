@@ -115,7 +115,7 @@ async def test_date_prefixes_on_open_periods(
     client: httpx.AsyncClient, value: str, expected: set[str]
 ) -> None:
     """A Period without an end runs on for ever, one without a start from for ever: they match
-    every comparison on their open side (only Period parameters carry that condition)."""
+    every comparison on their open side."""
     periods = {
         "open-end": {"start": "2026-11-10"},
         "open-start": {"end": "2026-11-10"},

@@ -134,3 +134,41 @@ def test_search_index_loses_its_surrogate_key_and_keeps_its_rows(fresh_url: str)
     numbered = _rows(fresh_url, "SELECT resource_id, row_id FROM search_index ORDER BY row_id")
     assert [r[0] for r in numbered] == ["t1", "t2"] and all(r[1] is not None for r in numbered)
     upgrade(fresh_url)
+
+
+def test_open_period_ends_become_instants_and_back(fresh_url: str) -> None:
+    """0007 stores open Period ends as far-past / far-future instants (so date searches use
+    their indexes); on PostgreSQL a trigger converts what an older replica still writes."""
+    upgrade(fresh_url, "0006")
+    insert = (
+        "INSERT INTO search_index (resource_type, resource_id, version_id, param, low, high,"
+        " txid, seq) VALUES ('Task', '{id}', 1, 'period', {low}, {high}, 0, 1)"
+    )
+    day = (
+        "'2026-11-10 00:00:00+00'"
+        if fresh_url.startswith("postgresql")
+        else ("'2026-11-10 00:00:00.000000'")
+    )
+    _execute(fresh_url, insert.format(id="open-end", low=day, high="NULL"))
+    _execute(fresh_url, insert.format(id="open-start", low="NULL", high=day))
+    upgrade(fresh_url)
+    ends = "SELECT resource_id, low, high FROM search_index ORDER BY resource_id"
+
+    def years() -> list[tuple[str, int, int]]:
+        return [(r[0], _year(r[1]), _year(r[2])) for r in _rows(fresh_url, ends)]
+
+    assert years() == [("open-end", 2026, 9999), ("open-start", 1, 2026)]
+    if fresh_url.startswith("postgresql"):  # a replica of the previous version writes NULL
+        _execute(fresh_url, insert.format(id="written-late", low=day, high="NULL"))
+        assert years()[-1] == ("written-late", 2026, 9999)
+    downgrade(fresh_url, "0006")
+    open_end, open_start = _rows(fresh_url, ends)[:2]
+    assert open_end[1] is not None and open_end[2] is None
+    assert open_start[1] is None and open_start[2] is not None
+    upgrade(fresh_url)
+
+
+def _year(value: object) -> int:
+    if value is None:
+        return 0
+    return int(str(value)[:4]) if isinstance(value, str) else value.year  # type: ignore[attr-defined]

@@ -1,7 +1,10 @@
-"""What the index extractor writes for reference parameters."""
+"""What the index extractor writes for reference and date parameters."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from service.search.dates import OPEN_END, OPEN_START
 from service.search.extract import extract_index
 from service.search.params import params_for
 
@@ -40,3 +43,20 @@ def test_task_for_a_group_is_a_subject_but_not_a_patient() -> None:
     assert _values(task, "subject") == ["Group/g1"]
     task["for"] = {"reference": "https://h.example/fhir/Patient/p2"}
     assert _values(task, "patient") == ["Patient/p2"]
+
+
+def test_open_period_ends_are_stored_as_for_ever() -> None:
+    """No NULL ends: a date row is always a closed range, so every prefix is one indexed
+    comparison (the search side relies on it)."""
+
+    def dates(period: dict[str, str]) -> list[tuple[datetime | None, datetime | None]]:
+        task = {"resourceType": "Task", "id": "t", "executionPeriod": period}
+        rows = extract_index(task, version_id=1, base_url=None)
+        return [(r.low, r.high) for r in rows if r.param == "period"]
+
+    start = datetime(2026, 11, 10, tzinfo=UTC)
+    end_of_day = datetime(2026, 11, 10, 23, 59, 59, 999999, tzinfo=UTC)
+    assert dates({"start": "2026-11-10"}) == [(start, OPEN_END)]
+    assert dates({"end": "2026-11-10"}) == [(OPEN_START, end_of_day)]
+    assert dates({"start": "2026-11-10", "end": "2026-11-10"}) == [(start, end_of_day)]
+    assert dates({}) == []
