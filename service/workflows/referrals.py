@@ -722,6 +722,8 @@ async def _locked_latest(conn: AsyncConnection, resource_type: str, found: dict[
 async def cancel_referral(ctx: WorkflowContext, sr_id: str, *, reason: str) -> dict[str, Any]:
     async with write_transaction(ctx.engine) as conn:
         task = await _locked_latest(conn, "Task", await _current_task(conn, ctx, sr_id))
+        if task.get("status") == "cancelled":  # a retry (the answer was lost): already done
+            return await referral_view(conn, ctx, sr_id)
         if task.get("status") not in OPEN:
             raise BusinessRuleError(
                 f"The referral is already {task.get('status')}; "
@@ -783,21 +785,26 @@ async def re_refer(ctx: WorkflowContext, sr_id: str, *, receiver: str) -> dict[s
         raise ForbiddenError("Only a client acting for an organization can refer")
     async with write_transaction(ctx.engine) as conn:
         await wf.read_in(conn, ctx, "ServiceRequest", sr_id)  # 404 unless visible
-        # Locked first: a second re-refer (a double click) waits, then sees the new open Task
-        # and is told so, instead of failing on the ServiceRequest's version.
+        # Locked first: a second re-refer (a double click) waits, then finds the first one's
+        # Task, instead of failing on the ServiceRequest's version.
         sr = await _locked_latest(conn, "ServiceRequest", {"id": sr_id})
         if (sr.get("requester") or {}).get("reference") != organization:
             raise ForbiddenError("Only the referring organization can re-refer")
         tasks = await _tasks_for(conn, ctx, sr_id)
+        data = dataclasses.replace(_EMPTY, receiver=receiver)
+        owner, service = await _check_references(conn, ctx, data)
         if any(t.get("status") in OPEN for t in tasks):
+            latest = tasks[-1]
+            if len(tasks) > 1 and ((latest.get("owner") or {}).get("reference")) == owner:
+                # A retry of this re-referral (its answer was lost, or a double click that
+                # waited for the first): already done.
+                return await referral_view(conn, ctx, sr_id)
             raise BusinessRuleError(
                 "The referral still has an open Task; "
                 "re-refer after it is rejected, failed or cancelled"
             )
         if sr.get("status") != "active":
             raise BusinessRuleError(f"The referral is {sr.get('status')}")
-        data = dataclasses.replace(_EMPTY, receiver=receiver)
-        owner, service = await _check_references(conn, ctx, data)
         sr["performer"] = [{"reference": owner}] + ([{"reference": service}] if service else [])
         await wf.update_in(
             conn, ctx, "ServiceRequest", sr_id, sr, if_match=int(sr["meta"]["versionId"])

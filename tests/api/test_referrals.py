@@ -599,9 +599,12 @@ async def test_referral_writes_lock_tasks_before_their_service_request(
     assert locks[:2] == ["Task", "ServiceRequest"], locks
 
 
-async def test_a_double_re_refer_is_told_the_referral_is_open_again(
+async def test_retried_re_refer_and_cancel_answer_what_was_done(
     network: dict[str, Any],
 ) -> None:
+    """A JMS retries when an answer is lost, and users double-click: a repeated re-referral to
+    the same organization, or a repeated cancel, answers the referral as it now is (one new
+    Task, one cancellation) instead of an error or a 412."""
     jail, otp, ids = network["jail"], network["otp"], network["ids"]
     ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
     task = (await otp.get(f"/fhir/Task/{ref['task_id']}")).json()
@@ -614,11 +617,27 @@ async def test_a_double_re_refer_is_told_the_referral_is_open_again(
     answers = await asyncio.gather(
         *(jail.post(url, json={"receiving_organization": ids["peer"]}) for _ in range(2))
     )
-    assert sorted(a.status_code for a in answers) == [200, 422], [a.text for a in answers]
-    refused = next(a for a in answers if a.status_code == 422)
-    assert "still has an open Task" in refused.text
-    view = (await jail.get(f"/v1/referrals/{ref['referral_id']}")).json()
-    assert [t["status"] for t in view["tasks"]] == ["rejected", "requested"]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    again = await jail.post(url, json={"receiving_organization": ids["peer"]})
+    assert again.status_code == 200
+    assert [t["status"] for t in again.json()["tasks"]] == ["rejected", "requested"]
+    # To another organization while the re-referral is open: refused, and why.
+    other = await jail.post(url, json={"receiving_organization": ids["otp"]})
+    assert other.status_code == 422 and "still has an open Task" in other.text
+    # The original Task open, re-refer to its own owner: not a retry, refused.
+    ref2 = (await jail.post("/v1/referrals", json=referral(ids["otp"], referral_id="R2"))).json()
+    same = await jail.post(
+        f"/v1/referrals/{ref2['referral_id']}/re-refer",
+        json={"receiving_organization": ids["otp"]},
+    )
+    assert same.status_code == 422
+    cancel = f"/v1/referrals/{ref['referral_id']}/cancel"
+    answers = await asyncio.gather(
+        *(jail.post(cancel, json={"reason": "Released to another county"}) for _ in range(2))
+    )
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    timeline = (await jail.get(f"/v1/referrals/{ref['referral_id']}")).json()["timeline"]
+    assert [e["status"] for e in timeline].count("cancelled") == 1
 
 
 async def test_release_change(network: dict[str, Any]) -> None:
