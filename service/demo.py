@@ -1,7 +1,10 @@
 """Demo data for ``handoff serve --demo``: one county's warm-handoff network.
 
-Seeding is idempotent (conditional creates on each resource's demo identifier), so restarting
-the demo never duplicates anything. Every resource is tagged ``demo``.
+Seeding is idempotent (each resource is looked up by its demo identifier first), so restarting
+the demo never duplicates anything. Every resource is tagged ``demo``. Ids are stable
+(``Organization/demo-otp``, ``Location/demo-county-jail-site``, …) so that the request examples
+in Swagger UI name real demo resources and work as they stand; a database seeded before ids
+were stable keeps its own.
 """
 
 from __future__ import annotations
@@ -55,6 +58,18 @@ ORGANIZATIONS: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
         [("Peer recovery support", "peer-support", "Peer recovery coaching at release")],
     ),
 }
+
+
+async def _seed(conn: Any, ctx: WorkflowContext, body: dict[str, Any], demo_key: str) -> str:
+    """The id of the demo resource ``demo_key``: the one already stored under its demo
+    identifier, or a new one at ``demo-<demo_key>`` (update-as-create)."""
+    rtype = body["resourceType"]
+    found = await wf.find_by_first_identifier(conn, ctx, rtype, [(DEMO_SYSTEM, demo_key)])
+    if found:
+        return found[0].id
+    resource_id = f"demo-{demo_key}"
+    await wf.update_in(conn, ctx, rtype, resource_id, {**body, "id": resource_id}, if_match=None)
+    return resource_id
 
 
 def _org(key: str, name: str, org_type: str) -> dict[str, Any]:
@@ -181,22 +196,13 @@ async def seed_demo(app: FastAPI) -> dict[str, str]:
     org_ids: dict[str, str] = {}
     async with write_transaction(ctx.engine) as conn:
         for key, (name, org_type, services) in ORGANIZATIONS.items():
-            ident = f"identifier={DEMO_SYSTEM}|{key}"
-            org = await wf.create_in(conn, ctx, _org(key, name, org_type), if_none_exist=ident)
-            org_ids[key] = org.stored.id
-            loc = await wf.create_in(
-                conn,
-                ctx,
-                _location(key, name, org.stored.id),
-                if_none_exist=f"identifier={DEMO_SYSTEM}|{key}-site",
-            )
+            org_id = await _seed(conn, ctx, _org(key, name, org_type), key)
+            org_ids[key] = org_id
+            site = f"{key}-site"
+            location_id = await _seed(conn, ctx, _location(key, name, org_id), site)
             for i, service in enumerate(services):
-                await wf.create_in(
-                    conn,
-                    ctx,
-                    _service(key, i, org.stored.id, loc.stored.id, service),
-                    if_none_exist=f"identifier={DEMO_SYSTEM}|{key}-service-{i}",
-                )
+                body = _service(key, i, org_id, location_id, service)
+                await _seed(conn, ctx, body, f"{key}-service-{i}")
     app.state.demo_organizations = org_ids
     clients = await seed_demo_clients(ctx.engine, org_ids)
     lines = "\n".join(

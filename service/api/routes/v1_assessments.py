@@ -44,17 +44,10 @@ class AssessmentIn(BaseModel):
             "example": {
                 "person": PersonIn.model_config["json_schema_extra"]["example"],  # type: ignore[index]
                 "instrument": "dast-10",
+                # Item link_ids and choice codes as GET /v1/instruments/dast-10 lists them
+                # (LA33-6 = yes, LA32-8 = no).
                 "answers": {
-                    "dast-1": "yes",
-                    "dast-2": "no",
-                    "dast-3": "yes",
-                    "dast-4": "no",
-                    "dast-5": "no",
-                    "dast-6": "no",
-                    "dast-7": "no",
-                    "dast-8": "no",
-                    "dast-9": "no",
-                    "dast-10": "no",
+                    f"dast10-{n}": "LA33-6" if n in (1, 3) else "LA32-8" for n in range(1, 11)
                 },
                 "administered_by": {"id": "S-77", "name": "Jordan Lee", "role": "peer-specialist"},
                 "administered_at": "2026-11-26T09:30:00-05:00",

@@ -50,9 +50,9 @@ class ConsentIn(BaseModel):
                 "person": PersonIn.model_config["json_schema_extra"]["example"],  # type: ignore[index]
                 "signed_at": "2026-11-25T14:00:00-05:00",
                 "signed_by": "Dana Rivera (self)",
-                "recipients": ["Organization/<treatment provider id>"],
+                "recipients": ["Organization/demo-otp"],
                 "purposes": ["TREAT"],
-                "expires": "2027-05-25T00:00:00-05:00",
+                "expires": "2030-05-25T00:00:00-05:00",
             }
         },
     )

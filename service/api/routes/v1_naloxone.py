@@ -100,7 +100,7 @@ class NaloxoneIn(BaseModel):
             "example": {
                 "person": PersonIn.model_config["json_schema_extra"]["example"],  # type: ignore[index]
                 "setting": "at-release",
-                "facility": "Location/<id from GET /fhir/Location>",
+                "facility": "Location/demo-county-jail-site",
                 "given_by": {"id": "S-77", "name": "Jordan Lee", "role": "nurse"},
                 "given_at": "2026-11-26T08:10:00-05:00",
                 "product": "naloxone-4mg-nasal",

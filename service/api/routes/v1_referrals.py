@@ -87,15 +87,14 @@ class ReferralIn(BaseModel):
                 "intercept": 4,
                 "program_type": "jail-reentry",
                 "release": {
-                    "expected_at": "2026-12-01T08:00:00-05:00",
+                    "expected_at": "2030-06-01T08:00:00-05:00",
                     "location": "Main gate, 100 Main St",
                 },
                 "services": ["moud-buprenorphine", "peer-support"],
-                "receiving_organization": "Organization/<id from GET /fhir/Organization>",
+                "receiving_organization": "Organization/demo-otp",
                 "priority": "urgent",
                 "notes": "On buprenorphine 16 mg daily in custody; wants to continue.",
                 "contact_directly": True,
-                "supporting_info": ["QuestionnaireResponse/<assessment id>"],
             }
         },
     )
