@@ -413,6 +413,15 @@ async def disclosures(ctx: WorkflowContext, patient_id: str) -> list[dict[str, A
                     "recipient": recipient,
                     "client_id": client,
                     "record": (entity.get("what") or {}).get("reference"),
+                    # Why it could be shown: a consent, an emergency, or neither because the
+                    # recipient saw only a redacted view (or its own part of the record).
+                    "basis": (
+                        "consent"
+                        if detail.get("consent")
+                        else "emergency"
+                        if detail.get("exception")
+                        else detail.get("basis")
+                    ),
                     "consent": detail.get("consent"),
                     "exception": detail.get("exception"),
                     "purpose": ((event.get("purposeOfEvent") or [{}])[0].get("coding") or [{}])[

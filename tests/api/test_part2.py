@@ -320,6 +320,7 @@ async def test_accounting_lists_exactly_the_disclosures(world: dict[str, Any]) -
     assert len(rows) == 2
     assert {r["recipient"] for r in rows} == {ids["otp"]}
     assert {r["consent"] for r in rows} == {f"Consent/{given['consent_id']}"}
+    assert {r["basis"] for r in rows} == {"consent"}
     assert all(r["record"].startswith(qr_ref) for r in rows)
     csv_text = (
         await jail.get(f"/v1/patients/{patient_id}/disclosures", params={"format": "csv"})
@@ -327,6 +328,28 @@ async def test_accounting_lists_exactly_the_disclosures(world: dict[str, Any]) -
     assert csv_text.splitlines()[0].startswith("disclosed_at,recipient")
     assert len(csv_text.strip().splitlines()) == 3
     assert (await otp.get(f"/v1/patients/{patient_id}/disclosures")).status_code in (403, 404)
+
+
+async def test_accounting_names_the_basis_of_a_redacted_disclosure(
+    world: dict[str, Any],
+) -> None:
+    """Without a consent the provider sees the referral redacted; the accounting says so
+    instead of listing a disclosure with neither a consent nor an exception."""
+    otp, jail = world["otp"], world["jail"]
+    patient_id = world["screening"]["patient_id"]
+    sr_id = world["referral"]["referral_id"]
+    shown = (await otp.get(f"/fhir/ServiceRequest/{sr_id}")).json()
+    assert "coding" not in shown["code"]  # redacted
+    rows = (await jail.get(f"/v1/patients/{patient_id}/disclosures")).json()
+    assert [r["record"].split("/_history")[0] for r in rows] == [f"ServiceRequest/{sr_id}"]
+    assert rows[0]["basis"] == "author or redacted view"
+    assert rows[0]["consent"] is None and rows[0]["exception"] is None
+    header = (
+        await jail.get(f"/v1/patients/{patient_id}/disclosures", params={"format": "csv"})
+    ).text.splitlines()[0]
+    assert header == (
+        "disclosed_at,recipient,client_id,record,basis,consent,exception,purpose,audit_event"
+    )
 
 
 async def test_audit_events_are_append_only_and_phi_free(world: dict[str, Any]) -> None:

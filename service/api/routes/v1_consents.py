@@ -136,8 +136,9 @@ async def disclosures(
     ctx: ContextDep,
     format: Annotated[Literal["json", "csv"] | None, Query()] = None,
 ) -> Response:
-    """Which organizations received which of the person's Part 2 records, when, and under which
-    consent or exception. `Accept: text/csv` or `format=csv` for a spreadsheet."""
+    """Which organizations received which of the person's Part 2 records, when, and on which
+    basis: a consent, a medical emergency, or a redacted view (`basis`: `consent`, `emergency`
+    or `author or redacted view`). `Accept: text/csv` or `format=csv` for a spreadsheet."""
     rows = await audit.disclosures(ctx, patient_id)
     wants_csv = format == "csv" or (
         format is None and "text/csv" in request.headers.get("accept", "")
@@ -150,6 +151,7 @@ async def disclosures(
         "recipient",
         "client_id",
         "record",
+        "basis",
         "consent",
         "exception",
         "purpose",
