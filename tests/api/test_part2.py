@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.builders import FHIR_JSON, organization
+from tests.statements import statements_sent
 
 pytestmark = pytest.mark.usefixtures("instruments")
 YES, NO = "LA33-6", "LA32-8"
@@ -371,8 +372,6 @@ async def test_a_page_of_many_peoples_records_costs_the_same_queries_as_one(
     """A provider polls labelled referrals of many people, some consented: each Task is shown
     whole or redacted by its own patient's consent, the page's AuditEvent names each one's
     basis, and the consent and author look-ups are per page, not per record."""
-    from sqlalchemy import event
-
     otp, jail, client, ids = world["otp"], world["jail"], world["client"], world["ids"]
 
     async def refer(n: int, *, consented: bool) -> str:
@@ -385,17 +384,8 @@ async def test_a_page_of_many_peoples_records_costs_the_same_queries_as_one(
         return str(r.json()["task_id"])
 
     async def poll() -> tuple[httpx.Response, int]:
-        statements: list[str] = []
-
-        def count(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
-            if "oauth_client" not in statement:  # the client status: read until remembered
-                statements.append(statement)
-
-        event.listen(engine.sync_engine, "before_cursor_execute", count)
-        try:
+        with statements_sent(engine) as statements:
             r = await otp.get("/fhir/Task", params={"owner": ids["otp"], "_count": 100})
-        finally:
-            event.remove(engine.sync_engine, "before_cursor_execute", count)
         assert r.status_code == 200, r.text
         return r, len(statements)
 

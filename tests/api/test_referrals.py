@@ -14,6 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.builders import FHIR_JSON, organization
+from tests.statements import statements_sent
 
 HANDOFF_CS = "https://handoff.dev/fhir/CodeSystem"
 
@@ -470,17 +471,8 @@ async def test_worklist_views_and_statement_count(
         return (await jail.post("/v1/referrals", json=body)).json()  # type: ignore[no-any-return]
 
     async def worklist() -> tuple[list[dict[str, Any]], int]:
-        statements: list[str] = []
-
-        def count(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
-            if "oauth_client" not in statement:  # the client status: read until remembered
-                statements.append(statement)
-
-        event.listen(engine.sync_engine, "before_cursor_execute", count)
-        try:
+        with statements_sent(engine) as statements:
             r = await jail.get("/v1/referrals")
-        finally:
-            event.remove(engine.sync_engine, "before_cursor_execute", count)
         assert r.status_code == 200, r.text
         return r.json(), len(statements)
 
