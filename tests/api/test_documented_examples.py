@@ -21,17 +21,66 @@ EXAMPLES = [
 ]
 
 
-async def test_every_v1_request_schema_with_a_body_has_an_example(app: Any) -> None:
-    documented = {schema for _, schema, _ in EXAMPLES}
+# Requests on a referral or consent that the first examples made.
+FOLLOW_UPS = ("ReleaseChangeIn", "ReReferIn", "CancelIn", "RevokeIn")
+
+
+async def test_every_v1_request_body_has_an_example_that_is_tried(app: Any) -> None:
+    tried = {schema for _, schema, _ in EXAMPLES} | set(FOLLOW_UPS)
+    schemas = app.openapi()["components"]["schemas"]
     for path, operations in app.openapi()["paths"].items():
         for operation in operations.values():
             body = operation.get("requestBody", {}).get("content", {}).get("application/json")
             if not path.startswith("/v1") or body is None:
                 continue
             name = body["schema"]["$ref"].rsplit("/", 1)[-1]
-            example = app.openapi()["components"]["schemas"][name].get("example")
-            if example is not None:
-                assert name in documented, f"{name}'s example is not tried here"
+            assert "example" in schemas[name], f"{path}: {name} has no example"
+            assert name in tried, f"{name}'s example is not tried here"
+
+
+async def test_the_follow_up_examples_work_on_what_the_first_ones_made(
+    app: Any, org_client: Any
+) -> None:
+    """Change the release, let the receiver reject, re-refer, cancel; revoke the consent."""
+    await seed_demo(app)
+    schemas = app.openapi()["components"]["schemas"]
+
+    def example(name: str) -> Any:
+        return schemas[name]["example"]
+
+    jail = await org_client("Organization/demo-county-jail")
+    otp = await org_client("Organization/demo-otp")
+    made = (await jail.post("/v1/referrals", json=example("ReferralIn"))).json()
+    url = f"/v1/referrals/{made['referral_id']}"
+    r = await jail.patch(url, json=example("ReleaseChangeIn"))
+    assert r.status_code == 200, r.text
+    task = (await otp.get(f"/fhir/Task/{made['task_id']}")).json()
+    reason = {
+        "text": "No intake slots",
+        "coding": [
+            {
+                "system": "https://handoff.dev/fhir/CodeSystem/referral-status-reason",
+                "code": "at-capacity",
+            }
+        ],
+    }
+    r = await otp.put(
+        f"/fhir/Task/{task['id']}",
+        json={**task, "status": "rejected", "statusReason": reason},
+        headers={
+            "Content-Type": "application/fhir+json",
+            "If-Match": f'W/"{task["meta"]["versionId"]}"',
+        },
+    )
+    assert r.status_code == 200, r.text
+    r = await jail.post(f"{url}/re-refer", json=example("ReReferIn"))
+    assert r.status_code == 200, r.text
+    assert r.json()["owner"] == "Organization/demo-peer-support"
+    r = await jail.post(f"{url}/cancel", json=example("CancelIn"))
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    consent = (await jail.post("/v1/consents", json=example("ConsentIn"))).json()
+    r = await jail.post(f"/v1/consents/{consent['consent_id']}/revoke", json=example("RevokeIn"))
+    assert r.status_code == 200 and r.json()["status"] == "inactive", r.text
 
 
 @pytest.mark.parametrize(("path", "schema", "sender"), EXAMPLES)

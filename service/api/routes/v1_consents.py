@@ -79,7 +79,10 @@ class ConsentIn(BaseModel):
 
 
 class RevokeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"reason": "Revoked by the person in writing"}},
+    )
     reason: str = Field(min_length=3, max_length=500)
 
 

@@ -158,17 +158,34 @@ class ReferralIn(BaseModel):
 
 
 class CancelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"reason": "Transferred to another county before release"}},
+    )
     reason: str = Field(min_length=3, max_length=500)
 
 
 class ReleaseChangeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "release": {
+                    "expected_at": "2030-06-02T08:00:00-05:00",
+                    "location": "Main gate, 100 Main St",
+                }
+            }
+        },
+    )
     release: ReleaseIn
 
 
 class ReReferIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The demo's recovery community organization (after the first receiver rejected).
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"receiving_organization": "Organization/demo-peer-support"}},
+    )
     receiving_organization: Reference | None = None
     receiving_service: Reference | None = None
 
