@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     demo: bool = Field(False, description="Seed demo organizations and clients on start-up.")
     default_page_size: int = Field(50, ge=1, le=1000)
     max_page_size: int = Field(1000, ge=1)
+    idempotency_retention_hours: int = Field(
+        24,
+        ge=1,
+        description="Hours the first response to an Idempotency-Key is kept and replayed; after "
+        "that the key may be used again (kept responses hold patient data).",
+    )
     naloxone_max_quantity: int = Field(
         50, ge=1, description="Most naloxone kits one record may give (larger is refused)."
     )

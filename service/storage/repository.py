@@ -28,6 +28,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     union_all,
     update,
 )
@@ -603,19 +604,51 @@ class IdempotentResponse:
     request_hash: str
     status_code: int
     body: str
+    created: datetime
+
+
+_BY_CLIENT_KEY = (
+    idempotency_t.c.client_id == bindparam("client_id"),
+    idempotency_t.c.key == bindparam("key"),
+)
 
 
 async def get_idempotent_response(
     conn: AsyncConnection, client_id: str, key: str
 ) -> IdempotentResponse | None:
+    c = idempotency_t.c
     row = (
         await conn.execute(
-            select(
-                idempotency_t.c.request_hash, idempotency_t.c.status_code, idempotency_t.c.body
-            ).where(idempotency_t.c.client_id == client_id, idempotency_t.c.key == key)
+            select(c.request_hash, c.status_code, c.body, c.created).where(*_BY_CLIENT_KEY),
+            {"client_id": client_id, "key": key},
         )
     ).first()
-    return IdempotentResponse(row[0], row[1], row[2]) if row else None
+    return IdempotentResponse(row[0], row[1], row[2], row[3]) if row else None
+
+
+async def delete_idempotent_response(conn: AsyncConnection, client_id: str, key: str) -> None:
+    await conn.execute(
+        delete(idempotency_t).where(*_BY_CLIENT_KEY), {"client_id": client_id, "key": key}
+    )
+
+
+async def purge_idempotent_responses(
+    conn: AsyncConnection, *, before: datetime, limit: int = 500
+) -> int:
+    """Delete up to ``limit`` responses kept since before ``before``. Rows another replica is
+    purging at the same moment are skipped (``SKIP LOCKED``), so replicas never wait on each
+    other, and each purge is a short transaction however much has piled up."""
+    c = idempotency_t.c
+    expired = (
+        select(c.client_id, c.key)
+        .where(c.created < before)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = await conn.execute(
+        delete(idempotency_t).where(tuple_(c.client_id, c.key).in_(expired))
+    )
+    return int(result.rowcount or 0)
 
 
 async def save_idempotent_response(

@@ -133,6 +133,8 @@ class IdempotencyRecord(SQLModel, table=True):
     """The first response to an ``Idempotency-Key`` per client, replayed on retries."""
 
     __tablename__ = "idempotency_record"
+    # Expired responses are purged in batches by age.
+    __table_args__ = (Index("ix_idempotency_created", "created"),)
 
     client_id: str = Field(sa_column=Column(String(128), primary_key=True))
     key: str = Field(sa_column=Column(String(255), primary_key=True))

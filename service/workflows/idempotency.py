@@ -2,14 +2,17 @@
 
 The key is scoped to the client. The first request's response is stored in the same
 transaction as its writes; a concurrent duplicate waits on a lock keyed by (client, key) and
-then finds that response. Reusing a key for a different request is an error.
+then finds that response. Reusing a key for a different request is an error. Responses are
+kept ``HANDOFF_IDEMPOTENCY_RETENTION_HOURS`` (they hold patient data); then the key is free.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
     from service.workflows.context import WorkflowContext
 
 MAX_KEY_LENGTH = 255
+# Share of keyed requests that also delete a batch of expired responses.
+PURGE_CHANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,12 @@ def check_key(key: str | None) -> None:
 
 
 async def begin(
-    conn: AsyncConnection, *, client_id: str, key: str | None, fingerprint: str
+    conn: AsyncConnection,
+    *,
+    client_id: str,
+    key: str | None,
+    fingerprint: str,
+    retention: timedelta,
 ) -> Replay | None:
     """Lock the key and return the stored response of an earlier identical request, if any."""
     if key is None:
@@ -53,6 +63,11 @@ async def begin(
     await repo.lock_key(conn, f"idempotency:{client_id}:{key}")
     earlier = await repo.get_idempotent_response(conn, client_id, key)
     if earlier is None:
+        return None
+    if earlier.created < now_ms() - retention:
+        # Kept no longer than promised: the key is free again (and its row makes room for the
+        # new response, under the key's lock).
+        await repo.delete_idempotent_response(conn, client_id, key)
         return None
     if earlier.request_hash != fingerprint:
         raise BusinessRuleError(
@@ -96,8 +111,11 @@ async def run_once(
     the stored response instead. What ``work`` created (201) is stored with its writes."""
     assert ctx.principal is not None
     client_id = ctx.principal.client_id
+    retention = timedelta(hours=ctx.settings.idempotency_retention_hours)
     async with write_transaction(ctx.engine) as conn:
-        replay = await begin(conn, client_id=client_id, key=key, fingerprint=fingerprint)
+        replay = await begin(
+            conn, client_id=client_id, key=key, fingerprint=fingerprint, retention=retention
+        )
         if replay is not None:
             return replay.status_code, replay.body
         status_code, body = await work(conn)
@@ -110,4 +128,8 @@ async def run_once(
                 status_code=status_code,
                 body=body,
             )
+        if key is not None and random.random() < PURGE_CHANCE:
+            # Expired responses go a batch at a time, by whichever request draws the lot: no
+            # background job, and safe with any number of replicas (SKIP LOCKED).
+            await repo.purge_idempotent_responses(conn, before=now_ms() - retention)
     return status_code, body

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.storage.repository import idempotency_t
 from tests.builders import FHIR_JSON, organization
 
 pytestmark = pytest.mark.usefixtures("instruments")
@@ -130,6 +134,58 @@ async def test_idempotent_retry_and_concurrent_duplicates(jail: httpx.AsyncClien
     assert "Idempotency-Key" in other.json()["issue"][0]["diagnostics"]
     history = (await jail.get(f"/v1/people/{results[0].json()['patient_id']}/assessments")).json()
     assert len(history) == 1
+
+
+async def test_kept_responses_expire_and_are_purged(
+    jail: httpx.AsyncClient, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A response is replayed only within HANDOFF_IDEMPOTENCY_RETENTION_HOURS (it holds patient
+    data); after that the key is free again, and expired responses are purged in batches."""
+    from service.workflows import idempotency
+
+    payload = assessment("dast-10", dast({1}), pid="P-10")
+    first = await jail.post("/v1/assessments", json=payload, headers={"Idempotency-Key": "k-old"})
+    await jail.post("/v1/assessments", json=payload, headers={"Idempotency-Key": "k-older"})
+    async with engine.begin() as conn:  # both responses are now 25 hours old
+        await conn.execute(
+            update(idempotency_t).values(created=datetime.now(UTC) - timedelta(hours=25))
+        )
+    again = await jail.post("/v1/assessments", json=payload, headers={"Idempotency-Key": "k-old"})
+    assert again.status_code == 201
+    assert again.json()["assessment_id"] != first.json()["assessment_id"]  # not replayed
+    retry = await jail.post("/v1/assessments", json=payload, headers={"Idempotency-Key": "k-old"})
+    assert retry.json()["assessment_id"] == again.json()["assessment_id"]  # fresh: replayed
+    # A new keyed request that draws the purge removes the expired response.
+    monkeypatch.setattr(idempotency, "PURGE_CHANCE", 1.0)
+    await jail.post("/v1/assessments", json=payload, headers={"Idempotency-Key": "k-new"})
+    async with engine.connect() as conn:
+        kept = (await conn.execute(select(idempotency_t.c.key))).scalars().all()
+    assert sorted(kept) == ["k-new", "k-old"]
+
+
+async def test_purge_takes_a_bounded_batch_of_expired_responses(engine: AsyncEngine) -> None:
+    from service.storage import repository as repo
+
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        for key, age in (("a", 30), ("b", 26), ("c", 25), ("fresh", 1)):
+            await repo.save_idempotent_response(
+                conn,
+                client_id="jms",
+                key=key,
+                request_hash="h",
+                status_code=201,
+                body="{}",
+                created=now - timedelta(hours=age),
+            )
+    cutoff = now - timedelta(hours=24)
+    async with engine.begin() as conn:
+        assert await repo.purge_idempotent_responses(conn, before=cutoff, limit=2) == 2
+    async with engine.begin() as conn:
+        assert await repo.purge_idempotent_responses(conn, before=cutoff, limit=2) == 1
+    async with engine.connect() as conn:
+        kept = (await conn.execute(select(idempotency_t.c.key))).scalars().all()
+    assert kept == ["fresh"]
 
 
 async def test_same_person_is_matched_not_duplicated(jail: httpx.AsyncClient) -> None:
