@@ -658,6 +658,9 @@ async def patch_in(
     require_scope(ctx.principal, resource_type, "u")
     if not isinstance(operations, list):
         raise InvalidRequestError("A JSON Patch body is an array of operations")
+    # Locked before it is read: a patch sent without If-Match applies to whatever version is
+    # current when its turn comes, instead of failing on a concurrent update it never saw.
+    await repo.get_current(conn, resource_type, resource_id, for_update=True)
     current = await _current(conn, ctx, resource_type, resource_id, write=True)
     try:
         patched = jsonpatch.JsonPatch(operations).apply(loads(current))

@@ -306,3 +306,31 @@ async def test_every_write_has_one_audit_event_and_a_failed_one_none(
         {"action": "U", "versions": [f"Patient/{pid}/_history/2"]},
         {"action": "D", "versions": [f"Patient/{pid}/_history/3"]},
     ]
+
+
+async def test_concurrent_patches_without_if_match_all_apply(client: httpx.AsyncClient) -> None:
+    """A JSON Patch without If-Match is a change to whatever is current when its turn comes:
+    ten at once each add their note (none answers 412 for a version it never named)."""
+    created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    patch = {"Content-Type": "application/json-patch+json"}
+    first = await client.patch(
+        f"/fhir/Task/{created['id']}",
+        json=[{"op": "add", "path": "/note", "value": [{"text": "referral received"}]}],
+        headers=patch,
+    )
+    assert first.status_code == 200, first.text
+    answers = await asyncio.gather(
+        *(
+            client.patch(
+                f"/fhir/Task/{created['id']}",
+                json=[{"op": "add", "path": "/note/-", "value": {"text": f"call {n}"}}],
+                headers=patch,
+            )
+            for n in range(10)
+        )
+    )
+    assert [a.status_code for a in answers] == [200] * 10, [a.text for a in answers]
+    final = (await client.get(f"/fhir/Task/{created['id']}")).json()
+    calls = sorted(n["text"] for n in final["note"][1:])
+    assert calls == sorted(f"call {n}" for n in range(10))
+    assert final["meta"]["versionId"] == "12"
