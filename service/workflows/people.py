@@ -100,10 +100,14 @@ async def match_or_create_patient(
     if found is None:
         created = await wf.create_in(conn, ctx, _patient_body(person, organization, None))
         return created.stored.id, True
-    current = orjson.loads(found.raw or "{}")
+    # The version current once locked (the match above read without a lock): an update of the
+    # Patient committed meanwhile, e.g. through FHIR, must not turn this upsert into a 412.
+    locked = await repo.get_current(conn, "Patient", found.id, for_update=True)
+    latest = locked if locked is not None and not locked.deleted else found
+    current = orjson.loads(latest.raw or "{}")
     updated = _patient_body(person, organization, current)
     if {k: v for k, v in updated.items() if k != "meta"} != {
         k: v for k, v in current.items() if k != "meta"
     }:
-        await wf.update_in(conn, ctx, "Patient", found.id, updated, if_match=found.version_id)
+        await wf.update_in(conn, ctx, "Patient", found.id, updated, if_match=latest.version_id)
     return found.id, False

@@ -564,6 +564,40 @@ async def test_cancel_applies_to_an_update_committed_meanwhile(
     assert statuses[-2:] == ["accepted", "cancelled"]
 
 
+async def test_person_upsert_applies_to_an_update_committed_meanwhile(
+    network: dict[str, Any], engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second referral for a known person updates their Patient; an update of that Patient
+    committed (here through FHIR) after the match must not make the JMS's referral a 412."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer: the referral's transaction excludes the update")
+    from service.workflows import people
+
+    jail, ids = network["jail"], network["ids"]
+    first = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
+    match = people.wf.find_by_first_identifier
+
+    async def updated_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        found = await match(*args, **kwargs)
+        if args[2] == "Patient" and found:
+            patient = (await jail.get(f"/fhir/Patient/{first['patient_id']}")).json()
+            patient["gender"] = "unknown"
+            r = await jail.put(
+                f"/fhir/Patient/{patient['id']}",
+                json=patient,
+                headers={**FHIR_JSON, "If-Match": f'W/"{patient["meta"]["versionId"]}"'},
+            )
+            assert r.status_code == 200, r.text
+        return found
+
+    monkeypatch.setattr(people.wf, "find_by_first_identifier", updated_meanwhile)
+    body = referral(ids["peer"], referral_id="REF-2")
+    body["person"] = {**body["person"], "phone": "555-0199"}
+    r = await jail.post("/v1/referrals", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["patient_id"] == first["patient_id"]
+
+
 async def test_referral_writes_lock_tasks_before_their_service_request(
     network: dict[str, Any], engine: AsyncEngine
 ) -> None:
