@@ -165,13 +165,12 @@ async def search_all(
     request = wf.parse_search_params(
         ctx, resource_type, [*params, ("_count", str(ctx.settings.max_page_size))], strict=True
     )
-    out: list[dict[str, Any]] = []
-    while True:
-        page = await wf.search_in(conn, ctx, request)
-        out += [orjson.loads(m.raw) for m in page.matches if m.raw]
-        if not page.next_page:
-            return out
-        request.page = page.next_page
+    return [
+        orjson.loads(m.raw)
+        async for page in wf.search_pages(conn, ctx, request)
+        for m in page.matches
+        if m.raw
+    ]
 
 
 class KitParts(NamedTuple):

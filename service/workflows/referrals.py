@@ -198,10 +198,10 @@ async def _tasks_by_referral(
     if not sr_ids:
         return out
     focus = ",".join(f"ServiceRequest/{sr_id}" for sr_id in sr_ids)
-    page_token: str | None = None
+    request = parse_search(
+        "Task", [("focus", focus)], strict=True, default_count=1000, max_count=1000
+    )
     while True:
-        params = [("focus", focus)] + ([("_page", page_token)] if page_token else [])
-        request = parse_search("Task", params, strict=True, default_count=1000, max_count=1000)
         page = await run_search(conn, request, base_url=ctx.base_url)
         shown = await disclose_all(conn, ctx, page.matches, record=record)
         for stored, seen in zip(page.matches, shown, strict=True):
@@ -217,7 +217,7 @@ async def _tasks_by_referral(
                 out[sr_id].append(task)
         if page.next_page is None:
             break
-        page_token = page.next_page
+        request.page = page.next_page
     for tasks in out.values():
         tasks.sort(key=lambda t: (t.get("authoredOn", ""), t["meta"]["lastUpdated"]))
     return out
@@ -421,13 +421,10 @@ async def list_referrals(
     release (``occurrencePeriod.start``) lies in [``release_from``, ``release_to``], every page of
     them (a large jail releases hundreds a day)."""
     params = worklist_search(ctx.organization, release_from, release_to)
+    request = wf.parse_search_params(ctx, "ServiceRequest", params, strict=True)
     out = []
     async with read_connection(ctx.engine) as conn:
-        page_token: str | None = None
-        while True:
-            paged = params + ([("_page", page_token)] if page_token else [])
-            request = wf.parse_search_params(ctx, "ServiceRequest", paged, strict=True)
-            page = await wf.search_in(conn, ctx, request)
+        async for page in wf.search_pages(conn, ctx, request):
             referrals = [
                 (match.id, sr)
                 for match in page.matches
@@ -444,9 +441,6 @@ async def list_referrals(
                 if statuses is not None and (view["status"] or "none") not in statuses:
                     continue
                 out.append(view)
-            if page.next_page is None:
-                break
-            page_token = page.next_page
     return sorted(out, key=lambda v: v["release"]["expected_at"] or "")
 
 

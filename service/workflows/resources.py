@@ -8,7 +8,7 @@ and the ``/v1`` APIs compose them; the plain functions open their own transactio
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -333,6 +333,19 @@ async def search_in(
     for entry, stored in zip(page.feed, shown[matched + included :], strict=True):
         entry.stored = stored
     return page
+
+
+async def search_pages(
+    conn: AsyncConnection, ctx: WorkflowContext, request: SearchRequest
+) -> AsyncIterator[SearchPage]:
+    """Every page of ``request`` in turn (``search_in`` each), for workflows that need all the
+    matches rather than the first page."""
+    while True:
+        page = await search_in(conn, ctx, request)
+        yield page
+        if not page.next_page:
+            return
+        request.page = page.next_page
 
 
 async def search(ctx: WorkflowContext, request: SearchRequest) -> SearchPage:
