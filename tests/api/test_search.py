@@ -218,6 +218,35 @@ async def test_elements_subsets(client: httpx.AsyncClient) -> None:
     assert any(tag["code"] == "SUBSETTED" for tag in res["meta"]["tag"])
 
 
+async def test_elements_name_choices_and_keep_primitive_extensions(
+    client: httpx.AsyncClient,
+) -> None:
+    """``_elements=value`` keeps value[x] in whichever type it has; a kept primitive keeps its
+    ``_name`` sibling; a mandatory complex element (Observation.code) is kept too."""
+    made = await create(
+        client,
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "_status": {"extension": [{"url": "https://example.org/x", "valueString": "y"}]},
+            "code": {"text": "DAST-10 score"},
+            "valueQuantity": {"value": 3},
+            "note": [{"text": "kept out"}],
+        },
+    )
+    r = await client.get("/fhir/Observation", params={"_id": made["id"], "_elements": "value"})
+    shown = r.json()["entry"][0]["resource"]
+    assert set(shown) == {
+        "resourceType",
+        "id",
+        "meta",
+        "status",
+        "_status",
+        "code",
+        "valueQuantity",
+    }
+
+
 async def test_summary_subsets(client: httpx.AsyncClient) -> None:
     """``_summary=true|text|data`` as R4 defines them (summary elements from the R4 models)."""
     body = task()
