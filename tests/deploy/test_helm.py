@@ -359,6 +359,14 @@ def test_gc_threshold_only_when_set(render: Render) -> None:
     assert _config(render({"config": {"gcGen0Threshold": 0}}))["HANDOFF_GC_GEN0_THRESHOLD"] == "0"
 
 
+def test_retention_and_naloxone_limit_only_when_set(render: Render) -> None:
+    config = _config(
+        render({"config": {"idempotencyRetentionHours": 72, "naloxoneMaxQuantity": 20}})
+    )
+    assert config["HANDOFF_IDEMPOTENCY_RETENTION_HOURS"] == "72"
+    assert config["HANDOFF_NALOXONE_MAX_QUANTITY"] == "20"
+
+
 def test_production_settings(production_manifests: list[Manifest]) -> None:
     config = _config(production_manifests)
     assert config["HANDOFF_LOG_LEVEL"] == "WARNING"
@@ -596,6 +604,8 @@ def test_migrations_can_be_disabled(render: Render) -> None:
         ({"podDisruptionBudget": {"maxUnavailable": "half"}}, "/podDisruptionBudget"),
         ({"extraEnv": [{"value": "no name"}]}, "/extraEnv/0"),
         ({"config": {"gcGen0Threshold": -1}}, "/config/gcGen0Threshold"),
+        ({"config": {"idempotencyRetentionHours": 0}}, "/config/idempotencyRetentionHours"),
+        ({"config": {"naloxoneMaxQuantity": 0}}, "/config/naloxoneMaxQuantity"),
     ],
 )
 def test_schema_rejects_bad_values(
