@@ -752,6 +752,7 @@ async def change_release(
             raise BusinessRuleError(
                 f"The referral is {sr.get('status')}; its release date is final"
             )
+        before = dict(sr)  # the changes below replace elements, never edit them in place
         period: dict[str, str] = {"start": release_at.isoformat()}
         if window_end:
             period["end"] = window_end.isoformat()
@@ -761,10 +762,14 @@ async def change_release(
                 e for e in sr.get("extension", []) if e.get("url") != RELEASE_LOCATION_EXTENSION
             ]
             sr["extension"].append({"url": RELEASE_LOCATION_EXTENSION, "valueString": location})
-        await wf.update_in(
-            conn, ctx, "ServiceRequest", sr_id, sr, if_match=int(sr["meta"]["versionId"])
-        )
+        # Only what changed gets a new version (a JMS resends the release it already sent).
+        if sr != before:
+            await wf.update_in(
+                conn, ctx, "ServiceRequest", sr_id, sr, if_match=int(sr["meta"]["versionId"])
+            )
         for task in open_tasks:
+            if (task.get("restriction") or {}).get("period") == period:
+                continue
             task["restriction"] = {**(task.get("restriction") or {}), "period": period}
             await wf.update_in(
                 conn, ctx, "Task", task["id"], task, if_match=int(task["meta"]["versionId"])

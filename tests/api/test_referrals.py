@@ -676,6 +676,15 @@ async def test_release_change(network: dict[str, Any]) -> None:
     assert r.status_code == 200, r.text
     task = (await otp.get(f"/fhir/Task/{ref['task_id']}")).json()
     assert task["restriction"]["period"]["start"] == new_time
+    # The same release again (a JMS resends what it sent): nothing new is written.
+    sr_version = (await jail.get(f"/fhir/ServiceRequest/{ref['referral_id']}")).json()["meta"]
+    r = await jail.patch(
+        f"/v1/referrals/{ref['referral_id']}", json={"release": {"expected_at": new_time}}
+    )
+    assert r.status_code == 200, r.text
+    again = (await jail.get(f"/fhir/ServiceRequest/{ref['referral_id']}")).json()["meta"]
+    assert again["versionId"] == sr_version["versionId"]
+    assert (await otp.get(f"/fhir/Task/{ref['task_id']}")).json()["meta"] == task["meta"]
     r = await jail.patch(
         f"/v1/referrals/{ref['referral_id']}",
         json={"release": {"expected_at": "2001-01-01T00:00:00Z"}},
