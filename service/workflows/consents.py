@@ -693,10 +693,9 @@ async def revoke_consent(ctx: WorkflowContext, consent_id: str, *, reason: str) 
     from service.workflows import resources as wf
 
     async with write_transaction(ctx.engine) as conn:
-        # Locked first: a second revocation (a retry, a double click) waits and then finds the
-        # Consent inactive, instead of failing on its version.
-        await repo.get_current(conn, "Consent", consent_id, for_update=True)
-        stored = await wf.read_in(conn, ctx, "Consent", consent_id)
+        # Locked, then read: a second revocation (a retry, a double click) waits and then finds
+        # the Consent inactive, instead of failing on its version.
+        stored = await wf.read_in(conn, ctx, "Consent", consent_id, lock=True)
         consent = orjson.loads(stored.raw or "{}")
         custodians = {o.get("reference") for o in consent.get("organization", [])}
         if ctx.organization not in custodians and not (ctx.principal and ctx.principal.is_admin):

@@ -783,10 +783,10 @@ async def re_refer(ctx: WorkflowContext, sr_id: str, *, receiver: str) -> dict[s
     if organization is None:
         raise ForbiddenError("Only a client acting for an organization can refer")
     async with write_transaction(ctx.engine) as conn:
-        await wf.read_in(conn, ctx, "ServiceRequest", sr_id)  # 404 unless visible
-        # Locked first: a second re-refer (a double click) waits, then finds the first one's
-        # Task, instead of failing on the ServiceRequest's version.
-        sr = await _locked_latest(conn, "ServiceRequest", {"id": sr_id})
+        # Locked, then read: a second re-refer (a double click) waits, then finds the first
+        # one's Task, instead of failing on the ServiceRequest's version.
+        stored = await wf.read_in(conn, ctx, "ServiceRequest", sr_id, lock=True)
+        sr = orjson.loads(stored.raw or "{}")
         if (sr.get("requester") or {}).get("reference") != organization:
             raise ForbiddenError("Only the referring organization can re-refer")
         tasks = await _tasks_for(conn, ctx, sr_id)

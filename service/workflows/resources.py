@@ -132,11 +132,18 @@ def _not_found(rtype: str, rid: str) -> ResourceNotFoundError:
 
 
 async def read_in(
-    conn: AsyncConnection, ctx: WorkflowContext, resource_type: str, resource_id: str
+    conn: AsyncConnection,
+    ctx: WorkflowContext,
+    resource_type: str,
+    resource_id: str,
+    *,
+    lock: bool = False,
 ) -> StoredResource:
+    """``lock``: for a read-then-write in a write transaction; the row stays locked, so what
+    was read is the version the write replaces, not one a concurrent writer superseded."""
     check_type(resource_type)
     require_scope(ctx.principal, resource_type, "r")
-    return await _current(conn, ctx, resource_type, resource_id, write=False)
+    return await _current(conn, ctx, resource_type, resource_id, write=False, lock=lock)
 
 
 async def _current(
@@ -146,9 +153,15 @@ async def _current(
     resource_id: str,
     *,
     write: bool,
+    lock: bool = False,
 ) -> StoredResource:
     """The live version, if the caller may see it (to read) or act on it (to write): one query
-    that fetches the row and tests its visibility."""
+    that fetches the row and tests its visibility; with ``lock``, the row is locked first."""
+    if lock:
+        # A statement of its own: a locking read that waited for another writer sees the new
+        # row but not that writer's index rows (its snapshot is older), so the visibility test
+        # in the same statement would fail; the next statement sees both.
+        await repo.get_current(conn, resource_type, resource_id, for_update=True)
     access = (ctx.write_access or ctx.access) if write else ctx.access
     allowed = access(resource_type, CURRENT_COLS)
     found = (
@@ -671,10 +684,9 @@ async def patch_in(
     require_scope(ctx.principal, resource_type, "u")
     if not isinstance(operations, list):
         raise InvalidRequestError("A JSON Patch body is an array of operations")
-    # Locked before it is read: a patch sent without If-Match applies to whatever version is
-    # current when its turn comes, instead of failing on a concurrent update it never saw.
-    await repo.get_current(conn, resource_type, resource_id, for_update=True)
-    current = await _current(conn, ctx, resource_type, resource_id, write=True)
+    # Locked, then read: a patch sent without If-Match applies to whatever version is current
+    # when its turn comes, instead of failing on a concurrent update it never saw.
+    current = await _current(conn, ctx, resource_type, resource_id, write=True, lock=True)
     try:
         patched = jsonpatch.JsonPatch(operations).apply(loads(current))
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
