@@ -203,16 +203,12 @@ async def _tasks_by_referral(
     )
     while True:
         page = await run_search(conn, request, base_url=ctx.base_url)
-        shown = await disclose_all(conn, ctx, page.matches, record=record)
-        for stored, seen in zip(page.matches, shown, strict=True):
-            if seen.raw is None:
+        for shown in await disclose_all(conn, ctx, page.matches, record=record):
+            if shown.raw is None:
                 continue
-            task = orjson.loads(seen.raw)
-            # The focus as stored (a redacted copy might not carry it).
-            body = task if "focus" in task else orjson.loads(stored.raw or "{}")
-            sr_id = str((body.get("focus") or {}).get("reference", "")).removeprefix(
-                "ServiceRequest/"
-            )
+            task = orjson.loads(shown.raw)  # redaction keeps focus (consents.WITHHELD_ELEMENTS)
+            focus = str((task.get("focus") or {}).get("reference", ""))
+            sr_id = focus.removeprefix("ServiceRequest/")
             if sr_id in out:
                 out[sr_id].append(task)
         if page.next_page is None:
@@ -425,16 +421,13 @@ async def list_referrals(
     out = []
     async with read_connection(ctx.engine) as conn:
         async for page in wf.search_pages(conn, ctx, request):
-            referrals = [
-                (match.id, sr)
-                for match in page.matches
-                if match.raw is not None
-                and (sr := orjson.loads(match.raw))
-                and (
-                    facility is None
-                    or (_extension(sr, FACILITY_EXTENSION) or {}).get("reference") == facility
-                )
-            ]
+            referrals = []
+            for match in page.matches:
+                sr = orjson.loads(match.raw or "{}")
+                if facility is None or (
+                    (_extension(sr, FACILITY_EXTENSION) or {}).get("reference") == facility
+                ):
+                    referrals.append((match.id, sr))
             tasks = await _tasks_by_referral(conn, ctx, [sr_id for sr_id, _ in referrals])
             for sr_id, sr in referrals:
                 view = _view(ctx, sr_id, sr, tasks[sr_id])
