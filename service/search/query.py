@@ -289,15 +289,26 @@ def _parse_result_param(
             raise _bad("_total must be none, estimate or accurate", name)
         request.total = "none" if value == "none" else "accurate"
     elif name == "_summary":
-        if value not in ("count", "false", "data", "text", "true"):
-            raise _bad("_summary must be count, true, text, data or false", name)
-        request.summary = None if value == "false" else value
+        request.summary = parse_summary(value, search=True)
     elif name == "_elements":
-        request.elements = [e.strip() for e in value.split(",") if e.strip()]
+        request.elements = parse_elements(value)
     elif name == "_page":
         request.page = value
     elif name == "_cursor":
         request.cursor = value
+
+
+def parse_summary(value: str, *, search: bool) -> str | None:
+    """``_summary``, on a search or a read (``count`` is a search's); None for ``false``."""
+    allowed = (("count",) if search else ()) + ("true", "text", "data", "false")
+    if value not in allowed:
+        raise _bad(f"_summary must be {', '.join(allowed[:-1])} or {allowed[-1]}", "_summary")
+    return None if value == "false" else value
+
+
+def parse_elements(value: str) -> list[str]:
+    """``_elements``: the top-level element names, comma-separated."""
+    return [e.strip() for e in value.split(",") if e.strip()]
 
 
 def _parse_include(value: str, *, iterate: bool, name: str) -> Include:

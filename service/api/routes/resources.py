@@ -28,7 +28,7 @@ from service.fhir import summary as summary_rules
 from service.fhir.outcome import operation_outcome
 from service.search.dates import parse_range
 from service.search.execute import SearchPage, decode_cursor, encode_cursor
-from service.search.query import SearchRequest
+from service.search.query import SearchRequest, parse_elements, parse_summary
 from service.storage.repository import StoredResource
 from service.workflows import resources as wf
 
@@ -233,15 +233,13 @@ class PrefixRouter(APIRouter):
 
 
 def _subset_params(request: Request) -> tuple[list[str], str | None]:
-    """``_elements`` and ``_summary`` on read and vread, as on search (``count`` is search-only)."""
+    """``_elements`` and ``_summary`` on read and vread, as on search."""
     query = request.query_params
-    elements = [e.strip() for e in query.get("_elements", "").split(",") if e.strip()]
     summary = query.get("_summary")
-    if summary not in (None, "true", "text", "data", "false"):
-        raise InvalidRequestError(
-            "_summary on a read must be true, text, data or false", expression=["_summary"]
-        )
-    return elements, None if summary == "false" else summary
+    return (
+        parse_elements(query.get("_elements", "")),
+        None if summary is None else parse_summary(summary, search=False),
+    )
 
 
 def _subsetted(stored: StoredResource, elements: list[str], summary: str | None) -> StoredResource:
