@@ -84,7 +84,12 @@ class ResourceNotFoundError(ServiceError):
 
 
 class MethodNotAllowedError(ServiceError):
+    """HTTP requires a 405 to say, in ``Allow``, which methods the target does accept."""
+
     status, issue_code = 405, "not-supported"
+
+    def __init__(self, diagnostics: str, *, allow: Sequence[str]) -> None:
+        super().__init__(diagnostics, headers={"Allow": ", ".join(allow)})
 
 
 class NotAcceptableError(ServiceError):

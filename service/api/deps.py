@@ -6,9 +6,11 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
 from fastapi.routing import APIRoute
 from fastapi.security import OAuth2
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.responses import fhir_base, public_base
 from service.auth.principal import Principal
@@ -164,6 +166,7 @@ class AuditedRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
+        needs_context = any(d.call is get_context for d in self.dependant.dependencies)
 
         async def finish(request: Request, error: BaseException | None) -> None:
             ctx = getattr(request.state, "audit_ctx", None)  # None: refused before a context
@@ -174,12 +177,28 @@ class AuditedRoute(APIRoute):
             try:
                 response = await handle(request)
             except BaseException as exc:
+                if (
+                    needs_context
+                    and getattr(request.state, "audit_ctx", None) is None
+                    and _body_unreadable(exc)
+                ):
+                    # FastAPI parses a JSON body before it solves any dependency, so a body
+                    # that is not JSON fails before the caller is known: authenticate now, so
+                    # that an anonymous caller is refused (401) and a known one audited.
+                    await get_context(request, request.headers.get("authorization"))
                 await finish(request, exc)
                 raise
             await finish(request, None)
             return response
 
         return audited
+
+
+def _body_unreadable(exc: BaseException) -> bool:
+    """FastAPI's failures to parse a JSON body (not JSON; not text)."""
+    if isinstance(exc, RequestValidationError):
+        return any(e.get("type") == "json_invalid" for e in exc.errors())
+    return isinstance(exc, StarletteHTTPException) and exc.status_code == 400
 
 
 async def get_public_context(request: Request, settings: SettingsDep) -> WorkflowContext:

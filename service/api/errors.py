@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -108,13 +109,69 @@ async def handle_service_error(request: Request, exc: Exception) -> Response:
     return outcome_response(exc.status, exc.issues, _www_authenticate(exc))
 
 
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's included routers
+        yield from _routes(included.routes) if included is not None else (route,)
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` of a 405: every method some route serves at this path. Starlette names
+    only the methods of the one route it tried, and FastAPI serves each method of a path as
+    its own route. A literal path (``/fhir/Task/_search``) is not also a resource id."""
+    path = request.url.path
+    matching = [
+        r
+        for r in _routes(request.app.routes)
+        if getattr(r, "methods", None) and r.path_regex.match(path)
+    ]
+    literal = [r for r in matching if r.path == path]
+    methods = {m for r in (literal or matching) for m in r.methods}
+    return ", ".join(sorted(methods))
+
+
+# A path FastAPI matches as a resource id ("/fhir/Task/_search" against PUT /fhir/Task/{id}):
+# the id pattern refuses it, but what is wrong is the method, not the id.
+_OPERATIONS = ("_search", "_history")
+
+
+def _misdirected(request: Request) -> Response | None:
+    path = request.url.path
+    parts = path.split("/")
+    if len(parts) != 4 or parts[1] != "fhir" or parts[3] not in _OPERATIONS:
+        return None
+    rtype, operation = parts[2], parts[3]
+    hint = (
+        f"search with GET /fhir/{rtype}?name=value or POST /fhir/{rtype}/_search"
+        if operation == "_search"
+        else f"read the type's history with GET {path}"
+    )
+    text = f"{request.method} is not supported on {path}; {hint}"
+    return outcome_response(
+        405,
+        [Issue("error", "not-supported", text)],
+        {"Allow": allowed_methods(request)},
+    )
+
+
 async def handle_validation_error(request: Request, exc: Exception) -> Response:
     """Malformed requests. On the JMS API (/v1) a body that breaks the documented rules is a
-    422 listing every problem; elsewhere (FHIR parameters) a 400."""
+    422 listing every problem; elsewhere (FHIR parameters) a 400. A body that is not JSON at
+    all is a 400 everywhere: there are no rules to list."""
     assert isinstance(exc, RequestValidationError)
+    if misdirected := _misdirected(request):
+        return misdirected
+    errors = exc.errors()
+    not_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if not_json is not None:
+        loc = not_json.get("loc", ())
+        where = f" at character {loc[-1]}" if len(loc) > 1 else ""
+        reason = (not_json.get("ctx") or {}).get("error", "JSON decode error")
+        text = f"The body is not valid JSON ({reason}{where})"
+        return outcome_response(400, [Issue("error", "invalid", text)])
     json_api = request.url.path.startswith("/v1")
     issues = []
-    for err in exc.errors():
+    for err in errors:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         where = ".".join(loc) or "request"
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
@@ -129,13 +186,17 @@ async def handle_validation_error(request: Request, exc: Exception) -> Response:
 async def handle_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    headers: dict[str, Any] = dict(exc.headers or {})
     if status == 404:
         text = f"Nothing is served at {request.url.path}; see /fhir/metadata and /docs"
     elif status == 405:
         text = f"{request.method} is not supported on {request.url.path}"
+        headers["Allow"] = allowed_methods(request)
+    elif status == 400 and exc.detail == "There was an error parsing the body":
+        # FastAPI's words when a JSON body is not even text (e.g. not UTF-8).
+        text = "The body could not be read: send JSON encoded as UTF-8"
     else:
         text = str(exc.detail)
-    headers: dict[str, Any] = dict(exc.headers or {})
     return outcome_response(
         status, [Issue("error", _HTTP_ISSUE.get(status, "processing"), text)], headers
     )

@@ -9,6 +9,7 @@ kept ``HANDOFF_IDEMPOTENCY_RETENTION_HOURS`` (they hold patient data); then the 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,7 +39,13 @@ class Replay:
 
 
 def request_hash(payload: Any) -> str:
-    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        text = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        # orjson refuses integers past 64 bits, which a JSON body may hold (free-form answers);
+        # the rules that read the payload refuse them with a clear message, after this.
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(text).hexdigest()
 
 
 def check_key(key: str | None) -> None:

@@ -516,7 +516,8 @@ def _check_client_writable(ctx: WorkflowContext, resource_type: str) -> None:
     if resource_type in ctx.rules.server_written:
         raise MethodNotAllowedError(
             f"{resource_type} resources are written only by the server; clients may read and "
-            "search them"
+            "search them",
+            allow=["GET"],
         )
 
 
@@ -737,7 +738,8 @@ async def delete_in(
                 "; revoke a consent by setting its status to inactive"
                 if resource_type == "Consent"
                 else ""
-            )
+            ),
+            allow=["GET", "PUT", "PATCH"],
         )
     current = await repo.get_current(conn, resource_type, resource_id, for_update=True)
     if current is None or not await _visible(conn, ctx, resource_type, resource_id, write=True):

@@ -218,6 +218,14 @@ async def test_jms_validation_lists_every_problem(jail: httpx.AsyncClient) -> No
     assert any("dast10-1" in " ".join(i.get("expression", [])) for i in issues)
     r = await jail.post("/v1/assessments", json=assessment("no-such-instrument", {}))
     assert r.status_code == 422
+    # Numbers past 64 bits (Python reads them whole; orjson refuses to write them): a clear
+    # 422 for the answer, not a server error. Schemathesis found it.
+    huge = {**dast(set()), "dast10-1": 2**70, "free": {"n": -(2**80)}}
+    for body in (assessment("dast-10", huge), assessment("no-such-instrument", huge)):
+        r = await jail.post("/v1/assessments", json=body, headers={"Idempotency-Key": "big"})
+        assert r.status_code == 422, r.text
+    r = await jail.post("/v1/assessments", json=assessment("overdose-risk", {"x": 2**70}))
+    assert r.status_code == 422, r.text
 
 
 async def test_fhir_response_validated_and_scored(client: httpx.AsyncClient) -> None:

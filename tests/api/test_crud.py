@@ -180,14 +180,18 @@ async def test_audit_event_cannot_be_written_by_clients(client: httpx.AsyncClien
     r = await client.post("/fhir/AuditEvent", json=body, headers=FHIR_JSON)
     assert r.status_code == 405
     assert r.json()["resourceType"] == "OperationOutcome"
-    assert (await client.put("/fhir/AuditEvent/x", json=body, headers=FHIR_JSON)).status_code == 405
-    assert (await client.delete("/fhir/AuditEvent/x")).status_code == 405
+    assert r.headers["allow"] == "GET"  # HTTP: a 405 says what the target does accept
+    put = await client.put("/fhir/AuditEvent/x", json=body, headers=FHIR_JSON)
+    assert (put.status_code, put.headers["allow"]) == (405, "GET")
+    deleted = await client.delete("/fhir/AuditEvent/x")
+    assert (deleted.status_code, deleted.headers["allow"]) == (405, "GET")
 
 
 async def test_consent_cannot_be_deleted(client: httpx.AsyncClient) -> None:
     r = await client.delete("/fhir/Consent/whatever")
     assert r.status_code == 405
     assert "revoke" in r.json()["issue"][0]["diagnostics"]
+    assert r.headers["allow"] == "GET, PUT, PATCH"
 
 
 async def test_history_instance_and_type(client: httpx.AsyncClient) -> None:

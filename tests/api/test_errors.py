@@ -62,7 +62,39 @@ async def test_unknown_route_and_type_are_404(client: httpx.AsyncClient) -> None
 
 
 async def test_unsupported_method_is_405(client: httpx.AsyncClient) -> None:
-    assert_outcome(await client.delete("/fhir/Task"), 405, "not-supported")
+    r = await client.delete("/fhir/Task")
+    assert_outcome(r, 405, "not-supported")
+    # Every method the path serves, though FastAPI serves each as its own route.
+    assert r.headers["allow"] == "GET, POST"
+    r = await client.post("/fhir/Task/some-id")
+    assert r.headers["allow"] == "DELETE, GET, PATCH, PUT"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/fhir/Task/_search", "POST"),
+        ("GET", "/fhir/Task/_search", "POST"),
+        ("DELETE", "/fhir/Patient/_search", "POST"),
+        ("DELETE", "/fhir/Patient/_history", "GET"),
+        ("PUT", "/fhir/Task/_history", "GET"),
+        ("PATCH", "/fhir/Task/_history", "GET"),
+    ],
+)
+async def test_wrong_method_on_search_or_history_is_405_not_a_bad_id(
+    client: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    # These paths also match /fhir/Task/{id}; the id pattern refuses "_search", but the
+    # mistake is the method.
+    r = await client.request(method, path, json=task(), headers=FHIR_JSON)
+    body = assert_outcome(r, 405, "not-supported")
+    assert r.headers["allow"] == allow
+    assert f"{method} is not supported on {path}" in body["issue"][0]["diagnostics"]
+
+
+async def test_a_bad_id_is_still_400(client: httpx.AsyncClient) -> None:
+    body = assert_outcome(await client.get("/fhir/Task/_bad"), 400, "invalid")
+    assert "resource_id" in body["issue"][0]["diagnostics"]
 
 
 async def test_oversized_body_is_413(app, client: httpx.AsyncClient) -> None:

@@ -894,7 +894,7 @@ async def test_prefill_ignores_family_kits_and_other_windows(net: dict[str, Any]
     named = (await jail.get(url12, params={"release_at": ago(minutes=0)})).json()
     assert named["answers"] == {"naloxone-in-hand": True}
     r = await jail.get(url12, params={"release_at": "2026-10-01T08:00:00"})
-    assert r.status_code == 400
+    assert r.status_code == 422 and "time zone" in r.json()["issue"][0]["diagnostics"]
     # Someone else's person is not found.
     assert (await hr.get(url12)).status_code == 404
     assert (await jail.get("/v1/people/nope/prefill/overdose-risk")).status_code == 404

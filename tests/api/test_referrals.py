@@ -360,6 +360,55 @@ async def test_validation_lists_every_problem(network: dict[str, Any]) -> None:
     assert "does-not-exist" in r.json()["issue"][0]["diagnostics"]
 
 
+async def test_dates_must_be_iso_text_and_bodies_json(network: dict[str, Any]) -> None:
+    """Pydantic alone reads a bare number as Unix time (release_to=0.5 is 1970): a JMS that
+    sends one has a bug, and answering an empty worklist would hide it."""
+    jail, ids = network["jail"], network["ids"]
+    for params in ({"release_to": "0.5"}, {"release_from": "1700000000"}):
+        r = await jail.get("/v1/referrals", params=params)
+        assert r.status_code == 422, r.text
+        assert "ISO 8601 date-time" in r.json()["issue"][0]["diagnostics"]
+    r = await jail.get("/v1/referrals", params={"release_to": "2030-01-01T00:00:00"})
+    assert r.status_code == 422 and "time zone" in r.text
+    person = {**referral(ids["otp"])["person"], "birth_date": 0}
+    r = await jail.post("/v1/referrals", json=referral(ids["otp"], person=person))
+    assert r.status_code == 422 and "ISO 8601 date such as" in r.text
+    r = await jail.post(
+        "/v1/referrals", json=referral(ids["otp"], release={"expected_at": 4102444800})
+    )
+    assert r.status_code == 422 and "ISO 8601 date-time" in r.text
+    # Not JSON at all: a 400 that says where, not a list of rules.
+    r = await jail.post(
+        "/v1/referrals", content=b'{"person": ', headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["diagnostics"].startswith("The body is not valid JSON")
+    r = await jail.post(
+        "/v1/referrals", content=b"\xc3\x28", headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and "UTF-8" in r.json()["issue"][0]["diagnostics"]
+    # Such a body fails before the caller is known: an anonymous one is still refused.
+    anonymous = await jail.post(
+        "/v1/referrals",
+        content=b'{"person": ',
+        headers={"Content-Type": "application/json", "Authorization": ""},
+    )
+    assert anonymous.status_code == 401
+    # Nothing was stored by any of these.
+    assert (await jail.get("/v1/referrals")).json() == []
+
+
+async def test_re_refer_names_exactly_one_receiver(network: dict[str, Any]) -> None:
+    jail, ids = network["jail"], network["ids"]
+    ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
+    url = f"/v1/referrals/{ref['referral_id']}/re-refer"
+    both = {"receiving_organization": ids["peer"], "receiving_service": "HealthcareService/x"}
+    for body in ({}, both):
+        r = await jail.post(url, json=body)
+        assert r.status_code == 422, r.text
+        assert "exactly one of receiving_organization" in r.text
+
+
 async def test_worklist_and_escalations(network: dict[str, Any]) -> None:
     jail, otp, ids = network["jail"], network["otp"], network["ids"]
     a = (

@@ -26,12 +26,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+def start(
+    args: list[str], env: dict[str, str], cwd: Path, *, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The server's output goes to ``log`` when given: a long run fills an unread pipe (64 KB),
+    and a server blocked writing its log stops answering."""
     return subprocess.Popen(
         [sys.executable, "-m", "service", *args],
         env={**os.environ, **env},
         cwd=cwd,
-        stdout=subprocess.PIPE,
+        stdout=log.open("wb") if log else subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
 

@@ -20,6 +20,7 @@ from tests.cli.test_serve import free_port, start, wait_ready
 from tests.conftest import DEFAULT_PG, _pg_admin
 
 DEMO = "https://handoff.dev/fhir/demo"
+SERVER_LOG = "server.log"  # in the test's tmp_path
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -41,7 +42,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         env["HANDOFF_AUTO_MIGRATE"] = "true"
         dropped = (base, name)
     port = free_port()
-    proc = start(["serve", "--demo", "--port", str(port)], env, tmp_path)
+    proc = start(["serve", "--demo", "--port", str(port)], env, tmp_path, log=tmp_path / SERVER_LOG)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc)

@@ -33,6 +33,16 @@ from service.storage.repository import StoredResource
 from service.workflows import resources as wf
 
 ResourceId = Annotated[str, Path(description="Logical id", pattern=r"^[A-Za-z0-9\-\.]{1,64}$")]
+# Documented, not enforced by FastAPI: the update itself explains a malformed ETag better.
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description='The version being replaced, as its ETag: W/"3" (required for Task and '
+        "ServiceRequest)",
+        json_schema_extra={"pattern": r'^(W/)?"[0-9]+"$'},
+    ),
+]
 
 FHIR_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {
@@ -46,6 +56,7 @@ FHIR_ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing, expired or invalid access token",
         403: "The token's scopes or organization do not allow this",
         404: "Unknown resource (or not visible to this client)",
+        405: "The interaction is not supported here (e.g. deleting a Consent); see Allow",
         406: "Only application/fhir+json can be produced",
         410: "The resource was deleted",
         412: "If-Match does not match the current version, or a conditional create is ambiguous",
@@ -363,7 +374,7 @@ def resource_router(
         resource_id: ResourceId,
         request: Request,
         ctx: ContextDep,
-        if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+        if_match: IfMatch = None,
     ) -> Response:
         body = await _json_body(request)
         result = await wf.update(ctx, t, resource_id, body, if_match=wf.parse_if_match(if_match))
@@ -379,7 +390,7 @@ def resource_router(
         resource_id: ResourceId,
         request: Request,
         ctx: ContextDep,
-        if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+        if_match: IfMatch = None,
     ) -> Response:
         wf.require_json_patch(request.headers.get("content-type", ""))
         operations = await _json_body(request)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api.deps import AuditedRoute, ContextDep
-from service.api.routes.v1_models import Intercept, PersonIn, StaffIn, fhir_datetime
+from service.api.routes.v1_models import Instant, Intercept, PersonIn, StaffIn, fhir_datetime
 from service.workflows import idempotency
 from service.workflows.instruments import get_instrument, list_instruments
 from service.workflows.record_assessment import (
@@ -29,6 +29,7 @@ V1_ERRORS: dict[int | str, dict[str, Any]] = {
         },
     }
     for code, text in {
+        400: "The body is not JSON, or a header (e.g. Idempotency-Key) is malformed",
         401: "Missing or invalid access token",
         403: "The token does not allow this",
         404: "Not found (or not visible to this client)",
@@ -63,7 +64,7 @@ class AssessmentIn(BaseModel):
     )
     answers: dict[str, Any] = Field(description="Answers keyed by item link_id; codes for choices")
     administered_by: StaffIn
-    administered_at: dt.datetime
+    administered_at: Instant
     intercept: Intercept
     location: str | None = Field(
         None, pattern=r"^(Location|Organization)/[A-Za-z0-9\-\.]{1,64}$", description="Where"
@@ -72,8 +73,7 @@ class AssessmentIn(BaseModel):
 
     @field_validator("administered_at")
     @classmethod
-    def _aware(cls, value: dt.datetime) -> dt.datetime:
-        fhir_datetime(value)
+    def _not_future(cls, value: dt.datetime) -> dt.datetime:
         if value > dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5):
             raise ValueError("administered_at is in the future")
         return value

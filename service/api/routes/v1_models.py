@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from service.fhir.codes import STAFF_ROLES
 from service.workflows.people import Person
@@ -21,6 +22,35 @@ StaffRole = Literal[
     "other",
 ]
 Intercept = Annotated[int, Field(ge=0, le=5, description="Sequential Intercept Model, 0-5")]
+
+# Pydantic reads a bare number as Unix time ("0.5" becomes 1970-01-01T00:00:00.5Z): a JMS
+# that sends one has a bug, and answering as if it meant 1970 would hide it.
+_ISO_DATE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}")
+
+
+def _iso_text(what: str, example: str) -> Any:
+    def check(value: Any) -> Any:
+        if not isinstance(value, dt.date) and not (
+            isinstance(value, str) and _ISO_DATE.match(value)
+        ):
+            raise ValueError(f"must be an ISO 8601 {what} such as {example}")
+        return value
+
+    return check
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise ValueError("include a time zone, e.g. 2026-11-26T09:30:00-05:00")
+    return value
+
+
+Instant = Annotated[
+    dt.datetime,
+    BeforeValidator(_iso_text("date-time with a time zone", "2026-11-26T09:30:00-05:00")),
+    AfterValidator(_aware),
+]
+Day = Annotated[dt.date, BeforeValidator(_iso_text("date", "2026-11-26"))]
 assert set(STAFF_ROLES) == set(StaffRole.__args__)  # type: ignore[attr-defined]
 
 
@@ -54,7 +84,7 @@ class PersonIn(BaseModel):
     given_names: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
         min_length=1, max_length=5
     )
-    birth_date: dt.date
+    birth_date: Day
     sex: Sex
     phone: str | None = Field(None, max_length=40, description="Only if the person consented")
     address: Address | None = Field(None, description="Only if the person consented")

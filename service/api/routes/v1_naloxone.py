@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query
@@ -11,8 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
-from service.api.routes.v1_models import Intercept, PersonIn, StaffIn, fhir_datetime
-from service.errors import InvalidRequestError
+from service.api.routes.v1_models import Day, Instant, Intercept, PersonIn, StaffIn
 from service.fhir import oend_codes as oend
 from service.workflows import idempotency
 from service.workflows import naloxone as wf
@@ -119,7 +117,7 @@ class NaloxoneIn(BaseModel):
     facility: FacilityRef | None = Field(None, description="Location/<id> or Organization/<id>")
     place: str | None = Field(None, min_length=1, max_length=200, description="Where, as text")
     given_by: StaffIn | None = Field(None, description="Staff member (required unless anonymous)")
-    given_at: dt.datetime = Field(description="When the kit was handed over (with time zone)")
+    given_at: Instant = Field(description="When the kit was handed over (with time zone)")
     product: ProductKey
     quantity: int = Field(description="Kits given (1 to HANDOFF_NALOXONE_MAX_QUANTITY)")
     education_given: bool = Field(description="Overdose education given with the kit?")
@@ -129,7 +127,6 @@ class NaloxoneIn(BaseModel):
 
     @model_validator(mode="after")
     def _shape(self) -> NaloxoneIn:
-        fhir_datetime(self.given_at)
         if self.anonymous == (self.person is not None):
             raise ValueError("give the person, or anonymous: true for an unnamed recipient")
         if self.anonymous and (self.received_by != "person" or self.family_member):
@@ -181,7 +178,7 @@ class OverdoseResponseIn(BaseModel):
         },
     )
     person: PersonIn | None = Field(None, description="The person, if known (optional)")
-    occurred_at: dt.datetime = Field(description="When naloxone was given (with time zone)")
+    occurred_at: Instant = Field(description="When naloxone was given (with time zone)")
     facility: FacilityRef | None = None
     place: str | None = Field(None, min_length=1, max_length=200, description="Where, as text")
     naloxone_doses: int = Field(description="Doses given (1-20)")
@@ -191,11 +188,6 @@ class OverdoseResponseIn(BaseModel):
     reported_by: ResponderRole = Field(description="Who reported it")
     recorded_by: StaffIn | None = Field(None, description="Staff member who took the report")
     intercept: Intercept | None = None
-
-    @model_validator(mode="after")
-    def _zone(self) -> OverdoseResponseIn:
-        fhir_datetime(self.occurred_at)
-        return self
 
     def to_domain(self) -> wf.OverdoseResponseInput:
         return wf.OverdoseResponseInput(
@@ -311,8 +303,8 @@ async def summary(
             description="Location/<id> or Organization/<id>",
         ),
     ] = None,
-    date_from: Annotated[dt.date | None, Query(alias="from")] = None,
-    date_to: Annotated[dt.date | None, Query(alias="to")] = None,
+    date_from: Annotated[Day | None, Query(alias="from")] = None,
+    date_to: Annotated[Day | None, Query(alias="to")] = None,
     group_by: GroupBy | None = None,
     format: Literal["json", "csv"] | None = None,
     accept: Annotated[str | None, Header()] = None,
@@ -334,13 +326,13 @@ async def summary(
 @router.get(
     "/people/{patient_id}/prefill/overdose-risk",
     summary="Suggested answers for the overdose-risk checklist",
-    responses={**V1_ERRORS, 400: {"description": "release_at has no time zone"}},
+    responses=V1_ERRORS,
 )
 async def prefill_overdose_risk(
     patient_id: str,
     ctx: ContextDep,
     release_at: Annotated[
-        dt.datetime | None,
+        Instant | None,
         Query(description="The release to check (± 1 day); default: the person's referrals"),
     ] = None,
 ) -> dict[str, Any]:
@@ -349,6 +341,4 @@ async def prefill_overdose_risk(
     release window (`suggestions` names the MedicationDispense). No suggestion means nothing is
     recorded, not "no kit". The assessor confirms or changes it: POST /v1/assessments stores
     what the assessor submits."""
-    if release_at is not None and release_at.tzinfo is None:
-        raise InvalidRequestError("release_at needs a time zone", expression=["release_at"])
     return await overdose_risk_prefill(ctx, patient_id, release_at=release_at)

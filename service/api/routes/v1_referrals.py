@@ -12,8 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
-from service.api.routes.v1_models import Intercept, PersonIn, StaffIn, fhir_datetime
-from service.errors import InvalidRequestError
+from service.api.routes.v1_models import Instant, Intercept, PersonIn, StaffIn
 from service.fhir.codes import PROGRAM_TYPES, SERVICES
 from service.workflows import idempotency
 from service.workflows import referrals as wf
@@ -60,19 +59,16 @@ def _of_types(*types: str) -> Callable[[str | None], str | None]:
 
 class ReleaseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    expected_at: dt.datetime = Field(description="Expected release date and time (with zone)")
-    window_end: dt.datetime | None = Field(None, description="Latest expected release")
+    expected_at: Instant = Field(description="Expected release date and time (with zone)")
+    window_end: Instant | None = Field(None, description="Latest expected release")
     location: str | None = Field(None, max_length=200, description="e.g. the jail's release gate")
 
     @model_validator(mode="after")
     def _sane(self) -> ReleaseIn:
-        fhir_datetime(self.expected_at)
         if self.expected_at < dt.datetime.now(dt.UTC) - dt.timedelta(hours=1):
             raise ValueError("expected_at is in the past: refer before release")
-        if self.window_end is not None:
-            fhir_datetime(self.window_end)
-            if self.window_end < self.expected_at:
-                raise ValueError("window_end is before expected_at")
+        if self.window_end is not None and self.window_end < self.expected_at:
+            raise ValueError("window_end is before expected_at")
         return self
 
 
@@ -192,6 +188,16 @@ class ReReferIn(BaseModel):
     _organization = field_validator("receiving_organization")(_of_types("Organization"))
     _service = field_validator("receiving_service")(_of_types("HealthcareService"))
 
+    @model_validator(mode="after")
+    def _one_receiver(self) -> ReReferIn:
+        if bool(self.receiving_organization) == bool(self.receiving_service):
+            raise ValueError("give exactly one of receiving_organization or receiving_service")
+        return self
+
+    @property
+    def receiver(self) -> str:
+        return self.receiving_organization or self.receiving_service or ""
+
 
 @router.post(
     "",
@@ -222,11 +228,11 @@ async def list_referrals(
     ctx: ContextDep,
     facility: Annotated[str | None, Query(description="Referring facility reference")] = None,
     release_from: Annotated[
-        dt.datetime | None,
+        Instant | None,
         Query(description="Expected release at or after this instant (with a time zone)"),
     ] = None,
     release_to: Annotated[
-        dt.datetime | None,
+        Instant | None,
         Query(description="Expected release at or before this instant (with a time zone)"),
     ] = None,
     status: Annotated[
@@ -236,9 +242,6 @@ async def list_referrals(
 ) -> list[dict[str, Any]]:
     """E.g. people released in the next 72 hours whose referral is not yet accepted:
     `?release_from=<now>&release_to=<now+72h>&status=requested,rejected`."""
-    for name, value in (("release_from", release_from), ("release_to", release_to)):
-        if value is not None and value.tzinfo is None:
-            raise InvalidRequestError(f"{name} needs a time zone", expression=[name])
     statuses = {s.strip() for s in status.split(",")} if status else None
     return await wf.list_referrals(
         ctx, facility=facility, release_from=release_from, release_to=release_to, statuses=statuses
@@ -290,7 +293,4 @@ async def change_release(
     responses=V1_ERRORS,
 )
 async def re_refer(referral_id: str, payload: ReReferIn, ctx: ContextDep) -> dict[str, Any]:
-    receiver = payload.receiving_organization or payload.receiving_service
-    if not receiver:
-        raise InvalidRequestError("give receiving_organization or receiving_service")
-    return await wf.re_refer(ctx, referral_id, receiver=receiver)
+    return await wf.re_refer(ctx, referral_id, receiver=payload.receiver)
