@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.api.responses import fhir_base, public_base
 from service.auth.principal import Principal
 from service.auth.scopes import Action
+from service.domain.text import NUL, nul_message
 from service.errors import InsufficientScopeError, InvalidRequestError
 from service.search.execute import AccessFilter
 from service.settings import Settings
@@ -153,6 +154,9 @@ async def get_context(
     principal = await authenticate(request, authorization)
     ctx = _context(request, request.app.state.settings, principal)
     request.state.audit_ctx = ctx
+    # An id or search value with U+0000 (%00) would fail PostgreSQL (service.domain.text).
+    if b"%00" in request.scope.get("query_string", b"") or NUL in request.scope["path"]:
+        raise InvalidRequestError(nul_message("the URL"))
     return ctx
 
 

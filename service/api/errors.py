@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from service.domain.text import nul_message
 from service.errors import (
     AuthenticationError,
     InsufficientScopeError,
@@ -224,9 +225,22 @@ def _safe_traceback(exc: BaseException) -> str:
     )
 
 
+# PostgreSQL's refusals of text it cannot store (U+0000): input checks catch it first
+# (service.domain.text); this keeps a path they miss a client error, not a server error.
+_UNSTORABLE_TEXT = {"22P05", "22021"}  # untranslatable_character, character_not_in_repertoire
+
+
+def _unstorable_text(exc: Exception) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # This handler runs outside the request-id middleware: read the id from the request state.
     request_id = getattr(request.state, "request_id", None)
+    if _unstorable_text(exc):
+        return outcome_response(
+            400, [Issue("error", "invalid", nul_message("a value"))], request_id=request_id
+        )
     if _database_unavailable(exc):
         logger.warning("database unavailable: %s", type(exc).__name__)
         return outcome_response(

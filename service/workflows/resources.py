@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.domain.text import NUL, nul_message, nul_path
 from service.errors import (
     BusinessRuleError,
     InvalidRequestError,
@@ -96,11 +97,16 @@ def parse_body(raw: bytes) -> Any:
     if not raw:
         raise InvalidRequestError("The request has no body; send a FHIR resource as JSON")
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(
             f"The body is not valid JSON ({exc.args[0].split(':')[0]} at character {exc.pos})"
         ) from exc
+    # JSON can carry U+0000 only escaped, so a body without the escape has none (the cheap test
+    # first; the walk says where).
+    if b"\\u0000" in raw and (where := nul_path(body)) is not None:
+        raise InvalidRequestError(nul_message(where), expression=[where] if where else [])
+    return body
 
 
 def loads(stored: StoredResource) -> dict[str, Any]:
@@ -322,6 +328,9 @@ def parse_search_params(
 ) -> SearchRequest:
     check_type(resource_type)
     require_scope(ctx.principal, resource_type, "s")
+    for name, value in params:  # the URL is checked at the edge, a POST _search's form is not
+        if NUL in name or NUL in value:
+            raise InvalidRequestError(nul_message(f"search parameter {name!r}"))
     return parse_search(
         resource_type,
         params,

@@ -7,7 +7,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from starlette.requests import Request
 
+from service.api.errors import handle_unexpected
 from tests.builders import FHIR_JSON, task
 
 
@@ -192,3 +196,52 @@ async def test_a_client_that_disconnects_mid_body_is_not_a_server_error(
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 400
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_nul_characters_are_refused_where_they_arrive(
+    client: httpx.AsyncClient, org_client
+) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL cannot store U+0000 (SQLite can): the same clear 400/422 on both databases,
+    naming where it was, instead of a server error at the insert or the search."""
+    bad = {"resourceType": "Patient", "name": [{"family": "Ri\u0000vera"}]}
+    body = assert_outcome(await client.post("/fhir/Patient", json=bad, headers=FHIR_JSON), 400)
+    assert "NUL" in body["issue"][0]["diagnostics"]
+    assert body["issue"][0]["expression"] == ["name[0].family"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": bad, "request": {"method": "POST", "url": "Patient"}}],
+    }
+    assert_outcome(await client.post("/fhir", json=bundle, headers=FHIR_JSON), 400)
+    # A text that merely spells the escape is no NUL.
+    fine = {"resourceType": "Patient", "name": [{"family": "back\\u0000slash"}]}
+    assert (await client.post("/fhir/Patient", json=fine, headers=FHIR_JSON)).status_code == 201
+    for url in ("/fhir/Patient?name=a%00b", "/fhir/Patient?_id=a%00b", "/fhir/Task?owner=%00"):
+        body = assert_outcome(await client.get(url), 400, "invalid")
+        assert "the URL contains a NUL" in body["issue"][0]["diagnostics"]
+    searched = await client.post(
+        "/fhir/Patient/_search",
+        content=b"name=a%00b",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert "NUL" in assert_outcome(searched, 400)["issue"][0]["diagnostics"]
+    jail = await org_client("Organization/nul-jail")
+    body = assert_outcome(await jail.get("/v1/referrals/a%00b"), 400)
+    r = await jail.post("/v1/referrals/x/cancel", json={"reason": "moved\u0000away"})
+    assert r.status_code == 422 and "reason contains a NUL" in r.text
+    # Nothing was stored by the refused requests.
+    found = (await client.get("/fhir/Patient", params={"family": "Ri"})).json()
+    assert found.get("entry", []) == []
+
+
+async def test_postgresql_refusing_a_nul_is_a_client_error(engine) -> None:  # type: ignore[no-untyped-def]
+    """The safety net behind the input checks: PostgreSQL's refusal of U+0000 is a 400."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite stores U+0000")
+    with pytest.raises(DBAPIError) as refused:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT CAST(:doc AS jsonb)"), {"doc": '{"a": "\\u0000"}'})
+    scope = {"type": "http", "method": "POST", "path": "/fhir/Task", "headers": [], "state": {}}
+    response = await handle_unexpected(Request(scope), refused.value)
+    assert response.status_code == 400
+    assert b"NUL" in bytes(response.body)

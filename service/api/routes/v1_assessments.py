@@ -7,10 +7,17 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from service.api.deps import AuditedRoute, ContextDep
-from service.api.routes.v1_models import Instant, Intercept, PersonIn, StaffIn, fhir_datetime
+from service.api.routes.v1_models import (
+    Instant,
+    Intercept,
+    JmsRequest,
+    PersonIn,
+    StaffIn,
+    fhir_datetime,
+)
 from service.workflows import idempotency
 from service.workflows.instruments import get_instrument, list_instruments
 from service.workflows.record_assessment import (
@@ -38,7 +45,7 @@ V1_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class AssessmentIn(BaseModel):
+class AssessmentIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
-from service.api.routes.v1_models import Instant, PersonIn
+from service.api.routes.v1_models import Instant, JmsRequest, PersonIn
 from service.workflows import audit, idempotency
 from service.workflows import consents as wf
 
@@ -42,7 +42,7 @@ def _treatment() -> list[Purpose]:
     return ["TREAT"]
 
 
-class ConsentIn(BaseModel):
+class ConsentIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -75,7 +75,7 @@ class ConsentIn(BaseModel):
         return self
 
 
-class RevokeIn(BaseModel):
+class RevokeIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"example": {"reason": "Revoked by the person in writing"}},

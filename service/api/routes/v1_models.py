@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from service.domain.text import nul_message, nul_path
 from service.fhir.codes import STAFF_ROLES
 from service.workflows.people import Person
 
@@ -52,6 +53,18 @@ Instant = Annotated[
 ]
 Day = Annotated[dt.date, BeforeValidator(_iso_text("date", "2026-11-26"))]
 assert set(STAFF_ROLES) == set(StaffRole.__args__)  # type: ignore[attr-defined]
+
+
+class JmsRequest(BaseModel):
+    """Base of every /v1 request body: refuses U+0000 anywhere in it, naming the field
+    (PostgreSQL cannot store it; service.domain.text)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if (where := nul_path(data)) is not None:
+            raise ValueError(nul_message(where))
+        return data
 
 
 class Address(BaseModel):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
-from service.api.routes.v1_models import Day, Instant, Intercept, PersonIn, StaffIn
+from service.api.routes.v1_models import Day, Instant, Intercept, JmsRequest, PersonIn, StaffIn
 from service.fhir import oend_codes as oend
 from service.workflows import idempotency
 from service.workflows import naloxone as wf
@@ -91,7 +91,7 @@ class FamilyMemberIn(BaseModel):
     phone: str | None = Field(None, max_length=40, description="Only if they consented")
 
 
-class NaloxoneIn(BaseModel):
+class NaloxoneIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -161,7 +161,7 @@ class NaloxoneIn(BaseModel):
         )
 
 
-class OverdoseResponseIn(BaseModel):
+class OverdoseResponseIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
-from service.api.routes.v1_models import Instant, Intercept, PersonIn, StaffIn
+from service.api.routes.v1_models import Instant, Intercept, JmsRequest, PersonIn, StaffIn
 from service.fhir.codes import PROGRAM_TYPES, SERVICES
 from service.workflows import idempotency
 from service.workflows import referrals as wf
@@ -72,7 +72,7 @@ class ReleaseIn(BaseModel):
         return self
 
 
-class ReferralIn(BaseModel):
+class ReferralIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -153,7 +153,7 @@ class ReferralIn(BaseModel):
         )
 
 
-class CancelIn(BaseModel):
+class CancelIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"example": {"reason": "Transferred to another county before release"}},
@@ -161,7 +161,7 @@ class CancelIn(BaseModel):
     reason: str = Field(min_length=3, max_length=500)
 
 
-class ReleaseChangeIn(BaseModel):
+class ReleaseChangeIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -176,7 +176,7 @@ class ReleaseChangeIn(BaseModel):
     release: ReleaseIn
 
 
-class ReReferIn(BaseModel):
+class ReReferIn(JmsRequest):
     # The demo's recovery community organization (after the first receiver rejected).
     model_config = ConfigDict(
         extra="forbid",
