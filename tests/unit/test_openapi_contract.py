@@ -42,3 +42,28 @@ def test_v1_routes_have_typed_bodies_with_examples() -> None:
         body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         name = body["$ref"].rsplit("/", 1)[1]
         assert "example" in schema["components"]["schemas"][name], name
+
+
+def test_links_name_operations_and_parameters_that_exist() -> None:
+    """Links from a create (or a referral, a consent) to what can be done next name operations
+    by id: renaming a route must not leave them pointing nowhere."""
+    schema = generate()
+    operations = {
+        op["operationId"]: op
+        for methods in schema["paths"].values()
+        for op in methods.values()
+        if isinstance(op, dict) and "operationId" in op
+    }
+    linked = 0
+    for methods in schema["paths"].values():
+        for op in methods.values():
+            for response in op.get("responses", {}).values():
+                for link in response.get("links", {}).values():
+                    target = operations.get(link["operationId"])
+                    assert target is not None, link
+                    declared = {p["name"] for p in target.get("parameters", [])}
+                    for name in link["parameters"]:
+                        assert name.removeprefix("header.") in declared, (link, name)
+                    linked += 1
+    assert linked > 100  # every writable FHIR type's create, the referral, the consent
+    assert "links" in operations["create_Task"]["responses"]["201"]

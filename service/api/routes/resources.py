@@ -83,6 +83,25 @@ def _resource_body(resource_type: str) -> dict[str, Any]:
     }
 
 
+def _created_links(resource_type: str) -> dict[str, Any]:
+    """OpenAPI links from a create's answer (a writable type's) to what can be done with the
+    new resource: Swagger UI shows them, and API testers (schemathesis) follow them."""
+    by_id = {"resource_id": "$response.body#/id"}
+    links: dict[str, Any] = {
+        "read": {"operationId": f"read_{resource_type}", "parameters": by_id},
+        "vread": {
+            "operationId": f"vread_{resource_type}",
+            "parameters": {**by_id, "version_id": "$response.body#/meta/versionId"},
+        },
+        "history": {"operationId": f"history_instance_{resource_type}", "parameters": by_id},
+    }
+    current = {**by_id, "header.If-Match": "$response.header.ETag"}
+    links["update"] = {"operationId": f"update_{resource_type}", "parameters": current}
+    links["patch"] = {"operationId": f"patch_{resource_type}", "parameters": current}
+    links["delete"] = {"operationId": f"delete_{resource_type}", "parameters": by_id}
+    return links
+
+
 def _ok(resource_type: str, text: str) -> dict[int | str, dict[str, Any]]:
     return {
         200: {
@@ -478,7 +497,10 @@ def resource_router(
             status_code=201,
             openapi_extra=_resource_body(t),
             responses={
-                201: {"description": f"Created; body is the {t} unless Prefer says otherwise"},
+                201: {
+                    "description": f"Created; body is the {t} unless Prefer says otherwise",
+                    "links": _created_links(t),
+                },
                 200: {"description": "If-None-Exist matched an existing resource"},
             },
         )

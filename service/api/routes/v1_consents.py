@@ -84,7 +84,21 @@ class RevokeIn(JmsRequest):
 
 
 @router.post(
-    "/consents", status_code=201, summary="Record a signed Part 2 consent", responses=V1_ERRORS
+    "/consents",
+    status_code=201,
+    summary="Record a signed Part 2 consent",
+    responses={
+        **V1_ERRORS,
+        201: {
+            "description": "Recorded",
+            "links": {
+                "revoke": {
+                    "operationId": "revoke_consent_v1_consents__consent_id__revoke_post",
+                    "parameters": {"consent_id": "$response.body#/consent_id"},
+                }
+            },
+        },
+    },
 )
 async def create_consent(
     payload: ConsentIn,

@@ -199,11 +199,29 @@ class ReReferIn(JmsRequest):
         return self.receiving_organization or self.receiving_service or ""
 
 
+# What can be done with a referral once made (OpenAPI links: Swagger UI shows them, API testers
+# follow them).
+_BY_ID = {"referral_id": "$response.body#/referral_id"}
+_REFERRAL_LINKS = {
+    name: {"operationId": operation, "parameters": _BY_ID}
+    for name, operation in {
+        "status": "get_referral_v1_referrals__referral_id__get",
+        "cancel": "cancel_referral_v1_referrals__referral_id__cancel_post",
+        "change_release": "change_release_v1_referrals__referral_id__patch",
+        "re_refer": "re_refer_v1_referrals__referral_id__re_refer_post",
+    }.items()
+}
+
+
 @router.post(
     "",
     status_code=201,
     summary="Refer a person before release (warm handoff)",
-    responses={**V1_ERRORS, 200: {"description": "This referral_id was already received"}},
+    responses={
+        **V1_ERRORS,
+        200: {"description": "This referral_id was already received"},
+        201: {"description": "Referred", "links": _REFERRAL_LINKS},
+    },
 )
 async def create_referral(
     payload: ReferralIn,
