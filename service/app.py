@@ -14,7 +14,7 @@ from service import __version__
 from service.api.errors import install_error_handlers
 from service.api.middleware import (
     BodyLimitMiddleware,
-    FhirNegotiationMiddleware,
+    ContentNegotiationMiddleware,
     RequestIdMiddleware,
 )
 from service.api.routes import (
@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(auth.router)
     app.include_router(health.router)
     install_error_handlers(app)
-    app.add_middleware(FhirNegotiationMiddleware)
+    app.add_middleware(ContentNegotiationMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(AccessLogMiddleware)

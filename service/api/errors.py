@@ -176,6 +176,8 @@ async def handle_validation_error(request: Request, exc: Exception) -> Response:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         where = ".".join(loc) or "request"
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if tuple(err.get("loc", ())) == ("body",) and err.get("type") == "missing":
+            where, message = "body", "the request has no body; send the JSON that /docs shows"
         code = (
             "required" if err.get("type") == "missing" else ("invalid" if not json_api else "value")
         )

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, body size limit, FHIR content negotiation.
+"""ASGI middleware: request ids, body size limit, content negotiation.
 
 Pure ASGI (not BaseHTTPMiddleware) so that bodies stream and nothing is buffered twice.
 """
@@ -151,22 +151,39 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class FhirNegotiationMiddleware:
-    """Under /fhir: JSON only. XML (by _format, Accept or Content-Type) gets 406/415."""
+class ContentNegotiationMiddleware:
+    """Under /fhir: JSON only; XML (by _format, Accept or Content-Type) gets 406/415. Under /v1:
+    a body must be declared JSON (415 otherwise: FastAPI would read a form-encoded or text
+    body as no body at all, and answer that fields are missing)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/fhir"):
-            await self.app(scope, receive, send)
-            return
+        path = str(scope.get("path", "")) if scope["type"] == "http" else ""
         try:
-            self._check(scope)
+            if path.startswith("/fhir"):
+                self._check(scope)
+            elif path.startswith("/v1"):
+                self._check_jms(scope)
         except ServiceError as exc:
             await _send_error(send, exc)
             return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _check_jms(scope: Scope) -> None:
+        if scope.get("method", "GET") not in ("POST", "PUT", "PATCH"):
+            return
+        headers = _headers(scope)
+        if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+            return  # no body: the route says whether it needs one
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json" and not ctype.endswith("+json"):
+            raise UnsupportedMediaTypeError(
+                f"Content-Type {ctype or '(none)'} is not supported here: send the body as JSON "
+                "with Content-Type: application/json"
+            )
 
     @staticmethod
     def _check(scope: Scope) -> None:
@@ -214,7 +231,7 @@ def _accepts_json(accept: str) -> bool:
 
 __all__ = [
     "BodyLimitMiddleware",
-    "FhirNegotiationMiddleware",
+    "ContentNegotiationMiddleware",
     "Issue",
     "RequestIdMiddleware",
 ]

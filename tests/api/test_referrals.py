@@ -796,3 +796,21 @@ async def test_referral_through_fhir_transaction(network: dict[str, Any]) -> Non
     bad["entry"][2]["resource"]["status"] = "accepted"
     r = await jail.post("/fhir", json=bad, headers=FHIR_JSON)
     assert r.status_code == 422
+
+
+async def test_a_jms_body_must_be_declared_json(network: dict[str, Any]) -> None:
+    """curl -d sends a form by default; FastAPI would read it as no body and list missing
+    fields. The answer says what is wrong: the Content-Type."""
+    jail = network["jail"]
+    for ctype in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"Content-Type": ctype} if ctype else {}
+        r = await jail.post(
+            "/v1/referrals/x/cancel", content=b'{"reason": "moved"}', headers=headers
+        )
+        assert r.status_code == 415, (ctype, r.text)
+        assert "application/json" in r.json()["issue"][0]["diagnostics"]
+    r = await jail.post("/v1/referrals/x/cancel", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["issue"][0]["diagnostics"] == (
+        "body: the request has no body; send the JSON that /docs shows"
+    )

@@ -54,8 +54,11 @@ def test_every_operation_conforms_to_the_published_openapi(server: str, tmp_path
             "5",
             "--seed",
             "1",
+            # One worker: with threads, CPython 3.11's ast.parse (hypothesis describes its
+            # strategies with it) fails now and then ("AST constructor recursion depth
+            # mismatch"), a runtime error of the tool, not of the API.
             "--workers",
-            "2",
+            "1",
             "--request-timeout",
             "20",
             "--no-color",
