@@ -1,5 +1,6 @@
-"""Schemathesis drives every operation of the published OpenAPI against a running demo server
-(SQLite and PostgreSQL) with generated requests, valid and not: no request may get a 5xx, an
+"""Schemathesis drives the operations of the published OpenAPI (all of /v1, /auth and the
+system level, and six FHIR types: see FUZZED_TYPES) against a running demo server (SQLite and
+PostgreSQL) with generated requests, valid and not: no request may get a 5xx, an
 undocumented status, an undocumented content type or headers, a body that breaks its schema,
 or a 405 whose ``Allow`` is not what the path serves; malformed input must be refused, and a
 token must be required where one is declared.
@@ -19,11 +20,25 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.fhir.r4 import SUPPORTED_TYPES
 from tests.journey.test_fhirpy_provider import SERVER_LOG, server
 
 __all__ = ["server"]  # the fixture, reused: a demo server on each database
 
 CHECKS_EXCLUDED = "positive_data_acceptance"
+# Every FHIR type is served by the same generated routes (api.routes.resources): fuzz the types
+# whose rules differ (the referral workflow's Task and ServiceRequest, a plain Patient, an
+# undeletable Consent, a read-only AuditEvent, a scored QuestionnaireResponse), not twenty
+# copies of one code path (that tripled the run).
+FUZZED_TYPES = {
+    "Task",
+    "ServiceRequest",
+    "Patient",
+    "Consent",
+    "AuditEvent",
+    "QuestionnaireResponse",
+}
+OTHER_TYPES = "|".join(sorted(set(SUPPORTED_TYPES) - FUZZED_TYPES))
 
 
 def _schemathesis() -> list[str]:
@@ -50,6 +65,8 @@ def test_every_operation_conforms_to_the_published_openapi(server: str, tmp_path
             "all",
             "--exclude-checks",
             CHECKS_EXCLUDED,
+            "--exclude-path-regex",
+            f"^/fhir/({OTHER_TYPES})(/|$)",
             "--max-examples",
             "5",
             "--seed",
