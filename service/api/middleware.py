@@ -178,7 +178,7 @@ class ContentNegotiationMiddleware:
         headers = _headers(scope)
         if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
             return  # no body: the route says whether it needs one
-        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype = _content_type(headers)
         if ctype != "application/json" and not ctype.endswith("+json"):
             raise UnsupportedMediaTypeError(
                 f"Content-Type {ctype or '(none)'} is not supported here: send the body as JSON "
@@ -204,7 +204,7 @@ class ContentNegotiationMiddleware:
                 )
         method = scope.get("method", "GET")
         if method in ("POST", "PUT", "PATCH"):
-            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            ctype = _content_type(headers)
             path = str(scope.get("path", ""))
             if path.endswith("/_search") and method == "POST":
                 if ctype and ctype != "application/x-www-form-urlencoded":
@@ -217,6 +217,11 @@ class ContentNegotiationMiddleware:
                     f"Content-Type {ctype} is not supported: send application/fhir+json "
                     "(or application/json)"
                 )
+
+
+def _content_type(headers: dict[str, str]) -> str:
+    """The media type of the body, without parameters, in lower case ("" if undeclared)."""
+    return headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _accepts_json(accept: str) -> bool:

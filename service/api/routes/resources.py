@@ -87,19 +87,19 @@ def _created_links(resource_type: str) -> dict[str, Any]:
     """OpenAPI links from a create's answer (a writable type's) to what can be done with the
     new resource: Swagger UI shows them, and API testers (schemathesis) follow them."""
     by_id = {"resource_id": "$response.body#/id"}
-    links: dict[str, Any] = {
-        "read": {"operationId": f"read_{resource_type}", "parameters": by_id},
-        "vread": {
-            "operationId": f"vread_{resource_type}",
-            "parameters": {**by_id, "version_id": "$response.body#/meta/versionId"},
-        },
-        "history": {"operationId": f"history_instance_{resource_type}", "parameters": by_id},
-    }
+    version = {**by_id, "version_id": "$response.body#/meta/versionId"}
     current = {**by_id, "header.If-Match": "$response.header.ETag"}
-    links["update"] = {"operationId": f"update_{resource_type}", "parameters": current}
-    links["patch"] = {"operationId": f"patch_{resource_type}", "parameters": current}
-    links["delete"] = {"operationId": f"delete_{resource_type}", "parameters": by_id}
-    return links
+    return {
+        name: {"operationId": f"{operation}_{resource_type}", "parameters": parameters}
+        for name, operation, parameters in (
+            ("read", "read", by_id),
+            ("vread", "vread", version),
+            ("history", "history_instance", by_id),
+            ("update", "update", current),
+            ("patch", "patch", current),
+            ("delete", "delete", by_id),
+        )
+    }
 
 
 def _ok(resource_type: str, text: str) -> dict[int | str, dict[str, Any]]:

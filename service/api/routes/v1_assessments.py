@@ -16,7 +16,6 @@ from service.api.routes.v1_models import (
     JmsRequest,
     PersonIn,
     StaffIn,
-    fhir_datetime,
 )
 from service.workflows import idempotency
 from service.workflows.instruments import get_instrument, list_instruments
@@ -125,7 +124,7 @@ async def create_assessment(
         administered_by_name=payload.administered_by.name,
         administered_by_role=payload.administered_by.role,
         administered_by_id=payload.administered_by.id,
-        administered_at=fhir_datetime(payload.administered_at),
+        administered_at=payload.administered_at.isoformat(),  # Instant: zoned
         intercept=payload.intercept,
         location=payload.location,
         status=payload.status,

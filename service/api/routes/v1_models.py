@@ -138,9 +138,3 @@ class StaffIn(BaseModel):
     id: str | None = Field(None, max_length=64, description="Staff id in the JMS")
     name: str = Field(min_length=1, max_length=200)
     role: StaffRole
-
-
-def fhir_datetime(value: dt.datetime) -> str:
-    if value.tzinfo is None:
-        raise ValueError("include a time zone, e.g. 2026-11-26T09:30:00-05:00")
-    return value.isoformat()
