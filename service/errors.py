@@ -63,6 +63,12 @@ class InvalidRequestError(ServiceError):
     status, issue_code = 400, "invalid"
 
 
+def not_json(reason: str, position: int | None) -> InvalidRequestError:
+    """A body that does not parse as JSON (FHIR or /v1): what the parser said, and where."""
+    where = f" at character {position}" if position is not None else ""
+    return InvalidRequestError(f"The body is not valid JSON ({reason}{where})")
+
+
 class InvalidResourceError(InvalidRequestError):
     status, issue_code = 400, "structure"
 

@@ -25,6 +25,7 @@ from service.errors import (
     InsufficientScopeError,
     Issue,
     ServiceError,
+    not_json,
 )
 from service.fhir.outcome import operation_outcome
 from service.request_context import request_id_var
@@ -163,13 +164,12 @@ async def handle_validation_error(request: Request, exc: Exception) -> Response:
     if misdirected := _misdirected(request):
         return misdirected
     errors = exc.errors()
-    not_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
-    if not_json is not None:
-        loc = not_json.get("loc", ())
-        where = f" at character {loc[-1]}" if len(loc) > 1 else ""
-        reason = (not_json.get("ctx") or {}).get("error", "JSON decode error")
-        text = f"The body is not valid JSON ({reason}{where})"
-        return outcome_response(400, [Issue("error", "invalid", text)])
+    unparsed = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if unparsed is not None:
+        loc = unparsed.get("loc", ())
+        reason = (unparsed.get("ctx") or {}).get("error", "JSON decode error")
+        refusal = not_json(reason, loc[-1] if len(loc) > 1 else None)
+        return outcome_response(refusal.status, refusal.issues)
     json_api = request.url.path.startswith("/v1")
     issues = []
     for err in errors:

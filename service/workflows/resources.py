@@ -29,6 +29,7 @@ from service.errors import (
     ResourceGoneError,
     ResourceNotFoundError,
     UnsupportedMediaTypeError,
+    not_json,
 )
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.fhir.resource import ID_RE, new_id, now_ms, stamp
@@ -99,9 +100,7 @@ def parse_body(raw: bytes) -> Any:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError(
-            f"The body is not valid JSON ({exc.args[0].split(':')[0]} at character {exc.pos})"
-        ) from exc
+        raise not_json(exc.args[0].split(":")[0], exc.pos) from exc
     # JSON can carry U+0000 only escaped, so a body without the escape has none (the cheap test
     # first; the walk says where).
     if b"\\u0000" in raw and (where := nul_path(body)) is not None:
