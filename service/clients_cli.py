@@ -157,7 +157,8 @@ def add_parsers(sub: Any) -> None:
     csub.add_parser("list", help="list clients")
     for name in ("disable", "enable"):
         p = csub.add_parser(name, help=f"{name} a client (takes effect at once)")
-        p.add_argument("client_id")
+        # Ids registered before generated ids became hex may begin with "-": pass them after "--".
+        p.add_argument("client_id", help='an id beginning with "-" goes after "--"')
     clients.set_defaults(func=run)
     keys = sub.add_parser("keys", help="token-signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)

@@ -22,7 +22,10 @@ _DUMMY_SALT = b"\x00" * _SALT_BYTES
 
 
 def generate_client_id() -> str:
-    return secrets.token_urlsafe(16)
+    """128 bits in lowercase hex: never starts with "-" (which a shell or ``handoff clients
+    disable <id>`` would read as an option, as URL-safe base64 does one time in 64) and survives
+    case-folding and copying by hand."""
+    return secrets.token_hex(16)
 
 
 def generate_client_secret() -> str:

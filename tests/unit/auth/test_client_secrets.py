@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from service.auth.client_secrets import (
@@ -59,6 +61,13 @@ def test_generated_values_are_unique_and_url_safe() -> None:
     secrets = {generate_client_secret() for _ in range(50)}
     assert len(ids) == len(secrets) == 50
     assert all(len(s) >= 43 and s.replace("-", "").replace("_", "").isalnum() for s in secrets)
+
+
+def test_generated_client_ids_can_be_passed_on_a_command_line() -> None:
+    # URL-safe base64 ids began with "-" one time in 64, and `handoff clients disable <id>`
+    # then read the id as an option (a CI run failed on it): 2,000 draws would meet one.
+    ids = [generate_client_id() for _ in range(2000)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", client_id) for client_id in ids)
 
 
 async def test_async_variants() -> None:
