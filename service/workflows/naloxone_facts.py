@@ -38,6 +38,8 @@ from service.workflows.context import WorkflowContext
 from service.workflows.referrals import FACILITY_EXTENSION
 
 DAY = timedelta(days=1)
+_ONE_MS = timedelta(milliseconds=1)
+_PEOPLE_PER_SEARCH = 100  # patient=a,b,… values in one search
 REFERRAL_CATEGORY = f"{SNOMED}|3457005"
 EDUCATION_QUERY = ",".join(f"{c['system']}|{c['code']}" for c in oend.EDUCATION_CODES)
 RESPONSE_QUERY = f"{oend.OEND_SYSTEM}|overdose-response"
@@ -365,12 +367,17 @@ def release_window(sr: dict[str, Any]) -> tuple[datetime, datetime, datetime] | 
 async def releases(
     conn: AsyncConnection, ctx: WorkflowContext, span: Span, *, patient: str | None = None
 ) -> list[Release]:
-    """Release events from referrals, one per person and overlapping windows."""
-    params = [("category", REFERRAL_CATEGORY), *span.params("occurrence")]
+    """Release events from referrals, one per person and overlapping windows.
+
+    A release is found when one of its referrals' windows reaches ``span``; one that starts
+    before ``span.low`` is found whole, as it is not counted in the span (its start is not).
+    """
+    params = [("category", REFERRAL_CATEGORY)]
     if patient:
         params.append(("patient", patient))
+    found = await _referrals_reaching(conn, ctx, span, params)
     windows: dict[str, list[tuple[datetime, datetime, datetime, dict[str, Any]]]] = {}
-    for sr in await search_all(conn, ctx, "ServiceRequest", params):
+    for sr in found:
         subject = _ref(sr.get("subject"))
         window = release_window(sr)
         if sr.get("status") == "entered-in-error" or not subject or window is None:
@@ -388,6 +395,34 @@ async def releases(
         if group:
             out.append(_release(person, group))
     return out
+
+
+async def _referrals_reaching(
+    conn: AsyncConnection, ctx: WorkflowContext, span: Span, params: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """The referrals whose window (``release_window``) reaches ``span``, and the earlier
+    referrals of the same people, which may join one of them into a release begun before.
+
+    Not ``occurrence=ge<low>``: FHIR reads a Period without an end as open-ended, so that
+    matched every referral ever made without an end, where their windows end a day after the
+    start. The windows reaching the span start at most a day before it (``sa``), or have an end
+    (found with the people's earlier referrals: a person has few referrals, a year has many).
+    """
+    if span.low is None:
+        return await search_all(conn, ctx, "ServiceRequest", [*params, *span.params("occurrence")])
+    floor = span.low - DAY
+    late = [("occurrence", f"sa{format_instant(floor - _ONE_MS)}")]
+    if span.high is not None:
+        late.append(("occurrence", f"le{format_instant(span.high)}"))
+    found = {sr["id"]: sr for sr in await search_all(conn, ctx, "ServiceRequest", params + late)}
+    people = sorted({s for sr in found.values() if (s := _ref(sr.get("subject")))})
+    for batch in (
+        people[i : i + _PEOPLE_PER_SEARCH] for i in range(0, len(people), _PEOPLE_PER_SEARCH)
+    ):
+        earlier = [("patient", ",".join(batch)), ("occurrence", f"lt{format_instant(floor)}")]
+        for sr in await search_all(conn, ctx, "ServiceRequest", params + earlier):
+            found.setdefault(sr["id"], sr)
+    return list(found.values())
 
 
 def _release(

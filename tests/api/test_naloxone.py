@@ -743,6 +743,47 @@ async def test_summary_by_facility_and_filter(net: dict[str, Any], dataset: dict
     assert (await jail.get("/v1/naloxone/summary", params={"group_by": "week"})).status_code == 422
 
 
+async def test_summary_reads_only_the_referrals_that_can_reach_its_period(
+    net: dict[str, Any], dataset: dict[str, Any]
+) -> None:
+    """A release window without an end is open-ended to FHIR's ``ge``: the summary once read
+    every such referral ever made. It reads the ones starting in reach of the period, and the
+    earlier referrals of the same people, which may join a release begun before the period."""
+    jail, admin = net["jail"], net["admin"]
+    jail_org = net["ids"]["jail"]
+    p5 = f"Patient/{(await fhir_post(jail, {'resourceType': 'Patient', 'gender': 'female'}))['id']}"
+    # P-5: released on October 10 (window to the 18th); a second referral on the 17th is the
+    # same release, begun before the period, so it is not a release of the period.
+    first = await fhir_post(
+        jail, service_request(p5, "2026-10-10T09:00:00-04:00", end="2026-10-18", requester=jail_org)
+    )
+    await fhir_post(jail, service_request(p5, "2026-10-17T09:00:00-04:00", requester=jail_org))
+    period = {"from": "2026-10-15", "to": "2026-10-31"}
+    r = await jail.get("/v1/naloxone/summary", params=period)
+    assert r.status_code == 200, r.text
+    assert r.json()["totals"]["releases"] == 2  # P-2 on October 20, P-4 on October 25
+
+    events = (
+        await admin.get("/fhir/AuditEvent", params={"request-id": r.headers["x-request-id"]})
+    ).json()["entry"]
+    read = {  # entities name the version read: Type/id/_history/n
+        "/".join((entity.get("what") or {}).get("reference", "").split("/")[:2])
+        for event in events
+        for entity in event["resource"]["entity"]
+    }
+    referrals = (
+        await admin.get("/fhir/ServiceRequest", params={"category": "3457005", "_count": "100"})
+    ).json()["entry"]
+    by_patient: dict[str, set[str]] = {}
+    for entry in referrals:
+        sr = entry["resource"]
+        by_patient.setdefault(sr["subject"]["reference"], set()).add(f"ServiceRequest/{sr['id']}")
+    # Released in September and early October, with no end: out of reach, not read.
+    assert not (by_patient[dataset["p1"]] | by_patient[dataset["p3"]]) & read
+    assert by_patient[dataset["p2"]] | by_patient[dataset["p4"]] <= read
+    assert f"ServiceRequest/{first['id']}" in read  # the earlier referral that joins P-5's
+
+
 async def test_summary_by_intercept(net: dict[str, Any], dataset: dict[str, Any]) -> None:
     body = (
         await net["jail"].get("/v1/naloxone/summary", params=PERIOD | {"group_by": "intercept"})
