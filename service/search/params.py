@@ -295,6 +295,11 @@ def params_for(resource_type: str) -> Mapping[str, SearchParam]:
     return MappingProxyType(found)
 
 
+def can_target(param: SearchParam, resource_type: str) -> bool:
+    """Whether a reference parameter's values may name ``resource_type``."""
+    return not param.targets or resource_type in param.targets
+
+
 @functools.lru_cache(maxsize=128)
 def indexed_params(resource_type: str) -> tuple[SearchParam, ...]:
     """Parameters whose values go into ``search_index`` under their own name (``_id`` and

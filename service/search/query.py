@@ -31,7 +31,7 @@ from sqlalchemy import (
 from service.errors import InvalidRequestError, Issue
 from service.search.dates import parse_range
 from service.search.extract import normalize_string, relative_reference
-from service.search.params import SearchParam, params_for
+from service.search.params import BY_TYPE, SearchParam, can_target, params_for
 from service.storage.repository import index_t, probe_type, resource_t
 
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -273,17 +273,24 @@ def _parse_result_param(
                 )
             request.sort.append((key, desc))
     elif name in ("_include", "_revinclude"):
-        include = _parse_include(value, iterate=modifier == "iterate", name=name)
+        if value == "*" and name == "_include":
+            value = f"{request.resource_type}:*"  # every reference of the matches
+        includes = _parse_include(value, iterate=modifier == "iterate", name=name)
         if name == "_include":
-            if include.source_type != request.resource_type and not include.iterate:
+            if includes[0].source_type != request.resource_type and modifier != "iterate":
                 raise _bad(
-                    f"_include={value} names {include.source_type}, not {request.resource_type}"
-                    " (use _include:iterate for included resources)",
+                    f"_include={value} names {includes[0].source_type}, not "
+                    f"{request.resource_type} (use _include:iterate for included resources)",
                     name,
                 )
-            request.includes.append(include)
+            request.includes.extend(includes)
         else:
-            request.revincludes.append(include)
+            if modifier != "iterate":
+                # Only the parameters that can point at the matches can find anything.
+                includes = [
+                    i for i in includes if can_target(i.param, request.resource_type)
+                ] or includes[:1]
+            request.revincludes.extend(includes)
     elif name == "_total":
         if value not in ("none", "estimate", "accurate"):
             raise _bad("_total must be none, estimate or accurate", name)
@@ -311,16 +318,29 @@ def parse_elements(value: str) -> list[str]:
     return [e.strip() for e in value.split(",") if e.strip()]
 
 
-def _parse_include(value: str, *, iterate: bool, name: str) -> Include:
+def _parse_include(value: str, *, iterate: bool, name: str) -> list[Include]:
+    """``SourceType:param[:TargetType]``; ``SourceType:*`` is every reference parameter of the
+    source type (the R4 wildcard)."""
     parts = value.split(":")
     if len(parts) not in (2, 3):
-        raise _bad(f"{name}={value}: expected SourceType:param[:TargetType]", name)
+        raise _bad(
+            f"{name}={value}: expected SourceType:param[:TargetType] (or SourceType:*)", name
+        )
     source, pname = parts[0], parts[1]
-    param = params_for(source).get(pname)
-    if param is None or param.kind != "reference":
-        raise _bad(f"{name}={value}: '{pname}' is not a reference parameter of {source}", name)
     target = parts[2] if len(parts) == 3 else None
-    return Include(source_type=source, param=param, target_type=target, iterate=iterate)
+    if source not in BY_TYPE:
+        raise _bad(f"{name}={value}: {source} is not a resource type this server holds", name)
+    references = {n: p for n, p in params_for(source).items() if p.kind == "reference"}
+    if pname == "*":
+        chosen = [references[n] for n in sorted(references)]
+    elif pname in references:
+        chosen = [references[pname]]
+    else:
+        raise _bad(f"{name}={value}: '{pname}' is not a reference parameter of {source}", name)
+    return [
+        Include(source_type=source, param=param, target_type=target, iterate=iterate)
+        for param in chosen
+    ]
 
 
 # --- SQL -------------------------------------------------------------------------------------

@@ -193,6 +193,45 @@ async def test_includes_and_revinclude(client: httpx.AsyncClient) -> None:
     assert types == ["Patient", "ServiceRequest", "Task"]
 
 
+async def test_include_wildcards_and_the_capability_statement(client: httpx.AsyncClient) -> None:
+    p = await create(client, patient())
+    sr = await create(
+        client,
+        {
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{p['id']}"},
+        },
+    )
+    t = await create(
+        client, task(patient_ref=f"Patient/{p['id']}", focus=f"ServiceRequest/{sr['id']}")
+    )
+    expected = {("Task", t["id"]), ("ServiceRequest", sr["id"]), ("Patient", p["id"])}
+    # R4's wildcard: every reference parameter of the source type; "*" alone is the searched
+    # type's; a target type narrows it.
+    for value in ("Task:*", "*"):
+        r = await client.get("/fhir/Task", params={"_id": t["id"], "_include": value})
+        assert r.status_code == 200, r.text
+        found = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in r.json()["entry"]}
+        assert expected <= found, value
+    r = await client.get("/fhir/Task", params={"_id": t["id"], "_include": "Task:*:Patient"})
+    assert {e["resource"]["resourceType"] for e in r.json()["entry"]} == {"Task", "Patient"}
+    r = await client.get("/fhir/ServiceRequest", params={"_id": sr["id"], "_revinclude": "Task:*"})
+    assert {(e["resource"]["id"], e["search"]["mode"]) for e in r.json()["entry"]} == {
+        (sr["id"], "match"),
+        (t["id"], "include"),
+    }
+
+    metadata = (await client.get("/fhir/metadata")).json()
+    by_type = {res["type"]: res for res in metadata["rest"][0]["resource"]}
+    assert {"*", "Task:*", "Task:focus", "Task:owner"} <= set(by_type["Task"]["searchInclude"])
+    # What may point at a type: Task:focus at a ServiceRequest, not Task:owner.
+    assert "Task:focus" in by_type["ServiceRequest"]["searchRevInclude"]
+    assert "Task:owner" not in by_type["ServiceRequest"]["searchRevInclude"]
+    assert "Task:owner" in by_type["Organization"]["searchRevInclude"]
+
+
 async def test_sort_and_count_and_total(client: httpx.AsyncClient) -> None:
     dates = ["2026-11-03T00:00:00Z", "2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"]
     made = [await create(client, task(authored_on=d)) for d in dates]
@@ -309,6 +348,8 @@ async def test_unknown_parameter_lenient_and_strict(client: httpx.AsyncClient) -
         {"_count": "lots"},
         {"_sort": "status"},
         {"_include": "Task:nonsense"},
+        {"_include": "Nope:*"},
+        {"_revinclude": "*"},
         {"owner:missing": "maybe"},
         {"_page": "%%%garbage"},
         {"_cursor": "garbage"},

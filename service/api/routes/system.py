@@ -15,7 +15,7 @@ from service.api.responses import fhir_json
 from service.api.routes.auth import capability_security
 from service.api.routes.resources import FHIR_ERRORS, type_history_response
 from service.fhir.r4 import SUPPORTED_TYPES
-from service.search.params import params_for
+from service.search.params import can_target, params_for
 from service.workflows import bundles
 from service.workflows import resources as wf
 from service.workflows.rules import RuleSet
@@ -78,7 +78,18 @@ def capability_statement(
             if rtype not in rules.undeletable:
                 interactions.append("delete")
         params = params_for(rtype)
-        includes = sorted(f"{rtype}:{p.name}" for p in params.values() if p.kind == "reference")
+        includes = [
+            "*",
+            f"{rtype}:*",
+            *sorted(f"{rtype}:{p.name}" for p in params.values() if p.kind == "reference"),
+        ]
+        # What may point at this type: each reference parameter of any type that can name it.
+        revincludes = sorted(
+            f"{source}:{p.name}"
+            for source in SUPPORTED_TYPES
+            for p in params_for(source).values()
+            if p.kind == "reference" and can_target(p, rtype)
+        )
         resources.append(
             {
                 "type": rtype,
@@ -92,7 +103,7 @@ def capability_statement(
                 "conditionalUpdate": False,
                 "conditionalDelete": "not-supported",
                 "searchInclude": includes,
-                "searchRevInclude": [],
+                "searchRevInclude": revincludes,
                 "searchParam": [
                     {
                         "name": p.name,
