@@ -25,3 +25,19 @@ def statements_sent(engine: AsyncEngine) -> Iterator[list[str]]:
         yield sent
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+@contextlib.contextmanager
+def parameters_sent(engine: AsyncEngine) -> Iterator[list[tuple[Any, ...]]]:
+    """The bound values of each statement ``engine`` sends inside the block."""
+    sent: list[tuple[Any, ...]] = []
+
+    def record(_c: Any, _cur: Any, _statement: str, parameters: Any, *_a: Any) -> None:
+        values = parameters.values() if isinstance(parameters, dict) else parameters or ()
+        sent.append(tuple(values))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)

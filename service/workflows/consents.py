@@ -413,11 +413,13 @@ async def disclose_all(
     items: list[StoredResource],
     *,
     record: bool = True,
+    actors: dict[tuple[str, int], str | None] | None = None,
 ) -> list[StoredResource]:
     """``disclose`` for a page of records, with the consents and Task actors its decisions need
-    fetched in one query each (not one or two per labelled record)."""
+    fetched in one query each (not one or two per labelled record). ``actors``: the Task
+    versions' acting organizations, when the caller has them already."""
     bodies = [_needs_decision(ctx, stored) for stored in items]  # each parsed once
-    lookups = await _lookups_for(conn, ctx, items, bodies)
+    lookups = await _lookups_for(conn, ctx, items, bodies, actors)
     shown = [
         await _disclosed(conn, ctx, stored, body, lookups)
         for stored, body in zip(items, bodies, strict=True)
@@ -456,6 +458,7 @@ async def _lookups_for(
     ctx: WorkflowContext,
     items: list[StoredResource],
     bodies: list[dict[str, Any] | None],
+    actors: dict[tuple[str, int], str | None] | None,
 ) -> _Lookups | None:
     patients: set[str] = set()
     tasks: list[tuple[str, int]] = []
@@ -470,7 +473,11 @@ async def _lookups_for(
         return None
     return _Lookups(
         consents=await consents_by_patient(conn, patients, ctx.organization, ctx.purpose),
-        actors=await repo.index_values(conn, "Task", tasks, "_actor"),
+        actors=(
+            actors
+            if actors is not None and all(t in actors for t in tasks)
+            else await repo.index_values(conn, "Task", tasks, "_actor")
+        ),
     )
 
 

@@ -244,11 +244,12 @@ async def _timeline(
             conn, "Task", task["id"], before_version=None, limit=1000
         )
         oldest_first = [entry.stored for entry in reversed(versions)]
-        # The caller's view of each version, and who acted: a query each for all versions.
-        shown_versions = await disclose_all(conn, ctx, oldest_first, record=False)
+        # Who acted, and the caller's view of each version (which may depend on who acted):
+        # a query each for all versions.
         actors = await repo.index_values(
             conn, "Task", [(s.id, s.version_id) for s in oldest_first], ACTOR_PARAM
         )
+        shown_versions = await disclose_all(conn, ctx, oldest_first, record=False, actors=actors)
         previous: dict[str, Any] | None = None
         for stored, shown in zip(oldest_first, shown_versions, strict=True):
             if shown.raw is None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.builders import FHIR_JSON, organization
-from tests.statements import statements_sent
+from tests.statements import parameters_sent, statements_sent
 
 pytestmark = pytest.mark.usefixtures("instruments")
 YES, NO = "LA33-6", "LA32-8"
@@ -251,7 +251,7 @@ async def test_consent_stops_disclosing_the_moment_it_expires(world: dict[str, A
     assert (await otp.get(qr)).status_code == 404
 
 
-async def test_provider_reports_back_only_under_consent(world: dict[str, Any]) -> None:
+async def test_provider_reports_back_only_under_consent(world: dict[str, Any], engine: Any) -> None:
     otp, jail, ids = world["otp"], world["jail"], world["ids"]
     await consent(jail, [ids["otp"]])  # the jail is not a recipient of the provider's news
     task = (await otp.get(f"/fhir/Task/{world['referral']['task_id']}")).json()
@@ -270,8 +270,13 @@ async def test_provider_reports_back_only_under_consent(world: dict[str, Any]) -
     ).status_code == 200
     seen = (await jail.get(f"/fhir/Task/{task['id']}")).json()
     assert seen["status"] == "accepted" and "businessStatus" not in seen
-    view = (await jail.get(f"/v1/referrals/{world['referral']['referral_id']}")).json()
+    with parameters_sent(engine) as sent:
+        view = (await jail.get(f"/v1/referrals/{world['referral']['referral_id']}")).json()
+    actor_lookups = [values for values in sent if "_actor" in values]
     assert [e["status"] for e in view["timeline"]] == ["requested", "accepted"]
+    # Who acted on each version decides what the jail sees and fills "by": looked up once for
+    # the timeline (the view's Task page looks up the current version's).
+    assert len(actor_lookups) == 2, actor_lookups
     await consent(jail, [ids["jail"]])  # now the jail may receive the provider's updates
     seen = (await jail.get(f"/fhir/Task/{task['id']}")).json()
     assert seen["status"] == "in-progress" and seen["businessStatus"]["text"]
