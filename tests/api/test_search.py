@@ -151,7 +151,8 @@ async def test_tag_and_security(client: httpx.AsyncClient) -> None:
     assert await ids(client, "Organization", _security="R") == {o["id"]}
 
 
-async def test_includes_and_revinclude(client: httpx.AsyncClient) -> None:
+async def patient_referral_task(client: httpx.AsyncClient) -> tuple[dict, dict, dict]:
+    """A Patient, a ServiceRequest for them, and a Task on it (the references to include)."""
     p = await create(client, patient())
     sr = await create(
         client,
@@ -165,6 +166,11 @@ async def test_includes_and_revinclude(client: httpx.AsyncClient) -> None:
     t = await create(
         client, task(patient_ref=f"Patient/{p['id']}", focus=f"ServiceRequest/{sr['id']}")
     )
+    return p, sr, t
+
+
+async def test_includes_and_revinclude(client: httpx.AsyncClient) -> None:
+    _, sr, t = await patient_referral_task(client)
     r = await client.get(
         "/fhir/Task",
         params=[("_id", t["id"]), ("_include", "Task:focus"), ("_include", "Task:patient")],
@@ -194,19 +200,7 @@ async def test_includes_and_revinclude(client: httpx.AsyncClient) -> None:
 
 
 async def test_include_wildcards_and_the_capability_statement(client: httpx.AsyncClient) -> None:
-    p = await create(client, patient())
-    sr = await create(
-        client,
-        {
-            "resourceType": "ServiceRequest",
-            "status": "active",
-            "intent": "order",
-            "subject": {"reference": f"Patient/{p['id']}"},
-        },
-    )
-    t = await create(
-        client, task(patient_ref=f"Patient/{p['id']}", focus=f"ServiceRequest/{sr['id']}")
-    )
+    p, sr, t = await patient_referral_task(client)
     expected = {("Task", t["id"]), ("ServiceRequest", sr["id"]), ("Patient", p["id"])}
     # R4's wildcard: every reference parameter of the source type; "*" alone is the searched
     # type's; a target type narrows it.
