@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     auth_allow_insecure_jwks: bool = Field(
         False, description="Allow http:// jwks_uri (development only)."
     )
+    worklist_max_referrals: int = Field(
+        2000,
+        ge=1,
+        description="Most referrals one JMS worklist (GET /v1/referrals) lists; a release window "
+        "holding more is refused with 422, asking for a narrower one.",
+    )
     referral_metrics_max_age: float = Field(
         30.0, gt=0, description="Seconds the referral-count gauge reuses its last query."
     )

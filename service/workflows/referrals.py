@@ -413,15 +413,29 @@ async def list_referrals(
     release_from: datetime | None,
     release_to: datetime | None,
     statuses: set[str] | None,
+    capped: bool = True,
 ) -> list[dict[str, Any]]:
     """The referring organization's worklist, soonest release first: referrals whose expected
     release (``occurrencePeriod.start``) lies in [``release_from``, ``release_to``], every page of
-    them (a large jail releases hundreds a day)."""
+    them (a large jail releases hundreds a day), up to ``worklist_max_referrals``: a window
+    holding more is refused, not cut short, so that no referral silently drops off a list."""
     params = worklist_search(ctx.organization, release_from, release_to)
     request = wf.parse_search_params(ctx, "ServiceRequest", params, strict=True)
+    limit = ctx.settings.worklist_max_referrals
     out = []
+    read = 0
     async with read_connection(ctx.engine) as conn:
         async for page in wf.search_pages(conn, ctx, request):
+            read += len(page.matches)
+            if capped and read > limit:
+                message = (
+                    f"More than {limit} referrals have a release in this window: narrow it with "
+                    "release_from and release_to (e.g. the next 72 hours)"
+                )
+                raise BusinessRuleError(
+                    message,
+                    issues=[Issue("error", "too-costly", message, ("release_from", "release_to"))],
+                )
             referrals = []
             for match in page.matches:
                 sr = orjson.loads(match.raw or "{}")
@@ -837,6 +851,7 @@ async def escalations(ctx: WorkflowContext, *, within: timedelta) -> list[dict[s
         release_from=now - timedelta(hours=24),
         release_to=now + within,
         statuses=None,
+        capped=False,  # at most 15 days ahead: bounded by the API
     )
     return [
         v

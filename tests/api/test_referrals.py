@@ -488,8 +488,8 @@ async def test_worklist_window_is_the_expected_release(network: dict[str, Any]) 
     assert {made["past-soon"], made["in-window"]} <= {v["referral_id"] for v in esc}
 
 
-async def test_worklist_reads_every_page(
-    network: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+async def test_worklist_reads_every_page_up_to_its_limit(
+    network: dict[str, Any], monkeypatch: pytest.MonkeyPatch, app: Any
 ) -> None:
     from service.workflows import referrals as referral_workflow
 
@@ -504,6 +504,23 @@ async def test_worklist_reads_every_page(
         v["release"]["expected_at"] for v in listed
     )
     assert len(listed) == 5
+    # More referrals than a worklist lists: refused (never cut short), saying what to do.
+    app.state.settings = app.state.settings.model_copy(update={"worklist_max_referrals": 4})
+    r = await jail.get("/v1/referrals")
+    assert r.status_code == 422, r.text
+    [issue] = r.json()["issue"]
+    assert issue["code"] == "too-costly" and "More than 4 referrals" in issue["diagnostics"]
+    assert issue["expression"] == ["release_from", "release_to"]
+    now = datetime.now(UTC)
+    window = {
+        "release_from": now.isoformat(),
+        "release_to": (now + timedelta(hours=12, minutes=30)).isoformat(),
+    }
+    narrowed = await jail.get("/v1/referrals", params=window)
+    assert narrowed.status_code == 200 and len(narrowed.json()) == 3  # 10, 11 and 12 hours
+    # Escalations look at most 15 days ahead: bounded by their own window, not refused.
+    esc = await jail.get("/v1/referrals/escalations", params={"within_hours": 72})
+    assert esc.status_code == 200 and len(esc.json()) == 5
 
 
 async def test_worklist_views_and_statement_count(

@@ -359,12 +359,27 @@ def test_gc_threshold_only_when_set(render: Render) -> None:
     assert _config(render({"config": {"gcGen0Threshold": 0}}))["HANDOFF_GC_GEN0_THRESHOLD"] == "0"
 
 
-def test_retention_and_naloxone_limit_only_when_set(render: Render) -> None:
+def test_retention_and_limits_only_when_set(render: Render) -> None:
+    defaults = _config(render({}))
+    assert not {
+        "HANDOFF_IDEMPOTENCY_RETENTION_HOURS",
+        "HANDOFF_NALOXONE_MAX_QUANTITY",
+        "HANDOFF_WORKLIST_MAX_REFERRALS",
+    } & set(defaults)  # the app's defaults apply
     config = _config(
-        render({"config": {"idempotencyRetentionHours": 72, "naloxoneMaxQuantity": 20}})
+        render(
+            {
+                "config": {
+                    "idempotencyRetentionHours": 72,
+                    "naloxoneMaxQuantity": 20,
+                    "worklistMaxReferrals": 500,
+                }
+            }
+        )
     )
     assert config["HANDOFF_IDEMPOTENCY_RETENTION_HOURS"] == "72"
     assert config["HANDOFF_NALOXONE_MAX_QUANTITY"] == "20"
+    assert config["HANDOFF_WORKLIST_MAX_REFERRALS"] == "500"
 
 
 def test_production_settings(production_manifests: list[Manifest]) -> None:
@@ -606,6 +621,7 @@ def test_migrations_can_be_disabled(render: Render) -> None:
         ({"config": {"gcGen0Threshold": -1}}, "/config/gcGen0Threshold"),
         ({"config": {"idempotencyRetentionHours": 0}}, "/config/idempotencyRetentionHours"),
         ({"config": {"naloxoneMaxQuantity": 0}}, "/config/naloxoneMaxQuantity"),
+        ({"config": {"worklistMaxReferrals": 0}}, "/config/worklistMaxReferrals"),
     ],
 )
 def test_schema_rejects_bad_values(

@@ -259,7 +259,9 @@ async def list_referrals(
     ] = None,
 ) -> list[dict[str, Any]]:
     """E.g. people released in the next 72 hours whose referral is not yet accepted:
-    `?release_from=<now>&release_to=<now+72h>&status=requested,rejected`."""
+    `?release_from=<now>&release_to=<now+72h>&status=requested,rejected`. Lists at most
+    `HANDOFF_WORKLIST_MAX_REFERRALS` (2,000) referrals: a window holding more answers 422
+    (`too-costly`), never a list cut short."""
     statuses = {s.strip() for s in status.split(",")} if status else None
     return await wf.list_referrals(
         ctx, facility=facility, release_from=release_from, release_to=release_to, statuses=statuses
