@@ -286,7 +286,8 @@ def _parse_result_param(
             request.includes.extend(includes)
         else:
             if modifier != "iterate":
-                # Only the parameters that can point at the matches can find anything.
+                # Only the parameters that can point at the matches can find anything (one
+                # named alone is kept, finding nothing, as before the wildcard).
                 includes = [
                     i for i in includes if can_target(i.param, request.resource_type)
                 ] or includes[:1]
