@@ -21,6 +21,7 @@ from service.fhir.resource import new_id
 from service.fhir.validate import validate_resource
 from service.search.dates import format_instant
 from service.storage.db import read_connection, write_transaction
+from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
 
@@ -223,59 +224,82 @@ async def _run_entry(
     raise InvalidRequestError(f"GET url {request['url']!r} is not supported in a Bundle")
 
 
-async def process_bundle(ctx: WorkflowContext, body: Any) -> dict[str, Any]:
+async def process_bundle(
+    ctx: WorkflowContext, body: Any, *, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    idempotency.check_key(idempotency_key)
     kind, entries = _check_bundle(body)
-    if kind == "transaction":
-        return await _transaction(ctx, entries)
-    return await _batch(ctx, entries)
+    if kind == "batch":
+        if idempotency_key is not None:
+            raise InvalidRequestError(
+                "Idempotency-Key applies to a transaction, not to a batch, whose entries commit "
+                "one by one: give each POST entry request.ifNoneExist instead",
+                expression=["Idempotency-Key"],
+            )
+        return await _batch(ctx, entries)
+    if idempotency_key is None:
+        async with write_transaction(ctx.engine) as conn:
+            return await _transaction(conn, ctx, entries)
+
+    async def work(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
+        return 200, await _transaction(conn, ctx, entries)
+
+    # A retry answers with the first response, which names what the transaction wrote.
+    _, response = await idempotency.run_once(
+        ctx,
+        key=idempotency_key,
+        fingerprint=idempotency.request_hash({"transaction": body}),
+        work=work,
+        stored_status=200,
+    )
+    return response
 
 
-async def _transaction(ctx: WorkflowContext, entries: list[dict[str, Any]]) -> dict[str, Any]:
+async def _transaction(
+    conn: AsyncConnection, ctx: WorkflowContext, entries: list[dict[str, Any]]
+) -> dict[str, Any]:
     prepared = [dict(e) for e in entries]
     results: dict[int, EntryResult] = {}
-    async with write_transaction(ctx.engine) as conn:
-        # Give POST entries their ids first (or the id of the resource a conditional create
-        # matches), so urn:uuid references resolve whatever the order of the entries.
-        mapping: dict[str, str] = {}
-        for i, entry in enumerate(prepared):
-            if entry["request"]["method"] != "POST":
-                continue
-            rtype = entry["resource"].get("resourceType", "")
-            target_id = new_id()
-            condition = entry["request"].get("ifNoneExist")
-            if condition:
-                wf.check_type(rtype)
-                existing = await _positioned(i, wf.conditional_match(conn, ctx, rtype, condition))
-                if existing is not None:
-                    entry["_existing"] = existing
-                    target_id = existing.id
-            entry["_assigned_id"] = target_id
-            full = entry.get("fullUrl")
-            if isinstance(full, str) and full.startswith("urn:"):
-                if full in mapping:
-                    raise _entry_error(i, f"fullUrl {full} appears twice in the transaction")
-                mapping[full] = f"{rtype}/{target_id}"
-        problems: list[Issue] = []
-        for i, entry in enumerate(prepared):
-            if isinstance(entry.get("resource"), dict):
-                entry["resource"] = _rewrite_refs(entry["resource"], mapping)
-                if entry["request"]["method"] in ("POST", "PUT") and "_existing" not in entry:
-                    try:
-                        validate_resource(entry["resource"])
-                    except ServiceError as exc:
-                        problems.extend(_at_entry(i, exc.issues))
-        if problems:
-            raise InvalidRequestError(problems[0].diagnostics, issues=problems)
-        order = sorted(range(len(prepared)), key=lambda i: _ORDER[prepared[i]["request"]["method"]])
-        for i in order:
-            entry = prepared[i]
-            if "_existing" in entry:
-                results[i] = _stored_result(
-                    entry["_existing"], "200 OK", ctx.base_url, location=False
-                )
-                continue
-            entry["request"] = {k: v for k, v in entry["request"].items() if k != "ifNoneExist"}
-            results[i] = await _positioned(i, _run_entry(conn, ctx, entry, validated=True))
+    # Give POST entries their ids first (or the id of the resource a conditional create
+    # matches), so urn:uuid references resolve whatever the order of the entries.
+    mapping: dict[str, str] = {}
+    for i, entry in enumerate(prepared):
+        if entry["request"]["method"] != "POST":
+            continue
+        rtype = entry["resource"].get("resourceType", "")
+        target_id = new_id()
+        condition = entry["request"].get("ifNoneExist")
+        if condition:
+            wf.check_type(rtype)
+            existing = await _positioned(i, wf.conditional_match(conn, ctx, rtype, condition))
+            if existing is not None:
+                entry["_existing"] = existing
+                target_id = existing.id
+        entry["_assigned_id"] = target_id
+        full = entry.get("fullUrl")
+        if isinstance(full, str) and full.startswith("urn:"):
+            if full in mapping:
+                raise _entry_error(i, f"fullUrl {full} appears twice in the transaction")
+            mapping[full] = f"{rtype}/{target_id}"
+    problems: list[Issue] = []
+    for i, entry in enumerate(prepared):
+        if isinstance(entry.get("resource"), dict):
+            entry["resource"] = _rewrite_refs(entry["resource"], mapping)
+            if entry["request"]["method"] in ("POST", "PUT") and "_existing" not in entry:
+                try:
+                    validate_resource(entry["resource"])
+                except ServiceError as exc:
+                    problems.extend(_at_entry(i, exc.issues))
+    if problems:
+        raise InvalidRequestError(problems[0].diagnostics, issues=problems)
+    order = sorted(range(len(prepared)), key=lambda i: _ORDER[prepared[i]["request"]["method"]])
+    for i in order:
+        entry = prepared[i]
+        if "_existing" in entry:
+            results[i] = _stored_result(entry["_existing"], "200 OK", ctx.base_url, location=False)
+            continue
+        entry["request"] = {k: v for k, v in entry["request"].items() if k != "ifNoneExist"}
+        results[i] = await _positioned(i, _run_entry(conn, ctx, entry, validated=True))
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",

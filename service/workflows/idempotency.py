@@ -113,9 +113,11 @@ async def run_once(
     key: str | None,
     fingerprint: str,
     work: Callable[[AsyncConnection], Awaitable[tuple[int, dict[str, Any]]]],
+    stored_status: int = 201,
 ) -> tuple[int, dict[str, Any]]:
     """``work(conn)`` in one write transaction, at most once per client and key: a retry gets
-    the stored response instead. What ``work`` created (201) is stored with its writes."""
+    the stored response instead. What ``work`` created (``stored_status``: 201, or 200 for a
+    transaction Bundle) is stored with its writes."""
     assert ctx.principal is not None
     client_id = ctx.principal.client_id
     retention = timedelta(hours=ctx.settings.idempotency_retention_hours)
@@ -126,7 +128,7 @@ async def run_once(
         if replay is not None:
             return replay.status_code, replay.body
         status_code, body = await work(conn)
-        if status_code == 201:
+        if status_code == stored_status:
             await finish(
                 conn,
                 client_id=client_id,

@@ -40,7 +40,7 @@ from service.search.query import SearchRequest, parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
 from service.storage.repository import StoredResource
-from service.workflows import audit
+from service.workflows import audit, idempotency
 from service.workflows.access import (
     CREATOR_PARAM,
     check_write,
@@ -590,17 +590,49 @@ async def conditional_match(
 
 
 async def create(
-    ctx: WorkflowContext, body: dict[str, Any], *, if_none_exist: str | None = None
+    ctx: WorkflowContext,
+    body: dict[str, Any],
+    *,
+    if_none_exist: str | None = None,
+    idempotency_key: str | None = None,
 ) -> WriteResult:
     resource_type = body.get("resourceType", "") if isinstance(body, dict) else ""
     _audit_as(ctx, "create", resource_type or None)
     if isinstance(resource_type, str) and resource_type:
         require_scope(ctx.principal, resource_type, "c")  # before any work on the body
+    idempotency.check_key(idempotency_key)
     validate_resource(body, expected_type=resource_type or None)
     check_type(resource_type)
     _check_client_writable(ctx, resource_type)
-    async with write_transaction(ctx.engine) as conn:
-        return await create_in(conn, ctx, body, if_none_exist=if_none_exist, validated=True)
+    if idempotency_key is None:
+        async with write_transaction(ctx.engine) as conn:
+            return await create_in(conn, ctx, body, if_none_exist=if_none_exist, validated=True)
+    return await _create_once(ctx, body, if_none_exist=if_none_exist, key=idempotency_key)
+
+
+async def _create_once(
+    ctx: WorkflowContext, body: dict[str, Any], *, if_none_exist: str | None, key: str
+) -> WriteResult:
+    """A create under an ``Idempotency-Key``: a retry answers with the version the first
+    request created (the key keeps its type, id and version, not a second copy of the body)."""
+    made: list[WriteResult] = []
+
+    async def work(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
+        result = await create_in(conn, ctx, body, if_none_exist=if_none_exist, validated=True)
+        made.append(result)
+        s = result.stored
+        return result.status, {"resourceType": s.resource_type, "id": s.id, "version": s.version_id}
+
+    fingerprint = idempotency.request_hash({"create": body, "ifNoneExist": if_none_exist})
+    _, first = await idempotency.run_once(ctx, key=key, fingerprint=fingerprint, work=work)
+    if made:
+        return made[0]
+    async with read_connection(ctx.engine) as conn:
+        stored = await repo.get_version(conn, first["resourceType"], first["id"], first["version"])
+    if stored is None:  # history is kept: only a purge by hand could remove it
+        raise ResourceGoneError(f"{first['resourceType']}/{first['id']} is no longer held here")
+    ctx.accessed.append(stored)  # shown again: audited as what this request disclosed
+    return WriteResult(stored=stored, created=True)
 
 
 async def update_in(

@@ -190,3 +190,127 @@ async def test_bundle_type_must_be_transaction_or_batch(client: httpx.AsyncClien
     )
     assert r.status_code == 400
     assert r.json()["issue"][0]["expression"] == ["Bundle.type"]
+
+
+# --- Idempotency-Key on FHIR creates and transactions ------------------------------------------
+
+
+async def count_of(client: httpx.AsyncClient, resource_type: str, **params: str) -> int:
+    r = await client.get(f"/fhir/{resource_type}", params={**params, "_summary": "count"})
+    return int(r.json()["total"])
+
+
+async def test_a_retried_create_with_a_key_makes_one_resource(client: httpx.AsyncClient) -> None:
+    body = organization(identifier="idem-1")
+    keyed = {**FHIR_JSON, "Idempotency-Key": "create-org-1"}
+    first = await client.post("/fhir/Organization", json=body, headers=keyed)
+    assert first.status_code == 201, first.text
+    again = await client.post("/fhir/Organization", json=body, headers=keyed)
+    # The same answer as the first time: status, Location, ETag and the resource.
+    assert again.status_code == 201
+    assert again.headers["location"] == first.headers["location"]
+    assert again.headers["etag"] == first.headers["etag"] == 'W/"1"'
+    assert again.json() == first.json()
+    assert await count_of(client, "Organization", identifier="https://example.org/orgs|idem-1") == 1
+    # Later versions do not change what a retry answers: the version it created.
+    updated = dict(first.json(), name="Renamed")
+    assert (
+        await client.put(f"/fhir/Organization/{updated['id']}", json=updated, headers=FHIR_JSON)
+    ).status_code == 200
+    late = await client.post(
+        "/fhir/Organization", json=body, headers={**keyed, "Prefer": "return=minimal"}
+    )
+    assert late.status_code == 201 and late.content == b""
+    assert late.headers["etag"] == 'W/"1"'
+    # Without a key, a second POST is a second resource (FHIR's create).
+    assert (await client.post("/fhir/Organization", json=body, headers=FHIR_JSON)).is_success
+    assert await count_of(client, "Organization", identifier="https://example.org/orgs|idem-1") == 2
+
+
+async def test_a_key_is_for_one_request_and_one_client(
+    client: httpx.AsyncClient,
+    org_client,  # type: ignore[no-untyped-def]
+) -> None:
+    keyed = {**FHIR_JSON, "Idempotency-Key": "k-1"}
+    assert (
+        await client.post("/fhir/Organization", json=organization(identifier="k-a"), headers=keyed)
+    ).status_code == 201
+    other_body = await client.post(
+        "/fhir/Organization", json=organization(identifier="k-b"), headers=keyed
+    )
+    assert other_body.status_code == 422
+    assert other_body.json()["issue"][0]["expression"] == ["Idempotency-Key"]
+    assert await count_of(client, "Organization", identifier="https://example.org/orgs|k-b") == 0
+    # Another client's key of the same text is its own.
+    org = (
+        await client.post(
+            "/fhir/Organization", json=organization(identifier="k-org"), headers=FHIR_JSON
+        )
+    ).json()
+    other = await org_client(f"Organization/{org['id']}")
+    theirs = await other.post("/fhir/Patient", json=patient(booking="K-1"), headers=keyed)
+    assert theirs.status_code == 201, theirs.text
+    for bad in ("", "x" * 256, "tab\there"):
+        r = await client.post(
+            "/fhir/Organization",
+            json=organization(identifier="k-c"),
+            headers={**FHIR_JSON, "Idempotency-Key": bad},
+        )
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["issue"][0]["expression"] == ["Idempotency-Key"]
+
+
+async def test_concurrent_retries_with_one_key_make_one_resource(
+    client: httpx.AsyncClient,
+) -> None:
+    keyed = {**FHIR_JSON, "Idempotency-Key": "burst-1"}
+    body = organization(identifier="burst")
+    results = await asyncio.gather(
+        *(client.post("/fhir/Organization", json=body, headers=keyed) for _ in range(8))
+    )
+    assert [r.status_code for r in results] == [201] * 8
+    assert len({r.json()["id"] for r in results}) == 1
+    assert await count_of(client, "Organization", identifier="https://example.org/orgs|burst") == 1
+
+
+async def test_a_failed_create_keeps_nothing_under_its_key(client: httpx.AsyncClient) -> None:
+    keyed = {**FHIR_JSON, "Idempotency-Key": "fix-and-retry"}
+    bad = dict(task(), status="nonsense")
+    assert (await client.post("/fhir/Task", json=bad, headers=keyed)).status_code == 400
+    fixed = await client.post("/fhir/Task", json=task(), headers=keyed)
+    assert fixed.status_code == 201, fixed.text
+
+
+async def test_a_retried_transaction_with_a_key_writes_once(client: httpx.AsyncClient) -> None:
+    bundle = _transaction(
+        [
+            {
+                "fullUrl": "urn:uuid:0b0c7a3e-2b8d-4c55-9a51-1f0a8a6f0c01",
+                "resource": patient(booking="TX-IDEM"),
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": organization(identifier="tx-idem"),
+                "request": {"method": "POST", "url": "Organization"},
+            },
+        ]
+    )
+    keyed = {**FHIR_JSON, "Idempotency-Key": "tx-1"}
+    first = await client.post("/fhir", json=bundle, headers=keyed)
+    assert first.status_code == 200, first.text
+    again = await client.post("/fhir", json=bundle, headers=keyed)
+    assert again.status_code == 200 and again.json() == first.json()
+    assert (
+        await count_of(client, "Organization", identifier="https://example.org/orgs|tx-idem") == 1
+    )
+    assert (
+        await count_of(client, "Patient", identifier="https://jail.example.org/booking|TX-IDEM")
+        == 1
+    )
+    # A batch's entries commit one by one: a key cannot cover it, and says what to do instead.
+    batch = dict(bundle, type="batch")
+    r = await client.post("/fhir", json=batch, headers={**FHIR_JSON, "Idempotency-Key": "b-1"})
+    assert r.status_code == 400 and "ifNoneExist" in r.json()["issue"][0]["diagnostics"]
+    assert (
+        await count_of(client, "Organization", identifier="https://example.org/orgs|tx-idem") == 1
+    )

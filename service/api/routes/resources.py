@@ -43,6 +43,17 @@ IfMatch = Annotated[
         json_schema_extra={"pattern": r'^(W/)?"[0-9]+"$'},
     ),
 ]
+# Checked by the workflow (idempotency.check_key), which answers a malformed key with 400.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Makes a retry safe: the same key (from the same client, for the same "
+        "request) answers with what the first request created, never a second copy. Kept "
+        "HANDOFF_IDEMPOTENCY_RETENTION_HOURS (24).",
+        json_schema_extra={"maxLength": 255, "minLength": 1},
+    ),
+]
 
 FHIR_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {
@@ -374,13 +385,16 @@ def resource_router(
         request: Request,
         ctx: ContextDep,
         if_none_exist: Annotated[str | None, Header(alias="If-None-Exist")] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response:
         body = await _json_body(request)
         if isinstance(body, dict) and body.get("resourceType") != t:
             from service.fhir.validate import validate_resource
 
             validate_resource(body, expected_type=t)
-        result = await wf.create(ctx, body, if_none_exist=if_none_exist)
+        result = await wf.create(
+            ctx, body, if_none_exist=if_none_exist, idempotency_key=idempotency_key
+        )
         return resource_response(
             request,
             result.stored,

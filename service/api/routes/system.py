@@ -13,7 +13,7 @@ from service import __version__
 from service.api.deps import AuditedRoute, ContextDep, PublicContextDep
 from service.api.responses import fhir_json
 from service.api.routes.auth import capability_security
-from service.api.routes.resources import FHIR_ERRORS, type_history_response
+from service.api.routes.resources import FHIR_ERRORS, IdempotencyKey, type_history_response
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.params import can_target, params_for
 from service.workflows import bundles
@@ -47,11 +47,15 @@ _SEARCH_TYPES = {
         }
     },
 )
-async def transaction(request: Request, ctx: ContextDep) -> Response:
+async def transaction(
+    request: Request, ctx: ContextDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     """A `transaction` Bundle commits every entry or none; a `batch` runs each entry alone.
-    `urn:uuid:` fullUrls may be referenced by other entries and get the new ids."""
+    `urn:uuid:` fullUrls may be referenced by other entries and get the new ids. An
+    `Idempotency-Key` makes a transaction safe to retry (a batch takes `ifNoneExist` per
+    entry instead)."""
     body = wf.parse_body(await request.body())
-    result = await bundles.process_bundle(ctx, body)
+    result = await bundles.process_bundle(ctx, body, idempotency_key=idempotency_key)
     return fhir_json(result)
 
 
