@@ -12,13 +12,14 @@ Observations derived from every QuestionnaireResponse, on every write path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.errors import BusinessRuleError
+from service.errors import BusinessRuleError, MethodNotAllowedError
 from service.fhir.codes import referral_code_systems, sim_code_system, staff_role_code_system
 from service.fhir.oend_codes import oend_code_systems
 from service.questionnaires.check import check_questionnaire
@@ -208,21 +209,16 @@ async def _derived(
 
 
 def register(rules: RuleSet) -> None:
+    for resource_type in ("Questionnaire", "CodeSystem", "ValueSet"):
+        rules.on_write(resource_type, _builtin_is_read_only)
     rules.on_write("Questionnaire", _check_questionnaire)
     rules.on_write("QuestionnaireResponse", _validate_response)
     rules.on_written("QuestionnaireResponse", _derive_observations)
 
 
-async def ensure_builtin_content(engine: AsyncEngine, settings: Settings, rules: RuleSet) -> None:
-    """Load the built-in instruments, CodeSystems and ValueSets (idempotent, replica-safe).
-
-    They are stored with their own ids (``Questionnaire/taps``), and replaced only when the
-    shipped definition changed (a new version of the file).
-    """
-    ctx = WorkflowContext(
-        engine=engine, settings=settings, base_url="", request_id="builtin", rules=rules
-    )
-    resources = [
+def builtin_resources() -> list[dict[str, Any]]:
+    """The instruments, CodeSystems and ValueSets the service ships and maintains."""
+    return [
         *load_builtin_instruments().values(),
         *builtin_code_systems(),
         *builtin_value_sets(),
@@ -231,9 +227,39 @@ async def ensure_builtin_content(engine: AsyncEngine, settings: Settings, rules:
         *referral_code_systems(),
         *oend_code_systems(),
     ]
+
+
+@functools.cache
+def _builtin_keys() -> frozenset[tuple[str, str]]:
+    return frozenset((r["resourceType"], r["id"]) for r in builtin_resources())
+
+
+async def _builtin_is_read_only(event: WriteEvent) -> None:
+    """Clients may not change what the service ships: its scoring and codes follow the shipped
+    definitions, and ``ensure_builtin_content`` would put them back at the next start."""
+    if event.ctx.principal is None or (event.resource_type, event.resource_id) not in (
+        _builtin_keys()
+    ):
+        return
+    raise MethodNotAllowedError(
+        f"{event.resource_type}/{event.resource_id} is built-in content, maintained by the "
+        f"service: read it, or publish your own {event.resource_type} with its own id and url",
+        allow=["GET"],
+    )
+
+
+async def ensure_builtin_content(engine: AsyncEngine, settings: Settings, rules: RuleSet) -> None:
+    """Load the built-in instruments, CodeSystems and ValueSets (idempotent, replica-safe).
+
+    They are stored with their own ids (``Questionnaire/taps``), and replaced only when the
+    shipped definition changed (a new version of the file). Clients cannot change them.
+    """
+    ctx = WorkflowContext(
+        engine=engine, settings=settings, base_url="", request_id="builtin", rules=rules
+    )
     async with write_transaction(engine) as conn:
         await repo.lock_key(conn, "builtin-content")
-        for resource in resources:
+        for resource in builtin_resources():
             rtype, rid = resource["resourceType"], resource["id"]
             current = await repo.get_current(conn, rtype, rid)
             if current is not None and current.raw is not None:

@@ -335,3 +335,65 @@ async def test_site_loaded_questionnaire_end_to_end(
     broken["item"].append({"linkId": broken["item"][0]["linkId"], "type": "boolean", "text": "dup"})
     r = await client.put("/fhir/Questionnaire/broken", json=broken, headers=FHIR_JSON)
     assert r.status_code == 422
+
+
+async def test_builtin_content_is_read_only_for_clients(client: httpx.AsyncClient) -> None:
+    """Scoring follows the shipped instruments and the codes the shipped CodeSystems: even an
+    administrator may read them but not change them (the service would put them back at its
+    next start, silently)."""
+    for path in (
+        "Questionnaire/dast-10",
+        "CodeSystem/warm-handoff-status",
+        "ValueSet/yes-no",
+    ):
+        shipped = await client.get(f"/fhir/{path}")
+        assert shipped.status_code == 200
+        body = shipped.json()
+        etag = {"If-Match": shipped.headers["etag"]}
+        attempts = [
+            client.put(f"/fhir/{path}", json=dict(body, title="Changed"), headers=FHIR_JSON | etag),
+            client.patch(
+                f"/fhir/{path}",
+                json=[{"op": "replace", "path": "/status", "value": "retired"}],
+                headers={"Content-Type": "application/json-patch+json"} | etag,
+            ),
+            client.delete(f"/fhir/{path}"),
+        ]
+        for attempt in attempts:
+            r = await attempt
+            assert r.status_code == 405, (path, r.text)
+            assert r.headers["allow"] == "GET"
+            assert "built-in content" in r.json()["issue"][0]["diagnostics"]
+        after = await client.get(f"/fhir/{path}")
+        assert after.json() == body and after.headers["etag"] == shipped.headers["etag"]
+    # In a transaction too, and nothing else in it is written.
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": organization(identifier="builtin-tx"),
+                "request": {"method": "POST", "url": "Organization"},
+            },
+            {"request": {"method": "DELETE", "url": "Questionnaire/taps"}},
+        ],
+    }
+    assert (await client.post("/fhir", json=bundle, headers=FHIR_JSON)).status_code == 405
+    orgs = await client.get(
+        "/fhir/Organization", params={"identifier": "https://example.org/orgs|builtin-tx"}
+    )
+    assert orgs.json().get("entry", []) == []
+    assert (await client.get("/fhir/Questionnaire/taps")).status_code == 200
+    # A program's own instrument stays theirs to change.
+    dast = (await client.get("/fhir/Questionnaire/dast-10")).json()
+    mine = {k: v for k, v in dast.items() if k not in ("id", "meta")}
+    mine["url"] = "https://example.org/fhir/Questionnaire/our-dast"
+    created = await client.post("/fhir/Questionnaire", json=mine, headers=FHIR_JSON)
+    assert created.status_code == 201, created.text
+    changed = dict(created.json(), title="Our DAST")
+    r = await client.put(
+        f"/fhir/Questionnaire/{changed['id']}",
+        json=changed,
+        headers=FHIR_JSON | {"If-Match": created.headers["etag"]},
+    )
+    assert r.status_code == 200, r.text
