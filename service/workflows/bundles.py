@@ -7,6 +7,8 @@ batch: every entry on its own; a failed entry becomes an OperationOutcome in its
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,6 +58,23 @@ class EntryResult:
             response["outcome"] = self.outcome
         entry["response"] = response
         return entry
+
+
+def _patch_document(resource: Any) -> Any:
+    """The JSON Patch a PATCH entry carries: a Binary whose ``data`` is the document, base64."""
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
+        raise InvalidRequestError(
+            "A PATCH entry carries its JSON Patch as a Binary resource (data: the patch, base64)"
+        )
+    data = resource.get("data")
+    try:
+        return orjson.loads(base64.b64decode(data if isinstance(data, str) else "", validate=True))
+    except (binascii.Error, ValueError) as exc:  # orjson's JSONDecodeError is a ValueError
+        raise InvalidRequestError(
+            "The PATCH entry's Binary.data must be a JSON Patch document in base64 "
+            f"({'not base64' if isinstance(exc, binascii.Error) else 'not JSON'})",
+            expression=["Binary.data"],
+        ) from None
 
 
 def _entry_error(index: int, text: str) -> InvalidRequestError:
@@ -181,14 +200,7 @@ async def _run_entry(
     if method == "PATCH":
         if len(path) != 2:
             raise InvalidRequestError(f"PATCH url {request['url']!r} must be Type/id")
-        resource = entry.get("resource")
-        ops: Any = None
-        if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
-            import base64
-
-            ops = orjson.loads(base64.b64decode(resource.get("data", "")))
-        else:
-            raise InvalidRequestError("PATCH entries carry the JSON Patch as a Binary resource")
+        ops = _patch_document(entry.get("resource"))
         result = await wf.patch_in(
             conn, ctx, path[0], path[1], ops, if_match=wf.parse_if_match(request.get("ifMatch"))
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 
@@ -314,3 +315,113 @@ async def test_a_retried_transaction_with_a_key_writes_once(client: httpx.AsyncC
     assert (
         await count_of(client, "Organization", identifier="https://example.org/orgs|tx-idem") == 1
     )
+
+
+def _binary_patch(operations: object) -> dict:
+    import base64
+
+    data = base64.b64encode(json.dumps(operations).encode()).decode()
+    return {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data}
+
+
+async def test_batch_reads_searches_patches_and_deletes(client: httpx.AsyncClient) -> None:
+    org = (
+        await client.post(
+            "/fhir/Organization", json=organization(identifier="bx"), headers=FHIR_JSON
+        )
+    ).json()
+    ref = f"Organization/{org['id']}"
+    rename = [{"op": "replace", "path": "/name", "value": "Renamed by a batch"}]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": ref}},
+            {"request": {"method": "GET", "url": f"{ref}/_history/1"}},
+            {
+                "request": {
+                    "method": "GET",
+                    "url": "Organization?identifier=https://example.org/orgs|bx",
+                }
+            },
+            {
+                "resource": _binary_patch(rename),
+                "request": {"method": "PATCH", "url": ref, "ifMatch": 'W/"1"'},
+            },
+            # A Binary whose data is not base64, or not JSON: the entry fails, with a reason.
+            {
+                "resource": {"resourceType": "Binary", "contentType": "x", "data": "%%%"},
+                "request": {"method": "PATCH", "url": ref},
+            },
+            {
+                "resource": {
+                    "resourceType": "Binary",
+                    "contentType": "application/json-patch+json",
+                    "data": "bm90IGpzb24=",  # "not json"
+                },
+                "request": {"method": "PATCH", "url": ref},
+            },
+            {"resource": org, "request": {"method": "PATCH", "url": ref}},
+            {"request": {"method": "GET", "url": f"{ref}/_history"}},
+            {"request": {"method": "DELETE", "url": ref}},
+        ],
+    }
+    r = await client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    statuses = [e["response"]["status"] for e in entries]
+    assert statuses == [
+        "200 OK",
+        "200 OK",
+        "200 OK",
+        "200 OK",
+        "400",
+        "400",
+        "400",
+        "400",
+        "204 No Content",
+    ]
+    assert entries[0]["resource"]["id"] == org["id"]
+    assert entries[2]["resource"]["type"] == "searchset"
+    assert [e["resource"]["id"] for e in entries[2]["resource"]["entry"]] == [org["id"]]
+    assert entries[3]["resource"]["name"] == "Renamed by a batch"
+    for failed in entries[4:8]:
+        assert failed["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert (await client.get(f"/fhir/{ref}")).status_code == 410
+
+
+async def test_transaction_patch_entries(client: httpx.AsyncClient) -> None:
+    org = (
+        await client.post(
+            "/fhir/Organization", json=organization(identifier="tp"), headers=FHIR_JSON
+        )
+    ).json()
+    ref = f"Organization/{org['id']}"
+    bad = _transaction(
+        [
+            {
+                "resource": organization(identifier="tp-new"),
+                "request": {"method": "POST", "url": "Organization"},
+            },
+            {
+                "resource": {"resourceType": "Binary", "contentType": "x", "data": "%%%"},
+                "request": {"method": "PATCH", "url": ref},
+            },
+        ]
+    )
+    r = await client.post("/fhir", json=bad, headers=FHIR_JSON)
+    assert r.status_code == 400, r.text
+    issue = r.json()["issue"][0]
+    assert "not base64" in issue["diagnostics"] and "Bundle.entry[1]" in str(issue["expression"])
+    assert await count_of(client, "Organization", identifier="https://example.org/orgs|tp-new") == 0
+    good = _transaction(
+        [
+            {
+                "resource": _binary_patch([{"op": "add", "path": "/alias", "value": ["TP"]}]),
+                "request": {"method": "PATCH", "url": ref, "ifMatch": 'W/"1"'},
+            }
+        ]
+    )
+    r = await client.post("/fhir", json=good, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    assert r.json()["entry"][0]["resource"]["alias"] == ["TP"]
