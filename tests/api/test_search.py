@@ -438,3 +438,28 @@ async def test_links_use_forwarded_public_base(client: httpx.AsyncClient, app, i
     self_link = next(link["url"] for link in r.json()["link"] if link["relation"] == "self")
     assert self_link.startswith("https://handoff.example.org/fhir/Task?")
     assert r.json()["entry"][0]["fullUrl"].startswith("https://handoff.example.org/fhir/Task/")
+
+
+async def test_uri_search_and_below(client: httpx.AsyncClient) -> None:
+    def code_system(url: str) -> dict[str, Any]:
+        return {"resourceType": "CodeSystem", "url": url, "status": "active", "content": "complete"}
+
+    a = await create(client, code_system("https://example.org/cs/site/a"))
+    b = await create(client, code_system("https://example.org/cs/site/b"))
+    await create(client, code_system("https://example.org/other/c"))
+    assert await ids(client, "CodeSystem", url="https://example.org/cs/site/a") == {a["id"]}
+    assert await ids(client, "CodeSystem", url="https://example.org/cs/site") == set()
+    assert await ids(client, "CodeSystem", **{"url:below": "https://example.org/cs/site"}) == {
+        a["id"],
+        b["id"],
+    }
+    # LIKE's wildcards in a value are matched as themselves.
+    assert await ids(client, "CodeSystem", **{"url:below": "https://example.org/%"}) == set()
+
+
+async def test_approximate_date_prefix(client: httpx.AsyncClient) -> None:
+    near = await create(client, task(authored_on="2026-03-10T00:00:00Z"))
+    far = await create(client, task(authored_on="2025-03-10T00:00:00Z"))
+    # "ap": within a tenth of the distance from now, and at least a day.
+    found = await ids(client, "Task", **{"authored-on": "ap2026-03-09"})
+    assert near["id"] in found and far["id"] not in found
