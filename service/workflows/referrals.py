@@ -24,7 +24,13 @@ from service.domain.referral import (
     check_transition,
     is_referral_task,
 )
-from service.errors import BusinessRuleError, ForbiddenError, Issue, ResourceNotFoundError
+from service.errors import (
+    BusinessRuleError,
+    ForbiddenError,
+    Issue,
+    ResourceNotFoundError,
+    ServiceError,
+)
 from service.fhir import codes
 from service.fhir.resource import now_ms
 from service.search.dates import format_instant
@@ -539,7 +545,7 @@ async def _check_references(
                     (f"supporting_info[{i}]",),
                 )
             )
-        except Exception:
+        except ServiceError:  # e.g. deleted (410); a database failure stays a 500, not a 422
             issues.append(
                 Issue(
                     "error",

@@ -831,3 +831,58 @@ async def test_a_jms_body_must_be_declared_json(network: dict[str, Any]) -> None
     assert r.json()["issue"][0]["diagnostics"] == (
         "body: the request has no body; send the JSON that /docs shows"
     )
+
+
+async def test_supporting_information_must_be_held_and_visible(network: dict[str, Any]) -> None:
+    jail, otp, ids = network["jail"], network["otp"], network["ids"]
+    mine = (
+        await jail.post(
+            "/fhir/Observation",
+            json={
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "Screening note"},
+            },
+            headers=FHIR_JSON,
+        )
+    ).json()
+    gone = (
+        await jail.post(
+            "/fhir/Observation",
+            json={"resourceType": "Observation", "status": "final", "code": {"text": "Old"}},
+            headers=FHIR_JSON,
+        )
+    ).json()
+    assert (await jail.delete(f"/fhir/Observation/{gone['id']}")).status_code in (200, 204)
+    theirs = (
+        await otp.post(
+            "/fhir/Observation",
+            json={"resourceType": "Observation", "status": "final", "code": {"text": "Theirs"}},
+            headers=FHIR_JSON,
+        )
+    ).json()
+    body = referral(
+        ids["otp"],
+        supporting_info=[
+            f"Observation/{mine['id']}",
+            "Observation/never-was",
+            f"Observation/{gone['id']}",
+            f"Observation/{theirs['id']}",
+        ],
+    )
+    r = await jail.post("/v1/referrals", json=body)
+    assert r.status_code == 422, r.text
+    # Every problem at once, each naming its place; the jail's own record passes.
+    by_place = {tuple(i["expression"]): i["diagnostics"] for i in r.json()["issue"]}
+    assert set(by_place) == {
+        ("supporting_info[1]",),
+        ("supporting_info[2]",),
+        ("supporting_info[3]",),
+    }
+    assert "not known here" in by_place[("supporting_info[1]",)]
+    assert "not a reference this server holds" in by_place[("supporting_info[2]",)]  # deleted
+    assert "not known here (or not yours)" in by_place[("supporting_info[3]",)]
+    ok = await jail.post(
+        "/v1/referrals", json=referral(ids["otp"], supporting_info=[f"Observation/{mine['id']}"])
+    )
+    assert ok.status_code == 201, ok.text
