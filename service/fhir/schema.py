@@ -83,7 +83,8 @@ class Field:
     targets: frozenset[str] | None = None
     choice: str | None = None  # "value" for valueString and _valueString
 
-    # A single string primitive without a binding: any non-empty JSON string will do.
+    # A single string primitive without a binding or a format the walk checks (base64Binary):
+    # any non-empty JSON string will do.
     plain_string: bool = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +93,7 @@ class Field:
             and self.json_type is JsonType.STRING
             and self.binding is None
             and not self.is_list
+            and self.fhir_type != "base64Binary"
         )
         object.__setattr__(self, "plain_string", plain)
 

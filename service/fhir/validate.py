@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.domain.binary import is_base64
 from service.errors import InvalidResourceError, Issue
 from service.fhir import r4
 from service.fhir.outcome import issues_from_validation_error, short_repr
@@ -410,6 +411,9 @@ class _Walker:
             return
         if isinstance(value, str) and not value:
             self.add("value", expr, "empty string is not allowed; leave the element out")
+            return
+        if field.fhir_type == "base64Binary" and isinstance(value, str) and not is_base64(value):
+            self.add("value", expr, "is not base64 (A-Z, a-z, 0-9, +, / and = padding)")
             return
         binding = field.binding
         if binding is not None and value not in binding.allowed:

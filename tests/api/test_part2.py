@@ -102,6 +102,26 @@ async def consent(jail: httpx.AsyncClient, recipients: list[str], **over: Any) -
     return r.json()
 
 
+async def test_consent_form_must_be_base64_or_a_link(world: dict[str, Any]) -> None:
+    jail, ids = world["jail"], world["ids"]
+    body = {
+        "person": PERSON,
+        "signed_at": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
+        "signed_by": "Lee Nakamura (self)",
+        "recipients": [ids["otp"]],
+    }
+    bad = await jail.post(
+        "/v1/consents", json=body | {"form": {"content_type": "application/pdf", "data": "%%%"}}
+    )
+    assert bad.status_code == 422, bad.text
+    [issue] = bad.json()["issue"]
+    assert issue["expression"] == ["form.data"] and "base64" in issue["diagnostics"]
+    form = {"content_type": "application/pdf", "data": "JVBERi0xLjQK", "title": "Signed"}
+    made = await consent(jail, [ids["otp"]], form=form)
+    stored = (await world["client"].get(f"/fhir/Consent/{made['consent_id']}")).json()
+    assert stored["sourceAttachment"]["data"] == "JVBERi0xLjQK"
+
+
 async def test_labels_applied_on_every_path(world: dict[str, Any]) -> None:
     client, jail = world["client"], world["jail"]
     qr = (await client.get(f"/fhir/{world['screening']['questionnaire_response']}")).json()

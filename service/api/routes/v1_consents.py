@@ -9,11 +9,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest, PersonIn
+from service.domain.binary import is_base64
 from service.workflows import audit, idempotency
 from service.workflows import consents as wf
 
@@ -30,6 +31,13 @@ class FormIn(BaseModel):
     data: str | None = Field(None, description="base64, at most ~3 MB")
     url: str | None = Field(None, pattern=r"^https://")
     title: str | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _base64(cls, data: str | None) -> str | None:
+        if data is not None and not is_base64(data):
+            raise ValueError("not base64 (A-Z, a-z, 0-9, +, / and = padding)")
+        return data
 
     @model_validator(mode="after")
     def _one(self) -> FormIn:

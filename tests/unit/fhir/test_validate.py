@@ -827,3 +827,19 @@ def test_error_message_summarises_the_issues() -> None:
         validate_resource(body)
     assert info.value.diagnostics == "Invalid resource: 2 problems in the resource"
     assert info.value.issue_code == "structure"
+
+
+@pytest.mark.parametrize("data", ["%%%", "abc", "a%bc", "iVBORw0KGgo=!"])
+def test_base64binary_must_be_base64(data: str) -> None:
+    # pydantic's decoder skips characters outside the alphabet: "%%%" passed as empty content.
+    body = {"resourceType": "Patient", "photo": [{"contentType": "image/png", "data": data}]}
+    with pytest.raises(InvalidResourceError) as info:
+        validate_resource(body, expected_type="Patient")
+    [issue] = info.value.issues
+    assert issue.expression == ("Patient.photo[0].data",) and "base64" in issue.diagnostics
+
+
+@pytest.mark.parametrize("data", ["iVBORw0KGgo=", "iVBO Rw0K\nGgo=", "AAAA"])
+def test_base64binary_accepts_base64_with_whitespace(data: str) -> None:
+    body = {"resourceType": "Patient", "photo": [{"contentType": "image/png", "data": data}]}
+    validate_resource(body, expected_type="Patient")
