@@ -83,8 +83,8 @@ class Field:
     targets: frozenset[str] | None = None
     choice: str | None = None  # "value" for valueString and _valueString
 
-    # A single string primitive without a binding or a format the walk checks (base64Binary):
-    # any non-empty JSON string will do.
+    # A single string primitive without a binding or a format the walk checks (base64Binary,
+    # the URI types): any non-empty JSON string will do.
     plain_string: bool = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -93,9 +93,13 @@ class Field:
             and self.json_type is JsonType.STRING
             and self.binding is None
             and not self.is_list
-            and self.fhir_type != "base64Binary"
+            and self.fhir_type not in WALK_CHECKED_FORMATS
         )
         object.__setattr__(self, "plain_string", plain)
+
+
+# Primitive formats that fhir.resources lets through and the validation walk checks itself.
+WALK_CHECKED_FORMATS = frozenset({"base64Binary", "uri", "url", "canonical"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,13 @@
 
 Two passes over the same body, each doing what the other cannot:
 - the R4B pydantic model (``model_validate``, lax mode) checks primitive formats: dates and
-  calendar validity, id/code/uri patterns, integer ranges, base64;
+  calendar validity, id/code patterns, integer ranges;
 - a walk over the raw JSON (``_Walker``) checks what lax pydantic misses or stops at: JSON types
   ("1" for an integer), null, ``{}`` and ``[]`` (ele-1), unknown elements, required elements and
-  choice types in every object, contained resource types, ext-1 and the R4 required bindings
-  of ``service.fhir.bindings``.
+  choice types in every object, contained resource types, ext-1, the R4 required bindings
+  of ``service.fhir.bindings``, base64 (pydantic skips characters outside the alphabet),
+  whitespace in uri/url/canonical (R4 allows none) and per-1 (a Period may not end before it
+  starts).
 Neither pass changes the body: what is stored is what the client sent.
 """
 
@@ -24,6 +26,7 @@ from service.errors import InvalidResourceError, Issue
 from service.fhir import r4
 from service.fhir.outcome import issues_from_validation_error, short_repr
 from service.fhir.schema import Field, JsonType, Kind, Spec, spec_for
+from service.search.dates import parse_range
 
 _MAX_CODES_LISTED = 12
 # Nesting of JSON objects beyond any real resource (Questionnaire items nest ~10 deep); deeper
@@ -32,6 +35,8 @@ MAX_DEPTH = 64
 _RELATIVE_REFERENCE = re.compile(
     r"([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?"
 )
+_URI_TYPES = frozenset({"uri", "url", "canonical"})
+_WHITESPACE = re.compile(r"\s")  # R4's uri is \S*
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
 _URL_TAIL = re.compile(
     r"/([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
@@ -158,6 +163,18 @@ def _fail(issues: list[Issue]) -> Any:
 
 def _issue(code: str, diagnostics: str, expression: str | None = None) -> Issue:
     return Issue("error", code, diagnostics, (expression,) if expression else ())
+
+
+def _ends_before_it_starts(period: dict[str, Any]) -> bool:
+    """per-1 (start <= end), where the two compare for certain: both with a time (and zone),
+    or both dates of one precision; FHIRPath leaves a date against a time undecided."""
+    start, end = period.get("start"), period.get("end")
+    if not isinstance(start, str) or not isinstance(end, str):
+        return False
+    if ("T" in start) != ("T" in end) or ("T" not in start and len(start) != len(end)):
+        return False
+    low, high = parse_range(start), parse_range(end)
+    return low is not None and high is not None and high[1] < low[0]
 
 
 def _json_name(value: Any) -> str:
@@ -341,6 +358,8 @@ class _Walker:
             self.object(value, spec_for(field.model), expr, is_resource=False)
             if field.fhir_type == "Reference":
                 self._reference(value, field.targets, expr)
+            elif field.fhir_type == "Period" and _ends_before_it_starts(value):
+                self.add("invariant", expr, "the period ends before it starts (per-1)")
 
     def _reference(self, ref: dict[str, Any], targets: frozenset[str] | None, expr: str) -> None:
         """A literal reference must be a URL of some kind, and point to an allowed type."""
@@ -414,6 +433,9 @@ class _Walker:
             return
         if field.fhir_type == "base64Binary" and isinstance(value, str) and not is_base64(value):
             self.add("value", expr, "is not base64 (A-Z, a-z, 0-9, +, / and = padding)")
+            return
+        if field.fhir_type in _URI_TYPES and isinstance(value, str) and _WHITESPACE.search(value):
+            self.add("value", expr, f"a {field.fhir_type} has no spaces; encode them as %20")
             return
         binding = field.binding
         if binding is not None and value not in binding.allowed:

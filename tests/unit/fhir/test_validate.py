@@ -843,3 +843,49 @@ def test_base64binary_must_be_base64(data: str) -> None:
 def test_base64binary_accepts_base64_with_whitespace(data: str) -> None:
     body = {"resourceType": "Patient", "photo": [{"contentType": "image/png", "data": data}]}
     validate_resource(body, expected_type="Patient")
+
+
+@pytest.mark.parametrize(
+    ("rtype", "element", "value", "where"),
+    [
+        ("Questionnaire", "url", "https://example.org/q one", "Questionnaire.url"),
+        (
+            "QuestionnaireResponse",
+            "questionnaire",
+            "http://x y",
+            "QuestionnaireResponse.questionnaire",
+        ),
+    ],
+)
+def test_uri_types_have_no_whitespace(rtype: str, element: str, value: str, where: str) -> None:
+    body = copy.deepcopy(sample(rtype)) | {element: value}
+    issue = found(rejected(body, expected_type=rtype), "value", where)
+    assert "no spaces" in issue.diagnostics
+    identifier = copy.deepcopy(sample("Patient")) | {
+        "identifier": [{"system": "urn:a b", "value": "1"}]
+    }
+    found(rejected(identifier, expected_type="Patient"), "value", "Patient.identifier[0].system")
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "reversed_"),
+    [
+        ("2024-05-02", "2024-05-01", True),
+        ("2024-05", "2024-04", True),
+        ("2024-05-02T10:00:00Z", "2024-05-02T09:59:00Z", True),
+        ("2024-05-02T10:00:00-05:00", "2024-05-02T14:00:00Z", True),  # 15:00Z > 14:00Z
+        ("2024-05-02", "2024-05-02", False),
+        ("2024-05-02T10:00:00Z", "2024-05-02T10:00:00Z", False),
+        # A date against a time is undecided in FHIRPath: not refused.
+        ("2024-05-02T23:00:00-05:00", "2024-05-02", False),
+        ("2024-05", "2024-05-01", False),
+    ],
+)
+def test_a_period_may_not_end_before_it_starts(start: str, end: str, reversed_: bool) -> None:
+    body = copy.deepcopy(sample("Task"))
+    body["restriction"] = {"period": {"start": start, "end": end}}
+    if reversed_:
+        issue = found(rejected(body, expected_type="Task"), "invariant", "Task.restriction.period")
+        assert "per-1" in issue.diagnostics
+    else:
+        validate_resource(body, expected_type="Task")
