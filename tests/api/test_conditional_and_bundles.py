@@ -301,6 +301,17 @@ async def test_a_retried_transaction_with_a_key_writes_once(client: httpx.AsyncC
     assert first.status_code == 200, first.text
     again = await client.post("/fhir", json=bundle, headers=keyed)
     assert again.status_code == 200 and again.json() == first.json()
+    # The replay shows those versions again: its AuditEvent names them.
+    found = (
+        await client.get("/fhir/AuditEvent", params={"request-id": again.headers["x-request-id"]})
+    ).json()
+    assert found.get("entry"), (again.headers, found)
+    audit = found["entry"][0]["resource"]
+    shown = {(e.get("what") or {}).get("reference") for e in audit["entity"]}
+    written = {  # Type/id/_history/n, the tail of each location
+        "/".join(e["response"]["location"].split("/")[-4:]) for e in first.json()["entry"]
+    }
+    assert written <= shown, (written, shown)
     assert (
         await count_of(client, "Organization", identifier="https://example.org/orgs|tx-idem") == 1
     )
