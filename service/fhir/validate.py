@@ -7,8 +7,8 @@ Two passes over the same body, each doing what the other cannot:
   ("1" for an integer), null, ``{}`` and ``[]`` (ele-1), unknown elements, required elements and
   choice types in every object, contained resource types, ext-1, the R4 required bindings
   of ``service.fhir.bindings``, base64 (pydantic skips characters outside the alphabet),
-  whitespace in uri/url/canonical (R4 allows none) and per-1 (a Period may not end before it
-  starts).
+  whitespace in uri/url/canonical (R4 allows none), per-1 (a Period may not end before it
+  starts) and the narrative's XHTML (``service.fhir.narrative``: no scripts, txt-1).
 Neither pass changes the body: what is stored is what the client sent.
 """
 
@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from service.domain.binary import is_base64
 from service.errors import InvalidResourceError, Issue
 from service.fhir import r4
+from service.fhir.narrative import narrative_problem
 from service.fhir.outcome import issues_from_validation_error, short_repr
 from service.fhir.schema import Field, JsonType, Kind, Spec, spec_for
 from service.search.dates import parse_range
@@ -360,6 +361,12 @@ class _Walker:
                 self._reference(value, field.targets, expr)
             elif field.fhir_type == "Period" and _ends_before_it_starts(value):
                 self.add("invariant", expr, "the period ends before it starts (per-1)")
+            elif (
+                field.fhir_type == "Narrative"
+                and isinstance(value.get("div"), str)
+                and (problem := narrative_problem(value["div"]))
+            ):
+                self.add("invariant", f"{expr}.div", problem)
 
     def _reference(self, ref: dict[str, Any], targets: frozenset[str] | None, expr: str) -> None:
         """A literal reference must be a URL of some kind, and point to an allowed type."""
