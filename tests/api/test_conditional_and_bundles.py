@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 
@@ -328,6 +329,11 @@ async def test_a_retried_transaction_with_a_key_writes_once(client: httpx.AsyncC
     )
 
 
+async def new_organization(client: httpx.AsyncClient, identifier: str) -> dict[str, Any]:
+    body = organization(identifier=identifier)
+    return (await client.post("/fhir/Organization", json=body, headers=FHIR_JSON)).json()
+
+
 def _binary_patch(operations: object) -> dict:
     import base64
 
@@ -336,11 +342,7 @@ def _binary_patch(operations: object) -> dict:
 
 
 async def test_batch_reads_searches_patches_and_deletes(client: httpx.AsyncClient) -> None:
-    org = (
-        await client.post(
-            "/fhir/Organization", json=organization(identifier="bx"), headers=FHIR_JSON
-        )
-    ).json()
+    org = await new_organization(client, "bx")
     ref = f"Organization/{org['id']}"
     rename = [{"op": "replace", "path": "/name", "value": "Renamed by a batch"}]
     bundle = {
@@ -402,11 +404,7 @@ async def test_batch_reads_searches_patches_and_deletes(client: httpx.AsyncClien
 
 
 async def test_transaction_patch_entries(client: httpx.AsyncClient) -> None:
-    org = (
-        await client.post(
-            "/fhir/Organization", json=organization(identifier="tp"), headers=FHIR_JSON
-        )
-    ).json()
+    org = await new_organization(client, "tp")
     ref = f"Organization/{org['id']}"
     bad = _transaction(
         [

@@ -835,32 +835,15 @@ async def test_a_jms_body_must_be_declared_json(network: dict[str, Any]) -> None
 
 async def test_supporting_information_must_be_held_and_visible(network: dict[str, Any]) -> None:
     jail, otp, ids = network["jail"], network["otp"], network["ids"]
-    mine = (
-        await jail.post(
-            "/fhir/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "Screening note"},
-            },
-            headers=FHIR_JSON,
-        )
-    ).json()
-    gone = (
-        await jail.post(
-            "/fhir/Observation",
-            json={"resourceType": "Observation", "status": "final", "code": {"text": "Old"}},
-            headers=FHIR_JSON,
-        )
-    ).json()
+
+    async def observation(c: httpx.AsyncClient, text: str) -> dict[str, Any]:
+        body = {"resourceType": "Observation", "status": "final", "code": {"text": text}}
+        return (await c.post("/fhir/Observation", json=body, headers=FHIR_JSON)).json()
+
+    mine = await observation(jail, "Screening note")
+    gone = await observation(jail, "Old")
     assert (await jail.delete(f"/fhir/Observation/{gone['id']}")).status_code in (200, 204)
-    theirs = (
-        await otp.post(
-            "/fhir/Observation",
-            json={"resourceType": "Observation", "status": "final", "code": {"text": "Theirs"}},
-            headers=FHIR_JSON,
-        )
-    ).json()
+    theirs = await observation(otp, "Theirs")
     body = referral(
         ids["otp"],
         supporting_info=[
