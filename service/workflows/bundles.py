@@ -22,7 +22,6 @@ from service.fhir.outcome import operation_outcome
 from service.fhir.resource import new_id
 from service.fhir.validate import validate_resource
 from service.search.dates import format_instant
-from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
 from service.workflows import idempotency
 from service.workflows import resources as wf
@@ -254,41 +253,31 @@ async def process_bundle(
         async with write_transaction(ctx.engine) as conn:
             return await _transaction(conn, ctx, entries)
 
-    ran: list[bool] = []
-
     async def work(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
-        ran.append(True)
         return 200, await _transaction(conn, ctx, entries)
 
     # A retry answers with the first response, which names what the transaction wrote.
-    _, response = await idempotency.run_once(
+    done = await idempotency.run_keyed(
         ctx,
         key=idempotency_key,
         fingerprint=idempotency.request_hash({"transaction": body}),
         work=work,
         stored_status=200,
     )
-    if not ran:
-        await _record_replayed(ctx, response)
-    return response
+    if done.replayed:
+        await wf.show_again(ctx, _versions_written(done.body))
+    return done.body
 
 
-async def _record_replayed(ctx: WorkflowContext, response: dict[str, Any]) -> None:
-    """A replayed transaction response shows its versions again: the request's AuditEvent
-    names them, as it named them the first time (each entry's ``location`` is its version)."""
+def _versions_written(response: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(type, id, version) of each entry of a transaction response, from its ``location``."""
     versions = []
     for entry in response.get("entry", []):
         location = str((entry.get("response") or {}).get("location") or "")
         parts = location.rstrip("/").split("/")
         if len(parts) >= 4 and parts[-2] == "_history" and parts[-1].isdigit():
             versions.append((parts[-4], parts[-3], int(parts[-1])))
-    if not versions:
-        return
-    async with read_connection(ctx.engine) as conn:
-        for rtype, rid, vid in versions:
-            stored = await repo.get_version(conn, rtype, rid, vid)
-            if stored is not None:
-                ctx.accessed.append(stored)
+    return versions
 
 
 async def _transaction(

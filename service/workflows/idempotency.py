@@ -107,14 +107,32 @@ async def finish(
     )
 
 
+@dataclass(frozen=True)
+class Done:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool  # the stored response of an earlier request; ``work`` did not run
+
+
+Work = Callable[[AsyncConnection], Awaitable[tuple[int, dict[str, Any]]]]
+
+
 async def run_once(
+    ctx: WorkflowContext, *, key: str | None, fingerprint: str, work: Work
+) -> tuple[int, dict[str, Any]]:
+    """``run_keyed`` for a create, answered as (status, body)."""
+    done = await run_keyed(ctx, key=key, fingerprint=fingerprint, work=work)
+    return done.status_code, done.body
+
+
+async def run_keyed(
     ctx: WorkflowContext,
     *,
     key: str | None,
     fingerprint: str,
-    work: Callable[[AsyncConnection], Awaitable[tuple[int, dict[str, Any]]]],
+    work: Work,
     stored_status: int = 201,
-) -> tuple[int, dict[str, Any]]:
+) -> Done:
     """``work(conn)`` in one write transaction, at most once per client and key: a retry gets
     the stored response instead. What ``work`` created (``stored_status``: 201, or 200 for a
     transaction Bundle) is stored with its writes."""
@@ -126,7 +144,7 @@ async def run_once(
             conn, client_id=client_id, key=key, fingerprint=fingerprint, retention=retention
         )
         if replay is not None:
-            return replay.status_code, replay.body
+            return Done(replay.status_code, replay.body, replayed=True)
         status_code, body = await work(conn)
         if status_code == stored_status:
             await finish(
@@ -141,4 +159,4 @@ async def run_once(
             # Expired responses go a batch at a time, by whichever request draws the lot: no
             # background job, and safe with any number of replicas (SKIP LOCKED).
             await repo.purge_idempotent_responses(conn, before=now_ms() - retention)
-    return status_code, body
+    return Done(status_code, body, replayed=False)

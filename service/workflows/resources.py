@@ -624,15 +624,29 @@ async def _create_once(
         return result.status, {"resourceType": s.resource_type, "id": s.id, "version": s.version_id}
 
     fingerprint = idempotency.request_hash({"create": body, "ifNoneExist": if_none_exist})
-    _, first = await idempotency.run_once(ctx, key=key, fingerprint=fingerprint, work=work)
-    if made:
+    done = await idempotency.run_keyed(ctx, key=key, fingerprint=fingerprint, work=work)
+    if not done.replayed:
         return made[0]
-    async with read_connection(ctx.engine) as conn:
-        stored = await repo.get_version(conn, first["resourceType"], first["id"], first["version"])
-    if stored is None:  # history is kept: only a purge by hand could remove it
+    first = done.body
+    shown = await show_again(ctx, [(first["resourceType"], first["id"], first["version"])])
+    if not shown:  # history is kept: only a purge by hand could remove it
         raise ResourceGoneError(f"{first['resourceType']}/{first['id']} is no longer held here")
-    ctx.accessed.append(stored)  # shown again: audited as what this request disclosed
-    return WriteResult(stored=stored, created=True)
+    return WriteResult(stored=shown[0], created=True)
+
+
+async def show_again(
+    ctx: WorkflowContext, versions: list[tuple[str, str, int]]
+) -> list[StoredResource]:
+    """The versions (type, id, version) a replayed answer shows again, recorded as what this
+    request disclosed, so that its AuditEvent names them as the first request's did."""
+    async with read_connection(ctx.engine) as conn:
+        shown = [
+            stored
+            for rtype, rid, vid in versions
+            if (stored := await repo.get_version(conn, rtype, rid, vid)) is not None
+        ]
+    ctx.accessed.extend(shown)
+    return shown
 
 
 async def update_in(
