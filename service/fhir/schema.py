@@ -99,7 +99,8 @@ class Field:
 
 
 # Primitive formats that fhir.resources lets through and the validation walk checks itself.
-WALK_CHECKED_FORMATS = frozenset({"base64Binary", "uri", "url", "canonical"})
+URI_TYPES = frozenset({"uri", "url", "canonical"})
+WALK_CHECKED_FORMATS = URI_TYPES | {"base64Binary"}
 
 
 @dataclass(frozen=True, slots=True)

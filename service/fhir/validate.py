@@ -26,7 +26,7 @@ from service.errors import InvalidResourceError, Issue
 from service.fhir import r4
 from service.fhir.narrative import narrative_problem
 from service.fhir.outcome import issues_from_validation_error, short_repr
-from service.fhir.schema import Field, JsonType, Kind, Spec, spec_for
+from service.fhir.schema import URI_TYPES, Field, JsonType, Kind, Spec, spec_for
 from service.search.dates import parse_range
 
 _MAX_CODES_LISTED = 12
@@ -36,7 +36,6 @@ MAX_DEPTH = 64
 _RELATIVE_REFERENCE = re.compile(
     r"([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?"
 )
-_URI_TYPES = frozenset({"uri", "url", "canonical"})
 _WHITESPACE = re.compile(r"\s")  # R4's uri is \S*
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
 _URL_TAIL = re.compile(
@@ -441,7 +440,7 @@ class _Walker:
         if field.fhir_type == "base64Binary" and isinstance(value, str) and not is_base64(value):
             self.add("value", expr, "is not base64 (A-Z, a-z, 0-9, +, / and = padding)")
             return
-        if field.fhir_type in _URI_TYPES and isinstance(value, str) and _WHITESPACE.search(value):
+        if field.fhir_type in URI_TYPES and isinstance(value, str) and _WHITESPACE.search(value):
             self.add("value", expr, f"a {field.fhir_type} has no spaces; encode them as %20")
             return
         binding = field.binding
