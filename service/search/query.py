@@ -144,6 +144,11 @@ def parse_search(
             request.ignored.append(text)
 
     for raw_name, raw_value in params:
+        if raw_value == "":
+            # R4 search 3.1.1.3: "Empty parameters are not an error - they are just ignored
+            # by the server" (``family=`` from a blank form field). Criteria that guard a
+            # write refuse them instead (resources.conditional_match).
+            continue
         name, _, modifier = raw_name.partition(":")
         try:
             if name in RESULT_PARAMS:
@@ -162,7 +167,9 @@ def parse_search(
                     continue
             values = tuple(v for v in _split_or(raw_value))
             if not values:
-                raise _bad(f"Search parameter '{raw_name}' has an empty value", raw_name)
+                raise _bad(
+                    f"Search parameter '{raw_name}' has no value between its commas", raw_name
+                )
             for value in values:
                 _check_value(param, mod, value, raw_name)
             request.criteria.append(Criterion(param=param, modifier=mod, values=values))

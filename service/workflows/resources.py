@@ -576,7 +576,22 @@ async def conditional_match(
             "If-None-Exist must hold search parameters, e.g. identifier=http://sys|123",
             expression=["If-None-Exist"],
         )
+    blank = [name for name, value in params if value == ""]
+    if blank:
+        # A search ignores an empty parameter; a condition that ignored one would match
+        # resources the client did not mean.
+        raise InvalidRequestError(
+            f"If-None-Exist parameter '{blank[0]}' has no value; give it one or leave it out",
+            expression=["If-None-Exist"],
+        )
     request = parse_search_params(ctx, resource_type, params, strict=True)
+    if not request.criteria:
+        raise InvalidRequestError(
+            f"If-None-Exist '{query}' has no search criteria (only result parameters such as "
+            "_count), so it would match any resource; name what identifies it, e.g. "
+            "identifier=http://sys|123",
+            expression=["If-None-Exist"],
+        )
     request.count = 2
     await repo.lock_key(conn, f"{resource_type}?{sorted(params)}")
     page = await search_in(conn, ctx, request)

@@ -44,6 +44,28 @@ async def test_conditional_create_bad_criteria_is_400(client: httpx.AsyncClient)
     assert r.status_code == 400
 
 
+async def test_conditional_create_refuses_criteria_that_match_anything(
+    client: httpx.AsyncClient,
+) -> None:
+    # A search ignores an empty parameter; a condition must not: "identifier=" would match
+    # (and answer with) any Patient instead of creating this one.
+    await client.post("/fhir/Patient", json=patient(booking="B-1"), headers=FHIR_JSON)
+    for condition, says in (
+        ("identifier=", "identifier"),
+        ("identifier=&family=Doe", "identifier"),
+        ("_count=1", "no search criteria"),
+    ):
+        r = await client.post(
+            "/fhir/Patient",
+            json=patient(booking="B-2"),
+            headers={**FHIR_JSON, "If-None-Exist": condition},
+        )
+        assert r.status_code == 400, (condition, r.text)
+        assert says in r.json()["issue"][0]["diagnostics"]
+    found = await client.get("/fhir/Patient", params={"identifier": "B-2"})
+    assert found.json().get("entry") is None  # nothing created by the refused requests
+
+
 async def test_twenty_concurrent_conditional_creates_make_one(client: httpx.AsyncClient) -> None:
     async def attempt() -> httpx.Response:
         return await client.post(

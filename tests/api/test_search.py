@@ -333,6 +333,28 @@ async def test_unknown_parameter_lenient_and_strict(client: httpx.AsyncClient) -
     assert strict.json()["resourceType"] == "OperationOutcome"
 
 
+async def test_empty_parameters_are_ignored_in_both_modes(client: httpx.AsyncClient) -> None:
+    # R4 3.1.1.3: "Empty parameters are not an error - they are just ignored by the server".
+    a = await create(client, task(status="requested"))
+    b = await create(client, task(status="accepted"))
+    for headers in ({}, {"Prefer": "handling=strict"}):
+        r = await client.get(
+            "/fhir/Task?status=&owner=&authored-on=&_count=&_sort=&_include=&status=accepted",
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        bundle = r.json()
+        assert [e["resource"]["id"] for e in bundle["entry"]] == [b["id"]]
+        self_link = next(link["url"] for link in bundle["link"] if link["relation"] == "self")
+        assert "owner" not in self_link and "authored-on" not in self_link
+        assert "status=accepted" in self_link
+    assert await ids(client, "Task", status="") == {a["id"], b["id"]}
+    # An alternative left empty between commas is a malformed value, not an empty parameter.
+    r = await client.get("/fhir/Task", params={"status": ","})
+    assert r.status_code == 400
+    assert "status" in r.json()["issue"][0]["diagnostics"]
+
+
 @pytest.mark.parametrize(
     "params",
     [
