@@ -16,6 +16,15 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 XHTML = "http://www.w3.org/1999/xhtml"
+# URL schemes that run what follows when a receiving system follows the link.
+_SCRIPT_SCHEMES = ("javascript:", "vbscript:", "data:text/html")
+
+
+def is_script_url(value: str) -> bool:
+    """A URL that runs a script when followed (browsers ignore case and leading blanks)."""
+    return value.strip().lower().startswith(_SCRIPT_SCHEMES)
+
+
 _FORBIDDEN_ELEMENTS = frozenset(
     {
         "head",
@@ -65,8 +74,6 @@ def narrative_problem(div: str) -> str | None:
                 return (
                     f"holds a namespaced attribute ({attr} on <{name}>), which a narrative may not"
                 )
-            if attr in _URL_ATTRIBUTES and value.strip().lower().startswith(
-                ("javascript:", "vbscript:", "data:text/html")
-            ):
+            if attr in _URL_ATTRIBUTES and is_script_url(value):
                 return f"holds a script URL ({attr} on <{name}>), which a narrative may not"
     return None

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from service.domain.binary import is_base64
 from service.errors import InvalidResourceError, Issue
 from service.fhir import r4
-from service.fhir.narrative import narrative_problem
+from service.fhir.narrative import is_script_url, narrative_problem
 from service.fhir.outcome import issues_from_validation_error, short_repr
 from service.fhir.schema import URI_TYPES, Field, JsonType, Kind, Spec, spec_for
 from service.search.dates import parse_range
@@ -442,6 +442,10 @@ class _Walker:
             return
         if field.fhir_type in URI_TYPES and isinstance(value, str) and _WHITESPACE.search(value):
             self.add("value", expr, f"a {field.fhir_type} has no spaces; encode them as %20")
+            return
+        if field.fhir_type in URI_TYPES and isinstance(value, str) and is_script_url(value):
+            # Attachment.url and the like are links a receiving EHR may render (stored XSS).
+            self.add("value", expr, f"a {field.fhir_type} may not be a script (javascript:) URL")
             return
         binding = field.binding
         if binding is not None and value not in binding.allowed:

@@ -868,6 +868,24 @@ def test_uri_types_have_no_whitespace(rtype: str, element: str, value: str, wher
 
 
 @pytest.mark.parametrize(
+    "url", ["javascript:alert(1)", "JavaScript:alert(1)", "vbscript:x", "data:text/html,<b>x"]
+)
+def test_attachment_urls_may_not_be_scripts(url: str) -> None:
+    # A receiving EHR shows Attachment.url as a link: a script URL there is stored XSS.
+    body = copy.deepcopy(sample("Patient")) | {"photo": [{"contentType": "image/png", "url": url}]}
+    issue = found(rejected(body, expected_type="Patient"), "value", "Patient.photo[0].url")
+    assert "script" in issue.diagnostics
+
+
+@pytest.mark.parametrize(
+    "url", ["https://example.org/photo.png", "data:image/png;base64,iVBORw0KGgo=", "urn:uuid:1"]
+)
+def test_attachment_urls_that_are_not_scripts_pass(url: str) -> None:
+    body = copy.deepcopy(sample("Patient")) | {"photo": [{"contentType": "image/png", "url": url}]}
+    validate_resource(body, expected_type="Patient")
+
+
+@pytest.mark.parametrize(
     ("start", "end", "reversed_"),
     [
         ("2024-05-02", "2024-05-01", True),
