@@ -605,6 +605,7 @@ class IdempotentResponse:
     status_code: int
     body: str
     created: datetime
+    shown: str | None
 
 
 _BY_CLIENT_KEY = (
@@ -619,11 +620,13 @@ async def get_idempotent_response(
     c = idempotency_t.c
     row = (
         await conn.execute(
-            select(c.request_hash, c.status_code, c.body, c.created).where(*_BY_CLIENT_KEY),
+            select(c.request_hash, c.status_code, c.body, c.created, c.shown).where(
+                *_BY_CLIENT_KEY
+            ),
             {"client_id": client_id, "key": key},
         )
     ).first()
-    return IdempotentResponse(row[0], row[1], row[2], row[3]) if row else None
+    return IdempotentResponse(row[0], row[1], row[2], row[3], row[4]) if row else None
 
 
 async def delete_idempotent_response(conn: AsyncConnection, client_id: str, key: str) -> None:
@@ -660,6 +663,7 @@ async def save_idempotent_response(
     status_code: int,
     body: str,
     created: datetime,
+    shown: str,
 ) -> None:
     await conn.execute(
         insert(idempotency_t).values(
@@ -669,6 +673,7 @@ async def save_idempotent_response(
             status_code=status_code,
             body=body,
             created=created,
+            shown=shown,
         )
     )
 

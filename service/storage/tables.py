@@ -142,6 +142,9 @@ class IdempotencyRecord(SQLModel, table=True):
     status_code: int = Field(nullable=False)
     body: str = Field(sa_column=Column(Text(), nullable=False))
     created: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    # JSON [[type, id, version], ...]: what the first response named (written or read), so
+    # that a replay's AuditEvent names what it discloses again. NULL on rows before 0009.
+    shown: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
 
 
 metadata = SQLModel.metadata

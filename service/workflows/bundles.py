@@ -263,14 +263,15 @@ async def process_bundle(
         fingerprint=idempotency.request_hash({"transaction": body}),
         work=work,
         stored_status=200,
+        versions_of=_versions_written,
     )
-    if done.replayed:
-        await wf.show_again(ctx, _versions_written(done.body))
     return done.body
 
 
 def _versions_written(response: dict[str, Any]) -> list[tuple[str, str, int]]:
-    """(type, id, version) of each entry of a transaction response, from its ``location``."""
+    """(type, id, version) of each entry of a transaction response, from its ``location``:
+    what a replay shows again when its response was kept without them (before migration
+    0009)."""
     versions = []
     for entry in response.get("entry", []):
         location = str((entry.get("response") or {}).get("location") or "")

@@ -37,6 +37,9 @@ class WorkflowContext:
     # resources this request read (filled where results are disclosed: workflows/consents.py).
     audit: bool = True
     accessed: list[Any] = field(default_factory=list)
+    # The versions this request wrote, (type, id, version): kept with an Idempotency-Key's
+    # response, so that a replay's AuditEvent names what it shows again.
+    written: list[tuple[str, str, int]] = field(default_factory=list)
     # Results computed by write rules that the use case reports back (e.g. scores).
     outcomes: dict[str, Any] = field(default_factory=dict)
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.errors import BusinessRuleError, InvalidRequestError
 from service.fhir.resource import now_ms
 from service.storage import repository as repo
-from service.storage.db import write_transaction
+from service.storage.db import read_connection, write_transaction
 
 if TYPE_CHECKING:
+    from service.storage.repository import StoredResource
     from service.workflows.context import WorkflowContext
 
 MAX_KEY_LENGTH = 255
@@ -32,10 +33,14 @@ MAX_KEY_LENGTH = 255
 PURGE_CHANCE = 0.01
 
 
+Version = tuple[str, str, int]  # (type, id, version)
+
+
 @dataclass(frozen=True)
 class Replay:
     status_code: int
     body: dict[str, Any]
+    shown: list[Version] | None  # None: kept before the response named them (0009)
 
 
 def request_hash(payload: Any) -> str:
@@ -82,7 +87,12 @@ async def begin(
             "a new request",
             expression=["Idempotency-Key"],
         )
-    return Replay(earlier.status_code, orjson.loads(earlier.body))
+    shown = (
+        None
+        if earlier.shown is None
+        else [(str(t), str(i), int(v)) for t, i, v in orjson.loads(earlier.shown)]
+    )
+    return Replay(earlier.status_code, orjson.loads(earlier.body), shown)
 
 
 async def finish(
@@ -93,6 +103,7 @@ async def finish(
     fingerprint: str,
     status_code: int,
     body: dict[str, Any],
+    shown: list[Version],
 ) -> None:
     if key is None:
         return
@@ -104,6 +115,7 @@ async def finish(
         status_code=status_code,
         body=orjson.dumps(body).decode(),
         created=now_ms(),
+        shown=orjson.dumps(shown).decode(),
     )
 
 
@@ -112,6 +124,9 @@ class Done:
     status_code: int
     body: dict[str, Any]
     replayed: bool  # the stored response of an earlier request; ``work`` did not run
+    # A replay: the versions the first response named, shown again (and in this request's
+    # AuditEvent). Empty when ``work`` ran.
+    shown: list[StoredResource] = field(default_factory=list)
 
 
 Work = Callable[[AsyncConnection], Awaitable[tuple[int, dict[str, Any]]]]
@@ -132,10 +147,15 @@ async def run_keyed(
     fingerprint: str,
     work: Work,
     stored_status: int = 201,
+    versions_of: Callable[[dict[str, Any]], list[Version]] | None = None,
 ) -> Done:
     """``work(conn)`` in one write transaction, at most once per client and key: a retry gets
     the stored response instead. What ``work`` created (``stored_status``: 201, or 200 for a
-    transaction Bundle) is stored with its writes."""
+    transaction Bundle) is stored with its writes, and with the versions it wrote or read.
+
+    A replay discloses those versions again: they are recorded as this request's reads, so its
+    AuditEvent names them as the first request's did (42 CFR Part 2: every disclosure).
+    ``versions_of`` finds them in a response kept before they were stored with it."""
     assert ctx.principal is not None
     client_id = ctx.principal.client_id
     retention = timedelta(hours=ctx.settings.idempotency_retention_hours)
@@ -143,20 +163,46 @@ async def run_keyed(
         replay = await begin(
             conn, client_id=client_id, key=key, fingerprint=fingerprint, retention=retention
         )
-        if replay is not None:
-            return Done(replay.status_code, replay.body, replayed=True)
-        status_code, body = await work(conn)
-        if status_code == stored_status:
-            await finish(
-                conn,
-                client_id=client_id,
-                key=key,
-                fingerprint=fingerprint,
-                status_code=status_code,
-                body=body,
-            )
-        if key is not None and random.random() < PURGE_CHANCE:
-            # Expired responses go a batch at a time, by whichever request draws the lot: no
-            # background job, and safe with any number of replicas (SKIP LOCKED).
-            await repo.purge_idempotent_responses(conn, before=now_ms() - retention)
-    return Done(status_code, body, replayed=False)
+        if replay is None:
+            status_code, body = await work(conn)
+            if status_code == stored_status:
+                await finish(
+                    conn,
+                    client_id=client_id,
+                    key=key,
+                    fingerprint=fingerprint,
+                    status_code=status_code,
+                    body=body,
+                    shown=_named_by(ctx),
+                )
+            if key is not None and random.random() < PURGE_CHANCE:
+                # Expired responses go a batch at a time, by whichever request draws the lot:
+                # no background job, and safe with any number of replicas (SKIP LOCKED).
+                await repo.purge_idempotent_responses(conn, before=now_ms() - retention)
+    if replay is None:
+        return Done(status_code, body, replayed=False)
+    versions = replay.shown
+    if versions is None:
+        versions = versions_of(replay.body) if versions_of is not None else []
+    return Done(
+        replay.status_code, replay.body, replayed=True, shown=await _show_again(ctx, versions)
+    )
+
+
+def _named_by(ctx: WorkflowContext) -> list[Version]:
+    """What this request wrote, then what it read, each once."""
+    named = [*ctx.written, *((s.resource_type, s.id, s.version_id) for s in ctx.accessed)]
+    return list(dict.fromkeys(named))
+
+
+async def _show_again(ctx: WorkflowContext, versions: list[Version]) -> list[StoredResource]:
+    if not versions:
+        return []
+    async with read_connection(ctx.engine) as conn:
+        shown = [
+            stored
+            for rtype, rid, vid in versions
+            if (stored := await repo.get_version(conn, rtype, rid, vid)) is not None
+        ]
+    ctx.accessed.extend(shown)
+    return shown

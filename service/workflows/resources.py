@@ -470,6 +470,7 @@ async def _store(
         ),
     ]
     stored = StoredResource(resource_type, resource_id, version, last_updated, final is None, raw)
+    ctx.written.append((resource_type, resource_id, version))
     audit_event = audit.write_event(
         ctx,
         interaction={"update": "update", "patch": "patch"}.get(interaction, interaction),
@@ -639,29 +640,21 @@ async def _create_once(
         return result.status, {"resourceType": s.resource_type, "id": s.id, "version": s.version_id}
 
     fingerprint = idempotency.request_hash({"create": body, "ifNoneExist": if_none_exist})
-    done = await idempotency.run_keyed(ctx, key=key, fingerprint=fingerprint, work=work)
+    done = await idempotency.run_keyed(
+        ctx,
+        key=key,
+        fingerprint=fingerprint,
+        work=work,
+        versions_of=lambda first: [(first["resourceType"], first["id"], first["version"])],
+    )
     if not done.replayed:
         return made[0]
     first = done.body
-    shown = await show_again(ctx, [(first["resourceType"], first["id"], first["version"])])
+    wanted = (first["resourceType"], first["id"], first["version"])
+    shown = [s for s in done.shown if (s.resource_type, s.id, s.version_id) == wanted]
     if not shown:  # history is kept: only a purge by hand could remove it
         raise ResourceGoneError(f"{first['resourceType']}/{first['id']} is no longer held here")
     return WriteResult(stored=shown[0], created=True)
-
-
-async def show_again(
-    ctx: WorkflowContext, versions: list[tuple[str, str, int]]
-) -> list[StoredResource]:
-    """The versions (type, id, version) a replayed answer shows again, recorded as what this
-    request disclosed, so that its AuditEvent names them as the first request's did."""
-    async with read_connection(ctx.engine) as conn:
-        shown = [
-            stored
-            for rtype, rid, vid in versions
-            if (stored := await repo.get_version(conn, rtype, rid, vid)) is not None
-        ]
-    ctx.accessed.extend(shown)
-    return shown
 
 
 async def update_in(

@@ -177,6 +177,7 @@ async def test_purge_takes_a_bounded_batch_of_expired_responses(engine: AsyncEng
                 status_code=201,
                 body="{}",
                 created=now - timedelta(hours=age),
+                shown="[]",
             )
     cutoff = now - timedelta(hours=24)
     async with engine.begin() as conn:

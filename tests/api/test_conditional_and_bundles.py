@@ -7,7 +7,10 @@ import json
 from typing import Any
 
 import httpx
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.storage.tables import IdempotencyRecord
 from tests.builders import FHIR_JSON, organization, patient, task
 
 IDENT = "identifier=https://jail.example.org/booking|B-77"
@@ -295,6 +298,41 @@ async def test_concurrent_retries_with_one_key_make_one_resource(
     assert [r.status_code for r in results] == [201] * 8
     assert len({r.json()["id"] for r in results}) == 1
     assert await count_of(client, "Organization", identifier="https://example.org/orgs|burst") == 1
+
+
+async def test_a_response_kept_before_migration_0009_is_still_replayed_and_audited(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Rows kept before ``shown`` existed (NULL) replay as before, and their AuditEvent names
+    the version, found in the kept answer."""
+    for key, path, body in (
+        ("old-create", "/fhir/Organization", organization(identifier="old-1")),
+        (
+            "old-tx",
+            "/fhir",
+            _transaction(
+                [
+                    {
+                        "resource": organization(identifier="old-2"),
+                        "request": {"method": "POST", "url": "Organization"},
+                    }
+                ]
+            ),
+        ),
+    ):
+        keyed = {**FHIR_JSON, "Idempotency-Key": key}
+        first = await client.post(path, json=body, headers=keyed)
+        assert first.status_code in (200, 201), first.text
+        async with engine.begin() as conn:
+            await conn.execute(update(IdempotencyRecord).values(shown=None))
+        again = await client.post(path, json=body, headers=keyed)
+        assert again.status_code == first.status_code and again.json() == first.json()
+        found = await client.get(
+            "/fhir/AuditEvent", params={"request-id": again.headers["x-request-id"]}
+        )
+        [event] = [e["resource"] for e in found.json()["entry"]]
+        shown = {(e.get("what") or {}).get("reference", "") for e in event["entity"]}
+        assert any(ref.startswith("Organization/") for ref in shown), shown
 
 
 async def test_a_failed_create_keeps_nothing_under_its_key(client: httpx.AsyncClient) -> None:

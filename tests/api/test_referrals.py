@@ -282,6 +282,34 @@ async def test_idempotent_referrals_and_business_identifier(network: dict[str, A
     assert len(listed) == 2
 
 
+async def test_a_replayed_referral_is_audited_with_what_it_shows_again(
+    network: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    """A JMS retry gets the referral, the person included, once more: a disclosure, so the
+    replay's AuditEvent names the same records the first request wrote (42 CFR Part 2)."""
+    jail, ids = network["jail"], network["ids"]
+    body = referral(ids["otp"], referral_id="REF-AUDIT")
+    first = await jail.post("/v1/referrals", json=body, headers={"Idempotency-Key": "k-audit"})
+    assert first.status_code == 201, first.text
+    again = await jail.post("/v1/referrals", json=body, headers={"Idempotency-Key": "k-audit"})
+    assert again.status_code == 201 and again.json() == first.json()
+
+    async def named(response: httpx.Response) -> set[str]:
+        found = await client.get(
+            "/fhir/AuditEvent", params={"request-id": response.headers["x-request-id"]}
+        )
+        return {
+            "/".join(what.split("/")[:2])
+            for e in found.json().get("entry", [])
+            for entity in e["resource"].get("entity", [])
+            if (what := (entity.get("what") or {}).get("reference", ""))
+        }
+
+    written = await named(first)
+    assert {ref.split("/")[0] for ref in written} >= {"Patient", "ServiceRequest", "Task"}
+    assert await named(again) == written
+
+
 async def test_opened_referral_answer_is_the_same_view_as_a_later_read(
     network: dict[str, Any],
 ) -> None:
