@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from email.utils import format_datetime
 from typing import Any
 
 import orjson
 from fastapi import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from service.errors import Issue
 from service.fhir.outcome import operation_outcome
@@ -99,11 +101,16 @@ def _first(value: str | None) -> str | None:
     return value.split(",")[0].strip() if value else None
 
 
-def _trusted(request: Request, settings: Settings) -> bool:
-    trusted = {t.strip() for t in settings.trusted_proxies.split(",") if t.strip()}
-    if "*" in trusted:
-        return True
-    return request.client is not None and request.client.host in trusted
+@functools.lru_cache(maxsize=8)
+def _trusted_hosts(setting: str) -> frozenset[str]:
+    return frozenset(t.strip() for t in setting.split(",") if t.strip())
+
+
+def _raw_header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def public_base(request: Request, settings: Settings) -> str:
@@ -114,20 +121,35 @@ def public_base(request: Request, settings: Settings) -> str:
     """
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    # Asked three times per request (token issuer, audience, links): worked out once.
-    known: str | None = request.scope.get(_BASE_KEY)
+    scope = request.scope
+    # Asked three times per request (token issuer, audience, links): worked out once, from
+    # the ASGI scope (Starlette's URL object parsed the whole URL for its scheme: ~4 % of a
+    # read).
+    known: str | None = scope.get(_BASE_KEY)
     if known is not None:
         return known
-    scheme = request.url.scheme
-    host = request.headers.get("host") or request.url.netloc
+    scheme = scope.get("scheme", "http")
+    host = _raw_header(scope, b"host")
+    if not host:
+        server = scope.get("server")  # as Starlette's URL does: no default port
+        default = {"http": 80, "https": 443}.get(scheme)
+        host = (
+            "localhost"
+            if not server
+            else server[0]
+            if server[1] in (None, default)
+            else f"{server[0]}:{server[1]}"
+        )
     prefix = ""
-    if _trusted(request, settings):
-        scheme = _first(request.headers.get("x-forwarded-proto")) or scheme
-        host = _first(request.headers.get("x-forwarded-host")) or host
-        prefix = (_first(request.headers.get("x-forwarded-prefix")) or "").rstrip("/")
-    root = request.scope.get("root_path", "").rstrip("/")
+    trusted = _trusted_hosts(settings.trusted_proxies)
+    client = scope.get("client")
+    if "*" in trusted or (client is not None and client[0] in trusted):
+        scheme = _first(_raw_header(scope, b"x-forwarded-proto")) or scheme
+        host = _first(_raw_header(scope, b"x-forwarded-host")) or host
+        prefix = (_first(_raw_header(scope, b"x-forwarded-prefix")) or "").rstrip("/")
+    root = scope.get("root_path", "").rstrip("/")
     base = f"{scheme}://{host}{prefix}{root}"
-    request.scope[_BASE_KEY] = base
+    scope[_BASE_KEY] = base
     return base
 
 
