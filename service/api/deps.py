@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
 from fastapi.routing import APIRoute
 from fastapi.security import OAuth2
+from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.responses import fhir_base, public_base
@@ -169,7 +171,7 @@ class AuditedRoute(APIRoute):
     scope, measured at ~3 % of a read."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
+        handle = _direct_handler(self) or super().get_route_handler()
         needs_context = any(d.call is get_context for d in self.dependant.dependencies)
 
         async def finish(request: Request, error: BaseException | None) -> None:
@@ -196,6 +198,67 @@ class AuditedRoute(APIRoute):
             return response
 
         return audited
+
+
+def _answers_a_response(endpoint: Callable[..., Any]) -> bool:
+    try:
+        answer = inspect.signature(endpoint, eval_str=True).return_annotation
+    except (NameError, TypeError):
+        return False
+    return isinstance(answer, type) and issubclass(answer, Response)
+
+
+def _direct_handler(route: APIRoute) -> Callable[[Request], Coroutine[Any, Any, Response]] | None:
+    """The handler of a route that needs nothing from FastAPI's request machinery: it takes
+    the request, the context and string path parameters, and answers a ``Response`` (reads,
+    searches, histories). Called directly, as FastAPI would, without its per-request
+    dependency solving, telemetry and exit stacks (~10 % of a read's CPU in the profile).
+    Path parameters are checked with their declared constraints, and fail the same way
+    (``RequestValidationError``, after authentication, as FastAPI orders them). None for any
+    other route: FastAPI's handler serves it."""
+    d = route.dependant
+    endpoint = d.call
+    if (
+        endpoint is None
+        or d.query_params
+        or d.header_params
+        or d.cookie_params
+        or d.body_params
+        or d.response_param_name
+        or d.background_tasks_param_name
+        or d.websocket_param_name
+        or d.http_connection_param_name
+        or d.security_scopes_param_name
+        or [sub.call for sub in d.dependencies] != [get_context]
+        or not inspect.iscoroutinefunction(endpoint)
+        or not _answers_a_response(endpoint)
+        or any(field.field_info.annotation is not str for field in d.path_params)
+    ):
+        return None
+    context_name = d.dependencies[0].name
+    assert context_name is not None
+    request_name = d.request_param_name
+    checks = [
+        (field.name, TypeAdapter(Annotated[str, field.field_info])) for field in d.path_params
+    ]
+
+    async def direct(request: Request) -> Response:
+        ctx = await get_context(request, request.headers.get("authorization"))
+        values: dict[str, Any] = {context_name: ctx}
+        errors: list[Any] = []
+        for name, adapter in checks:
+            try:
+                values[name] = adapter.validate_python(request.path_params[name])
+            except ValidationError as exc:
+                errors.extend({**e, "loc": ("path", name, *e["loc"])} for e in exc.errors())
+        if errors:
+            raise RequestValidationError(errors)
+        if request_name is not None:
+            values[request_name] = request
+        response: Response = await endpoint(**values)
+        return response
+
+    return direct
 
 
 def _body_unreadable(exc: BaseException) -> bool:

@@ -96,9 +96,15 @@ async def test_wrong_method_on_search_or_history_is_405_not_a_bad_id(
     assert f"{method} is not supported on {path}" in body["issue"][0]["diagnostics"]
 
 
-async def test_a_bad_id_is_still_400(client: httpx.AsyncClient) -> None:
+async def test_a_bad_id_is_still_400(
+    client: httpx.AsyncClient, anon_client: httpx.AsyncClient
+) -> None:
     body = assert_outcome(await client.get("/fhir/Task/_bad"), 400, "invalid")
     assert "resource_id" in body["issue"][0]["diagnostics"]
+    body = assert_outcome(await client.get("/fhir/Task/bad%20id/_history/1"), 400, "invalid")
+    assert "resource_id" in body["issue"][0]["diagnostics"]
+    # The caller is known before its request is judged: no token, 401 whatever the id.
+    assert_outcome(await anon_client.get("/fhir/Task/_bad"), 401, "login")
 
 
 async def test_oversized_body_is_413(app, client: httpx.AsyncClient) -> None:
