@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.storage.db import single_statement_write, write_transaction
+from service.storage.db import write_transaction
 
 T = TypeVar("T")
 
@@ -30,20 +31,21 @@ MAX_BATCH = 256
 
 
 class GroupCommitter(Generic[T]):
-    """Queues items and writes them with ``flush(conn, items)`` in shared transactions."""
+    """Queues items and writes them with ``flush(conn, items)`` in shared transactions, on a
+    connection from ``connection(engine)`` (a write transaction unless told otherwise: a
+    flush that is one statement can run it in autocommit, its own transaction)."""
 
     def __init__(
         self,
         engine: AsyncEngine,
-        flush: Callable[[AsyncConnection, Sequence[T]], Awaitable[None]],
+        flush: Callable[[Any, Sequence[T]], Awaitable[None]],
         *,
         max_batch: int = MAX_BATCH,
-        single_statement: bool = False,
+        connection: Callable[[AsyncEngine], AbstractAsyncContextManager[Any]] = write_transaction,
     ) -> None:
         self.engine = engine
         self._flush = flush
-        # ``flush`` writes a batch in one statement (on PostgreSQL): no transaction around it.
-        self._connection = single_statement_write if single_statement else write_transaction
+        self._connection = connection
         self.max_batch = max_batch
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._running: asyncio.Task[None] | None = None
@@ -95,9 +97,9 @@ _committers: weakref.WeakKeyDictionary[AsyncEngine, dict[str, GroupCommitter[obj
 def committer_for(
     engine: AsyncEngine,
     name: str,
-    flush: Callable[[AsyncConnection, Sequence[T]], Awaitable[None]],
+    flush: Callable[[Any, Sequence[T]], Awaitable[None]],
     *,
-    single_statement: bool = False,
+    connection: Callable[[AsyncEngine], AbstractAsyncContextManager[Any]] = write_transaction,
 ) -> GroupCommitter[T]:
     """The engine's committer called ``name`` (one per engine and purpose, made on first use)."""
     by_name = _committers.setdefault(engine, {})
@@ -106,6 +108,6 @@ def committer_for(
         found = by_name[name] = GroupCommitter(
             engine,
             flush,  # type: ignore[arg-type]
-            single_statement=single_statement,
+            connection=connection,
         )
     return found  # type: ignore[return-value]

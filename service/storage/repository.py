@@ -32,6 +32,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage.db import known_rows
@@ -430,12 +431,9 @@ _WRITE_VERSIONS_PG = text(
 )
 
 
-async def _write_versions_pg(
-    conn: AsyncConnection,
+def _write_versions_params(
     versions: Sequence[tuple[StoredResource, str, Sequence[IndexEntry], bool]],
-) -> dict[tuple[str, str], tuple[int, int]]:
-    """Write ``(version, method, index rows, keep JSONB content)`` in one statement; (txid,
-    seq) of each by key."""
+) -> dict[str, list[Any]]:
     params: dict[str, list[Any]] = {f"v_{n}": [] for n, _ in _VERSION_COLUMNS}
     entries: list[IndexEntry] = []
     for stored, method, index, with_content in versions:
@@ -446,8 +444,39 @@ async def _write_versions_pg(
     # One array per column: the entries (tuples) transposed.
     columns = list(zip(*entries, strict=True)) if entries else [()] * len(_ENTRY_COLUMNS)
     params.update({f"i_{n}": list(c) for (n, _), c in zip(_ENTRY_COLUMNS, columns, strict=True)})
-    rows = await conn.execute(_WRITE_VERSIONS_PG, params)
+    return params
+
+
+async def _write_versions_pg(
+    conn: AsyncConnection,
+    versions: Sequence[tuple[StoredResource, str, Sequence[IndexEntry], bool]],
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """Write ``(version, method, index rows, keep JSONB content)`` in one statement; (txid,
+    seq) of each by key."""
+    rows = await conn.execute(_WRITE_VERSIONS_PG, _write_versions_params(versions))
     return {(r[0], r[1]): (int(r[3]), int(r[2])) for r in rows}
+
+
+@functools.cache
+def _write_versions_for_asyncpg() -> tuple[str, tuple[str, ...]]:
+    """``_WRITE_VERSIONS_PG`` as asyncpg takes it: its SQL with $n placeholders, and the
+    names of the parameters in their order."""
+    compiled = _WRITE_VERSIONS_PG.compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
+    assert compiled.positiontup is not None
+    return compiled.string, tuple(compiled.positiontup)
+
+
+async def insert_new_resources_on_driver(driver: Any, items: Sequence[NewResource]) -> None:
+    """``insert_new_resources`` on PostgreSQL's asyncpg connection itself (``driver``, from
+    ``db.driver_connection``): the same one statement, its own transaction, without
+    SQLAlchemy's execution around it (the audit group commit's flush)."""
+    if not items:
+        return
+    sql, order = _write_versions_for_asyncpg()
+    params = _write_versions_params(
+        [(i.stored, "POST", i.index, i.content is not None) for i in items]
+    )
+    await driver.execute(sql, *(params[name] for name in order))
 
 
 def history_select(

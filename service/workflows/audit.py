@@ -26,7 +26,7 @@ from service.fhir.head import ResourceHead, head_of, patient_of
 from service.search.dates import format_instant
 from service.search.params import params_for
 from service.storage import repository as repo
-from service.storage.db import read_connection
+from service.storage.db import driver_connection, read_connection
 from service.storage.group_commit import committer_for
 from service.storage.repository import StoredResource
 from service.workflows.context import WorkflowContext
@@ -177,8 +177,15 @@ async def _commit(engine: AsyncEngine, ctx: WorkflowContext, event: dict[str, An
     transaction (``group_commit``); returns once this one is durable."""
     from service.workflows.resources import prepare_server_resource
 
-    # One statement per batch on PostgreSQL (insert_new_resources): committed without BEGIN.
-    committer = committer_for(engine, "audit", repo.insert_new_resources, single_statement=True)
+    # On PostgreSQL a batch is one statement, run on the driver connection in autocommit (its
+    # own transaction: no BEGIN and COMMIT, no SQLAlchemy execution around it).
+    committer = (
+        committer_for(
+            engine, "audit", repo.insert_new_resources_on_driver, connection=driver_connection
+        )
+        if engine.dialect.name == "postgresql"
+        else committer_for(engine, "audit", repo.insert_new_resources)
+    )
     await committer.write(prepare_server_resource(ctx, event))
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.settings import Settings
 from service.storage import repository as repo
-from service.storage.db import read_connection
+from service.storage.db import driver_connection, read_connection
 from service.storage.group_commit import GroupCommitter
 from service.storage.repository import NewResource, history_t, index_t
 from service.workflows.audit import audit_event
@@ -105,40 +105,44 @@ async def test_a_caller_that_goes_away_still_has_its_event_written(engine: Async
     assert await _count(engine, [event.stored.id]) == 1
 
 
-async def test_one_statement_batches_commit_without_begin_on_postgresql(
-    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On PostgreSQL a batch that is one statement runs in autocommit: no BEGIN and COMMIT
-    round trips; on SQLite it still takes a transaction."""
-    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
-
-    begun: list[object] = []
-    original = AsyncAdapt_asyncpg_connection._start_transaction
-
-    async def counting(self: AsyncAdapt_asyncpg_connection) -> None:
-        if self.isolation_level != "autocommit":  # (in autocommit it sends nothing)
-            begun.append(self)
-        await original(self)
-
-    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "_start_transaction", counting)
-    single: GroupCommitter[NewResource] = GroupCommitter(
-        engine, repo.insert_new_resources, single_statement=True
-    )
-    plain: GroupCommitter[NewResource] = GroupCommitter(engine, repo.insert_new_resources)
-    first, second = _event(engine, 1), _event(engine, 2)
-    await single.write(first)
-    with_single = len(begun)
-    await plain.write(second)
-    assert await _count(engine, [first.stored.id, second.stored.id]) == 2
+def _audit_committer(engine: AsyncEngine) -> GroupCommitter[NewResource]:
+    """As ``audit._commit`` makes it: on PostgreSQL, one statement on the driver connection."""
     if engine.dialect.name == "postgresql":
-        assert with_single == 0
-        assert len(begun) == 1  # the plain committer's BEGIN
+        return GroupCommitter(
+            engine, repo.insert_new_resources_on_driver, connection=driver_connection
+        )
+    return GroupCommitter(engine, repo.insert_new_resources)
+
+
+async def test_postgresql_batches_are_one_statement_in_autocommit(engine: AsyncEngine) -> None:
+    """On PostgreSQL the audit's batch runs on the asyncpg connection with no transaction
+    open around it (no BEGIN and COMMIT round trips): the statement is its own transaction."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only")
+    seen: list[bool] = []
+
+    async def flush(driver: object, items: Sequence[NewResource]) -> None:
+        seen.append(driver.is_in_transaction())  # type: ignore[attr-defined]
+        await repo.insert_new_resources_on_driver(driver, items)
+
+    committer: GroupCommitter[NewResource] = GroupCommitter(
+        engine, flush, connection=driver_connection
+    )
+    events = [_event(engine, n) for n in range(6)]
+    await asyncio.gather(*(committer.write(e) for e in events))
+    assert seen and not any(seen)
+    assert await _count(engine, [e.stored.id for e in events]) == 6
+    async with read_connection(engine) as conn:
+        rows = await conn.execute(
+            select(func.count())
+            .select_from(index_t)
+            .where(index_t.c.resource_id.in_([e.stored.id for e in events]))
+        )
+        assert rows.scalar_one() == sum(len(e.index) for e in events)
 
 
 async def test_a_one_statement_batch_that_fails_writes_none_of_it(engine: AsyncEngine) -> None:
-    committer: GroupCommitter[NewResource] = GroupCommitter(
-        engine, repo.insert_new_resources, single_statement=True
-    )
+    committer = _audit_committer(engine)
     blocker = asyncio.ensure_future(committer.write(_event(engine, 0)))
     await asyncio.sleep(0)
     good = [_event(engine, n) for n in range(1, 4)]

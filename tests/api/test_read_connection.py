@@ -7,7 +7,7 @@ import asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.storage.db import read_connection, write_transaction
+from service.storage.db import driver_connection, read_connection, write_transaction
 
 
 async def one_transaction(conn: AsyncConnection) -> bool:
@@ -108,6 +108,36 @@ async def test_a_pooled_connection_the_server_closed_is_replaced_unnoticed(
             await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         for _ in range(50):  # the client sees the server's goodbye as soon as it reads it
             await asyncio.sleep(0.01)
+        async with read_connection(engine) as conn:
+            assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid
+    finally:
+        await engine.dispose()
+        await other.dispose()
+
+
+async def test_the_driver_connection_comes_from_the_pool_with_its_checks(
+    postgres_url: str,
+) -> None:
+    """``driver_connection`` (the audit flush) shares the pool: a connection the server closed
+    is replaced at checkout, and one that dies during a statement is not put back."""
+    engine = _one_connection_engine(postgres_url, ping_after_idle=60)
+    other = _one_connection_engine(postgres_url, ping_after_idle=60)
+    try:
+        async with driver_connection(engine) as driver:
+            assert not driver.is_in_transaction()  # autocommit: no transaction left open
+            pid = await driver.fetchval("SELECT pg_backend_pid()")
+        async with read_connection(other) as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        async with driver_connection(engine) as driver:
+            pid = await driver.fetchval("SELECT pg_backend_pid()")
+        assert pid is not None
+        try:
+            async with driver_connection(engine) as driver:
+                await driver.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        except Exception:  # the server ends the session under the statement
+            pass
         async with read_connection(engine) as conn:
             assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid
     finally:
