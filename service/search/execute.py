@@ -44,6 +44,7 @@ from service.search.query import (
     sort_expression,
     value_condition,
 )
+from service.storage.driver import fetch_all
 from service.storage.repository import (
     StoredResource,
     history_t,
@@ -539,7 +540,7 @@ async def _run_feed(
         base_url,
         conn.dialect.name,
     )
-    rows = (await conn.execute(stmt, {"after_txid": txid, "after_seq": seq})).all()
+    rows = await fetch_all(conn, stmt, {"after_txid": txid, "after_seq": seq})
     seen: set[int] = set()
     for row in rows:
         if row[7] in seen:  # a version with two index rows matching the driving values

@@ -139,14 +139,21 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     result) cost ~500 µs of CPU per flush against ~150 µs for the same statement here
     (measured, bench/README.md), and a flush holds one event at low concurrency."""
     fairy = await engine.raw_connection()
+    driver: Any = fairy.driver_connection
     try:
-        yield fairy.driver_connection
+        yield driver
     except BaseException:
-        if fairy.driver_connection.is_closed():  # the server went away: not back to the pool
+        if driver.is_closed():  # the server went away: not back to the pool
             await greenlet_spawn(fairy.invalidate)
         raise
     finally:
         await greenlet_spawn(fairy.close)
+
+
+# conn.info keys (storage.driver): this checkout is a read connection in autocommit; and its
+# asyncpg connection, once looked up.
+DRIVER_READS = "handoff.driver_reads"
+DRIVER_CONNECTION = "handoff.driver_connection"
 
 
 def known_rows(conn: AsyncConnection) -> dict[tuple[str, str], Any] | None:
@@ -170,4 +177,13 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
         dialect = engine.dialect
         if dialect.name == "postgresql" and dialect.default_isolation_level == "READ COMMITTED":
             await conn.execution_options(isolation_level="AUTOCOMMIT")
+            # Hot SELECTs may then run on the asyncpg connection itself (storage.driver):
+            # autocommit there too. ``info`` outlives the checkout: dropped however it ends.
+            conn.info[DRIVER_READS] = True
+            try:
+                yield conn
+            finally:
+                conn.info.pop(DRIVER_READS, None)
+                conn.info.pop(DRIVER_CONNECTION, None)
+            return
         yield conn

@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage.db import known_rows
+from service.storage.driver import fetch_all
 from service.storage.tables import IdempotencyRecord, Resource, ResourceHistory, search_index
 
 # SQLModel types ``__table__`` loosely; these are the Core tables the queries use.
@@ -155,10 +156,12 @@ async def get_current_checked(
 ) -> tuple[StoredResource, bool] | None:
     """The current version and whether ``condition`` (on ``resource`` columns) holds for it:
     one query where a read would otherwise fetch the row and then test its visibility."""
-    stmt = _checked_select(condition)
-    row = (await conn.execute(stmt, {"rt": resource_type, "rid": resource_id})).first()
-    if row is None:
+    rows = await fetch_all(
+        conn, _checked_select(condition), {"rt": resource_type, "rid": resource_id}
+    )
+    if not rows:
         return None
+    row = rows[0]
     return StoredResource(resource_type, resource_id, row[0], row[1], row[2], row[3]), bool(row[4])
 
 

@@ -1,0 +1,100 @@
+"""Hot SELECTs on the asyncpg connection itself (``storage.driver.fetch_all``): the same rows
+as through SQLAlchemy, only on PostgreSQL read connections in autocommit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import and_, bindparam, literal, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.storage import repository as repo
+from service.storage.db import DRIVER_READS, read_connection, write_transaction
+from service.storage.driver import fetch_all
+from service.storage.repository import resource_t
+from service.storage.types import UtcDateTime
+from tests.statements import statements_sent
+
+FIVE = timedelta(hours=5)
+
+
+async def _seed(engine: AsyncEngine) -> list[repo.StoredResource]:
+    made = []
+    async with write_transaction(engine) as conn:
+        for n in range(3):
+            stored = repo.StoredResource(
+                "Organization",
+                f"org-{n}",
+                1,
+                datetime(2026, 1, 1, 10, n, tzinfo=UTC),
+                False,
+                f'{{"resourceType":"Organization","id":"org-{n}","name":"Ünïcode {n}"}}',
+            )
+            await repo.write_version(conn, stored=stored, method="POST", content=None, index=[])
+            made.append(stored)
+    return made
+
+
+# A statement with string and instant binds, one embedded in it, and an instant, a boolean
+# and a labelled expression among its columns.
+_STMT = (
+    select(
+        resource_t.c.id,
+        resource_t.c.last_updated,
+        resource_t.c.deleted,
+        resource_t.c.raw,
+        (resource_t.c.id == literal("org-1")).label("is_one"),
+    )
+    .where(
+        and_(
+            resource_t.c.resource_type == bindparam("rt"),
+            resource_t.c.last_updated >= bindparam("since", type_=UtcDateTime()),
+        )
+    )
+    .order_by(resource_t.c.id)
+)
+
+
+async def test_the_same_rows_as_sqlalchemy_and_no_sqlalchemy_execution(
+    engine: AsyncEngine,
+) -> None:
+    await _seed(engine)
+    # 10:01Z, given in another zone: the instant bind is processed as SQLAlchemy does.
+    params = {"rt": "Organization", "since": datetime(2026, 1, 1, 5, 1, tzinfo=timezone(-FIVE))}
+    async with read_connection(engine) as conn:
+        expected = [tuple(r) for r in (await conn.execute(_STMT, params)).all()]
+        with statements_sent(engine) as sent:
+            rows = [tuple(r) for r in await fetch_all(conn, _STMT, params)]
+    assert rows == expected and [r[0] for r in rows] == ["org-1", "org-2"]
+    assert all(r[1].utcoffset() == timedelta(0) for r in rows)  # instants come back in UTC
+    assert [r[4] for r in rows] == [True, False]
+    assert rows[0][3].endswith('"name":"Ünïcode 1"}')
+    # On PostgreSQL the driver ran it: SQLAlchemy sent nothing.
+    assert len(sent) == (0 if engine.dialect.name == "postgresql" else 1)
+
+
+async def test_write_transactions_and_expanding_parameters_go_through_sqlalchemy(
+    engine: AsyncEngine,
+) -> None:
+    await _seed(engine)
+    params = {"rt": "Organization", "since": datetime(2026, 1, 1, tzinfo=UTC)}
+    async with write_transaction(engine) as conn:
+        with statements_sent(engine) as sent:
+            assert len(await fetch_all(conn, _STMT, params)) == 3
+        assert len(sent) == 1  # inside a transaction: never beside it on the driver
+    expanding = select(resource_t.c.id).where(resource_t.c.id.in_(bindparam("ids", expanding=True)))
+    async with read_connection(engine) as conn:
+        with statements_sent(engine) as sent:
+            rows = await fetch_all(conn, expanding, {"ids": ["org-0", "org-2"]})
+        assert sorted(r[0] for r in rows) == ["org-0", "org-2"]
+        assert [x for x in sent if x != "BEGIN"] and "IN" in sent[-1]  # SQLite: BEGIN first
+
+
+async def test_the_read_mark_does_not_outlive_the_checkout(engine: AsyncEngine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only")
+    async with read_connection(engine) as conn:
+        assert conn.info.get(DRIVER_READS)
+        info = conn.info  # the pooled connection's: reused by the next checkout
+    assert DRIVER_READS not in info
