@@ -4,7 +4,7 @@
 
 Runs the service of the working tree (B) and of git revision ``BASE`` (A, checked out in a
 temporary worktree) side by side on one scratch database of 20,000 Tasks, drives both with
-the same requests (read by id, caught-up poll at 32 and 4 clients, full poll page at 4),
+the same requests (read by id, caught-up poll and full poll page at 32 and 4 clients),
 alternating A B A B, and prints each one's CPU per request (service + PostgreSQL), the
 figure that moves least with the machine's speed of the day, and requests/s. The database is
 migrated by the working tree; BASE must run on that schema (new nullable columns are fine).
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("read Task by id", reads, 32),
                 ("poll caught up", _write_lines(workdir / "ends.txt", ends), 32),
                 ("poll caught up", workdir / "ends.txt", 4),
-                ("poll full page", _write_lines(workdir / "full.txt", full), 4),
+                ("poll full page", _write_lines(workdir / "full.txt", full), 32),
+                ("poll full page", workdir / "full.txt", 4),
             ]
             database = dsn.rpartition("/")[2]
             servers = [

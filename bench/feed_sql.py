@@ -54,6 +54,7 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
+        self.info: dict[str, Any] = {}  # not a read connection: statements come to execute
         self.statements: list[Any] = []
         self.parameters: list[dict[str, Any]] = []
 
