@@ -17,7 +17,6 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -29,40 +28,12 @@ from bench.run import (
     Tokens,
     _fetch,
     _write_lines,
-    free_port,
     poll_lines,
     scratch_database,
+    service_command,
+    service_settings,
     sqlalchemy_url,
 )
-
-
-class _Service(Server):
-    """The service as of a source tree: run from that tree, so that ``-m service`` imports
-    it (the current directory comes first on ``sys.path``)."""
-
-    def __init__(self, name: str, root: Path, dsn: str, workdir: Path, workers: int) -> None:
-        self.name = name
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"{name}.log"
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(root),
-            "HANDOFF_DATABASE_URL": sqlalchemy_url(dsn),
-            "HANDOFF_LOG_LEVEL": "WARNING",
-            "HANDOFF_AUTO_MIGRATE": "false",
-            "HANDOFF_DEMO": "false",
-        }
-        cmd = [sys.executable, "-m", "service", "serve", "--workers", str(workers)]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*cmd, "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=root,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self._wait_ready()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             database = dsn.rpartition("/")[2]
             servers = [
-                _Service("A", tree, dsn, workdir, a.workers),
-                _Service("B", ROOT, dsn, workdir, a.workers),
+                Server("A", service_command(a.workers), service_settings(dsn), workdir, root=tree),
+                Server("B", service_command(a.workers), service_settings(dsn), workdir),
             ]
             try:
                 for name, lines, conns in benches:

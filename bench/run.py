@@ -214,16 +214,21 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], workdir: Path) -> None:
+    """A server process run from the source tree ``root`` (this repository unless told):
+    ``python -m service`` imports the tree it is started in."""
+
+    def __init__(
+        self, name: str, cmd: list[str], env: dict[str, str], workdir: Path, root: Path = ROOT
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"{name}.log"
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+        full_env = {**os.environ, "PYTHONPATH": str(root), **env}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*cmd, "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=ROOT,
+                cwd=root,
                 env=full_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -257,27 +262,31 @@ class Server:
                 self.proc.wait()
 
 
-@contextmanager
-def servers(
-    dsn: str, workdir: Path, *, feed_file: Path | None, workers: int = 1
-) -> Iterator[tuple[Server, Server]]:
-    service_env = {
+def service_settings(dsn: str) -> dict[str, str]:
+    """The service's environment for a benchmark on ``dsn`` (migrated and loaded already)."""
+    return {
         "HANDOFF_DATABASE_URL": sqlalchemy_url(dsn),
         "HANDOFF_LOG_LEVEL": "WARNING",
         "HANDOFF_AUTO_MIGRATE": "false",
         "HANDOFF_DEMO": "false",
     }
+
+
+def service_command(workers: int) -> list[str]:
+    return [PYTHON, "-m", "service", "serve", "--workers", str(workers)]
+
+
+@contextmanager
+def servers(
+    dsn: str, workdir: Path, *, feed_file: Path | None, workers: int = 1
+) -> Iterator[tuple[Server, Server]]:
+    service_env = service_settings(dsn)
     ceiling_env = {"BENCH_CEILING_DSN": dsn}
     if feed_file is not None:
         ceiling_env["BENCH_CEILING_FEED"] = str(feed_file)
     started: list[Server] = []
     try:
-        service = Server(
-            "service",
-            [PYTHON, "-m", "service", "serve", "--workers", str(workers)],
-            service_env,
-            workdir,
-        )
+        service = Server("service", service_command(workers), service_env, workdir)
         started.append(service)
         ceiling = Server(
             "ceiling",
