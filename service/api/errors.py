@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -205,8 +206,21 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+# What the asyncpg connection itself raises (the hot statements on it, storage.driver) when the
+# server is gone, shutting down or out of connections: SQLAlchemy's wrapping says the same of
+# its own statements. A cancelled statement (a timeout) is not an outage.
+_DRIVER_UNAVAILABLE = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
 def _database_unavailable(exc: Exception) -> bool:
-    if isinstance(exc, PoolTimeoutError | InterfaceError):
+    if isinstance(exc, (PoolTimeoutError, InterfaceError, *_DRIVER_UNAVAILABLE)):
         return True
     if isinstance(exc, OperationalError | DBAPIError) and getattr(
         exc, "connection_invalidated", False
@@ -233,6 +247,8 @@ _UNSTORABLE_TEXT = {"22P05", "22021"}  # untranslatable_character, character_not
 
 
 def _unstorable_text(exc: Exception) -> bool:
+    if isinstance(exc, asyncpg.PostgresError):  # raised on the driver connection itself
+        return getattr(exc, "sqlstate", None) in _UNSTORABLE_TEXT
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
@@ -159,6 +160,40 @@ async def test_unexpected_error_is_500_without_leaking(
     assert "Jane" not in r.text and "secret" not in r.text
     assert "req-123" in body["issue"][0]["diagnostics"]
     assert r.headers["X-Request-ID"] == "req-123"
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"), 503),
+        (asyncpg.exceptions.AdminShutdownError("terminating connection"), 503),
+        (asyncpg.exceptions.CannotConnectNowError("the database system is starting up"), 503),
+        (asyncpg.exceptions.TooManyConnectionsError("too many clients"), 503),
+        (asyncpg.InterfaceError("cannot perform operation: connection is closed"), 503),
+        (asyncpg.exceptions.QueryCanceledError("canceling statement due to timeout"), 500),
+        (asyncpg.exceptions.UntranslatableCharacterError("unsupported Unicode escape"), 400),
+    ],
+)
+async def test_errors_of_the_driver_connection_are_answered_as_sqlalchemy_s(
+    app, client: httpx.AsyncClient, monkeypatch, error: Exception, status: int
+) -> None:
+    """The read by id, the poll and the audit flush run on the asyncpg connection itself:
+    its own exceptions say the database is gone (503, retry) as SQLAlchemy's would."""
+    from service.storage import repository
+
+    async def fails(*_a, **_k):
+        raise error
+
+    monkeypatch.setattr(repository, "fetch_all", fails)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    headers = {"Authorization": client.headers["Authorization"]}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", headers=headers
+    ) as c:
+        r = await c.get("/fhir/Task/x")
+    assert_outcome(r, status, {503: "transient", 500: "exception", 400: "invalid"}[status])
+    if status == 503:
+        assert int(r.headers["Retry-After"]) > 0
 
 
 async def test_a_client_that_disconnects_mid_body_is_not_a_server_error(

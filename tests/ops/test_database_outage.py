@@ -153,6 +153,11 @@ async def test_database_outage_answers_503_and_recovers_without_restart(
         assert r.status_code == 503
         assert _is_transient_outcome(r)
         assert int(r.headers["Retry-After"]) > 0
+    # The read by id and the poll run on the asyncpg connection itself: the same answer.
+    for path in ("/fhir/Task/t-1", "/fhir/Task?_cursor=start"):
+        r = await c.get(path)
+        assert r.status_code == 503, (path, r.text)
+        assert _is_transient_outcome(r)
     assert (await c.get("/healthz")).status_code == 200  # alive, just not ready
 
     await asyncio.to_thread(cluster.start)
