@@ -4,8 +4,8 @@
 
 Runs the service of the working tree (B) and of git revision ``BASE`` (A, checked out in a
 temporary worktree) side by side on one scratch database of 20,000 Tasks, drives both with
-the same requests (read by id, caught-up poll and full poll page at 32 and 4 clients),
-alternating A B A B, and prints each one's CPU per request (service + PostgreSQL), the
+the same requests (read by id, caught-up poll and full poll page at 32 and 4 clients, create
+Task at 32), alternating A B A B, and prints each one's CPU per request (service + PostgreSQL), the
 figure that moves least with the machine's speed of the day, and requests/s. The database is
 migrated by the working tree; BASE must run on that schema (new nullable columns are fine).
 """
@@ -20,6 +20,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import orjson
+
 from bench.load import load_tasks
 from bench.loadgen import Run, run_wrk
 from bench.run import (
@@ -28,6 +30,8 @@ from bench.run import (
     Tokens,
     _fetch,
     _write_lines,
+    create_service_request,
+    new_referral_task,
     poll_lines,
     scratch_database,
     service_command,
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             ids = asyncio.run(_fetch(dsn, "SELECT id FROM resource ORDER BY random() LIMIT 5000"))
             reads = _write_lines(workdir / "read.txt", [f"/fhir/Task/{r['id']}" for r in ids])
             full, ends = poll_lines(dsn)
-            benches = [
+            benches: list[tuple[str, Path, int]] = [
                 ("read Task by id", reads, 32),
                 ("poll caught up", _write_lines(workdir / "ends.txt", ends), 32),
                 ("poll caught up", workdir / "ends.txt", 4),
@@ -80,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
                 Server("A", service_command(a.workers), service_settings(dsn), workdir, root=tree),
                 Server("B", service_command(a.workers), service_settings(dsn), workdir),
             ]
+            focus = create_service_request(tokens, servers[1])
+            bodies = [
+                "/fhir/Task\t"
+                + orjson.dumps(new_referral_task(a.tasks + i, owners, focus)).decode()
+                for i in range(200)
+            ]
+            benches.append(("create Task", _write_lines(workdir / "create.txt", bodies), 32))
             try:
                 for name, lines, conns in benches:
                     if a.only and a.only not in name:
@@ -98,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                             server=s.name,
                             url=s.base,
                             lines=lines,
-                            method="GET",
+                            method="POST" if name.startswith("create") else "GET",
                             token=tokens.issue(s.base),
                             connections=conns,
                             duration=seconds,

@@ -481,7 +481,7 @@ def crud_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> 
     with servers(dsn, workdir, feed_file=None, workers=opts.workers) as (service, ceiling):
         # A new referral Task starts as requested and its focus must exist: post its
         # ServiceRequest through the service first, as a JMS would.
-        focus = _create_service_request(driver, service)
+        focus = create_service_request(driver.tokens, service)
         bodies = [
             "/fhir/Task\t" + orjson.dumps(new_referral_task(tasks + i, owners, focus)).decode()
             for i in range(200)
@@ -511,8 +511,9 @@ SERVICE_REQUEST = {
 }
 
 
-def _create_service_request(driver: Driver, service: Server) -> str:
-    token = driver.tokens.issue(service.base)
+def create_service_request(tokens: Tokens, service: Server) -> str:
+    """A referral's ServiceRequest, posted through the service, for new Tasks to focus on."""
+    token = tokens.issue(service.base)
     posted = httpx.post(
         f"{service.base}/fhir/ServiceRequest",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},

@@ -150,8 +150,9 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
         await greenlet_spawn(fairy.close)
 
 
-# conn.info keys (storage.driver): this checkout is a read connection in autocommit; and its
-# asyncpg connection, once looked up.
+# conn.info keys (storage.driver): this checkout is a read connection in autocommit (dropped
+# at its end); and the pooled connection's asyncpg connection, once looked up (kept: SQLAlchemy
+# clears a pooled connection's ``info`` when it replaces the connection).
 DRIVER_READS = "handoff.driver_reads"
 DRIVER_CONNECTION = "handoff.driver_connection"
 
@@ -184,6 +185,5 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
                 yield conn
             finally:
                 conn.info.pop(DRIVER_READS, None)
-                conn.info.pop(DRIVER_CONNECTION, None)
             return
         yield conn

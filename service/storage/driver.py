@@ -1,14 +1,20 @@
-"""The hottest reads on the asyncpg connection itself (PostgreSQL read connections).
+"""Hot statements on the asyncpg connection itself (PostgreSQL).
 
 SQLAlchemy's execution of one statement (execution context, transaction bookkeeping, result
 objects) cost ~90-150 µs of CPU on this machine against ~40 µs for the same prepared statement
-on the driver connection it wraps (measured: bench/README.md, session 10). A read by id and a
-poll run one such statement each. ``fetch_all`` runs a SELECT built by SQLAlchemy Core on the
-connection's asyncpg connection when that connection is in autocommit (``read_connection`` on
-PostgreSQL: each statement its own snapshot, as through SQLAlchemy), compiled once per
-statement object, with the same bind and result processing SQLAlchemy applies. Anything else
-goes through SQLAlchemy: other dialects, transactions, statements with expanding ``IN``
-parameters or names that need escaping.
+on the asyncpg connection it wraps (measured: bench/README.md, session 10). ``fetch_all`` runs
+a statement built with SQLAlchemy Core (a SELECT, or ``text()``) there, compiled once per
+statement object, with the bind and result processing SQLAlchemy applies:
+
+- on a PostgreSQL read connection (autocommit: each statement its own snapshot, as through
+  SQLAlchemy);
+- in a PostgreSQL write transaction once SQLAlchemy has begun it on the asyncpg connection
+  (it begins lazily, at the first statement it runs): the statement runs inside it, and
+  commits or rolls back with it.
+
+Anything else goes through SQLAlchemy: SQLite, a transaction not begun yet, statements with
+expanding ``IN`` parameters or bind names that need escaping. Errors are asyncpg's own
+(``api.errors`` answers them as it does SQLAlchemy's).
 """
 
 from __future__ import annotations
@@ -16,15 +22,21 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
 
 from service.storage.db import DRIVER_CONNECTION, DRIVER_READS
 
 _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
+
+
+# Called with (SQL, arguments) of each statement sent here, as SQLAlchemy's
+# ``before_cursor_execute`` is for its own (which does not see these): tests count and
+# inspect statements through both.
+statement_listeners: list[Callable[[str, Sequence[Any]], None]] = []
 
 
 @dataclass(frozen=True)
@@ -33,13 +45,13 @@ class _Plan:
     sql: str
     names: tuple[str, ...]
     binds: tuple[Callable[[Any], Any] | None, ...]
-    results: tuple[Callable[[Any], Any] | None, ...]
+    results: tuple[Callable[[Any], Any] | None, ...]  # empty: rows as they come (text())
 
 
 @functools.lru_cache(maxsize=2048)
-def _plan(stmt: Select[Any]) -> _Plan | None:
+def _plan(stmt: Executable) -> _Plan | None:
     """Hot statements are built once (and cached by their callers), so this is per object."""
-    compiled = stmt.compile(dialect=_DIALECT)
+    compiled = cast(Any, stmt).compile(dialect=_DIALECT)  # a SELECT or text()
     if (
         compiled.post_compile_params
         or compiled.literal_execute_params
@@ -49,27 +61,25 @@ def _plan(stmt: Select[Any]) -> _Plan | None:
         return None
     names = tuple(compiled.positiontup)
     binds = tuple(compiled.binds[name].type.bind_processor(_DIALECT) for name in names)
-    results = tuple(c.type.result_processor(_DIALECT, None) for c in stmt.selected_columns)
+    columns = getattr(stmt, "selected_columns", ())
+    results = tuple(c.type.result_processor(_DIALECT, None) for c in columns)
     return _Plan(compiled, compiled.string, names, binds, results)
 
 
-async def fetch_all(
-    conn: AsyncConnection, stmt: Select[Any], params: Mapping[str, Any] | None = None
-) -> Sequence[Sequence[Any]]:
-    """The rows of ``stmt`` (indexable by position), as ``(await conn.execute(...)).all()``."""
-    plan = _plan(stmt) if conn.info.get(DRIVER_READS) else None
+async def driver_fetch(
+    driver: Any, stmt: Executable, params: Mapping[str, Any] | None = None
+) -> list[Sequence[Any]]:
+    """The rows of ``stmt`` run on the asyncpg connection ``driver`` (positional)."""
+    plan = _plan(stmt)
     if plan is None:
-        result = await conn.execute(stmt, dict(params or {}))
-        return list(result.all())
-    driver: Any = conn.info.get(DRIVER_CONNECTION)
-    if driver is None:
-        raw = await conn.get_raw_connection()
-        driver = conn.info[DRIVER_CONNECTION] = raw.driver_connection
+        raise ValueError("this statement cannot run on the driver connection")
     values = plan.compiled.construct_params(dict(params or {}))
     args = [
         value if process is None else process(value)
         for value, process in zip((values[n] for n in plan.names), plan.binds, strict=True)
     ]
+    for listener in statement_listeners:
+        listener(plan.sql, args)
     rows: list[Sequence[Any]] = await driver.fetch(plan.sql, *args)
     if not any(plan.results):
         return rows
@@ -77,3 +87,27 @@ async def fetch_all(
         tuple(v if p is None else p(v) for v, p in zip(row, plan.results, strict=True))
         for row in rows
     ]
+
+
+async def _driver_of(conn: AsyncConnection) -> Any | None:
+    """``conn``'s asyncpg connection, if a statement may run there now (see the module)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    driver: Any = conn.info.get(DRIVER_CONNECTION)
+    if driver is None:
+        raw = await conn.get_raw_connection()
+        driver = conn.info[DRIVER_CONNECTION] = raw.driver_connection
+    if conn.info.get(DRIVER_READS) or driver.is_in_transaction():
+        return driver
+    return None
+
+
+async def fetch_all(
+    conn: AsyncConnection, stmt: Executable, params: Mapping[str, Any] | None = None
+) -> Sequence[Sequence[Any]]:
+    """The rows of ``stmt`` (indexable by position), as ``(await conn.execute(...)).all()``."""
+    driver = await _driver_of(conn) if _plan(stmt) is not None else None
+    if driver is None:
+        result = await conn.execute(stmt, dict(params or {}))
+        return list(result.all()) if result.returns_rows else []
+    return await driver_fetch(driver, stmt, params)

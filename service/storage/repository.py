@@ -32,11 +32,10 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage.db import known_rows
-from service.storage.driver import fetch_all
+from service.storage.driver import driver_fetch, fetch_all
 from service.storage.tables import IdempotencyRecord, Resource, ResourceHistory, search_index
 
 # SQLModel types ``__table__`` loosely; these are the Core tables the queries use.
@@ -136,9 +135,10 @@ async def get_current(
         if for_update and conn.dialect.name == "postgresql"
         else _GET_CURRENT
     )
-    row = (await conn.execute(stmt, {"rt": resource_type, "rid": resource_id})).first()
-    if row is None:
+    rows = await fetch_all(conn, stmt, {"rt": resource_type, "rid": resource_id})
+    if not rows:
         return None
+    row = rows[0]
     found = StoredResource(resource_type, resource_id, row[0], row[1], row[2], row[3])
     if known is not None:
         known[key] = (found, for_update)
@@ -195,7 +195,7 @@ async def which_pass(
     params: dict[str, str] = {}
     for i, (rtype, rid) in enumerate(targets):
         params[f"rt_{i}"], params[f"rid_{i}"] = rtype, rid
-    return {(r[0], r[1]): bool(r[2]) for r in await conn.execute(stmt, params)}
+    return {(r[0], r[1]): bool(r[2]) for r in await fetch_all(conn, stmt, params)}
 
 
 async def get_version(
@@ -456,17 +456,8 @@ async def _write_versions_pg(
 ) -> dict[tuple[str, str], tuple[int, int]]:
     """Write ``(version, method, index rows, keep JSONB content)`` in one statement; (txid,
     seq) of each by key."""
-    rows = await conn.execute(_WRITE_VERSIONS_PG, _write_versions_params(versions))
+    rows = await fetch_all(conn, _WRITE_VERSIONS_PG, _write_versions_params(versions))
     return {(r[0], r[1]): (int(r[3]), int(r[2])) for r in rows}
-
-
-@functools.cache
-def _write_versions_for_asyncpg() -> tuple[str, tuple[str, ...]]:
-    """``_WRITE_VERSIONS_PG`` as asyncpg takes it: its SQL with $n placeholders, and the
-    names of the parameters in their order."""
-    compiled = _WRITE_VERSIONS_PG.compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
-    assert compiled.positiontup is not None
-    return compiled.string, tuple(compiled.positiontup)
 
 
 async def insert_new_resources_on_driver(driver: Any, items: Sequence[NewResource]) -> None:
@@ -475,11 +466,10 @@ async def insert_new_resources_on_driver(driver: Any, items: Sequence[NewResourc
     SQLAlchemy's execution around it (the audit group commit's flush)."""
     if not items:
         return
-    sql, order = _write_versions_for_asyncpg()
     params = _write_versions_params(
         [(i.stored, "POST", i.index, i.content is not None) for i in items]
     )
-    await driver.execute(sql, *(params[name] for name in order))
+    await driver_fetch(driver, _WRITE_VERSIONS_PG, params)
 
 
 def history_select(

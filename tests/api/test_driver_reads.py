@@ -3,10 +3,13 @@ as through SQLAlchemy, only on PostgreSQL read connections in autocommit."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
-from sqlalchemy import and_, bindparam, literal, select
+from sqlalchemy import and_, bindparam, event, literal, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.storage import repository as repo
@@ -14,9 +17,23 @@ from service.storage.db import DRIVER_READS, read_connection, write_transaction
 from service.storage.driver import fetch_all
 from service.storage.repository import resource_t
 from service.storage.types import UtcDateTime
-from tests.statements import statements_sent
 
 FIVE = timedelta(hours=5)
+
+
+@contextlib.contextmanager
+def sqlalchemy_sent(engine: AsyncEngine) -> Iterator[list[str]]:
+    """What went through SQLAlchemy only (statements_sent sees the driver's too)."""
+    sent: list[str] = []
+
+    def record(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def _seed(engine: AsyncEngine) -> list[repo.StoredResource]:
@@ -64,7 +81,7 @@ async def test_the_same_rows_as_sqlalchemy_and_no_sqlalchemy_execution(
     params = {"rt": "Organization", "since": datetime(2026, 1, 1, 5, 1, tzinfo=timezone(-FIVE))}
     async with read_connection(engine) as conn:
         expected = [tuple(r) for r in (await conn.execute(_STMT, params)).all()]
-        with statements_sent(engine) as sent:
+        with sqlalchemy_sent(engine) as sent:
             rows = [tuple(r) for r in await fetch_all(conn, _STMT, params)]
     assert rows == expected and [r[0] for r in rows] == ["org-1", "org-2"]
     assert all(r[1].utcoffset() == timedelta(0) for r in rows)  # instants come back in UTC
@@ -74,18 +91,36 @@ async def test_the_same_rows_as_sqlalchemy_and_no_sqlalchemy_execution(
     assert len(sent) == (0 if engine.dialect.name == "postgresql" else 1)
 
 
-async def test_write_transactions_and_expanding_parameters_go_through_sqlalchemy(
-    engine: AsyncEngine,
-) -> None:
+async def test_in_a_write_transaction_once_begun_and_inside_it(engine: AsyncEngine) -> None:
+    """The first statement of a write transaction goes through SQLAlchemy, which begins the
+    transaction; later ones may run on the driver connection, inside that transaction: they
+    see its uncommitted rows, and roll back with it."""
     await _seed(engine)
     params = {"rt": "Organization", "since": datetime(2026, 1, 1, tzinfo=UTC)}
-    async with write_transaction(engine) as conn:
-        with statements_sent(engine) as sent:
-            assert len(await fetch_all(conn, _STMT, params)) == 3
-        assert len(sent) == 1  # inside a transaction: never beside it on the driver
+    added = repo.StoredResource(
+        "Organization", "org-9", 1, datetime(2026, 1, 2, tzinfo=UTC), False, "{}"
+    )
+    with pytest.raises(RuntimeError):
+        async with write_transaction(engine) as conn:
+            with sqlalchemy_sent(engine) as first:
+                assert len(await fetch_all(conn, _STMT, params)) == 3
+            assert [x for x in first if x.startswith("SELECT")]  # through SQLAlchemy
+            await repo.write_version(conn, stored=added, method="POST", content=None, index=[])
+            with sqlalchemy_sent(engine) as later:
+                rows = await fetch_all(conn, _STMT, params)
+            assert [r[0] for r in rows] == ["org-0", "org-1", "org-2", "org-9"]
+            if engine.dialect.name == "postgresql":
+                assert later == []  # on the driver, in the transaction
+            raise RuntimeError("roll back")
+    async with read_connection(engine) as conn:
+        assert len(await fetch_all(conn, _STMT, params)) == 3  # org-9 rolled back
+
+
+async def test_expanding_parameters_go_through_sqlalchemy(engine: AsyncEngine) -> None:
+    await _seed(engine)
     expanding = select(resource_t.c.id).where(resource_t.c.id.in_(bindparam("ids", expanding=True)))
     async with read_connection(engine) as conn:
-        with statements_sent(engine) as sent:
+        with sqlalchemy_sent(engine) as sent:
             rows = await fetch_all(conn, expanding, {"ids": ["org-0", "org-2"]})
         assert sorted(r[0] for r in rows) == ["org-0", "org-2"]
         assert [x for x in sent if x != "BEGIN"] and "IN" in sent[-1]  # SQLite: BEGIN first

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.search.execute import AccessFilter, SearchPage, allow_all, run_search
@@ -17,6 +17,7 @@ from service.search.query import parse_search
 from service.settings import Settings
 from service.storage.db import create_engine
 from tests.conftest import TABLES
+from tests.statements import sent_with_parameters
 
 pytestmark = pytest.mark.postgres
 
@@ -59,20 +60,12 @@ async def search_statement(
     resource_type: str = "Task",
 ) -> tuple[SearchPage, str, Any]:
     """Run a search; its page, and the last statement it sent with its parameters."""
-    captured: list[tuple[str, Any]] = []
-
-    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
-        captured.append((statement, parameters))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    try:
+    with sent_with_parameters(engine) as captured:
         async with engine.connect() as conn:
             request = parse_search(
                 resource_type, params, strict=True, default_count=50, max_count=1000
             )
             page = await run_search(conn, request, access=access)
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", capture)
     statement, parameters = captured[-1]
     return page, statement, parameters
 
@@ -288,21 +281,13 @@ async def test_probes_of_a_type_newer_than_its_statistics_stay_probes(
             " ('identifier', 'urn:jail:person-id', 'P-' || g)) AS p(param, system, value)",
         ),
     )
-    captured: list[tuple[str, Any]] = []
-
-    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
-        captured.append((statement, parameters))
-
     condition = tenancy_condition("Patient", CURRENT_COLS, "Organization/jail")
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    try:
+    with sent_with_parameters(engine) as captured:
         async with engine.connect() as conn:
             visible = await repo.which_pass(conn, [("Patient", "pat-4321")], lambda _t: condition)
             found = await repo.versions_with_identifiers(
                 conn, "Patient", [("urn:jail:person-id", "P-77"), ("urn:jail:booking", "B-1")]
             )
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", capture)
     assert visible == {("Patient", "pat-4321"): True}
     assert found == [(0, "pat-77", 1)]
     for statement, parameters in captured:

@@ -13,6 +13,7 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings
+from service.storage import driver
 from service.storage import repository as repo
 from service.storage.db import create_engine, known_rows, read_connection, write_transaction
 from service.storage.repository import StoredResource
@@ -24,7 +25,9 @@ def version(rid: str, n: int = 1) -> StoredResource:
     return StoredResource("Organization", rid, n, datetime.now(UTC), False, raw)
 
 
-def count_statements(engine: AsyncEngine) -> list[str]:
+def count_statements(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Statements sent from now to the end of the test, through SQLAlchemy or (PostgreSQL's
+    hottest) on the asyncpg connection itself."""
     seen: list[str] = []
 
     def capture(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
@@ -32,6 +35,8 @@ def count_statements(engine: AsyncEngine) -> list[str]:
             seen.append(statement)
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    listeners = [*driver.statement_listeners, lambda statement, _args: seen.append(statement)]
+    monkeypatch.setattr(driver, "statement_listeners", listeners)
     return seen
 
 
@@ -39,8 +44,10 @@ class Boom(Exception):
     pass
 
 
-async def test_own_writes_are_read_back_without_a_query(engine: AsyncEngine) -> None:
-    seen = count_statements(engine)
+async def test_own_writes_are_read_back_without_a_query(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = count_statements(engine, monkeypatch)
     async with write_transaction(engine) as conn:
         written = version("own-1")
         await repo.write_version(conn, stored=written, method="POST", content={}, index=[])
@@ -102,13 +109,13 @@ async def test_jsonb_copy_for_resources_but_not_audit_events(
 
 
 async def test_a_row_read_is_answered_again_but_locked_only_by_the_database(
-    engine: AsyncEngine,
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with write_transaction(engine) as conn:
         await repo.write_version(
             conn, stored=version("read-1"), method="POST", content={}, index=[]
         )
-    seen = count_statements(engine)
+    seen = count_statements(engine, monkeypatch)
     async with write_transaction(engine) as conn:
         first = await repo.get_current(conn, "Organization", "read-1")
         assert first is not None and len(seen) == 1
@@ -127,7 +134,9 @@ async def test_a_row_read_is_answered_again_but_locked_only_by_the_database(
         assert len(seen) == 3
 
 
-async def test_which_pass_checks_several_targets_in_one_query(engine: AsyncEngine) -> None:
+async def test_which_pass_checks_several_targets_in_one_query(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sqlalchemy import literal
 
     async with write_transaction(engine) as conn:
@@ -137,7 +146,7 @@ async def test_which_pass_checks_several_targets_in_one_query(engine: AsyncEngin
         "Organization": repo.resource_t.c.id == literal("a"),  # only "a" passes
         "Patient": None,  # never
     }
-    seen = count_statements(engine)
+    seen = count_statements(engine, monkeypatch)
     async with read_connection(engine) as conn:
         found = await repo.which_pass(
             conn,

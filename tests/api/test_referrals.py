@@ -10,11 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.builders import FHIR_JSON, organization
-from tests.statements import statements_sent
+from tests.statements import sent_with_parameters, statements_sent
 
 HANDOFF_CS = "https://handoff.dev/fhir/CodeSystem"
 
@@ -702,19 +701,17 @@ async def test_referral_writes_lock_tasks_before_their_service_request(
         pytest.skip("SQLite takes no row locks")
     jail, ids = network["jail"], network["ids"]
     ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
-    locks: list[str] = []
-
-    def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_a: Any) -> None:
-        if "FOR UPDATE" in statement:
-            locks.extend(p for p in parameters if p in ("Task", "ServiceRequest"))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with sent_with_parameters(engine) as sent:
         r = await jail.patch(
             f"/v1/referrals/{ref['referral_id']}", json={"release": {"expected_at": soon(60)}}
         )
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    locks = [
+        p
+        for statement, parameters in sent
+        if "FOR UPDATE" in statement
+        for p in parameters
+        if p in ("Task", "ServiceRequest")
+    ]
     assert r.status_code == 200, r.text
     assert locks[:2] == ["Task", "ServiceRequest"], locks
 
