@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ from service import __version__
 from service.api.route_template import route_template
 from service.redaction import redact_query, redact_target, redact_text, redact_url, safe_names
 from service.settings import Settings
+from service.storage import driver
 from service.storage.repository import index_t, resource_t
 
 logger = logging.getLogger("handoff.telemetry")
@@ -367,6 +369,22 @@ class Telemetry:
         EngineTracer(  # type: ignore[no-untyped-call]
             tracer, engine.sync_engine, unused, enable_commenter=False
         )
+        # The hottest statements run on the asyncpg connection itself (storage.driver), out
+        # of the instrumentation's sight: the same span for each, from there.
+        database = engine.url.database or ""
+
+        def statement_span(sql: str) -> AbstractContextManager[Any]:
+            return tracer.start_as_current_span(
+                f"{sql.split(None, 1)[0]} {database}".strip(),
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "db.system": engine.dialect.name,
+                    "db.name": database,
+                    "db.statement": sql,
+                },
+            )
+
+        driver.statement_spans[engine.sync_engine] = statement_span
         self.traced_engines.append(engine)
 
     def instrument_httpx_client(self, client: httpx.AsyncClient | httpx.Client) -> None:

@@ -20,12 +20,15 @@ expanding ``IN`` parameters or bind names that need escaping. Errors are asyncpg
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
 from service.storage.db import DRIVER_CONNECTION, DRIVER_READS
@@ -37,6 +40,12 @@ _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
 # ``before_cursor_execute`` is for its own (which does not see these): tests count and
 # inspect statements through both.
 statement_listeners: list[Callable[[str, Sequence[Any]], None]] = []
+
+# A span per statement sent here, by engine: telemetry registers a factory (given the SQL,
+# never the parameters) where it traces SQLAlchemy's statements, which do not include these.
+statement_spans: weakref.WeakKeyDictionary[Engine, Callable[[str], AbstractContextManager[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @dataclass(frozen=True)
@@ -67,9 +76,14 @@ def _plan(stmt: Executable) -> _Plan | None:
 
 
 async def driver_fetch(
-    driver: Any, stmt: Executable, params: Mapping[str, Any] | None = None
+    driver: Any,
+    stmt: Executable,
+    params: Mapping[str, Any] | None = None,
+    *,
+    engine: AsyncEngine | None = None,
 ) -> list[Sequence[Any]]:
-    """The rows of ``stmt`` run on the asyncpg connection ``driver`` (positional)."""
+    """The rows of ``stmt`` run on the asyncpg connection ``driver`` (positional), traced as
+    ``engine``'s statements are."""
     plan = _plan(stmt)
     if plan is None:
         raise ValueError("this statement cannot run on the driver connection")
@@ -80,7 +94,12 @@ async def driver_fetch(
     ]
     for listener in statement_listeners:
         listener(plan.sql, args)
-    rows: list[Sequence[Any]] = await driver.fetch(plan.sql, *args)
+    span = statement_spans.get(engine.sync_engine) if engine is not None else None
+    if span is None:
+        rows: list[Sequence[Any]] = await driver.fetch(plan.sql, *args)
+    else:
+        with span(plan.sql):
+            rows = await driver.fetch(plan.sql, *args)
     if not any(plan.results):
         return rows
     return [
@@ -110,4 +129,4 @@ async def fetch_all(
     if driver is None:
         result = await conn.execute(stmt, dict(params or {}))
         return list(result.all()) if result.returns_rows else []
-    return await driver_fetch(driver, stmt, params)
+    return await driver_fetch(driver, stmt, params, engine=conn.engine)

@@ -32,7 +32,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.storage.db import known_rows
 from service.storage.driver import driver_fetch, fetch_all
@@ -460,7 +460,9 @@ async def _write_versions_pg(
     return {(r[0], r[1]): (int(r[3]), int(r[2])) for r in rows}
 
 
-async def insert_new_resources_on_driver(driver: Any, items: Sequence[NewResource]) -> None:
+async def insert_new_resources_on_driver(
+    driver: Any, items: Sequence[NewResource], *, engine: AsyncEngine | None = None
+) -> None:
     """``insert_new_resources`` on PostgreSQL's asyncpg connection itself (``driver``, from
     ``db.driver_connection``): the same one statement, its own transaction, without
     SQLAlchemy's execution around it (the audit group commit's flush)."""
@@ -469,7 +471,7 @@ async def insert_new_resources_on_driver(driver: Any, items: Sequence[NewResourc
     params = _write_versions_params(
         [(i.stored, "POST", i.index, i.content is not None) for i in items]
     )
-    await driver_fetch(driver, _WRITE_VERSIONS_PG, params)
+    await driver_fetch(driver, _WRITE_VERSIONS_PG, params, engine=engine)
 
 
 def history_select(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -181,7 +182,10 @@ async def _commit(engine: AsyncEngine, ctx: WorkflowContext, event: dict[str, An
     # own transaction: no BEGIN and COMMIT, no SQLAlchemy execution around it).
     committer = (
         committer_for(
-            engine, "audit", repo.insert_new_resources_on_driver, connection=driver_connection
+            engine,
+            "audit",
+            functools.partial(repo.insert_new_resources_on_driver, engine=engine),
+            connection=driver_connection,
         )
         if engine.dialect.name == "postgresql"
         else committer_for(engine, "audit", repo.insert_new_resources)

@@ -109,6 +109,23 @@ async def test_search_and_create_leave_no_health_data_in_spans_or_logs(
         and s.context.trace_id == search.context.trace_id
     ]
     assert any("search_index" in statement for statement in statements)
+    # The read by id's statement runs on the asyncpg connection itself on PostgreSQL, out of
+    # SQLAlchemy's instrumentation: it is traced all the same (the SQL, not its values).
+    read = await client.get(f"/fhir/Patient/{created.json()['id']}")
+    assert read.status_code == 200
+    spans = exported.get_finished_spans()
+    [server] = [s for s in spans if s.name == "GET /fhir/Patient/{resource_id}"]
+    assert server.context is not None
+    in_read = [
+        s
+        for s in spans
+        if s.context is not None
+        and s.context.trace_id == server.context.trace_id
+        and s.attributes
+        and "FROM resource" in str(s.attributes.get("db.statement", ""))
+    ]
+    assert in_read, [s.name for s in spans]
+    assert all(SECRET not in _span_text(s) for s in in_read)
 
     # What leaves the process (JSON on stdout), and every record as logged.
     assert SECRET not in logs.text
