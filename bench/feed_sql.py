@@ -45,6 +45,8 @@ class FeedSql:
 
 
 class _NoRows:
+    returns_rows = True
+
     def all(self) -> list[Any]:
         return []
 
@@ -57,6 +59,9 @@ class _Recorder:
         self.info: dict[str, Any] = {}  # not a read connection: statements come to execute
         self.statements: list[Any] = []
         self.parameters: list[dict[str, Any]] = []
+
+    def in_transaction(self) -> bool:
+        return False  # so every statement comes to execute, none to the driver connection
 
     async def execute(self, statement: Any, parameters: dict[str, Any] | None = None) -> _NoRows:
         self.statements.append(statement)

@@ -112,11 +112,14 @@ async def _driver_of(conn: AsyncConnection) -> Any | None:
     """``conn``'s asyncpg connection, if a statement may run there now (see the module)."""
     if conn.dialect.name != "postgresql":
         return None
+    reads = conn.info.get(DRIVER_READS)
+    if not reads and not conn.in_transaction():
+        return None  # nothing begun: SQLAlchemy's statement begins the transaction
     driver: Any = conn.info.get(DRIVER_CONNECTION)
     if driver is None:
         raw = await conn.get_raw_connection()
         driver = conn.info[DRIVER_CONNECTION] = raw.driver_connection
-    if conn.info.get(DRIVER_READS) or driver.is_in_transaction():
+    if reads or driver.is_in_transaction():
         return driver
     return None
 
