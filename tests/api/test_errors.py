@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -141,6 +142,19 @@ async def test_bad_if_match_is_400(client: httpx.AsyncClient) -> None:
     assert_outcome(r, 400)
 
 
+async def _read_as_a_server_would(
+    app: Any, client: httpx.AsyncClient, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """GET /fhir/Task/x as the client, answered as a server answers an unexpected exception
+    (the test transport would raise it instead)."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    auth = {"Authorization": client.headers["Authorization"]}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", headers=auth
+    ) as c:
+        return await c.get("/fhir/Task/x", headers=headers or {})
+
+
 async def test_unexpected_error_is_500_without_leaking(
     app, client: httpx.AsyncClient, monkeypatch
 ) -> None:
@@ -150,12 +164,7 @@ async def test_unexpected_error_is_500_without_leaking(
         raise RuntimeError("Jane Doe DOB 1990-04-02 secret")
 
     monkeypatch.setattr(resources, "read", boom)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    headers = {"Authorization": client.headers["Authorization"]}
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://testserver", headers=headers
-    ) as c:
-        r = await c.get("/fhir/Task/x", headers={"X-Request-ID": "req-123"})
+    r = await _read_as_a_server_would(app, client, {"X-Request-ID": "req-123"})
     body = assert_outcome(r, 500, "exception")
     assert "Jane" not in r.text and "secret" not in r.text
     assert "req-123" in body["issue"][0]["diagnostics"]
@@ -185,12 +194,7 @@ async def test_errors_of_the_driver_connection_are_answered_as_sqlalchemy_s(
         raise error
 
     monkeypatch.setattr(repository, "fetch_all", fails)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    headers = {"Authorization": client.headers["Authorization"]}
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://testserver", headers=headers
-    ) as c:
-        r = await c.get("/fhir/Task/x")
+    r = await _read_as_a_server_would(app, client)
     assert_outcome(r, status, {503: "transient", 500: "exception", 400: "invalid"}[status])
     if status == 503:
         assert int(r.headers["Retry-After"]) > 0
