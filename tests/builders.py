@@ -55,3 +55,8 @@ def task(
     if identifier:
         body["identifier"] = [{"system": "https://jail.example.org/referral", "value": identifier}]
     return body
+
+
+def transaction(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """A transaction Bundle of ``entries`` (each with its ``request``)."""
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.storage.repository import idempotency_t
-from tests.builders import FHIR_JSON, organization
+from tests.builders import FHIR_JSON, organization, transaction
 
 pytestmark = pytest.mark.usefixtures("instruments")
 TCUDS5 = Path(__file__).resolve().parent.parent / "data" / "tcuds5-example-questionnaire.json"
@@ -368,17 +368,15 @@ async def test_builtin_content_is_read_only_for_clients(client: httpx.AsyncClien
         after = await client.get(f"/fhir/{path}")
         assert after.json() == body and after.headers["etag"] == shipped.headers["etag"]
     # In a transaction too, and nothing else in it is written.
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
+    bundle = transaction(
+        [
             {
                 "resource": organization(identifier="builtin-tx"),
                 "request": {"method": "POST", "url": "Organization"},
             },
             {"request": {"method": "DELETE", "url": "Questionnaire/taps"}},
-        ],
-    }
+        ]
+    )
     assert (await client.post("/fhir", json=bundle, headers=FHIR_JSON)).status_code == 405
     orgs = await client.get(
         "/fhir/Organization", params={"identifier": "https://example.org/orgs|builtin-tx"}

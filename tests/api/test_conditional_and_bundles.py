@@ -11,7 +11,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.storage.tables import IdempotencyRecord
-from tests.builders import FHIR_JSON, organization, patient, task
+from tests.builders import FHIR_JSON, organization, patient, task, transaction
 
 IDENT = "identifier=https://jail.example.org/booking|B-77"
 
@@ -90,10 +90,6 @@ async def test_twenty_concurrent_conditional_creates_make_one(client: httpx.Asyn
     assert found["total"] == 1
 
 
-def _transaction(entries: list[dict]) -> dict:
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-
-
 async def test_transaction_resolves_urn_references(client: httpx.AsyncClient) -> None:
     pat_urn = "urn:uuid:6f1c7a3e-2b8d-4c55-9a51-1f0a8a6f0c01"
     sr_urn = "urn:uuid:6f1c7a3e-2b8d-4c55-9a51-1f0a8a6f0c02"
@@ -105,7 +101,7 @@ async def test_transaction_resolves_urn_references(client: httpx.AsyncClient) ->
     }
     # The Task comes first and refers to entries further down.
     t = task(patient_ref=pat_urn, focus=sr_urn)
-    bundle = _transaction(
+    bundle = transaction(
         [
             {
                 "fullUrl": "urn:uuid:6f1c7a3e-2b8d-4c55-9a51-1f0a8a6f0c03",
@@ -140,7 +136,7 @@ async def test_transaction_resolves_urn_references(client: httpx.AsyncClient) ->
 async def test_transaction_with_bad_entry_leaves_nothing(client: httpx.AsyncClient) -> None:
     bad_task = task()
     bad_task["status"] = 17  # wrong JSON type
-    bundle = _transaction(
+    bundle = transaction(
         [
             {
                 "resource": organization(identifier="tx-org"),
@@ -162,7 +158,7 @@ async def test_transaction_with_bad_entry_leaves_nothing(client: httpx.AsyncClie
 
 async def test_transaction_failing_in_database_phase_rolls_back(client: httpx.AsyncClient) -> None:
     created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
-    bundle = _transaction(
+    bundle = transaction(
         [
             {
                 "resource": organization(identifier="tx-org-2"),
@@ -310,7 +306,7 @@ async def test_a_response_kept_before_migration_0009_is_still_replayed_and_audit
         (
             "old-tx",
             "/fhir",
-            _transaction(
+            transaction(
                 [
                     {
                         "resource": organization(identifier="old-2"),
@@ -344,7 +340,7 @@ async def test_a_failed_create_keeps_nothing_under_its_key(client: httpx.AsyncCl
 
 
 async def test_a_retried_transaction_with_a_key_writes_once(client: httpx.AsyncClient) -> None:
-    bundle = _transaction(
+    bundle = transaction(
         [
             {
                 "fullUrl": "urn:uuid:0b0c7a3e-2b8d-4c55-9a51-1f0a8a6f0c01",
@@ -466,7 +462,7 @@ async def test_batch_reads_searches_patches_and_deletes(client: httpx.AsyncClien
 async def test_transaction_patch_entries(client: httpx.AsyncClient) -> None:
     org = await new_organization(client, "tp")
     ref = f"Organization/{org['id']}"
-    bad = _transaction(
+    bad = transaction(
         [
             {
                 "resource": organization(identifier="tp-new"),
@@ -483,7 +479,7 @@ async def test_transaction_patch_entries(client: httpx.AsyncClient) -> None:
     issue = r.json()["issue"][0]
     assert "not base64" in issue["diagnostics"] and "Bundle.entry[1]" in str(issue["expression"])
     assert await count_of(client, "Organization", identifier="https://example.org/orgs|tp-new") == 0
-    good = _transaction(
+    good = transaction(
         [
             {
                 "resource": _binary_patch([{"op": "add", "path": "/alias", "value": ["TP"]}]),
