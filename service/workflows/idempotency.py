@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.errors import BusinessRuleError, InvalidRequestError
 from service.fhir.resource import now_ms
 from service.storage import repository as repo
-from service.storage.db import read_connection, write_transaction
+from service.storage.db import write_transaction
 
 if TYPE_CHECKING:
     from service.storage.repository import StoredResource
@@ -163,30 +163,28 @@ async def run_keyed(
         replay = await begin(
             conn, client_id=client_id, key=key, fingerprint=fingerprint, retention=retention
         )
-        if replay is None:
-            status_code, body = await work(conn)
-            if status_code == stored_status:
-                await finish(
-                    conn,
-                    client_id=client_id,
-                    key=key,
-                    fingerprint=fingerprint,
-                    status_code=status_code,
-                    body=body,
-                    shown=_named_by(ctx),
-                )
-            if key is not None and random.random() < PURGE_CHANCE:
-                # Expired responses go a batch at a time, by whichever request draws the lot:
-                # no background job, and safe with any number of replicas (SKIP LOCKED).
-                await repo.purge_idempotent_responses(conn, before=now_ms() - retention)
-    if replay is None:
-        return Done(status_code, body, replayed=False)
-    versions = replay.shown
-    if versions is None:
-        versions = versions_of(replay.body) if versions_of is not None else []
-    return Done(
-        replay.status_code, replay.body, replayed=True, shown=await _show_again(ctx, versions)
-    )
+        if replay is not None:
+            versions = replay.shown
+            if versions is None:
+                versions = versions_of(replay.body) if versions_of is not None else []
+            shown = await _show_again(conn, ctx, versions)
+            return Done(replay.status_code, replay.body, replayed=True, shown=shown)
+        status_code, body = await work(conn)
+        if status_code == stored_status:
+            await finish(
+                conn,
+                client_id=client_id,
+                key=key,
+                fingerprint=fingerprint,
+                status_code=status_code,
+                body=body,
+                shown=_named_by(ctx),
+            )
+        if key is not None and random.random() < PURGE_CHANCE:
+            # Expired responses go a batch at a time, by whichever request draws the lot: no
+            # background job, and safe with any number of replicas (SKIP LOCKED).
+            await repo.purge_idempotent_responses(conn, before=now_ms() - retention)
+    return Done(status_code, body, replayed=False)
 
 
 def _named_by(ctx: WorkflowContext) -> list[Version]:
@@ -195,14 +193,14 @@ def _named_by(ctx: WorkflowContext) -> list[Version]:
     return list(dict.fromkeys(named))
 
 
-async def _show_again(ctx: WorkflowContext, versions: list[Version]) -> list[StoredResource]:
-    if not versions:
-        return []
-    async with read_connection(ctx.engine) as conn:
-        shown = [
-            stored
-            for rtype, rid, vid in versions
-            if (stored := await repo.get_version(conn, rtype, rid, vid)) is not None
-        ]
+async def _show_again(
+    conn: AsyncConnection, ctx: WorkflowContext, versions: list[Version]
+) -> list[StoredResource]:
+    """The versions a replay shows again, recorded as this request's reads."""
+    shown = [
+        stored
+        for rtype, rid, vid in versions
+        if (stored := await repo.get_version(conn, rtype, rid, vid)) is not None
+    ]
     ctx.accessed.extend(shown)
     return shown
