@@ -363,9 +363,7 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
     if not items:
         return
     if conn.dialect.name == "postgresql":
-        await _write_versions_pg(
-            conn, [(i.stored, "POST", i.index, i.content is not None) for i in items]
-        )
+        await _write_versions_pg(conn, _first_versions(items))
         return
     returned = await conn.execute(
         _INSERT_HISTORY[conn.dialect.name], [_history_row(i.stored, "POST") for i in items]
@@ -460,6 +458,13 @@ async def _write_versions_pg(
     return {(r[0], r[1]): (int(r[3]), int(r[2])) for r in rows}
 
 
+def _first_versions(
+    items: Sequence[NewResource],
+) -> list[tuple[StoredResource, str, Sequence[IndexEntry], bool]]:
+    """New resources as ``_write_versions_params`` takes versions (created by POST)."""
+    return [(i.stored, "POST", i.index, i.content is not None) for i in items]
+
+
 async def insert_new_resources_on_driver(
     driver: Any, items: Sequence[NewResource], *, engine: AsyncEngine | None = None
 ) -> None:
@@ -468,9 +473,7 @@ async def insert_new_resources_on_driver(
     SQLAlchemy's execution around it (the audit group commit's flush)."""
     if not items:
         return
-    params = _write_versions_params(
-        [(i.stored, "POST", i.index, i.content is not None) for i in items]
-    )
+    params = _write_versions_params(_first_versions(items))
     await driver_fetch(driver, _WRITE_VERSIONS_PG, params, engine=engine)
 
 
