@@ -359,7 +359,8 @@ async def insert_new_resources(conn: AsyncConnection, items: Sequence[NewResourc
 
     Each gets its own history position, as if written one by one in this transaction. The
     statements are the same whatever the batch size, so they compile (and prepare) once. On
-    PostgreSQL it is ONE statement (the group commit relies on it to skip BEGIN/COMMIT)."""
+    PostgreSQL it is ONE statement, the one the audit group commit runs in autocommit on the
+    driver connection (``insert_new_resources_on_driver``)."""
     if not items:
         return
     if conn.dialect.name == "postgresql":
