@@ -126,6 +126,10 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         lifespan=lifespan,
         swagger_ui_init_oauth={"clientId": "", "scopes": []},
         swagger_ui_parameters={"persistAuthorization": True},
+        # Our own spans and metrics (service.telemetry: no health data, route templates,
+        # OTEL_SDK_DISABLED honoured). FastAPI's would duplicate them wherever a global
+        # provider is set, and it looks the global providers up on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.engine = engine

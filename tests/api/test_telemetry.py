@@ -540,3 +540,22 @@ async def test_workflow_spans_carry_only_the_allowed_attributes(
     servers = {s.context.span_id: s for s in finished if s.name.startswith("GET /_test")}  # type: ignore[union-attr]
     assert all(f.parent is not None and f.parent.span_id in servers for f in flows)
     assert not [s for s in finished if SECRET in _span_text(s)]
+
+
+async def test_fastapi_makes_no_spans_of_its_own_beside_ours(
+    client: httpx.AsyncClient, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a global tracer provider set (as ``opentelemetry-instrument`` does), FastAPI's own
+    telemetry would trace every request a second time, beside ``service.telemetry``'s spans."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    global_spans = InMemorySpanExporter()
+    global_provider = TracerProvider()
+    global_provider.add_span_processor(SimpleSpanProcessor(global_spans))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: global_provider)
+    ours = InMemorySpanExporter()
+    telemetry.add_span_exporter(ours, batch=False)
+    assert (await client.get("/fhir/metadata")).status_code == 200
+    assert "GET /fhir/metadata" in [s.name for s in ours.get_finished_spans()]
+    assert global_spans.get_finished_spans() == ()
