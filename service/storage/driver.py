@@ -28,6 +28,7 @@ from typing import Any, cast
 
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
@@ -49,11 +50,22 @@ statement_spans: weakref.WeakKeyDictionary[Engine, Callable[[str], AbstractConte
 
 
 @dataclass(frozen=True)
+class _Bind:
+    """Where a positional argument comes from, as ``SQLCompiler.construct_params`` finds it
+    (worked out once: construct_params walks every bind of the statement per execution)."""
+
+    key: str  # the caller's name for it
+    name: str  # the compiled name (anonymous binds: ``status_1``)
+    required: bool
+    value: Any  # used when the caller gives none (a literal built into the statement)
+    process: Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True)
 class _Plan:
     compiled: Any  # SQLCompiler
     sql: str
-    names: tuple[str, ...]
-    binds: tuple[Callable[[Any], Any] | None, ...]
+    binds: tuple[_Bind, ...]
     results: tuple[Callable[[Any], Any] | None, ...]  # empty: rows as they come (text())
 
 
@@ -68,11 +80,38 @@ def _plan(stmt: Executable) -> _Plan | None:
         or compiled.positiontup is None
     ):
         return None
-    names = tuple(compiled.positiontup)
-    binds = tuple(compiled.binds[name].type.bind_processor(_DIALECT) for name in names)
+    if any(bind.callable is not None for bind in compiled.binds.values()):
+        return None  # a value computed per execution
+    binds = tuple(
+        _Bind(
+            key=bind.key,
+            name=name,
+            required=bind.required,
+            value=bind.value,
+            process=bind.type.bind_processor(_DIALECT),
+        )
+        for name in compiled.positiontup
+        for bind in (compiled.binds[name],)
+    )
     columns = getattr(stmt, "selected_columns", ())
     results = tuple(c.type.result_processor(_DIALECT, None) for c in columns)
-    return _Plan(compiled, compiled.string, names, binds, results)
+    return _Plan(compiled, compiled.string, binds, results)
+
+
+def _arguments(plan: _Plan, params: Mapping[str, Any]) -> list[Any]:
+    """The positional arguments of ``plan`` for ``params`` (by key, as SQLAlchemy takes them)."""
+    args = []
+    for bind in plan.binds:
+        if bind.key in params:
+            value = params[bind.key]
+        elif bind.name in params:
+            value = params[bind.name]
+        elif bind.required:
+            raise InvalidRequestError(f"A value is required for bind parameter {bind.key!r}")
+        else:
+            value = bind.value
+        args.append(value if bind.process is None else bind.process(value))
+    return args
 
 
 async def driver_fetch(
@@ -87,11 +126,7 @@ async def driver_fetch(
     plan = _plan(stmt)
     if plan is None:
         raise ValueError("this statement cannot run on the driver connection")
-    values = plan.compiled.construct_params(dict(params or {}))
-    args = [
-        value if process is None else process(value)
-        for value, process in zip((values[n] for n in plan.names), plan.binds, strict=True)
-    ]
+    args = _arguments(plan, params or {})
     for listener in statement_listeners:
         listener(plan.sql, args)
     span = statement_spans.get(engine.sync_engine) if engine is not None else None

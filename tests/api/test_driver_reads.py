@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import and_, bindparam, event, literal, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.storage import repository as repo
@@ -133,3 +134,24 @@ async def test_the_read_mark_does_not_outlive_the_checkout(engine: AsyncEngine) 
         assert conn.info.get(DRIVER_READS)
         info = conn.info  # the pooled connection's: reused by the next checkout
     assert DRIVER_READS not in info
+
+
+async def test_arguments_as_sqlalchemy_takes_them(engine: AsyncEngine) -> None:
+    """A bind's default stands when the caller gives no value, a required bind without one
+    fails as through SQLAlchemy, and a value computed per execution goes through SQLAlchemy."""
+    await _seed(engine)
+    defaulted = select(resource_t.c.id).where(
+        resource_t.c.id == bindparam("which", value="org-2", required=False)
+    )
+    async with read_connection(engine) as conn:
+        assert [r[0] for r in await fetch_all(conn, defaulted)] == ["org-2"]
+        assert [r[0] for r in await fetch_all(conn, defaulted, {"which": "org-0"})] == ["org-0"]
+        with pytest.raises(SQLAlchemyError, match="'since'"):  # a programming error
+            await fetch_all(conn, _STMT, {"rt": "Organization"})
+    computed = select(resource_t.c.id).where(
+        resource_t.c.id == bindparam("which", callable_=lambda: "org-1")
+    )
+    async with read_connection(engine) as conn:
+        with sqlalchemy_sent(engine) as sent:
+            assert [r[0] for r in await fetch_all(conn, computed)] == ["org-1"]
+        assert [x for x in sent if x != "BEGIN"]
