@@ -79,6 +79,7 @@ class Options:
     profile_dir: Path | None
     workers: int = 1
     only: str | None = None  # run only the benchmarks whose name contains this
+    without: tuple[str, ...] = ()  # experiments: the service without these (bench/without)
 
 
 @dataclass
@@ -272,15 +273,34 @@ def service_settings(dsn: str) -> dict[str, str]:
     }
 
 
+WITHOUT_DIR = Path(__file__).resolve().parent / "without"
+WITHOUT = ("audit", "validation")
+
+
+def without_settings(without: tuple[str, ...]) -> dict[str, str]:
+    """The environment that takes ``without`` out of the service (bench/without/sitecustomize)."""
+    if not without:
+        return {}
+    return {
+        "HANDOFF_BENCH_WITHOUT": ",".join(without),
+        "PYTHONPATH": os.pathsep.join([str(WITHOUT_DIR), str(ROOT)]),
+    }
+
+
 def service_command(workers: int) -> list[str]:
     return [PYTHON, "-m", "service", "serve", "--workers", str(workers)]
 
 
 @contextmanager
 def servers(
-    dsn: str, workdir: Path, *, feed_file: Path | None, workers: int = 1
+    dsn: str,
+    workdir: Path,
+    *,
+    feed_file: Path | None,
+    workers: int = 1,
+    without: tuple[str, ...] = (),
 ) -> Iterator[tuple[Server, Server]]:
-    service_env = service_settings(dsn)
+    service_env = {**service_settings(dsn), **without_settings(without)}
     ceiling_env = {"BENCH_CEILING_DSN": dsn}
     if feed_file is not None:
         ceiling_env["BENCH_CEILING_FEED"] = str(feed_file)
@@ -478,7 +498,10 @@ def crud_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> 
     _load(dsn, "crud", tasks, owners, outcome)
     ids = asyncio.run(_fetch(dsn, "SELECT id FROM resource ORDER BY random() LIMIT 20000"))
     reads = _write_lines(workdir / "read.txt", [f"/fhir/Task/{r['id']}" for r in ids])
-    with servers(dsn, workdir, feed_file=None, workers=opts.workers) as (service, ceiling):
+    with servers(dsn, workdir, feed_file=None, workers=opts.workers, without=opts.without) as (
+        service,
+        ceiling,
+    ):
         # A new referral Task starts as requested and its focus must exist: post its
         # ServiceRequest through the service first, as a JMS would.
         focus = create_service_request(driver.tokens, service)
@@ -696,7 +719,13 @@ def poll_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> 
     feed_file = workdir / "feed.json"
     feed_file.write_bytes(orjson.dumps(feed.to_dict()))
     outcome.checks.append(f"poll SQL ({len(feed.params)} parameters):\n{feed.sql}")
-    with servers(dsn, workdir, feed_file=feed_file, workers=driver.opts.workers) as (
+    with servers(
+        dsn,
+        workdir,
+        feed_file=feed_file,
+        workers=driver.opts.workers,
+        without=driver.opts.without,
+    ) as (
         service,
         ceiling,
     ):
@@ -790,6 +819,11 @@ def print_report(outcome: Outcome) -> None:
             f"data ({label}): {load['tasks']:,} Tasks, {load['owners']:,} owners, "
             f"{load['index_rows']:,} index rows, loaded in {load['seconds']:.0f} s"
         )
+    if o.get("without"):
+        print(
+            f"EXPERIMENT: the service WITHOUT {' and '.join(o['without'])} (bench/without): "
+            "what that costs, not a result"
+        )
     print()
     print(report_table(outcome))
     print()
@@ -845,7 +879,16 @@ def parse_args(argv: list[str] | None) -> Options:
         help="uvicorn worker processes of each server (default 2, one per core, as in the "
         "reference ceilings; --profile needs 1)",
     )
+    p.add_argument(
+        "--without",
+        type=lambda v: tuple(sorted({w.strip() for w in v.split(",") if w.strip()})),
+        default=(),
+        help="experiment: the service without audit and/or validation (comma-separated), to "
+        "measure what each costs; never how Handoff runs (bench/without)",
+    )
     a = p.parse_args(argv)
+    if not set(a.without) <= set(WITHOUT):
+        p.error(f"--without takes {' and/or '.join(WITHOUT)}, comma-separated")
     if a.tiny:
         defaults = {"tasks": 3_000, "crud": 3_000, "duration": 1.0, "warmup": 0.0, "rounds": 1}
     elif a.quick:
@@ -872,6 +915,7 @@ def parse_args(argv: list[str] | None) -> Options:
         profile_dir=a.profile,
         workers=1 if a.profile else a.workers,
         only=a.only,
+        without=a.without,
     )
 
 
