@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -919,6 +920,23 @@ def parse_args(argv: list[str] | None) -> Options:
     )
 
 
+def run_scenarios(outcome: Outcome, steps: list[tuple[str, Callable[[], None]]]) -> None:
+    """Run each scenario in turn. If one fails, print what the earlier ones measured before
+    the error goes on: a full run takes ~15 minutes, and its first part still counts."""
+    for name, step in steps:
+        try:
+            step()
+        except BaseException as exc:
+            if outcome.summary:
+                print_report(outcome)
+            print(
+                f"\nINCOMPLETE: the {name} scenario stopped ({type(exc).__name__}: {exc}); "
+                "any rows above were measured before it",
+                flush=True,
+            )
+            raise
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     wrk_path()
@@ -940,8 +958,13 @@ def main(argv: list[str] | None = None) -> int:
             "crud": crud_scenario,
             "poll": poll_scenario,
         }
-        for name in opts.scenarios:
-            scenarios[name](dsn, workdir, driver, outcome)
+        run_scenarios(
+            outcome,
+            [
+                (name, functools.partial(scenarios[name], dsn, workdir, driver, outcome))
+                for name in opts.scenarios
+            ],
+        )
     print_report(outcome)
     data = json.dumps(outcome.__dict__, indent=2, default=str)
     (workdir / "results.json").write_text(data)
