@@ -126,7 +126,13 @@ async def driver_fetch(
     plan = _plan(stmt)
     if plan is None:
         raise ValueError("this statement cannot run on the driver connection")
-    args = _arguments(plan, params or {})
+    return await _run(driver, plan, params or {}, engine)
+
+
+async def _run(
+    driver: Any, plan: _Plan, params: Mapping[str, Any], engine: AsyncEngine | None
+) -> list[Sequence[Any]]:
+    args = _arguments(plan, params)
     for listener in statement_listeners:
         listener(plan.sql, args)
     span = statement_spans.get(engine.sync_engine) if engine is not None else None
@@ -163,8 +169,9 @@ async def fetch_all(
     conn: AsyncConnection, stmt: Executable, params: Mapping[str, Any] | None = None
 ) -> Sequence[Sequence[Any]]:
     """The rows of ``stmt`` (indexable by position), as ``(await conn.execute(...)).all()``."""
-    driver = await _driver_of(conn) if _plan(stmt) is not None else None
-    if driver is None:
+    plan = _plan(stmt)
+    driver = await _driver_of(conn) if plan is not None else None
+    if plan is None or driver is None:
         result = await conn.execute(stmt, dict(params or {}))
         return list(result.all()) if result.returns_rows else []
-    return await driver_fetch(driver, stmt, params, engine=conn.engine)
+    return await _run(driver, plan, params or {}, conn.engine)
