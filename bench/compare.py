@@ -20,8 +20,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import orjson
-
 from bench.load import load_tasks
 from bench.loadgen import Run, run_wrk
 from bench.run import (
@@ -31,7 +29,7 @@ from bench.run import (
     _fetch,
     _write_lines,
     create_service_request,
-    new_referral_task,
+    create_task_lines,
     poll_lines,
     scratch_database,
     service_command,
@@ -85,11 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 Server("B", service_command(a.workers), service_settings(dsn), workdir),
             ]
             focus = create_service_request(tokens, servers[1])
-            bodies = [
-                "/fhir/Task\t"
-                + orjson.dumps(new_referral_task(a.tasks + i, owners, focus)).decode()
-                for i in range(200)
-            ]
+            bodies = create_task_lines(a.tasks, owners, focus)
             benches.append(("create Task", _write_lines(workdir / "create.txt", bodies), 32))
             try:
                 for name, lines, conns in benches:

@@ -506,10 +506,7 @@ def crud_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> 
         # A new referral Task starts as requested and its focus must exist: post its
         # ServiceRequest through the service first, as a JMS would.
         focus = create_service_request(driver.tokens, service)
-        bodies = [
-            "/fhir/Task\t" + orjson.dumps(new_referral_task(tasks + i, owners, focus)).decode()
-            for i in range(200)
-        ]
+        bodies = create_task_lines(tasks, owners, focus)
         creates = _write_lines(workdir / "create.txt", bodies)
         _check_crud(driver, service, ceiling, str(ids[0]["id"]), bodies[0].split("\t", 1)[1])
         referrals = _referral_lines(driver, service, ceiling, workdir)
@@ -533,6 +530,15 @@ SERVICE_REQUEST = {
     "requester": {"reference": "Organization/jail-01"},
     "authoredOn": "2026-05-02T10:15:00Z",
 }
+
+
+def create_task_lines(first: int, owners: int, focus: str) -> list[str]:
+    """200 wrk lines (path, tab, body) each creating a new referral Task, numbered from
+    ``first`` (after the loaded ones), all focused on the ServiceRequest ``focus``."""
+    return [
+        "/fhir/Task\t" + orjson.dumps(new_referral_task(first + i, owners, focus)).decode()
+        for i in range(200)
+    ]
 
 
 def create_service_request(tokens: Tokens, service: Server) -> str:
