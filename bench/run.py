@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -573,7 +573,8 @@ def _organization(name: str) -> dict[str, Any]:
 
 def referral_payload(receiver: str, *, variant: int) -> dict[str, Any]:
     """A JMS referral (plain JSON) of about 2 KB; @SEQ@ makes ids unique per request."""
-    release = datetime(2026, 12, 1, 8, tzinfo=UTC).isoformat()
+    # Referrals must be made before release: always a release a month from now.
+    release = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0).isoformat()
     return {
         "referral_id": "BENCH-@SEQ@",
         "person": {

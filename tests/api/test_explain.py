@@ -237,15 +237,15 @@ async def test_release_worklist_reads_only_the_window(engine: AsyncEngine) -> No
             " FROM generate_series(1, 20000) g",
         ),
     )
-    # Releases an hour apart from 2026-01-01T01:00 to 2028-04-13T08:00: the last three days
+    # Releases an hour apart from 2026-01-01T01:00 to 2028-04-13T08:00: the last three days  # calendar: fixed
     # and a few hours, as a jail's are on the day it looks (few releases are planned further
     # ahead). The next 72 hours hold 72 of them.
     from service.workflows.referrals import worklist_search
 
     window = worklist_search(
         "Organization/jail",
-        datetime(2028, 4, 10, 1, tzinfo=UTC),
-        datetime(2028, 4, 13, 0, 59, tzinfo=UTC),
+        datetime(2028, 4, 10, 1, tzinfo=UTC),  # calendar: fixed
+        datetime(2028, 4, 13, 0, 59, tzinfo=UTC),  # calendar: fixed
     )
     page, statement, parameters = await search_statement(
         engine, window, resource_type="ServiceRequest"

@@ -1,6 +1,6 @@
 """The Helm chart: lint, render, validate against the Kubernetes schemas, and check behaviour.
 
-Needs a `helm` binary: `dir=$(../shared/tools/install-helm) && export PATH="$dir:$PATH"`.
+Needs a `helm` binary: `dir=$(tools/install-helm) && export PATH="$dir:$PATH"`.
 Without one the tests skip locally and fail when CI is set.
 """
 
@@ -36,7 +36,7 @@ def _find_helm() -> str | None:
     found = shutil.which("helm")
     if found:
         return found
-    # Where ../shared/tools/install-helm puts it by default.
+    # Where tools/install-helm puts it by default.
     cached = Path.home() / ".cache" / "handoff-tools" / "bin" / "helm"
     return str(cached) if os.access(cached, os.X_OK) else None
 
@@ -46,8 +46,7 @@ def helm() -> str:
     found = _find_helm()
     if found is None:
         message = (
-            "helm is not installed: run "
-            '`dir=$(../shared/tools/install-helm) && export PATH="$dir:$PATH"`'
+            'helm is not installed: run `dir=$(tools/install-helm) && export PATH="$dir:$PATH"`'
         )
         if os.environ.get("CI"):
             pytest.fail(message + " (CI is set, so a missing helm is an error)", pytrace=False)

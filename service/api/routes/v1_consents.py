@@ -60,7 +60,7 @@ class ConsentIn(JmsRequest):
                 "signed_by": "Dana Rivera (self)",
                 "recipients": ["Organization/demo-otp"],
                 "purposes": ["TREAT"],
-                "expires": "2030-05-25T00:00:00-05:00",
+                "expires": "2030-05-25T00:00:00-05:00",  # calendar: fixed (Swagger example)
             }
         },
     )

@@ -83,7 +83,7 @@ class ReferralIn(JmsRequest):
                 "intercept": 4,
                 "program_type": "jail-reentry",
                 "release": {
-                    "expected_at": "2030-06-01T08:00:00-05:00",
+                    "expected_at": "2030-06-01T08:00:00-05:00",  # calendar: fixed (Swagger example)
                     "location": "Main gate, 100 Main St",
                 },
                 "services": ["moud-buprenorphine", "peer-support"],
@@ -167,7 +167,7 @@ class ReleaseChangeIn(JmsRequest):
         json_schema_extra={
             "example": {
                 "release": {
-                    "expected_at": "2030-06-02T08:00:00-05:00",
+                    "expected_at": "2030-06-02T08:00:00-05:00",  # calendar: fixed (Swagger example)
                     "location": "Main gate, 100 Main St",
                 }
             }
