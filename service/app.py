@@ -69,10 +69,11 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    from service.workflows import assessments, consents, naloxone, referrals
+    from service.workflows import assessments, consents, disclosure, naloxone, referrals
 
     rules = default_rules()
     consents.register(rules)  # labels first: later rules and the index see them
+    disclosure.register(rules)
     assessments.register(rules)
     referrals.register(rules)
     naloxone.register(rules)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
@@ -60,3 +62,46 @@ def task(
 def transaction(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """A transaction Bundle of ``entries`` (each with its ``request``)."""
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+async def fhir_consent(
+    writer: httpx.AsyncClient,
+    patient: str,
+    *,
+    custodian: str,
+    recipients: list[str],
+    period: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Part 2 disclosure consent recorded through FHIR by ``writer``, held by ``custodian``."""
+    provision: dict[str, Any] = {
+        "type": "permit",
+        "actor": [
+            {
+                "role": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                            "code": "IRCP",
+                        }
+                    ]
+                },
+                "reference": {"reference": r},
+            }
+            for r in recipients
+        ],
+    }
+    if period is not None:
+        provision["period"] = period
+    body = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "64292-6"}]}],
+        "patient": {"reference": patient},
+        "organization": [{"reference": custodian}],
+        "provision": provision,
+    }
+    r = await writer.post("/fhir/Consent", json=body, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    made: dict[str, Any] = r.json()
+    return made

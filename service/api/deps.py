@@ -132,7 +132,11 @@ def _context(request: Request, settings: Settings, principal: Principal | None) 
         principal=principal,
         access=access("r"),
         search_access=access("s"),
-        write_access=tenancy_filter(principal) if principal else _deny_all,
+        write_access=(
+            tenancy_filter(principal, purpose=purpose, emergency=emergency is not None)
+            if principal
+            else _deny_all
+        ),
         rules=state.rules,
         purpose=purpose,
         emergency_reason=emergency,

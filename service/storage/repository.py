@@ -556,6 +556,27 @@ async def index_values(
     return found
 
 
+async def values_up_to(
+    conn: AsyncConnection, resource_type: str, versions: Sequence[tuple[str, int]], param: str
+) -> dict[tuple[str, int], set[str]]:
+    """For each (id, version): every value ``param`` had on that version or an earlier one
+    (e.g. every organization that ever wrote it): one query for a page of records."""
+    if not versions:
+        return {}
+    rows = (
+        await conn.execute(
+            _INDEX_VALUES,
+            {"rt": resource_type, "rids": sorted({rid for rid, _ in versions}), "param": param},
+        )
+    ).all()
+    found: dict[tuple[str, int], set[str]] = {key: set() for key in versions}
+    for rid, version in versions:
+        found[(rid, version)] = {
+            str(value) for r, v, value in rows if r == rid and v <= version and value is not None
+        }
+    return found
+
+
 _INDEX_VALUES = select(index_t.c.resource_id, index_t.c.version_id, index_t.c.value).where(
     probe_type(index_t.c.resource_type, bindparam("rt")),
     index_t.c.resource_id.in_(bindparam("rids", expanding=True)),

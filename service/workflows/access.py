@@ -327,18 +327,21 @@ def _visible_condition(
 _cached_visible_condition = functools.lru_cache(maxsize=4096)(_visible_condition)
 
 
-def tenancy_filter(principal: Principal | None) -> AccessFilter:
+def tenancy_filter(
+    principal: Principal | None, *, purpose: str = "TREAT", emergency: bool = False
+) -> AccessFilter:
     """What ``principal``'s organization may act on, whatever its read scopes: the write side
     (update, patch, delete) finds its target with this, and ``check_write`` applies the write
-    scope's own constraints, so a write needs no read scope (SMART: ``u`` alone may update)."""
+    scope's own constraints, so a write needs no read scope (SMART: ``u`` alone may update).
+
+    A write needs read access first: 42 CFR Part 2 narrows it exactly as it narrows a read, so
+    a record the caller may not read can be neither changed, tested (JSON Patch) nor deleted."""
     if principal is None or principal.is_admin:
         return allow_all
     org = principal.organization
 
     def visible(rtype: str, cols: RowCols) -> ColumnElement[bool] | None:
-        if org is None:
-            return true() if rtype in DIRECTORY_TYPES else None
-        return tenancy_condition(rtype, cols, org)
+        return _cached_visible_condition(rtype, cols, org, (), None, purpose, emergency)
 
     return visible
 

@@ -292,8 +292,9 @@ async def _disclosure_bases(
 ) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
     """The labelled (Part 2) records among ``accessed`` that another organization recorded,
     each with the basis of its disclosure to the caller: the emergency, the consent, or that
-    the caller saw only what it may (its own part, or a redacted view). Two or three queries
-    for a page, whatever its size; no connection at all when nothing is labelled."""
+    the caller saw only its own part or a redacted view (referrals: as workflows.disclosure
+    decided when it answered). Two or three queries for a page, whatever its size; no
+    connection at all when nothing is labelled."""
     org = ctx.organization
     labelled = [
         (stored, head)
@@ -308,26 +309,37 @@ async def _disclosure_bases(
             versions = [(s.id, s.version_id) for s, _ in labelled if s.resource_type == rtype]
             found = await repo.index_values(conn, rtype, versions, "_creator-org")
             creators.update({(rtype, rid, vid): value for (rid, vid), value in found.items()})
-        disclosed = [(s, body) for s, body in labelled if creators.get(_key(s)) != org]
-        consents: dict[str, str] = {}
-        if disclosed and not ctx.emergency_reason:
+        decided = ctx.disclosure_bases
+        disclosed = [
+            (s, head)
+            for s, head in labelled
+            if creators.get(_key(s)) != org or decided.get(_key(s), "author") != "author"
+        ]
+        consents: dict[str, dict[str, str]] = {}
+        wanted = {h.patient for s, h in disclosed if h.patient and _key(s) not in decided}
+        if wanted and not ctx.emergency_reason:
             from service.workflows.consents import consents_by_patient
 
-            wanted = {head.patient for _, head in disclosed if head.patient}
             consents = await consents_by_patient(conn, wanted, org, ctx.purpose)
     bases: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for stored, head in disclosed:
-        patient = head.patient
+        key = _key(stored)
+        by_discloser = consents.get(head.patient or "", {})
+        creator = creators.get(key)
         if ctx.emergency_reason:
             basis = {
                 "type": "exception",
                 "valueString": f"medical-emergency: {ctx.emergency_reason}",
             }
-        elif patient in consents:
-            basis = {"type": "consent", "valueString": f"Consent/{consents[patient]}"}
+        elif key in decided:
+            decision = decided[key]
+            kind = "consent" if decision.startswith("consent ") else "basis"
+            basis = {"type": kind, "valueString": decision.removeprefix("consent ")}
+        elif creator is not None and creator in by_discloser:
+            basis = {"type": "consent", "valueString": f"Consent/{by_discloser[creator]}"}
         else:
             basis = {"type": "basis", "valueString": "author or redacted view"}
-        bases[_key(stored)] = [basis]
+        bases[key] = [basis]
     return bases
 
 
@@ -352,9 +364,17 @@ async def record_unauthenticated(
     await _commit(engine, ctx, event)
 
 
-async def disclosures(ctx: WorkflowContext, patient_id: str) -> list[dict[str, Any]]:
+async def disclosures(
+    ctx: WorkflowContext,
+    patient_id: str,
+    *,
+    newest_first: bool = True,
+    count: int = 100,
+    page: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
     """Accounting of disclosures (42 CFR 2.24/2.25): who received which of the person's Part 2
-    records, when, and under which consent or exception."""
+    records, when, and under which consent or exception. One page of ``count`` AuditEvents
+    (each may list several records), and the token of the next page (None: the last)."""
     from service.errors import ForbiddenError
     from service.search.execute import run_search
     from service.search.query import parse_search
@@ -383,20 +403,22 @@ async def disclosures(ctx: WorkflowContext, patient_id: str) -> list[dict[str, A
             [
                 ("patient", f"Patient/{patient_id}"),
                 ("subtype", f"{SUBTYPE}|disclosure"),
-                ("_sort", "date"),
+                ("_sort", "-date" if newest_first else "date"),
+                ("_count", str(count)),
             ],
             strict=True,
-            default_count=1000,
+            default_count=count,
             max_count=1000,
         )
-        page = await run_search(conn, request, base_url=ctx.base_url)
+        request.page = page
+        found = await run_search(conn, request, base_url=ctx.base_url)
     ctx.outcomes["audit:interaction"] = "search-type"
     ctx.outcomes["audit:search"] = (
         "AuditEvent",
         [("patient", f"Patient/{patient_id}"), ("subtype", "disclosure")],
     )
     rows = []
-    for match in page.matches:
+    for match in found.matches:
         event = orjson.loads(match.raw or "{}")
         recipient = next(
             (
@@ -441,4 +463,4 @@ async def disclosures(ctx: WorkflowContext, patient_id: str) -> list[dict[str, A
                     "audit_event": f"AuditEvent/{match.id}",
                 }
             )
-    return rows
+    return rows, found.next_page

@@ -26,6 +26,7 @@ from service.storage.db import read_connection, write_transaction
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
+from service.workflows.disclosure import rerendered
 
 T = TypeVar("T")
 
@@ -265,7 +266,12 @@ async def process_bundle(
         stored_status=200,
         versions_of=_versions_written,
     )
-    return done.body
+    if not done.replayed:
+        return done.body
+    # Never the stored bytes: each resource as the caller may see it now (a consent may
+    # have been revoked since the first request).
+    again: dict[str, Any] = rerendered(done.body, done.shown)
+    return again
 
 
 def _versions_written(response: dict[str, Any]) -> list[tuple[str, str, int]]:

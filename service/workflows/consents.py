@@ -1,24 +1,19 @@
-"""42 CFR Part 2: labels on write, consent, and what each organization may see.
+"""42 CFR Part 2: labels on write, consents, and consent in SQL.
 
-Disclosure rule (README "42 CFR Part 2"): a Part-2-labelled resource goes to an organization
+Disclosure rule (README "42 CFR Part 2"): a Part-2-labelled record goes to an organization
 other than its author only while an active Consent of its patient names that organization as a
-recipient (provision.actor), for the request's purpose (default TREAT), within its period; or
-under the medical-emergency exception (break the glass), which is always audited.
+recipient (provision.actor), for the request's purpose (default TREAT), within its period, and
+was recorded by the program that holds the record (its custodian, ``Consent.organization``) or
+by an administrator (§2.31: the patient's written consent is held by the discloser). A consent
+that a recipient records as a copy of one it received authorizes nothing. The medical-emergency
+exception (break the glass) is always audited.
 
-* Labelled patient data (screenings, scores, dispenses, education) without such a consent is
-  left out of searches and answers 404 on read.
-* Referrals stay visible to the parties so they can act, but redacted without consent:
-  - the receiving organization sees that a referral exists, its generic category, priority,
-    release window, requester, owner and patient reference, not the SUD service codes, notes,
-    reasons or supporting information;
-  - the referring organization sees the provider's progress only as requested / accepted /
-    rejected / closed (completed), without milestones, outputs or reasons written by the
-    provider (these are the provider's Part 2 disclosures back).
+What each party sees of each record is decided in ``workflows.disclosure``; this module keeps
+the consents themselves and the SQL conditions that find the ones in force.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from datetime import UTC, datetime
 from typing import Any
@@ -29,13 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain import sensitivity
 from service.errors import BusinessRuleError
-from service.fhir.head import head_of, patient_of
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.dates import format_instant
 from service.search.execute import RowCols
 from service.search.query import probe_exists
 from service.storage import repository as repo
-from service.storage.repository import StoredResource, aliased, index_t, probe_type, resource_t
+from service.storage.repository import aliased, index_t, probe_type, resource_t
 from service.workflows.context import WorkflowContext
 from service.workflows.rules import RuleSet, WriteEvent
 
@@ -49,6 +43,9 @@ GUARDED_TYPES = frozenset(
     {"QuestionnaireResponse", "Observation", "Procedure", "MedicationDispense", "SupplyDelivery"}
 )
 REFERRAL_TYPES = frozenset({"Task", "ServiceRequest"})
+# Internal index row of a Consent version: an organization whose records it authorizes
+# disclosing (a custodian that recorded it, or any custodian when an administrator did).
+DISCLOSER_PARAM = "_discloser"
 CONSENT_STATUSES = frozenset(
     {"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"}
 )
@@ -150,15 +147,38 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def consent_exists(patient_ref: Any, org: str, purpose: str) -> ColumnElement[bool]:
-    """An active Consent of ``patient_ref`` naming ``org`` as recipient, for ``purpose``, now."""
-    return probe_exists(consent_ids(patient_ref, org, purpose))
+def discloser_entries(
+    body: dict[str, Any] | None,
+    *,
+    writer: str | None,
+    privileged: bool,
+    resource_id: str,
+    version_id: int,
+) -> list[repo.IndexEntry]:
+    """The ``_discloser`` index rows of a Consent version: each custodian
+    (``Consent.organization``) that recorded it itself, or every custodian when an
+    administrator (or the server) did. A consent recorded by anyone else authorizes nothing."""
+    if body is None:
+        return []
+    custodians = {
+        o.get("reference")
+        for o in body.get("organization", [])
+        if isinstance(o, dict) and isinstance(o.get("reference"), str)
+    }
+    return [
+        repo.IndexEntry("Consent", resource_id, version_id, DISCLOSER_PARAM, value=custodian)
+        for custodian in sorted(c for c in custodians if c is not None)
+        if privileged or custodian == writer
+    ]
 
 
-def consent_ids(patient_ref: Any, org: str, purpose: str) -> Select[Any]:
-    """Ids of the active Consents of ``patient_ref`` that permit disclosure to ``org`` now."""
+def consent_exists(patient_ref: Any, org: str, purpose: str, discloser: Any) -> ColumnElement[bool]:
+    """An active Consent of ``patient_ref``, recorded by ``discloser``, naming ``org`` as
+    recipient, for ``purpose``, now."""
     c = aliased(index_t, "consent_patient")
-    return _permitting(c, c.c.value == patient_ref, org, purpose, (c.c.resource_id,))
+    return probe_exists(
+        _permitting(c, c.c.value == patient_ref, org, purpose, (c.c.resource_id,), discloser)
+    )
 
 
 def _permitting(
@@ -167,9 +187,11 @@ def _permitting(
     org: str,
     purpose: str,
     columns: tuple[Any, ...],
+    discloser: Any = None,
 ) -> Select[Any]:
     """``columns`` of the Consents' ``patient`` index rows ``c`` that match ``patient_match``
-    and permit disclosure to ``org`` for ``purpose`` now."""
+    and permit disclosure to ``org`` for ``purpose`` now (of ``discloser``'s records when
+    given; else of any discloser's, whose ``_discloser`` row the caller joins)."""
     # Evaluated at each execution, so that a cached condition (``part2_condition``) never
     # holds a stale instant.
     now = bindparam("consent_now", callable_=_utcnow, type_=index_t.c.low.type, unique=True)
@@ -253,6 +275,7 @@ def _permitting(
             patient_match,
             has("status", "active"),
             has("actor", org),
+            *([has(DISCLOSER_PARAM, discloser)] if discloser is not None else []),
             period_ok,
             purpose_ok,
         )
@@ -270,6 +293,7 @@ def part2_condition(
     lab = aliased(index_t, "part2_label")
     creator = aliased(index_t, "part2_creator")
     pat = aliased(index_t, "part2_patient")
+    creator_of = aliased(index_t, "part2_discloser")
     labelled = probe_exists(
         select(1)
         .select_from(lab)
@@ -295,240 +319,63 @@ def part2_condition(
     consented = probe_exists(
         select(1)
         .select_from(pat)
+        .join(
+            creator_of,
+            and_(
+                creator_of.c.resource_id == pat.c.resource_id,
+                creator_of.c.version_id == pat.c.version_id,
+                creator_of.c.resource_type == pat.c.resource_type,
+                creator_of.c.param == "_creator-org",
+            ),
+        )
         .where(
             probe_type(pat.c.resource_type, rtype),
             pat.c.resource_id == cols.id,
             pat.c.version_id == cols.version_id,
             pat.c.param == "patient",
-            consent_exists(pat.c.value, org, purpose),
+            # The record's author is its discloser: only its consents authorize.
+            consent_exists(pat.c.value, org, purpose, creator_of.c.value),
         )
     )
     return or_(not_(labelled), authored, consented)
 
 
-# --- redaction of referrals --------------------------------------------------------------------
-
-
-async def has_consent(
-    conn: AsyncConnection, patient_ref: str, org: str, purpose: str
-) -> str | None:
-    """The id of an active consent permitting disclosure to ``org`` now, or None."""
-    return (await consents_by_patient(conn, {patient_ref}, org, purpose)).get(patient_ref)
+# --- consents in force, for a page of records ---------------------------------------------------
 
 
 async def consents_by_patient(
     conn: AsyncConnection, patients: set[str], org: str, purpose: str
-) -> dict[str, str]:
-    """For each of ``patients`` with an active consent permitting disclosure to ``org`` now,
-    that consent's id (the lowest, if several): one query for a page of records."""
+) -> dict[str, dict[str, str]]:
+    """For each of ``patients``: the organizations whose records an active consent lets ``org``
+    receive now (discloser -> that consent's id, the lowest if several). One query for a page
+    of records."""
     if not patients:
         return {}
     c = aliased(index_t, "consent_patient")
+    d = aliased(index_t, "consent_discloser")
     stmt = _permitting(
         c,
         c.c.value.in_(bindparam("consent_patients", expanding=True)),
         org,
         purpose,
-        (c.c.value, c.c.resource_id),
-    )
-    found: dict[str, str] = {}
-    for patient, consent in await conn.execute(stmt, {"consent_patients": sorted(patients)}):
-        if patient not in found or str(consent) < found[patient]:
-            found[str(patient)] = str(consent)
-    return found
-
-
-def _tag(body: dict[str, Any]) -> dict[str, Any]:
-    meta = dict(body.get("meta") or {})
-    meta["tag"] = [*meta.get("tag", []), REDACTED_TAG]
-    body["meta"] = meta
-    return body
-
-
-# Elements a redacted referral may lack; a party that updates from a redacted copy keeps the
-# stored values of these (workflows/referrals.py).
-WITHHELD_ELEMENTS = (
-    "code",
-    "orderDetail",
-    "reasonCode",
-    "reasonReference",
-    "supportingInfo",
-    "note",
-    "description",
-    "input",
-    "text",
-    "businessStatus",
-    "output",
-    "statusReason",
-)
-_OWNER_WITHHELD = WITHHELD_ELEMENTS[:9]
-
-
-def redact_for_owner(body: dict[str, Any]) -> dict[str, Any]:
-    """What a receiving organization sees of a labelled referral without consent."""
-    out = {k: v for k, v in body.items() if k not in _OWNER_WITHHELD}
-    if body.get("resourceType") == "ServiceRequest":
-        out["code"] = {"text": "Referral (service details withheld under 42 CFR Part 2)"}
-        out["category"] = [
-            c
-            for c in body.get("category", [])
-            if any(x.get("code") == "3457005" for x in c.get("coding", []))
-        ]
-    if body.get("resourceType") == "Task" and "code" in body:
-        out["code"] = body["code"]  # 'fulfill' reveals nothing
-    return _tag(out)
-
-
-_COARSE = {"in-progress": "accepted", "on-hold": "accepted", "failed": "completed"}
-
-
-def redact_for_requester(body: dict[str, Any]) -> dict[str, Any]:
-    """What the referring organization sees of the provider's progress without consent."""
-    out = {
-        k: v
-        for k, v in body.items()
-        if k not in ("businessStatus", "output", "statusReason", "note", "text")
-    }
-    status = str(body.get("status"))
-    out["status"] = _COARSE.get(status, status)
-    if status in ("rejected", "failed", "on-hold"):
-        out["statusReason"] = {"text": WITHHELD}
-    return _tag(out)
-
-
-async def disclose(
-    conn: AsyncConnection, ctx: WorkflowContext, stored: StoredResource, *, record: bool = True
-) -> StoredResource:
-    """The version of ``stored`` this request may see (redacted referral parts), noted for the
-    request's AuditEvent."""
-    shown = await _disclosed(conn, ctx, stored, _needs_decision(ctx, stored), None)
-    if record and shown.raw is not None:
-        ctx.accessed.append(shown)
-    return shown
-
-
-async def disclose_all(
-    conn: AsyncConnection,
-    ctx: WorkflowContext,
-    items: list[StoredResource],
-    *,
-    record: bool = True,
-    actors: dict[tuple[str, int], str | None] | None = None,
-) -> list[StoredResource]:
-    """``disclose`` for a page of records, with the consents and Task actors its decisions need
-    fetched in one query each (not one or two per labelled record). ``actors``: the Task
-    versions' acting organizations, when the caller has them already."""
-    bodies = [_needs_decision(ctx, stored) for stored in items]  # each parsed once
-    lookups = await _lookups_for(conn, ctx, items, bodies, actors)
-    shown = [
-        await _disclosed(conn, ctx, stored, body, lookups)
-        for stored, body in zip(items, bodies, strict=True)
-    ]
-    if record:
-        ctx.accessed.extend(s for s in shown if s.raw is not None)
-    return shown
-
-
-@dataclasses.dataclass(frozen=True)
-class _Lookups:
-    consents: dict[str, str]  # patient -> consent permitting disclosure to the caller now
-    actors: dict[tuple[str, int], str | None]  # Task (id, version) -> its acting organization
-
-
-def _needs_decision(ctx: WorkflowContext, stored: StoredResource) -> dict[str, Any] | None:
-    """The body of ``stored`` if what this caller may see of it depends on consent."""
-    if (
-        stored.raw is None
-        or stored.resource_type not in REFERRAL_TYPES
-        or ctx.principal is None
-        or ctx.principal.is_admin
-        or ctx.emergency_reason
-        or ctx.organization is None
-    ):
-        return None
-    head = head_of(stored.raw)  # most records need no decision: don't parse them whole
-    if not head.labelled or head.patient is None:
-        return None
-    body: dict[str, Any] = orjson.loads(stored.raw)
-    return body
-
-
-async def _lookups_for(
-    conn: AsyncConnection,
-    ctx: WorkflowContext,
-    items: list[StoredResource],
-    bodies: list[dict[str, Any] | None],
-    actors: dict[tuple[str, int], str | None] | None,
-) -> _Lookups | None:
-    patients: set[str] = set()
-    tasks: list[tuple[str, int]] = []
-    for stored, body in zip(items, bodies, strict=True):
-        if body is None:
-            continue
-        patients.add(str(patient_of(body)))
-        requester = (body.get("requester") or {}).get("reference")
-        if stored.resource_type == "Task" and requester == ctx.organization:
-            tasks.append((stored.id, stored.version_id))  # whose actor decides (below)
-    if not patients or ctx.organization is None:
-        return None
-    return _Lookups(
-        consents=await consents_by_patient(conn, patients, ctx.organization, ctx.purpose),
-        actors=(
-            actors
-            if actors is not None and all(t in actors for t in tasks)
-            else await repo.index_values(conn, "Task", tasks, "_actor")
+        (c.c.value, d.c.value, c.c.resource_id),
+    ).join(
+        d,
+        and_(
+            d.c.resource_type == "Consent",
+            d.c.resource_id == c.c.resource_id,
+            d.c.version_id == c.c.version_id,
+            d.c.param == DISCLOSER_PARAM,
         ),
     )
-
-
-async def _disclosed(
-    conn: AsyncConnection,
-    ctx: WorkflowContext,
-    stored: StoredResource,
-    body: dict[str, Any] | None,
-    lookups: _Lookups | None,
-) -> StoredResource:
-    """What the caller may see of ``stored``, whose ``body`` is ``_needs_decision``'s answer."""
-    org = ctx.organization
-    if body is None or org is None:
-        return stored
-    patient = str(patient_of(body))
-
-    async def consented() -> bool:
-        if lookups is not None:
-            return patient in lookups.consents
-        return await has_consent(conn, patient, org, ctx.purpose) is not None
-
-    requester = (body.get("requester") or {}).get("reference")
-    owners = {(body.get("owner") or {}).get("reference")} | {
-        p.get("reference") for p in body.get("performer", []) if isinstance(p, dict)
-    }
-    if org == requester:
-        if stored.resource_type != "Task":
-            return stored
-        key = (stored.id, stored.version_id)
-        actor = (
-            lookups.actors.get(key)
-            if lookups is not None
-            else await repo.index_value(conn, "Task", stored.id, stored.version_id, "_actor")
-        )
-        if actor in (None, org) and body.get("status") in (
-            "requested",
-            "draft",
-            "cancelled",
-            "entered-in-error",
-        ):
-            return stored
-        if await consented():
-            return stored
-        redacted = redact_for_requester(body)
-    elif org in owners:
-        if await consented():
-            return stored
-        redacted = redact_for_owner(body)
-    else:
-        return stored
-    return dataclasses.replace(stored, raw=orjson.dumps(redacted).decode())
+    found: dict[str, dict[str, str]] = {}
+    for patient, discloser, consent in await conn.execute(
+        stmt, {"consent_patients": sorted(patients)}
+    ):
+        by_discloser = found.setdefault(str(patient), {})
+        if discloser not in by_discloser or str(consent) < by_discloser[discloser]:
+            by_discloser[str(discloser)] = str(consent)
+    return found
 
 
 # --- the JMS consent API -----------------------------------------------------------------------
@@ -676,6 +523,20 @@ async def record_consent(
     )
 
 
+def consent_status(consent: dict[str, Any], *, now: datetime | None = None) -> str | None:
+    """The status a reader should act on: an active consent whose period has ended is
+    ``expired`` (it authorizes nothing, as ``_permitting`` decides in SQL)."""
+    status = consent.get("status")
+    end = ((consent.get("provision") or {}).get("period") or {}).get("end")
+    if status == "active" and isinstance(end, str):
+        from service.search.dates import parse_range
+
+        found = parse_range(end)
+        if found is not None and found[1] < (now or _utcnow()):
+            return "expired"
+    return status
+
+
 def consent_view(consent: dict[str, Any]) -> dict[str, Any]:
     provision = consent.get("provision") or {}
     return {
@@ -683,7 +544,7 @@ def consent_view(consent: dict[str, Any]) -> dict[str, Any]:
         "patient_id": str((consent.get("patient") or {}).get("reference", "")).removeprefix(
             "Patient/"
         ),
-        "status": consent.get("status"),
+        "status": consent_status(consent),
         "signed_at": consent.get("dateTime"),
         "recipients": [
             (a.get("reference") or {}).get("reference") for a in provision.get("actor", [])
@@ -704,9 +565,20 @@ async def revoke_consent(ctx: WorkflowContext, consent_id: str, *, reason: str) 
         # the Consent inactive, instead of failing on its version.
         stored = await wf.read_in(conn, ctx, "Consent", consent_id, lock=True)
         consent = orjson.loads(stored.raw or "{}")
+        # The program holding the records (the custodian) can always revoke; so can the
+        # organization that recorded it (a recipient's copy authorizes nothing, but its
+        # author may still mark it inactive).
         custodians = {o.get("reference") for o in consent.get("organization", [])}
-        if ctx.organization not in custodians and not (ctx.principal and ctx.principal.is_admin):
-            raise ForbiddenError("Only the organization that recorded the consent can revoke it")
+        recorder = await repo.index_value(
+            conn, "Consent", consent_id, stored.version_id, "_creator-org"
+        )
+        if ctx.organization not in custodians | {recorder} and not (
+            ctx.principal and ctx.principal.is_admin
+        ):
+            raise ForbiddenError(
+                "Only the program that holds the records (the consent's organization) or the "
+                "organization that recorded the consent can revoke it"
+            )
         if consent.get("status") == "inactive":
             return consent_view(consent)
         consent["status"] = "inactive"

@@ -37,6 +37,9 @@ class WorkflowContext:
     # resources this request read (filled where results are disclosed: workflows/consents.py).
     audit: bool = True
     accessed: list[Any] = field(default_factory=list)
+    # The basis on which each labelled referral version in ``accessed`` was shown, as
+    # workflows.disclosure decided it: (type, id, version) -> "consent Consent/1", "author"...
+    disclosure_bases: dict[tuple[str, str, int], str] = field(default_factory=dict)
     # The versions this request wrote, (type, id, version): kept with an Idempotency-Key's
     # response, so that a replay's AuditEvent names what it shows again.
     written: list[tuple[str, str, int]] = field(default_factory=list)

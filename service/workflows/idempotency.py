@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.errors import BusinessRuleError, InvalidRequestError
+from service.errors import BusinessRuleError, ConflictError, InvalidRequestError
 from service.fhir.resource import now_ms
 from service.storage import repository as repo
 from service.storage.db import write_transaction
@@ -124,9 +124,13 @@ class Done:
     status_code: int
     body: dict[str, Any]
     replayed: bool  # the stored response of an earlier request; ``work`` did not run
-    # A replay: the versions the first response named, shown again (and in this request's
-    # AuditEvent). Empty when ``work`` ran.
+    # A replay: the versions the first response named, as the disclosure policy lets this
+    # request see them now (and in its AuditEvent); versions it may no longer see are absent.
+    # Empty when ``work`` ran.
     shown: list[StoredResource] = field(default_factory=list)
+    # A replay: whether every version the first response named is still shown whole, so its
+    # stored body may be sent again as it is.
+    unchanged: bool = True
 
 
 Work = Callable[[AsyncConnection], Awaitable[tuple[int, dict[str, Any]]]]
@@ -135,8 +139,16 @@ Work = Callable[[AsyncConnection], Awaitable[tuple[int, dict[str, Any]]]]
 async def run_once(
     ctx: WorkflowContext, *, key: str | None, fingerprint: str, work: Work
 ) -> tuple[int, dict[str, Any]]:
-    """``run_keyed`` for a create, answered as (status, body)."""
+    """``run_keyed`` for a create, answered as (status, body). A ``/v1`` response is a view
+    built from the records it names: it is sent again only while the caller may still see
+    each of them whole (42 CFR Part 2: a consent revoked since must not be replayed past)."""
     done = await run_keyed(ctx, key=key, fingerprint=fingerprint, work=work)
+    if done.replayed and not done.unchanged:
+        raise ConflictError(
+            "This Idempotency-Key's first request succeeded, but what its response showed is no "
+            "longer disclosed to you in full; read the records again rather than replaying it",
+            expression=["Idempotency-Key"],
+        )
     return done.status_code, done.body
 
 
@@ -167,8 +179,10 @@ async def run_keyed(
             versions = replay.shown
             if versions is None:
                 versions = versions_of(replay.body) if versions_of is not None else []
-            shown = await _show_again(conn, ctx, versions)
-            return Done(replay.status_code, replay.body, replayed=True, shown=shown)
+            shown, unchanged = await _show_again(conn, ctx, versions)
+            return Done(
+                replay.status_code, replay.body, replayed=True, shown=shown, unchanged=unchanged
+            )
         status_code, body = await work(conn)
         if status_code == stored_status:
             await finish(
@@ -195,12 +209,26 @@ def _named_by(ctx: WorkflowContext) -> list[Version]:
 
 async def _show_again(
     conn: AsyncConnection, ctx: WorkflowContext, versions: list[Version]
-) -> list[StoredResource]:
-    """The versions a replay shows again, recorded as this request's reads."""
-    shown = [
+) -> tuple[list[StoredResource], bool]:
+    """The versions a replay shows again, through the disclosure policy as it stands now (a
+    consent may have been revoked since the first request), recorded as this request's reads;
+    and whether each is still shown whole."""
+    from service.search.execute import CURRENT_COLS
+    from service.workflows.disclosure import disclose_all, is_whole
+
+    found = [
         stored
         for rtype, rid, vid in versions
         if (stored := await repo.get_version(conn, rtype, rid, vid)) is not None
     ]
-    ctx.accessed.extend(shown)
-    return shown
+    visible = await repo.which_pass(
+        conn,
+        sorted({(s.resource_type, s.id) for s in found}),
+        lambda rtype: ctx.access(rtype, CURRENT_COLS),
+    )
+    still = [s for s in found if visible.get((s.resource_type, s.id), False)]
+    shown = await disclose_all(conn, ctx, still)
+    unchanged = len(still) == len(versions) and all(
+        is_whole(s, v) for s, v in zip(still, shown, strict=True)
+    )
+    return shown, unchanged

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain.referral import (
     OPEN,
+    TRANSITIONS,
     Problem,
     check_content,
     check_new_referral_task,
@@ -34,7 +35,7 @@ from service.errors import (
 from service.fhir import codes
 from service.fhir.resource import now_ms
 from service.search.dates import format_instant
-from service.search.execute import run_search
+from service.search.execute import CURRENT_COLS, run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
@@ -42,8 +43,8 @@ from service.storage.repository import StoredResource
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.access import ACTOR_PARAM
-from service.workflows.consents import WITHHELD_ELEMENTS, disclose_all
 from service.workflows.context import WorkflowContext
+from service.workflows.disclosure import disclose_all
 from service.workflows.people import SID_BASE, Person, match_or_create_patient
 from service.workflows.rules import RuleSet, WriteEvent, WrittenEvent
 
@@ -80,6 +81,10 @@ def _party(ctx: WorkflowContext, old: dict[str, Any], new: dict[str, Any]) -> st
     org = ctx.organization
     owner = (old.get("owner") or {}).get("reference")
     requester = (old.get("requester") or {}).get("reference")
+    if org is not None and org == requester == owner:
+        # A self-referral (e.g. a jail's own reentry program): the move says which party acts.
+        move = (str(old.get("status")), str(new.get("status")))
+        return TRANSITIONS.get(move, "owner" if move[0] == move[1] else "requester")
     if org is not None and org == requester:
         return "requester"
     if org is not None and org == owner:
@@ -100,23 +105,47 @@ async def _task_rules(event: WriteEvent) -> None:
     if not is_referral_task(new) and (old is None or not is_referral_task(old)):
         return
     privileged = event.ctx.principal is None or event.ctx.principal.is_admin
+    coded = _code_problems(new, old)
     if old is None:
         problems = check_new_referral_task(new) + check_content(new, changed_status=False)
         focus = (new.get("focus") or {}).get("reference", "")
-        if (
-            not problems
-            and focus.startswith("ServiceRequest/")
-            and not await repo.resource_exists(event.conn, "ServiceRequest", focus.split("/", 1)[1])
-        ):
-            problems.append(Problem("rule", f"The focus {focus} does not exist", "Task.focus"))
-        _raise(problems)
+        if not problems and focus.startswith("ServiceRequest/"):
+            sr_id = focus.split("/", 1)[1]
+            sr = await repo.get_current(event.conn, "ServiceRequest", sr_id)
+            if sr is not None and not privileged:
+                access = event.ctx.write_access or event.ctx.access
+                seen = await repo.which_pass(
+                    event.conn,
+                    [("ServiceRequest", sr_id)],
+                    lambda rtype: access(rtype, CURRENT_COLS),
+                )
+                sr = sr if seen.get(("ServiceRequest", sr_id)) else None
+            if sr is None or sr.raw is None:
+                # Worded as access.linked_targets words a ServiceRequest the writer may not
+                # see: the answer must not tell the two apart.
+                problems.append(
+                    Problem(
+                        "rule",
+                        f"Task.focus refers to {focus}, which is not known to this server",
+                        "Task.focus",
+                    )
+                )
+            elif _intercept_of(orjson.loads(sr.raw)) is None:
+                problems.append(
+                    Problem(
+                        "rule",
+                        f"The referral {focus} records no Sequential Intercept Model intercept "
+                        f"(extension {codes.SIM_EXTENSION}, a code 0-5 of {codes.SIM_SYSTEM}): "
+                        "every referral says at which intercept it is made",
+                        "Task.focus",
+                    )
+                )
+        _raise(problems + coded)
         return
     if privileged:
-        _raise(check_content(new, changed_status=old.get("status") != new.get("status")))
+        _raise(check_content(new, changed_status=old.get("status") != new.get("status")) + coded)
         return
     party = _party(event.ctx, old, new)
-    new = _restore_withheld(old, new)
-    event.body = new
     problems = check_transition(old, new, party)  # type: ignore[arg-type]
     if party == "requester":
         owner_before = (old.get("owner") or {}).get("reference")
@@ -129,26 +158,129 @@ async def _task_rules(event: WriteEvent) -> None:
                     "Task.owner",
                 )
             )
+    _raise(problems + coded)
+
+
+# Milestones that close a referral: only a closed Task (completed or failed) carries them.
+_CLOSING_MILESTONES = frozenset(
+    code for code in codes.BUSINESS_STATUSES if code.startswith("closed-")
+)
+
+
+def _code_problems(new: dict[str, Any], old: dict[str, Any] | None) -> list[Problem]:
+    """Handoff's own CodeSystems are required bindings on a referral Task: a code of ours must
+    be one we publish, and a milestone must fit the status."""
+    problems = []
+    milestones = [
+        c.get("code")
+        for c in (new.get("businessStatus") or {}).get("coding", [])
+        if isinstance(c, dict) and c.get("system") == codes.BUSINESS_STATUS_SYSTEM
+    ]
+    for code in milestones:
+        if code not in codes.BUSINESS_STATUSES:
+            problems.append(
+                Problem(
+                    "rule",
+                    f"'{code}' is not a warm-handoff milestone of {codes.BUSINESS_STATUS_SYSTEM}; "
+                    f"use one of: {', '.join(codes.BUSINESS_STATUSES)}",
+                    "Task.businessStatus",
+                )
+            )
+    changed = old is None or (
+        old.get("businessStatus") != new.get("businessStatus")
+        or old.get("status") != new.get("status")
+    )
+    closing = [c for c in milestones if c in _CLOSING_MILESTONES]
+    if changed and closing and new.get("status") not in ("completed", "failed"):
+        problems.append(
+            Problem(
+                "rule",
+                f"The milestone '{closing[0]}' closes the referral: the Task must be completed or "
+                f"failed with it, not {new.get('status')}",
+                "Task.businessStatus",
+            )
+        )
+    for coding in (new.get("statusReason") or {}).get("coding", []):
+        if not isinstance(coding, dict) or coding.get("system") != codes.STATUS_REASON_SYSTEM:
+            continue
+        if coding.get("code") not in codes.STATUS_REASONS:
+            problems.append(
+                Problem(
+                    "rule",
+                    f"'{coding.get('code')}' is not a reason of {codes.STATUS_REASON_SYSTEM}; "
+                    f"use one of: {', '.join(codes.STATUS_REASONS)}",
+                    "Task.statusReason",
+                )
+            )
+    return problems
+
+
+def _intercept_of(sr: dict[str, Any]) -> int | None:
+    """The referral's SIM intercept (0-5), or None where it records none (or an unknown one)."""
+    value = _extension(sr, codes.SIM_EXTENSION)
+    if not isinstance(value, dict) or value.get("system") != codes.SIM_SYSTEM:
+        return None
+    code = value.get("code")
+    if not isinstance(code, str) or not code.isascii() or not code.isdigit():
+        return None
+    return int(code) if int(code) in codes.SIM_INTERCEPTS else None
+
+
+def _is_referral_request(sr: dict[str, Any]) -> bool:
+    return any(
+        isinstance(c, dict) and c.get("system") == codes.SNOMED and c.get("code") == "3457005"
+        for category in sr.get("category", [])
+        if isinstance(category, dict)
+        for c in category.get("coding", [])
+    )
+
+
+async def _service_request_rules(event: WriteEvent) -> None:
+    """A referral (ServiceRequest category "Patient referral") records its intercept on every
+    path, and only the referring organization changes it (the receiving organization reports
+    through its Task)."""
+    new, old = event.body, event.current_body
+    if new is None or not (_is_referral_request(new) or (old and _is_referral_request(old))):
+        return
+    problems = []
+    if _intercept_of(new) is None:
+        problems.append(
+            Problem(
+                "rule",
+                "A referral records the Sequential Intercept Model intercept at which it is made: "
+                f"extension {codes.SIM_EXTENSION} with valueCoding {codes.SIM_SYSTEM} code 0-5",
+                "ServiceRequest.extension",
+            )
+        )
+    for detail in new.get("orderDetail", []):
+        for coding in detail.get("coding", []) if isinstance(detail, dict) else []:
+            if (
+                isinstance(coding, dict)
+                and coding.get("system") == codes.SERVICE_SYSTEM
+                and coding.get("code") not in codes.SERVICES
+            ):
+                problems.append(
+                    Problem(
+                        "rule",
+                        f"'{coding.get('code')}' is not a service of {codes.SERVICE_SYSTEM}; use "
+                        f"one of: {', '.join(codes.SERVICES)}",
+                        "ServiceRequest.orderDetail",
+                    )
+                )
+    principal = event.ctx.principal
+    if old is not None and principal is not None and not principal.is_admin:
+        requester = (old.get("requester") or {}).get("reference")
+        if event.ctx.organization != requester:
+            problems.append(
+                Problem(
+                    "forbidden",
+                    "Only the referring organization changes a referral's ServiceRequest; the "
+                    "receiving organization reports progress on its Task (status, "
+                    "businessStatus, output, note)",
+                    "ServiceRequest",
+                )
+            )
     _raise(problems)
-
-
-def _restore_withheld(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A party that saw a redacted copy (42 CFR Part 2) sends it back without the withheld
-    elements: keep the stored values there, and drop the REDACTED marker."""
-    meta = new.get("meta") or {}
-    if not any(t.get("code") == "REDACTED" for t in meta.get("tag", [])):
-        return new
-    restored = dict(new)
-    for key in WITHHELD_ELEMENTS:
-        if key not in new and key in old:
-            restored[key] = old[key]
-    restored["meta"] = {
-        **meta,
-        "tag": [t for t in meta.get("tag", []) if t.get("code") != "REDACTED"],
-    }
-    if not restored["meta"]["tag"]:
-        del restored["meta"]["tag"]
-    return restored
 
 
 async def _service_request_follows_task(event: WrittenEvent) -> None:
@@ -171,7 +303,7 @@ async def _service_request_follows_task(event: WrittenEvent) -> None:
     if sr.get("status") != "active":
         return
     if status != "completed":
-        others = await _tasks_for(event.conn, event.ctx, sr_id, record=False)
+        others = await _tasks_for(event.conn, event.ctx, sr_id, internal=True)
         if any(t["id"] != event.stored.id and t.get("status") in OPEN for t in others):
             return
     sr["status"] = "completed" if status == "completed" else "revoked"
@@ -183,6 +315,7 @@ async def _service_request_follows_task(event: WrittenEvent) -> None:
 
 def register(rules: RuleSet) -> None:
     rules.on_write("Task", _task_rules)
+    rules.on_write("ServiceRequest", _service_request_rules)
     rules.on_written("Task", _service_request_follows_task)
 
 
@@ -190,16 +323,17 @@ def register(rules: RuleSet) -> None:
 
 
 async def _tasks_for(
-    conn: AsyncConnection, ctx: WorkflowContext, sr_id: str, *, record: bool = True
+    conn: AsyncConnection, ctx: WorkflowContext, sr_id: str, *, internal: bool = False
 ) -> list[dict[str, Any]]:
-    return (await _tasks_by_referral(conn, ctx, [sr_id], record=record))[sr_id]
+    return (await _tasks_by_referral(conn, ctx, [sr_id], internal=internal))[sr_id]
 
 
 async def _tasks_by_referral(
-    conn: AsyncConnection, ctx: WorkflowContext, sr_ids: list[str], *, record: bool = True
+    conn: AsyncConnection, ctx: WorkflowContext, sr_ids: list[str], *, internal: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each referral's Tasks (as the caller may see them), oldest first: one search for all
-    the referrals (a worklist page asked one per referral)."""
+    """Each referral's Tasks the caller may see, as it may see them (workflows.disclosure),
+    oldest first: one search for all the referrals (a worklist page asked one per referral).
+    ``internal``: every Task as stored, for the server's own rules (nothing leaves)."""
     out: dict[str, list[dict[str, Any]]] = {sr_id: [] for sr_id in sr_ids}
     if not sr_ids:
         return out
@@ -208,11 +342,16 @@ async def _tasks_by_referral(
         "Task", [("focus", focus)], strict=True, default_count=1000, max_count=1000
     )
     while True:
-        page = await run_search(conn, request, base_url=ctx.base_url)
-        for shown in await disclose_all(conn, ctx, page.matches, record=record):
+        if internal:
+            page = await run_search(conn, request, base_url=ctx.base_url)
+            shown_tasks = page.matches
+        else:
+            page = await run_search(conn, request, access=ctx.access, base_url=ctx.base_url)
+            shown_tasks = await disclose_all(conn, ctx, page.matches)
+        for shown in shown_tasks:
             if shown.raw is None:
                 continue
-            task = orjson.loads(shown.raw)  # redaction keeps focus (consents.WITHHELD_ELEMENTS)
+            task = orjson.loads(shown.raw)  # every view keeps focus (workflows.disclosure)
             focus = str((task.get("focus") or {}).get("reference", ""))
             sr_id = focus.removeprefix("ServiceRequest/")
             if sr_id in out:
@@ -250,12 +389,11 @@ async def _timeline(
             conn, "Task", task["id"], before_version=None, limit=1000
         )
         oldest_first = [entry.stored for entry in reversed(versions)]
-        # Who acted, and the caller's view of each version (which may depend on who acted):
-        # a query each for all versions.
+        # Who acted, and the caller's view of each version: a query each for all versions.
         actors = await repo.index_values(
             conn, "Task", [(s.id, s.version_id) for s in oldest_first], ACTOR_PARAM
         )
-        shown_versions = await disclose_all(conn, ctx, oldest_first, record=False, actors=actors)
+        shown_versions = await disclose_all(conn, ctx, oldest_first, record=False)
         previous: dict[str, Any] | None = None
         for stored, shown in zip(oldest_first, shown_versions, strict=True):
             if shown.raw is None:
@@ -372,7 +510,7 @@ def _view(
         "services": services,
         "priority": sr.get("priority"),
         "facility": (_extension(sr, FACILITY_EXTENSION) or {}).get("reference"),
-        "intercept": int((_extension(sr, codes.SIM_EXTENSION) or {}).get("code", -1)),
+        "intercept": _intercept_of(sr),
         "release": {
             "expected_at": period.get("start"),
             "window_end": period.get("end"),

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.domain.text import NUL, nul_message, nul_path
 from service.errors import (
     BusinessRuleError,
+    ConflictError,
     InvalidRequestError,
     Issue,
     MethodNotAllowedError,
@@ -31,6 +32,7 @@ from service.errors import (
     UnsupportedMediaTypeError,
     not_json,
 )
+from service.fhir.head import head_of
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.fhir.resource import ID_RE, new_id, now_ms, stamp
 from service.fhir.validate import validate_resource
@@ -49,8 +51,18 @@ from service.workflows.access import (
     require_scope,
     require_scope_on_any,
 )
-from service.workflows.consents import disclose, disclose_all
+from service.workflows.consents import discloser_entries
 from service.workflows.context import WorkflowContext
+from service.workflows.disclosure import (
+    REFERRAL_TYPES,
+    decide,
+    disclose,
+    disclose_all,
+    is_redacted_copy,
+    is_whole,
+    merge_through_view,
+    search_filter,
+)
 from service.workflows.rules import WriteEvent, WrittenEvent
 
 
@@ -342,9 +354,8 @@ def parse_search_params(
 async def search_in(
     conn: AsyncConnection, ctx: WorkflowContext, request: SearchRequest
 ) -> SearchPage:
-    page = await run_search(
-        conn, request, access=ctx.search_access or ctx.access, base_url=ctx.base_url
-    )
+    access = search_filter(ctx, request, ctx.search_access or ctx.access)
+    page = await run_search(conn, request, access=access, base_url=ctx.base_url)
     shown = await disclose_all(
         conn, ctx, [*page.matches, *page.included, *(e.stored for e in page.feed)]
     )
@@ -469,6 +480,14 @@ async def _store(
             previous_creator=previous_creator,
         ),
     ]
+    if resource_type == "Consent":
+        index += discloser_entries(
+            final,
+            writer=ctx.organization,
+            privileged=ctx.principal is None or ctx.principal.is_admin,
+            resource_id=resource_id,
+            version_id=version,
+        )
     stored = StoredResource(resource_type, resource_id, version, last_updated, final is None, raw)
     ctx.written.append((resource_type, resource_id, version))
     audit_event = audit.write_event(
@@ -560,7 +579,8 @@ async def create_in(
         body=body,
         current=None,
     )
-    return WriteResult(stored=stored, created=True)
+    # The answer shows what the caller may see of it (its write's AuditEvent names it).
+    return WriteResult(stored=await disclose(conn, ctx, stored, record=False), created=True)
 
 
 async def conditional_match(
@@ -683,7 +703,15 @@ async def update_in(
     if current is not None and not await _visible(
         conn, ctx, resource_type, resource_id, write=True
     ):
-        raise _not_found(resource_type, resource_id)
+        # Neither updated (the caller may not read it) nor created (the id is taken): the
+        # same answer whoever holds it, naming nothing of it.
+        raise ConflictError(
+            f"{resource_type}/{resource_id} cannot be written by you: the id is not available "
+            "to your organization. Create the resource with POST to let the server assign an id",
+            expression=[f"{resource_type}.id"],
+        )
+    if current is not None and current.raw is not None and not current.deleted:
+        body = await _through_view(conn, ctx, current, body)
     if current is None or current.deleted:
         if if_match is not None and (current is None or current.version_id != if_match):
             raise PreconditionFailedError(
@@ -713,7 +741,28 @@ async def update_in(
         body=body,
         current=current,
     )
-    return WriteResult(stored=stored, created=current is None)
+    shown = await disclose(conn, ctx, stored, record=False)
+    return WriteResult(stored=shown, created=current is None)
+
+
+async def _through_view(
+    conn: AsyncConnection, ctx: WorkflowContext, current: StoredResource, body: dict[str, Any]
+) -> dict[str, Any]:
+    """``body`` as a change to ``current``: where the caller is shown ``current`` redacted
+    (workflows.disclosure), its changes are applied to the stored version."""
+    if current.resource_type not in REFERRAL_TYPES:
+        return body
+    shown = await disclose(conn, ctx, current, record=False)
+    if not is_whole(current, shown):
+        return merge_through_view(loads(current), loads(shown), body)
+    if is_redacted_copy(body) and ctx.organization is not None:
+        # A copy the caller was shown redacted before a consent let it see the whole: what
+        # it lacks was withheld then, not removed now.
+        stored = loads(current)
+        then = decide(stored, ctx.organization, {}).view
+        if then is not None:
+            return merge_through_view(stored, then, body)
+    return body
 
 
 async def update(
@@ -808,6 +857,7 @@ async def delete_in(
         raise _not_found(resource_type, resource_id)
     if current.deleted:
         return None
+    _refuse_referral_delete(ctx, current)
     return await _store(
         conn,
         ctx,
@@ -816,6 +866,44 @@ async def delete_in(
         resource_id=resource_id,
         body=None,
         current=current,
+    )
+
+
+def _refuse_referral_delete(ctx: WorkflowContext, current: StoredResource) -> None:
+    """A referral ends by a move of its state machine, which the other party sees and the
+    measures count; a deletion would end it silently. Administrators may still delete (e.g.
+    a test record)."""
+    if ctx.principal is None or ctx.principal.is_admin or current.raw is None:
+        return
+    if current.resource_type not in REFERRAL_TYPES:
+        return
+    from service.domain.referral import is_referral_task
+
+    body = loads(current)
+    if current.resource_type == "Task" and is_referral_task(body):
+        raise BusinessRuleError(
+            "A referral Task is not deleted: the receiving organization rejects it (status "
+            "rejected with statusReason), the referring organization cancels it (status "
+            "cancelled) or marks it entered-in-error",
+            expression=["Task.status"],
+        )
+    if current.resource_type == "ServiceRequest" and (
+        _is_referral_request(body) or head_of(current.raw).labelled
+    ):
+        raise BusinessRuleError(
+            "A referral ServiceRequest is not deleted: cancel its Task (status cancelled, or "
+            "POST /v1/referrals/{id}/cancel) and the ServiceRequest is revoked with it",
+            expression=["ServiceRequest.status"],
+        )
+
+
+def _is_referral_request(body: dict[str, Any]) -> bool:
+    return any(
+        coding.get("code") == "3457005"
+        for category in body.get("category", [])
+        if isinstance(category, dict)
+        for coding in category.get("coding", [])
+        if isinstance(coding, dict)
     )
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.builders import FHIR_JSON, organization
+from tests.builders import FHIR_JSON, fhir_consent, organization
 from tests.statements import sent_with_parameters, statements_sent
 
 HANDOFF_CS = "https://handoff.dev/fhir/CodeSystem"
@@ -173,7 +173,10 @@ async def test_full_journey(network: dict[str, Any]) -> None:
     ]
     r = await put_task(otp, task, status="completed", output=output)
     assert r.status_code == 200, r.text
-    # The jail sees the timeline and outcome; the ServiceRequest followed the Task.
+    # Under the provider's own consent naming the jail, the jail sees the timeline and
+    # outcome; the ServiceRequest followed the Task.
+    patient = f"Patient/{ref['patient_id']}"
+    await fhir_consent(otp, patient, custodian=ids["otp"], recipients=[ids["jail"]])
     view = (await jail.get(f"/v1/referrals/{ref['referral_id']}")).json()
     assert view["status"] == "completed"
     assert view["service_request_status"] == "completed"
@@ -208,7 +211,8 @@ async def test_illegal_transitions_and_forbidden_changes(network: dict[str, Any]
     assert "priority" in r.json()["issue"][0]["diagnostics"]
     r = await put_task(otp, task, status="ready")
     assert r.status_code == 422
-    assert (await put_task(peer, task, status="accepted")).status_code == 404  # not visible
+    # Not visible: neither updated nor created under that id.
+    assert (await put_task(peer, task, status="accepted")).status_code == 409
     r = await put_task(jail, task, status="entered-in-error")
     assert r.status_code == 200
 
@@ -805,6 +809,15 @@ async def test_referral_through_fhir_transaction(network: dict[str, Any]) -> Non
                     "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"},
                     "requester": {"reference": ids["jail"]},
                     "performer": [{"reference": ids["otp"]}],
+                    "extension": [
+                        {
+                            "url": "https://handoff.dev/fhir/StructureDefinition/sim-intercept",
+                            "valueCoding": {
+                                "system": "https://handoff.dev/fhir/CodeSystem/sim-intercept",
+                                "code": "4",
+                            },
+                        }
+                    ],
                 },
                 "request": {"method": "POST", "url": "ServiceRequest"},
             },

@@ -85,6 +85,15 @@ def service_request(*, requester: str, performer: str, patient_ref: str) -> dict
     }
 
 
+def assert_not_available(r: httpx.Response) -> None:
+    """A PUT to an id the caller may not see: not created (the id is taken), not updated, and
+    nothing said of what holds it."""
+    assert r.status_code == 409, r.text
+    diagnostics = r.json()["issue"][0]["diagnostics"]
+    assert "not available to your organization" in diagnostics
+    assert "WWW-Authenticate" not in r.headers
+
+
 def assert_not_found(r: httpx.Response) -> None:
     assert r.status_code == 404, r.text
     body = r.json()
@@ -281,7 +290,7 @@ async def test_bystander_writes_are_404(net: Network, referral: Referral) -> Non
         json=dict(referral.task, status="rejected"),
         headers={**FHIR_JSON, "If-Match": 'W/"1"'},
     )
-    assert_not_found(r)
+    assert_not_available(r)
     patch = [{"op": "replace", "path": "/status", "value": "rejected"}]
     r = await net.c.patch(
         f"/fhir/Task/{tid}", json=patch, headers={"Content-Type": "application/json-patch+json"}
@@ -303,13 +312,17 @@ async def test_bystander_bundles_fail_on_their_entries(net: Network, referral: R
         own = {"request": {"method": "POST", "url": "Patient"}, "resource": patient(booking="C-1")}
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [own, entry]}
         r = await net.c.post("/fhir", json=bundle, headers=FHIR_JSON)
-        assert_not_found(r)
+        if entry["request"]["method"] == "PUT":
+            assert_not_available(r)
+        else:
+            assert_not_found(r)
         assert "Bundle.entry[1]" in r.json()["issue"][0]["expression"]
         batch = dict(bundle, type="batch")
         r = await net.c.post("/fhir", json=batch, headers=FHIR_JSON)
         assert r.status_code == 200
         statuses = [e["response"]["status"] for e in r.json()["entry"]]
-        assert statuses[0].startswith("201") and statuses[1].startswith("404")
+        refused = "409" if entry["request"]["method"] == "PUT" else "404"
+        assert statuses[0].startswith("201") and statuses[1].startswith(refused)
     # The transactions created nothing; the batches created C's patients only.
     assert (await net.admin.get(f"/fhir/Task/{tid}")).json()["status"] == "requested"
     assert len(await search_ids(net.c, "Patient")) == 2

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -80,6 +81,11 @@ class ConsentIn(JmsRequest):
             raise ValueError("signed_at is in the future")
         if self.expires is not None and self.expires <= self.signed_at:
             raise ValueError("expires is not after signed_at")
+        if self.expires is not None and self.expires <= dt.datetime.now(dt.UTC):
+            raise ValueError(
+                "expires is in the past: an expired consent authorizes nothing; record it only "
+                "while it is in force"
+            )
         return self
 
 
@@ -157,16 +163,37 @@ async def disclosures(
     request: Request,
     ctx: ContextDep,
     format: Annotated[Literal["json", "csv"] | None, Query()] = None,
+    order: Annotated[Literal["newest", "oldest"], Query()] = "newest",
+    count: Annotated[int, Query(ge=1, le=1000)] = 100,
+    page: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> Response:
     """Which organizations received which of the person's Part 2 records, when, and on which
     basis: a consent, a medical emergency, or a redacted view (`basis`: `consent`, `emergency`
-    or `author or redacted view`). `Accept: text/csv` or `format=csv` for a spreadsheet."""
-    rows = await audit.disclosures(ctx, patient_id)
+    or `author or redacted view`), newest first unless `order=oldest`.
+
+    JSON is paged: `disclosures` holds up to `count` disclosure events (each may list several
+    records) and `next` the URL of the next page (null on the last). `Accept: text/csv` or
+    `format=csv` gives the whole accounting as one spreadsheet, every page included."""
+    newest = order == "newest"
     wants_csv = format == "csv" or (
         format is None and "text/csv" in request.headers.get("accept", "")
     )
     if not wants_csv:
-        return JSONResponse(rows)
+        rows, following = await audit.disclosures(
+            ctx, patient_id, newest_first=newest, count=count, page=page
+        )
+        next_url = None
+        if following is not None:
+            query = urlencode({"order": order, "count": count, "page": following})
+            base = ctx.base_url.removesuffix("/fhir")
+            next_url = f"{base}/v1/patients/{patient_id}/disclosures?{query}"
+        return JSONResponse({"disclosures": rows, "order": order, "next": next_url})
+    rows, following = await audit.disclosures(ctx, patient_id, newest_first=newest, count=1000)
+    while following is not None:
+        more, following = await audit.disclosures(
+            ctx, patient_id, newest_first=newest, count=1000, page=following
+        )
+        rows += more
     out = io.StringIO()
     fields = [
         "disclosed_at",
