@@ -172,3 +172,27 @@ def _year(value: object) -> int:
     if value is None:
         return 0
     return int(str(value)[:4]) if isinstance(value, str) else value.year  # type: ignore[attr-defined]
+
+
+def test_consents_recorded_by_their_custodian_gain_a_discloser(fresh_url: str) -> None:
+    """0010: a Consent authorizes disclosure by a custodian that recorded it; existing
+    versions get their ``_discloser`` row, a recipient's copy gets none."""
+    upgrade(fresh_url, "0009")
+    insert = (
+        "INSERT INTO search_index (resource_type, resource_id, version_id, param, value,"
+        " txid, seq) VALUES ('Consent', '{id}', 1, '{param}', '{value}', 0, 1)"
+    )
+    for rid, custodian, recorder in (
+        ("held", "Organization/health", "Organization/health"),
+        ("copy", "Organization/health", "Organization/otp"),
+    ):
+        _execute(fresh_url, insert.format(id=rid, param="organization", value=custodian))
+        _execute(fresh_url, insert.format(id=rid, param="_creator-org", value=recorder))
+    upgrade(fresh_url)
+    disclosers = (
+        "SELECT resource_id, value FROM search_index WHERE param = '_discloser' ORDER BY 1"
+    )
+    assert [tuple(r) for r in _rows(fresh_url, disclosers)] == [("held", "Organization/health")]
+    downgrade(fresh_url, "0009")
+    assert _rows(fresh_url, disclosers) == []
+    upgrade(fresh_url)
