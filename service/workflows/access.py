@@ -11,7 +11,8 @@ Tenancy rules (a client acts for one Organization, ``org`` below):
   requester of any Task whose focus it is.
 * A Patient, and patient data (QuestionnaireResponse, Observation, Procedure, Consent,
   MedicationDispense, SupplyDelivery, RelatedPerson), are visible to their creator and to the
-  owner or requester of any Task for that patient (the referral is the care relationship).
+  owner or requester of any Task for that patient (the referral is the care relationship); a
+  Consent also to its custodian (``Consent.organization``), who may always revoke it.
   42 CFR Part 2 consent narrows this further for labelled records.
 * Everything else is visible to the organization that created it.
 * Administrators (``handoff/admin``) see everything. Data the caller may not see answers 404
@@ -244,6 +245,8 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
                 _task_links(org, "patient", p.c.value),
             )
         )
+        if rtype == "Consent":  # its custodian may always see (and revoke) it
+            return or_(created, linked, _has(rtype, cols, "organization", org))
         return or_(created, linked)
     return created
 

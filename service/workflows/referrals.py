@@ -655,15 +655,6 @@ async def _check_references(
                 )
             )
         owner = provided_by or ""
-    if owner and owner == ctx.organization:
-        issues.append(
-            Issue(
-                "error",
-                "business-rule",
-                "A referral goes to another organization",
-                ("receiving_organization",),
-            )
-        )
     if data.facility:
         ftype, _, fid = data.facility.partition("/")
         if not await repo.resource_exists(conn, ftype, fid):
