@@ -189,9 +189,7 @@ def test_consents_recorded_by_their_custodian_gain_a_discloser(fresh_url: str) -
         _execute(fresh_url, insert.format(id=rid, param="organization", value=custodian))
         _execute(fresh_url, insert.format(id=rid, param="_creator-org", value=recorder))
     upgrade(fresh_url)
-    disclosers = (
-        "SELECT resource_id, value FROM search_index WHERE param = '_discloser' ORDER BY 1"
-    )
+    disclosers = "SELECT resource_id, value FROM search_index WHERE param = '_discloser' ORDER BY 1"
     assert [tuple(r) for r in _rows(fresh_url, disclosers)] == [("held", "Organization/health")]
     downgrade(fresh_url, "0009")
     assert _rows(fresh_url, disclosers) == []
