@@ -124,10 +124,7 @@ async def test_warm_handoff_with_fhirpy(server: str) -> None:
                 },
                 "signed_at": datetime.now(UTC).isoformat(),
                 "signed_by": "Sam Okafor (self)",
-                "recipients": [
-                    otp,
-                    referral["tasks"][0]["owner"] and await org_id(provider, "county-jail"),
-                ],
+                "recipients": [otp],
             },
         )
         assert consent.status_code == 201, consent.text
@@ -205,6 +202,27 @@ async def test_warm_handoff_with_fhirpy(server: str) -> None:
         assert [e["resource"]["status"] for e in changed] == ["accepted"]
         assert changed[0]["search"]["extension"][0]["valueBoolean"] is True
 
+        # The provider's progress is its own Part 2 record: the jail sees it under a consent
+        # the provider holds, naming the jail (recorded through FHIR, with fhirpy).
+        jail = await org_id(provider, "county-jail")
+        ircp = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+        await provider.resource(
+            "Consent",
+            status="active",
+            scope={"coding": [{"code": "patient-privacy"}]},
+            category=[{"coding": [{"system": "http://loinc.org", "code": "64292-6"}]}],
+            patient={"reference": f"Patient/{referral['patient_id']}"},
+            organization=[{"reference": otp}],
+            provision={
+                "type": "permit",
+                "actor": [
+                    {
+                        "role": {"coding": [{"system": ircp, "code": "IRCP"}]},
+                        "reference": {"reference": jail},
+                    }
+                ],
+            },
+        ).save()
         view = (
             await http.get(
                 f"/v1/referrals/{referral['referral_id']}", headers={"Authorization": jail_auth}
