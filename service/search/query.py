@@ -558,7 +558,10 @@ def _criterion_condition(
     return matched
 
 
-_cached_criterion_condition = functools.lru_cache(maxsize=4096)(_criterion_condition)
+# Bounded by count: an entry is ~8 KB, and criteria naming one record (an assessment's lookup of
+# what it derived) occur once each; 1,024 keeps every recurring poll with room to spare, at
+# most ~8 MB per process (4,096 grew a worker's memory by ~30 MB before levelling off).
+_cached_criterion_condition = functools.lru_cache(maxsize=1024)(_criterion_condition)
 
 
 def criteria_condition(

@@ -241,11 +241,16 @@ async def disclose_all(
         if patients and org is not None
         else {}
     )
-    # Whose Task versions the owner has written: only then is there an owner's part to withhold.
+    # Which Task versions their owner has written: only then is there an owner's part to
+    # withhold (asked only where it matters: not of the owner's own poll, nor under consent).
     tasks = [
         (stored.id, stored.version_id)
         for stored, body in zip(items, bodies, strict=True)
-        if body is not None and stored.resource_type == "Task" and _ref(body.get("owner"))
+        if body is not None
+        and stored.resource_type == "Task"
+        and (owner := _ref(body.get("owner"))) is not None
+        and owner != org
+        and owner not in consents.get(str(patient_of(body)), {})
     ]
     writers = await values_up_to(conn, "Task", tasks, ACTOR_PARAM) if tasks else {}
     shown = []
