@@ -53,7 +53,14 @@ import asyncpg
 import httpx
 import orjson
 
-from bench.loadgen import machine_cpu, process_tree, rss_bytes
+from bench.loadgen import (
+    _cpu_delta,
+    machine_cpu,
+    postgres_cpu,
+    process_tree,
+    rss_bytes,
+    tree_cpu,
+)
 from bench.run import (
     ADMIN_CLIENT,
     JAIL_SCOPES,
@@ -96,6 +103,7 @@ class Options:
     seed: int
     json_out: Path | None
     keep: bool
+    mix: dict[str, float] = field(default_factory=lambda: dict(MIX))
 
 
 # --- what is measured -------------------------------------------------------------------------
@@ -399,6 +407,17 @@ FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_p
 """
 
 
+@dataclass(frozen=True)
+class CpuMark:
+    """CPU seconds used so far, to difference over an interval."""
+
+    service: float  # the server's processes
+    generator: float  # this process (the clients)
+    postgres: dict[int, float]  # PostgreSQL's processes for the database
+    machine_busy: float  # all cores
+    machine_total: float
+
+
 def worker_pids(pid: int) -> set[int]:
     """The processes that serve requests: uvicorn's spawned workers under ``pid`` (not its
     multiprocessing resource tracker), or ``pid`` itself when it serves alone (one worker)."""
@@ -422,23 +441,38 @@ class Soak:
         self.server = server
         self.gauges = gauges
         self.dsn = dsn
+        self.database = dsn.rpartition("/")[2]
         self.windows: list[dict[str, Any]] = []
         self.rss_samples: list[tuple[float, int]] = []
         self.errors: Counter[str] = Counter()
         self.requests = 0
         self.t0 = 0.0
+        self.deadline = 0.0
+        self.exited: int | None = None  # the service's exit status, if it stopped
         self.window = Window(started=0.0)
-        self.cpu_mark = (0.0, 0.0, 0.0)  # (own CPU, machine busy, machine total) seconds
+        self.cpu_mark = CpuMark(0.0, 0.0, {}, 0.0, 0.0)
+
+    def cpu_now(self) -> CpuMark:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        busy, total = machine_cpu()
+        return CpuMark(
+            service=tree_cpu(self.server.pid),
+            generator=own.ru_utime + own.ru_stime,
+            postgres=postgres_cpu(self.database),
+            machine_busy=busy,
+            machine_total=total,
+        )
 
     def workers_rss(self) -> tuple[int, int]:
         """(bytes, processes): RSS summed over the server's worker processes."""
         workers = worker_pids(self.server.pid)
         return sum(rss_bytes(pid) for pid in workers), len(workers)
 
-    async def client(self, k: int, deadline: float, http: httpx.AsyncClient) -> None:
+    async def client(self, k: int, http: httpx.AsyncClient) -> None:
         rng = random.Random(self.opts.seed * 1000 + k)
-        kinds, weights = list(MIX), list(MIX.values())
-        while time.monotonic() < deadline:
+        kinds = [kind for kind, weight in self.opts.mix.items() if weight > 0]
+        weights = [self.opts.mix[kind] for kind in kinds]
+        while time.monotonic() < self.deadline:
             kind = rng.choices(kinds, weights)[0]
             started = time.monotonic()
             try:
@@ -454,14 +488,19 @@ class Soak:
                 self.window.errors[outcome] += 1
                 self.window.errors_by_kind[f"{kind} {outcome}"] += 1
 
-    async def watch(self, deadline: float) -> None:
-        """Once a second: RSS, PostgreSQL's backends; every interval: a report line."""
+    async def watch(self) -> None:
+        """Once a second: RSS, PostgreSQL's backends; every interval: a report line. Ends the
+        run early if the service exits."""
         conn = await asyncpg.connect(self.dsn)
         next_report = self.t0 + self.opts.interval
         next_tokens = self.t0 + 60
         try:
             while True:
                 now = time.monotonic()
+                if self.server.proc.poll() is not None:
+                    self.exited = self.server.proc.returncode
+                    print(f"the service exited ({self.exited}): see {self.server.log}", flush=True)
+                    self.deadline = now
                 rss, _ = self.workers_rss()
                 self.rss_samples.append((now - self.t0, rss))
                 self.window.rss.append(rss)
@@ -473,12 +512,12 @@ class Soak:
                 if now >= next_tokens:
                     self.world.refresh_tokens()
                     next_tokens += 60
-                if now >= next_report or now >= deadline:
+                if now >= next_report or now >= self.deadline:
                     self.close_window(now)
                     next_report += self.opts.interval
-                if now >= deadline:
+                if now >= self.deadline:
                     return
-                await asyncio.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
+                await asyncio.sleep(max(0.0, min(1.0, self.deadline - time.monotonic())))
         finally:
             await conn.close()
 
@@ -487,9 +526,9 @@ class Soak:
         seconds = max(now - self.t0 - w.started, 1e-9)
         everything = [x for kind in KINDS for x in w.latencies[kind]]
         pool = self.gauges.take()
-        own, busy, total = self.cpu_mark
-        self.cpu_mark = _cpu_now()
-        machine_busy = (self.cpu_mark[1] - busy) / max(self.cpu_mark[2] - total, 1e-9)
+        before, after = self.cpu_mark, self.cpu_now()
+        self.cpu_mark = after
+        cores = max(after.machine_total - before.machine_total, 1e-9)  # CPU-seconds available
         figures = {
             "from_s": round(w.started, 1),
             "to_s": round(now - self.t0, 1),
@@ -516,8 +555,11 @@ class Soak:
             "pg_active_max": max(w.pg_active, default=0),
             "pg_lock_wait_samples": sum(1 for x in w.pg_lock_waits if x),
             "pg_samples": len(w.pg_active),
-            "machine_busy_pct": 100 * machine_busy,
-            "generator_cpu_pct": 100 * (self.cpu_mark[0] - own) / seconds,
+            # Shares of the whole machine (all cores) during the interval.
+            "machine_busy_pct": 100 * (after.machine_busy - before.machine_busy) / cores,
+            "service_cpu_pct": 100 * (after.service - before.service) / cores,
+            "postgres_cpu_pct": 100 * _cpu_delta(before.postgres, after.postgres) / cores,
+            "generator_cpu_pct": 100 * (after.generator - before.generator) / cores,
             "errors": dict(w.errors),
             "errors_by_kind": dict(w.errors_by_kind),
         }
@@ -529,9 +571,10 @@ class Soak:
     async def run(self) -> None:
         self.world.refresh_tokens()
         self.t0 = time.monotonic()
-        self.cpu_mark = _cpu_now()
+        self.cpu_mark = self.cpu_now()
+        self.gauges.take()  # exports from before the run (start-up, setting up) do not count
         self.window = Window(started=0.0)
-        deadline = self.t0 + self.opts.seconds
+        self.deadline = self.t0 + self.opts.seconds
         limits = httpx.Limits(
             max_connections=self.opts.clients, max_keepalive_connections=self.opts.clients
         )
@@ -539,15 +582,9 @@ class Soak:
             base_url=self.server.base, limits=limits, timeout=30.0
         ) as http:
             await asyncio.gather(
-                self.watch(deadline),
-                *(self.client(k, deadline, http) for k in range(self.opts.clients)),
+                self.watch(),
+                *(self.client(k, http) for k in range(self.opts.clients)),
             )
-
-
-def _cpu_now() -> tuple[float, float, float]:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    busy, total = machine_cpu()
-    return own.ru_utime + own.ru_stime, busy, total
 
 
 def _clock(seconds: float) -> str:
@@ -569,8 +606,8 @@ def print_window(n: int, f: dict[str, Any], *, flush: bool = False) -> None:
         f"RSS {f['rss_mb']:6.1f} MB  {pool}  "
         f"PG backends <={f['pg_backends_max']}, active <={f['pg_active_max']}, "
         f"lock waits in {f['pg_lock_wait_samples']}/{f['pg_samples']} samples  "
-        f"CPU machine {f['machine_busy_pct']:.0f}%, load generator {f['generator_cpu_pct']:.0f}%"
-        " of a core  "
+        f"CPU {f['machine_busy_pct']:.0f}% busy: service {f['service_cpu_pct']:.0f}%, "
+        f"PG {f['postgres_cpu_pct']:.0f}%, load generator {f['generator_cpu_pct']:.0f}%  "
         + (
             "errors " + ", ".join(f"{k}: {v}" for k, v in sorted(f["errors_by_kind"].items()))
             if errors
@@ -647,7 +684,8 @@ def make_world(dsn: str, tokens: Tokens, service: Server, *, tasks: int, owners:
     )
 
 
-def print_verdict(soak: Soak, verdict: Verdict, workers: int) -> None:
+def print_verdict(soak: Soak, verdict: Verdict, workers: int) -> bool:
+    """Print the verdict; True if the soak passed."""
     print()
     print(
         f"{soak.requests:,} requests in {soak.opts.seconds / 60:.1f} min, "
@@ -663,7 +701,27 @@ def print_verdict(soak: Soak, verdict: Verdict, workers: int) -> None:
         print(f"errors: {sum(soak.errors.values())} ({listed})")
     else:
         print("errors: 0")
-    print("SOAK " + ("PASSED" if verdict.passed else "FAILED"))
+    if soak.exited is not None:
+        print(f"the service exited during the run (status {soak.exited})")
+    passed = verdict.passed and soak.exited is None
+    print("SOAK " + ("PASSED" if passed else "FAILED"))
+    return passed
+
+
+def _mix(text: str) -> dict[str, float]:
+    """``kind=weight,...`` (argparse type)."""
+    shares: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, weight = part.partition("=")
+        if kind not in MIX:
+            raise argparse.ArgumentTypeError(f"unknown kind {kind!r}: one of {', '.join(MIX)}")
+        try:
+            shares[kind] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: give kind=weight") from None
+        if shares[kind] < 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: a weight is not negative")
+    return shares
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -682,6 +740,14 @@ def parse_args(argv: list[str] | None) -> Options:
         help="largest allowed growth of the median RSS, second half against first, in %% "
         "(default 10)",
     )
+    p.add_argument(
+        "--mix",
+        type=_mix,
+        default={},
+        help="change the shares of kinds, e.g. search=0 or read=50,poll=0 (weights; default "
+        + ",".join(f"{k}={v}" for k, v in MIX.items())
+        + ")",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--pg",
@@ -694,6 +760,8 @@ def parse_args(argv: list[str] | None) -> Options:
     seconds = a.seconds if a.seconds is not None else a.minutes * 60
     if seconds <= 0 or a.interval <= 0 or a.clients < 1:
         p.error("--minutes/--seconds, --interval and --clients must be positive")
+    if not any({**MIX, **a.mix}.values()):
+        p.error("--mix leaves nothing to send")
     return Options(
         admin_dsn=a.pg,
         seconds=seconds,
@@ -705,6 +773,7 @@ def parse_args(argv: list[str] | None) -> Options:
         seed=a.seed,
         json_out=a.json,
         keep=a.keep,
+        mix={**MIX, **a.mix},
     )
 
 
@@ -737,10 +806,11 @@ def main(argv: list[str] | None = None) -> int:
             world = make_world(dsn, tokens, service, tasks=opts.tasks, owners=owners)
             soak = Soak(opts, world, service, gauges, dsn)
             _, workers = soak.workers_rss()
+            total = sum(opts.mix.values())
             print(
                 f"soak from {started}: {opts.seconds / 60:.1f} min, {opts.clients} clients, "
                 f"{workers} worker processes; mix "
-                + ", ".join(f"{k} {v}%" for k, v in MIX.items())
+                + ", ".join(f"{k} {v / total:.0%}" for k, v in opts.mix.items() if v)
                 + f"; a report every {opts.interval:.0f} s",
                 flush=True,
             )
@@ -752,21 +822,22 @@ def main(argv: list[str] | None = None) -> int:
         threshold=opts.rss_growth,
         errors=sum(soak.errors.values()),
     )
-    print_verdict(soak, verdict, workers)
+    passed = print_verdict(soak, verdict, workers)
     data = {
         "started": started,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in opts.__dict__.items()},
-        "mix": MIX,
+        "mix": opts.mix,
         "windows": soak.windows,
         "rss_samples": soak.rss_samples,
         "errors": dict(soak.errors),
-        "verdict": {**verdict.__dict__, "passed": verdict.passed, "warmup_s": warmup},
+        "service_exited": soak.exited,
+        "verdict": {**verdict.__dict__, "passed": passed, "warmup_s": warmup},
     }
     text = json.dumps(data, indent=2)
     (workdir / "soak.json").write_text(text)
     if opts.json_out:
         opts.json_out.write_text(text)
-    return 0 if verdict.passed else 1
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
