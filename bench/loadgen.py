@@ -1,6 +1,6 @@
 """Driving a server with wrk (its own process) and accounting for CPU while it runs.
 
-CPU is read from /proc: the server process (uvicorn runs the app in-process with one worker),
+CPU is read from /proc: the server's processes (uvicorn's and its workers'),
 every PostgreSQL process (backends, plus what the postmaster reaped), wrk itself (as a child
 of this process) and the whole machine, so a report can say who used the 2 cores.
 """
