@@ -1,6 +1,6 @@
 """Driving a server with wrk (its own process) and accounting for CPU while it runs.
 
-CPU is read from /proc: the server process (uvicorn runs the app in-process with one worker),
+CPU is read from /proc: the server's processes (uvicorn's and its workers'),
 every PostgreSQL process (backends, plus what the postmaster reaped), wrk itself (as a child
 of this process) and the whole machine, so a report can say who used the 2 cores.
 """
@@ -36,8 +36,8 @@ def _proc_cpu(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / _TICK
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and its live descendants (uvicorn's worker processes)."""
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and its live descendants (uvicorn's worker processes)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -53,13 +53,30 @@ def tree_cpu(pid: int) -> float:
         kids = [p for p, pp in parents.items() if pp == parent and p not in tree]
         tree.update(kids)
         frontier.extend(kids)
+    return tree
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (uvicorn's worker processes)."""
     total = 0.0
-    for member in tree:
+    for member in process_tree(pid):
         try:
             total += _proc_cpu(member)
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process (``VmRSS``), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
 
 
 def postgres_cpu(database: str | None = None) -> dict[int, float]:

@@ -3,9 +3,10 @@
     python -m bench [--quick | --tiny] [--tasks N] [--scenario all|crud|poll] [--json FILE]
 
 Creates a scratch database ``handoff_bench_<random>`` on the local PostgreSQL, migrates it,
-loads Tasks by COPY, runs the real service (``python -m service serve``, one uvicorn worker)
-and the ceiling app (``bench/ceiling_app.py``) side by side, drives each with wrk, alternating
-service and ceiling (A B A B ...), prints the table and drops the database. See README.md.
+loads Tasks by COPY, runs the real service (``python -m service serve``) and the ceiling app
+(``bench/ceiling_app.py``) side by side, each with ``--workers`` uvicorn workers (2), drives
+each with wrk, alternating service and ceiling (A B A B ...), prints the table and drops the
+database. See README.md.
 """
 
 from __future__ import annotations
