@@ -237,9 +237,9 @@ async def test_release_worklist_reads_only_the_window(engine: AsyncEngine) -> No
             " FROM generate_series(1, 20000) g",
         ),
     )
-    # Releases an hour apart from 2026-01-01T01:00 to 2028-04-13T08:00: the last three days  # calendar: fixed
-    # and a few hours, as a jail's are on the day it looks (few releases are planned further
-    # ahead). The next 72 hours hold 72 of them.
+    # Releases an hour apart from 2026-01-01T01:00 to 2028-04-13T08:00:  # calendar: fixed
+    # the last three days and a few hours, as a jail's are on the day it looks (few releases
+    # are planned further ahead). The next 72 hours hold 72 of them.
     from service.workflows.referrals import worklist_search
 
     window = worklist_search(
