@@ -57,6 +57,31 @@ class Settings(BaseSettings):
     demo: bool = Field(False, description="Seed demo organizations and clients on start-up.")
     default_page_size: int = Field(50, ge=1, le=1000)
     max_page_size: int = Field(1000, ge=1)
+
+    # --- what one request may cost (a request over a limit is refused, naming the limit) -----
+    search_max_params: int = Field(
+        30,
+        ge=1,
+        description="Distinct parameters in one search (a parameter repeated with the same "
+        "value counts once; result parameters such as _count count too).",
+    )
+    search_max_repeats: int = Field(
+        5, ge=1, description="Distinct criteria on one search parameter (status=a&status=b: 2)."
+    )
+    search_max_values: int = Field(
+        100, ge=1, description="Comma-separated values of one search parameter."
+    )
+    search_max_includes: int = Field(
+        12,
+        ge=1,
+        description="_include and _revinclude paths of one search (a wildcard counts every "
+        "parameter it stands for).",
+    )
+    search_max_included: int = Field(
+        1000,
+        ge=1,
+        description="Resources one search page includes; the rest are left out, with a warning.",
+    )
     idempotency_retention_hours: int = Field(
         24,
         ge=1,
