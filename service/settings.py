@@ -82,6 +82,9 @@ class Settings(BaseSettings):
         ge=1,
         description="Resources one search page includes; the rest are left out, with a warning.",
     )
+    bundle_max_entries: int = Field(
+        100, ge=1, description="Entries of one transaction or batch Bundle."
+    )
     idempotency_retention_hours: int = Field(
         24,
         ge=1,

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings
-from tests.builders import FHIR_JSON, task
+from tests.builders import FHIR_JSON, patient, task
 from tests.statements import sent_with_parameters
 
 
@@ -21,6 +21,8 @@ def settings(database_url: str) -> Settings:
         public_base_url=None,
         gc_gen0_threshold=0,
         search_max_included=2,
+        default_page_size=5,
+        max_page_size=5,
         _env_file=None,
     )
 
@@ -145,3 +147,48 @@ async def test_limits_apply_to_an_if_none_exist_condition(client: httpx.AsyncCli
         "/fhir/Task", json=task(), headers={**FHIR_JSON, "If-None-Exist": condition}
     )
     refused(r, "HANDOFF_SEARCH_MAX_PARAMS")
+
+
+def bundle(kind: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+
+def post_patient(i: int) -> dict[str, Any]:
+    return {"resource": patient(booking=f"B-{i}"), "request": {"method": "POST", "url": "Patient"}}
+
+
+@pytest.mark.parametrize("kind", ["batch", "transaction"])
+async def test_a_bundle_of_too_many_entries_is_refused_whole(
+    client: httpx.AsyncClient, kind: str
+) -> None:
+    r = await client.post(
+        "/fhir", json=bundle(kind, [post_patient(i) for i in range(101)]), headers=FHIR_JSON
+    )
+    text = refused(r, "HANDOFF_BUNDLE_MAX_ENTRIES", status=413)
+    assert "101 entries; the limit is 100" in text
+    assert "transactions" in text if kind == "transaction" else "batches" in text
+    assert "entry" not in (await client.get("/fhir/Patient")).json()  # nothing was written
+    r = await client.post(
+        "/fhir", json=bundle(kind, [post_patient(i) for i in range(100)]), headers=FHIR_JSON
+    )
+    assert r.status_code == 200, r.text
+
+
+async def test_the_searches_of_a_batch_share_one_page_of_resources(
+    client: httpx.AsyncClient,
+) -> None:
+    made = [await create(client, patient(booking=f"B-{i}")) for i in range(4)]
+    search = [{"request": {"method": "GET", "url": "Patient?_count=3"}}] * 2
+    lookups = [
+        {"request": {"method": "GET", "url": "Patient?identifier=B-1"}},
+        {"request": {"method": "GET", "url": f"Patient/{made[0]['id']}"}},
+    ]
+    r = await client.post("/fhir", json=bundle("batch", search + lookups), headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    # 3 of the 5 (HANDOFF_MAX_PAGE_SIZE) go to the first search; the second would need 3 more.
+    assert [e["response"]["status"] for e in entries] == ["200 OK", "413", "200 OK", "200 OK"]
+    assert len(entries[0]["resource"]["entry"]) == 3
+    issue = entries[1]["response"]["outcome"]["issue"][0]
+    assert issue["code"] == "too-costly" and "HANDOFF_MAX_PAGE_SIZE" in issue["diagnostics"]
+    assert len(entries[2]["resource"]["entry"]) == 1
