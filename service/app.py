@@ -15,6 +15,7 @@ from service.api.errors import install_error_handlers
 from service.api.middleware import (
     BodyLimitMiddleware,
     ContentNegotiationMiddleware,
+    RequestHeadLimitMiddleware,
     RequestIdMiddleware,
 )
 from service.api.routes import (
@@ -156,6 +157,11 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     install_error_handlers(app)
     app.add_middleware(ContentNegotiationMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestHeadLimitMiddleware,
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(AccessLogMiddleware)
     install_telemetry(app, settings=settings, engine=engine)

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         "('*' trusts all).",
     )
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="Largest request body.")
+    max_url_bytes: int = Field(
+        8192, ge=1024, description="Longest request URL (path and query), in bytes."
+    )
+    max_header_bytes: int = Field(
+        16384, ge=1024, description="Largest request headers, all of them together, in bytes."
+    )
     gc_gen0_threshold: int = Field(
         50_000,
         ge=0,

@@ -192,3 +192,19 @@ async def test_the_searches_of_a_batch_share_one_page_of_resources(
     issue = entries[1]["response"]["outcome"]["issue"][0]
     assert issue["code"] == "too-costly" and "HANDOFF_MAX_PAGE_SIZE" in issue["diagnostics"]
     assert len(entries[2]["resource"]["entry"]) == 1
+
+
+async def test_a_url_over_the_limit(client: httpx.AsyncClient) -> None:
+    r = await client.get("/fhir/Task", params={"identifier": "x" * 8200})
+    text = refused(r, "HANDOFF_MAX_URL_BYTES", status=414)
+    assert "POST /fhir/{type}/_search" in text
+    assert r.headers["x-request-id"]
+    r = await client.get("/fhir/Task", params={"identifier": "x" * 8000})
+    assert r.status_code == 200, r.text
+
+
+async def test_headers_over_the_limit(client: httpx.AsyncClient) -> None:
+    r = await client.get("/fhir/Task", headers={"X-Padding": "x" * 16_500})
+    refused(r, "HANDOFF_MAX_HEADER_BYTES", status=431)
+    r = await client.get("/fhir/Task", headers={"X-Padding": "x" * 15_000})
+    assert r.status_code == 200, r.text
