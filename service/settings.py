@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     # each time): under sustained load beyond the pool, queueing for a pooled one is cheaper.
     db_max_overflow: int = Field(0, ge=0, description="Extra connections under bursts.")
     db_pool_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
+    db_statement_timeout_ms: int = Field(
+        10_000,
+        ge=0,
+        description="Longest a database statement may run, in milliseconds (0: no limit). A "
+        "request whose statement is stopped is answered 400: it asked too much.",
+    )
     db_ping_after_idle: float = Field(
         10.0,
         ge=0,
