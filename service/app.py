@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import __version__
 from service.api.errors import install_error_handlers
+from service.api.fairness import ClientConcurrency
 from service.api.middleware import (
     BodyLimitMiddleware,
     ContentNegotiationMiddleware,
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.state.engine = engine
     app.state.rules = build_rules(settings)
     app.state.auth = None
+    app.state.client_concurrency = ClientConcurrency(settings.client_concurrency_limit)
 
     # FastAPI tries included routers in order (~3 µs each passed over, even with
     # PrefixRouter's early refusal): the busiest first. No two of them share a path.

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     # each time): under sustained load beyond the pool, queueing for a pooled one is cheaper.
     db_max_overflow: int = Field(0, ge=0, description="Extra connections under bursts.")
     db_pool_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
+    max_concurrent_per_client: int | None = Field(
+        None,
+        ge=1,
+        description="Requests one client may have in progress at once, per process (429 past "
+        "it). Unset: the connection pool's size (with overflow) less 2, at least 1.",
+    )
     db_statement_timeout_ms: int = Field(
         10_000,
         ge=0,
@@ -144,6 +150,12 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def client_concurrency_limit(self) -> int:
+        if self.max_concurrent_per_client is not None:
+            return self.max_concurrent_per_client
+        return max(1, self.db_pool_size + self.db_max_overflow - 2)
 
 
 @lru_cache

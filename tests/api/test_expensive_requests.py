@@ -9,6 +9,7 @@ SQLite tens of seconds to run it; the statement timeout here is 300 ms.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import httpx
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.settings import Settings
 from service.storage.db import write_transaction
 from service.storage.repository import index_t, resource_t
+from tests.conftest import BASE, TokenFactory
 
 TASKS = 20_000
 TIMEOUT_MS = 300
@@ -93,3 +95,43 @@ async def test_a_statement_past_the_timeout_is_refused_with_400(
     assert r.status_code == 200, r.text
     assert [e["resource"]["id"] for e in r.json()["entry"]] == ["bulk-7"]
     assert (await client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_one_clients_expensive_searches_leave_the_others_served(
+    app: object, client: httpx.AsyncClient, issue_token: TokenFactory, many_tasks: None
+) -> None:
+    """Ten at once from one client: 8 (the pool of 10 less 2, the default share) run until the
+    statement timeout stops them, 2 are refused 429; meanwhile another client's reads and the
+    readiness probe are answered as usual."""
+    token = await issue_token(scopes="system/*.cruds handoff/admin", client_id="greedy")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
+        base_url=BASE,
+        headers={"Authorization": f"Bearer {token}"},
+    ) as greedy:
+
+        async def others() -> list[httpx.Response]:
+            answers = []
+            for i in range(5):
+                answers.append(await client.get("/fhir/Task", params={"identifier": f"V-{i}"}))
+                answers.append(await client.get("/readyz"))
+            return answers
+
+        *expensive, served = await asyncio.gather(
+            *(greedy.get(EXPENSIVE) for _ in range(10)), others()
+        )
+        assert all(r.status_code == 200 for r in served), [r.text for r in served]
+        assert all(r.json() == {"status": "ready"} for r in served if r.url.path == "/readyz")
+        statuses = sorted(r.status_code for r in expensive)
+        assert statuses == [400] * 8 + [429] * 2, [r.text for r in expensive]
+        for r in expensive:
+            issue = r.json()["issue"][0]
+            if r.status_code == 429:
+                assert r.headers["retry-after"] == "1"
+                assert issue["code"] == "throttled"
+                assert "HANDOFF_MAX_CONCURRENT_PER_CLIENT" in issue["diagnostics"]
+            else:
+                assert issue["code"] == "too-costly"
+        # Every slot was given back.
+        assert app.state.client_concurrency.held("greedy") == 0  # type: ignore[attr-defined]
+        assert (await greedy.get("/fhir/Task", params={"identifier": "V-1"})).status_code == 200
