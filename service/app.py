@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import __version__
+from service.api.disconnect import CancelOnDisconnectMiddleware
 from service.api.errors import install_error_handlers
 from service.api.fairness import ClientConcurrency
 from service.api.middleware import (
@@ -167,6 +168,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(AccessLogMiddleware)
     install_telemetry(app, settings=settings, engine=engine)
+    app.add_middleware(CancelOnDisconnectMiddleware)  # outermost: see its docstring
     _install_openapi(app)
     return app
 

@@ -221,7 +221,7 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
             async with conn.begin():
                 yield conn
         finally:
-            conn.info.pop(_KNOWN_ROWS, None)
+            _forget(conn, _KNOWN_ROWS)
 
 
 @asynccontextmanager
@@ -280,6 +280,15 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
             try:
                 yield conn
             finally:
-                conn.info.pop(DRIVER_READS, None)
+                _forget(conn, DRIVER_READS)
             return
         yield conn
+
+
+def _forget(conn: AsyncConnection, key: str) -> None:
+    """Drop ``key`` from the pooled connection's ``info``. A connection SQLAlchemy invalidated
+    (a statement interrupted: its request cancelled when the client went away) is discarded
+    with its ``info``, and asking for it would raise instead of letting the interruption
+    through."""
+    if not conn.invalidated:
+        conn.info.pop(key, None)
