@@ -18,7 +18,7 @@ from service.api.responses import fhir_base, public_base
 from service.auth.principal import Principal
 from service.auth.scopes import Action
 from service.domain.text import NUL, nul_message
-from service.errors import InsufficientScopeError, InvalidRequestError
+from service.errors import InsufficientScopeError, InvalidRequestError, ServiceError
 from service.search.execute import AccessFilter
 from service.settings import Settings
 from service.workflows import audit
@@ -206,8 +206,12 @@ class AuditedRoute(APIRoute):
                         # FastAPI parses a JSON body before it solves any dependency, so a
                         # body that is not JSON fails before the caller is known: authenticate
                         # now, so that an anonymous caller is refused (401) and a known one
-                        # audited.
-                        await get_context(request, request.headers.get("authorization"))
+                        # audited (also when it is over its share: 429).
+                        try:
+                            await get_context(request, request.headers.get("authorization"))
+                        except ServiceError as refused:
+                            await finish(request, refused)
+                            raise
                     await finish(request, exc)
                     raise
                 await finish(request, None)

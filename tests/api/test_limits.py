@@ -208,3 +208,30 @@ async def test_headers_over_the_limit(client: httpx.AsyncClient) -> None:
     refused(r, "HANDOFF_MAX_HEADER_BYTES", status=431)
     r = await client.get("/fhir/Task", headers={"X-Padding": "x" * 15_000})
     assert r.status_code == 200, r.text
+
+
+async def test_a_client_at_its_share_is_refused_429_and_audited(
+    app: Any, client: httpx.AsyncClient, org_client: Any
+) -> None:
+    """Its requests in progress stand in for themselves here (slots taken directly); the
+    expensive-request tests take them with real searches. Every refusal is audited (the API
+    tests' conftest checks it), also one whose body is not even JSON."""
+    slots = app.state.client_concurrency
+    share = app.state.settings.client_concurrency_limit
+    assert share == 8  # the pool of 10 less 2
+    for _ in range(share):
+        slots.enter("test-admin")
+    r = await client.get("/fhir/Task")
+    assert r.status_code == 429, r.text
+    assert r.headers["retry-after"] == "1"
+    issue = r.json()["issue"][0]
+    assert issue["code"] == "throttled"
+    assert "HANDOFF_MAX_CONCURRENT_PER_CLIENT" in issue["diagnostics"]
+    # FastAPI reads a /v1 body before it knows the caller: refused all the same.
+    json_api = {"Content-Type": "application/json"}
+    r = await client.post("/v1/referrals", content=b"not json", headers=json_api)
+    assert r.status_code == 429, r.text
+    other = await org_client("Organization/other")
+    assert (await other.get("/fhir/Task")).status_code == 200
+    slots.leave("test-admin")
+    assert (await client.get("/fhir/Task")).status_code == 200
