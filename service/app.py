@@ -11,10 +11,13 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import __version__
+from service.api.disconnect import CancelOnDisconnectMiddleware
 from service.api.errors import install_error_handlers
+from service.api.fairness import ClientConcurrency
 from service.api.middleware import (
     BodyLimitMiddleware,
     ContentNegotiationMiddleware,
+    RequestHeadLimitMiddleware,
     RequestIdMiddleware,
 )
 from service.api.routes import (
@@ -136,6 +139,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.state.engine = engine
     app.state.rules = build_rules(settings)
     app.state.auth = None
+    app.state.client_concurrency = ClientConcurrency(settings.client_concurrency_limit)
 
     # FastAPI tries included routers in order (~3 µs each passed over, even with
     # PrefixRouter's early refusal): the busiest first. No two of them share a path.
@@ -157,9 +161,15 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     install_error_handlers(app)
     app.add_middleware(ContentNegotiationMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestHeadLimitMiddleware,
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(AccessLogMiddleware)
     install_telemetry(app, settings=settings, engine=engine)
+    app.add_middleware(CancelOnDisconnectMiddleware)  # outermost: see its docstring
     _install_openapi(app)
     return app
 

@@ -64,6 +64,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=args.graceful_timeout,
         log_level=settings.log_level.lower(),
         access_log=False,
+        # What uvicorn's h11 parser (used where httptools is not installed) buffers of a
+        # request's head: enough that the app answers the URL and header limits itself.
+        h11_max_incomplete_event_size=settings.max_url_bytes + settings.max_header_bytes + 1024,
     )
 
 

@@ -14,9 +14,12 @@ Nothing here imports FastAPI; ``service.api.errors`` turns these into OperationO
     ├── ConflictError (409 conflict)
     ├── ResourceGoneError (410 deleted)
     ├── PreconditionFailedError (412 conflict)    If-Match mismatch, ambiguous conditional
-    ├── PayloadTooLargeError (413 too-costly)
+    ├── PayloadTooLargeError (413 too-costly)     body, or Bundle entries, over the limit
+    ├── UriTooLongError (414 too-costly)
     ├── UnsupportedMediaTypeError (415 not-supported)
     ├── BusinessRuleError (422 business-rule)     rules beyond structure (transitions, bindings...)
+    ├── TooManyRequestsError (429 throttled)      one client's concurrent requests over its share
+    ├── HeadersTooLargeError (431 too-costly)
     └── ServiceUnavailableError (503 transient)   database down
 """
 
@@ -118,12 +121,24 @@ class PayloadTooLargeError(ServiceError):
     status, issue_code = 413, "too-costly"
 
 
+class UriTooLongError(ServiceError):
+    status, issue_code = 414, "too-costly"
+
+
 class UnsupportedMediaTypeError(ServiceError):
     status, issue_code = 415, "not-supported"
 
 
 class BusinessRuleError(ServiceError):
     status, issue_code = 422, "business-rule"
+
+
+class TooManyRequestsError(ServiceError):
+    status, issue_code = 429, "throttled"
+
+
+class HeadersTooLargeError(ServiceError):
+    status, issue_code = 431, "too-costly"
 
 
 class ServiceUnavailableError(ServiceError):

@@ -29,6 +29,18 @@ class Settings(BaseSettings):
     # each time): under sustained load beyond the pool, queueing for a pooled one is cheaper.
     db_max_overflow: int = Field(0, ge=0, description="Extra connections under bursts.")
     db_pool_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
+    max_concurrent_per_client: int | None = Field(
+        None,
+        ge=1,
+        description="Requests one client may have in progress at once, per process (429 past "
+        "it). Unset: the connection pool's size (with overflow) less 2, at least 1.",
+    )
+    db_statement_timeout_ms: int = Field(
+        10_000,
+        ge=0,
+        description="Longest a database statement may run, in milliseconds (0: no limit). A "
+        "request whose statement is stopped is answered 400: it asked too much.",
+    )
     db_ping_after_idle: float = Field(
         10.0,
         ge=0,
@@ -46,6 +58,12 @@ class Settings(BaseSettings):
         "('*' trusts all).",
     )
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="Largest request body.")
+    max_url_bytes: int = Field(
+        8192, ge=1024, description="Longest request URL (path and query), in bytes."
+    )
+    max_header_bytes: int = Field(
+        16384, ge=1024, description="Largest request headers, all of them together, in bytes."
+    )
     gc_gen0_threshold: int = Field(
         50_000,
         ge=0,
@@ -57,6 +75,34 @@ class Settings(BaseSettings):
     demo: bool = Field(False, description="Seed demo organizations and clients on start-up.")
     default_page_size: int = Field(50, ge=1, le=1000)
     max_page_size: int = Field(1000, ge=1)
+
+    # --- what one request may cost (a request over a limit is refused, naming the limit) -----
+    search_max_params: int = Field(
+        30,
+        ge=1,
+        description="Distinct parameters in one search (a parameter repeated with the same "
+        "value counts once; result parameters such as _count count too).",
+    )
+    search_max_repeats: int = Field(
+        5, ge=1, description="Distinct criteria on one search parameter (status=a&status=b: 2)."
+    )
+    search_max_values: int = Field(
+        100, ge=1, description="Comma-separated values of one search parameter."
+    )
+    search_max_includes: int = Field(
+        12,
+        ge=1,
+        description="_include and _revinclude paths of one search (a wildcard counts every "
+        "parameter it stands for).",
+    )
+    search_max_included: int = Field(
+        1000,
+        ge=1,
+        description="Resources one search page includes; the rest are left out, with a warning.",
+    )
+    bundle_max_entries: int = Field(
+        100, ge=1, description="Entries of one transaction or batch Bundle."
+    )
     idempotency_retention_hours: int = Field(
         24,
         ge=1,
@@ -104,6 +150,12 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def client_concurrency_limit(self) -> int:
+        if self.max_concurrent_per_client is not None:
+            return self.max_concurrent_per_client
+        return max(1, self.db_pool_size + self.db_max_overflow - 2)
 
 
 @lru_cache

@@ -101,8 +101,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     # gc_gen0_threshold=0: apps started by tests leave the test process's collector alone.
+    # Races are tested with bursts of one client's requests (twenty conditional creates at
+    # once): no fair share refuses them here (tests/api/test_expensive_requests.py tests it).
     return Settings(  # type: ignore[call-arg]
-        database_url=database_url, public_base_url=None, gc_gen0_threshold=0, _env_file=None
+        database_url=database_url,
+        public_base_url=None,
+        gc_gen0_threshold=0,
+        max_concurrent_per_client=1000,
+        _env_file=None,
     )
 
 

@@ -18,7 +18,7 @@ from service.api.responses import fhir_base, public_base
 from service.auth.principal import Principal
 from service.auth.scopes import Action
 from service.domain.text import NUL, nul_message
-from service.errors import InsufficientScopeError, InvalidRequestError
+from service.errors import InsufficientScopeError, InvalidRequestError, ServiceError
 from service.search.execute import AccessFilter
 from service.settings import Settings
 from service.workflows import audit
@@ -160,15 +160,29 @@ async def get_context(
     principal = await authenticate(request, authorization)
     ctx = _context(request, request.app.state.settings, principal)
     request.state.audit_ctx = ctx
+    state = request.scope.setdefault("state", {})
+    if _CLIENT_SLOT not in state:
+        request.app.state.client_concurrency.enter(principal.client_id)  # 429 past its share
+        state[_CLIENT_SLOT] = principal.client_id
     # An id or search value with U+0000 (%00) would fail PostgreSQL (service.domain.text).
     if b"%00" in request.scope.get("query_string", b"") or NUL in request.scope["path"]:
         raise InvalidRequestError(nul_message("the URL"))
     return ctx
 
 
+_CLIENT_SLOT = "handoff.client_slot"
+
+
+def _leave_client_slot(request: Request) -> None:
+    client_id = (request.scope.get("state") or {}).pop(_CLIENT_SLOT, None)
+    if client_id is not None:
+        request.app.state.client_concurrency.leave(client_id)
+
+
 class AuditedRoute(APIRoute):
     """A route whose handler, once it has answered or failed, records the request's AuditEvent
-    (``audit.finish_request``) for the context ``get_context`` made. Every router with routes
+    (``audit.finish_request``) for the context ``get_context`` made, and gives back the
+    client's concurrency slot ``get_context`` took (``api.fairness``). Every router with routes
     that take a ``ContextDep`` uses it (``route_class=AuditedRoute``).
 
     Not a dependency with ``yield``: FastAPI wraps those in exit stacks and a shielded cancel
@@ -185,21 +199,29 @@ class AuditedRoute(APIRoute):
 
         async def audited(request: Request) -> Response:
             try:
-                response = await handle(request)
-            except BaseException as exc:
-                if (
-                    needs_context
-                    and getattr(request.state, "audit_ctx", None) is None
-                    and _body_unreadable(exc)
-                ):
-                    # FastAPI parses a JSON body before it solves any dependency, so a body
-                    # that is not JSON fails before the caller is known: authenticate now, so
-                    # that an anonymous caller is refused (401) and a known one audited.
-                    await get_context(request, request.headers.get("authorization"))
-                await finish(request, exc)
-                raise
-            await finish(request, None)
-            return response
+                try:
+                    response = await handle(request)
+                except BaseException as exc:
+                    if (
+                        needs_context
+                        and getattr(request.state, "audit_ctx", None) is None
+                        and _body_unreadable(exc)
+                    ):
+                        # FastAPI parses a JSON body before it solves any dependency, so a
+                        # body that is not JSON fails before the caller is known: authenticate
+                        # now, so that an anonymous caller is refused (401) and a known one
+                        # audited (also when it is over its share: 429).
+                        try:
+                            await get_context(request, request.headers.get("authorization"))
+                        except ServiceError as refused:
+                            await finish(request, refused)
+                            raise
+                    await finish(request, exc)
+                    raise
+                await finish(request, None)
+                return response
+            finally:
+                _leave_client_slot(request)
 
         return audited
 

@@ -30,6 +30,7 @@ from service.errors import (
 )
 from service.fhir.outcome import operation_outcome
 from service.request_context import request_id_var
+from service.storage.db import cost_refusal
 
 logger = logging.getLogger("handoff.errors")
 
@@ -208,7 +209,8 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
 
 # What the asyncpg connection itself raises (the hot statements on it, storage.driver) when the
 # server is gone, shutting down or out of connections: SQLAlchemy's wrapping says the same of
-# its own statements. A cancelled statement (a timeout) is not an outage.
+# its own statements. A statement stopped at the statement timeout is not an outage (it is
+# answered before these are asked: ``cost_refusal``).
 _DRIVER_UNAVAILABLE = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
@@ -252,12 +254,35 @@ def _unstorable_text(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT
 
 
+def _too_costly(request: Request, refusal: str) -> str:
+    if refusal == "timeout":
+        limit = request.app.state.settings.db_statement_timeout_ms
+        return (
+            f"This request is too expensive: a database statement ran past the limit of {limit} "
+            "ms (HANDOFF_DB_STATEMENT_TIMEOUT_MS) and was stopped. Narrow it (more selective "
+            "parameters, a smaller _count, fewer _include, no _total=accurate): sent again "
+            "unchanged it would be stopped again"
+        )
+    return (
+        "This request is too large for the database to run as one statement: narrow it "
+        "(fewer parameters, fewer values)"
+    )
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # This handler runs outside the request-id middleware: read the id from the request state.
     request_id = getattr(request.state, "request_id", None)
     if _unstorable_text(exc):
         return outcome_response(
             400, [Issue("error", "invalid", nul_message("a value"))], request_id=request_id
+        )
+    # Before the outage test: SQLite reports an interrupted statement as an OperationalError.
+    if (refusal := cost_refusal(exc)) is not None:
+        logger.info("statement stopped: %s", refusal)
+        return outcome_response(
+            400,
+            [Issue("error", "too-costly", _too_costly(request, refusal))],
+            request_id=request_id,
         )
     if _database_unavailable(exc):
         logger.warning("database unavailable: %s", type(exc).__name__)

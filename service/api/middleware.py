@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, body size limit, content negotiation.
+"""ASGI middleware: request ids, URL, header and body size limits, content negotiation.
 
 Pure ASGI (not BaseHTTPMiddleware) so that bodies stream and nothing is buffered twice.
 """
@@ -13,11 +13,13 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import (
+    HeadersTooLargeError,
     Issue,
     NotAcceptableError,
     PayloadTooLargeError,
     ServiceError,
     UnsupportedMediaTypeError,
+    UriTooLongError,
 )
 from service.request_context import request_id_var
 
@@ -95,6 +97,44 @@ class RequestIdMiddleware:
             await response(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+class RequestHeadLimitMiddleware:
+    """414 for a URL, 431 for headers, over the limits: a long URL is a search of many
+    parameters, each of them work for the database, and every header is held in memory for the
+    whole request. (The server has parsed them by now; the ingress, or uvicorn's h11 limit,
+    bounds what it parses. This answers what a client can act on.)"""
+
+    def __init__(self, app: ASGIApp, *, max_url_bytes: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_url_bytes = max_url_bytes
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = self._check(scope)
+            if problem is not None:
+                await _send_error(send, problem)
+                return
+        await self.app(scope, receive, send)
+
+    def _check(self, scope: Scope) -> ServiceError | None:
+        path: bytes = scope.get("raw_path") or str(scope.get("path", "")).encode()
+        query: bytes = scope.get("query_string", b"")
+        url = len(path) + (len(query) + 1 if query else 0)
+        if url > self.max_url_bytes:
+            search = "POST /fhir/{type}/_search with the parameters as a form body"
+            return UriTooLongError(
+                f"The request URL is {url} bytes long; the limit is {self.max_url_bytes} "
+                f"(HANDOFF_MAX_URL_BYTES): send a long search as {search}"
+            )
+        size = sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
+        if size > self.max_header_bytes:
+            return HeadersTooLargeError(
+                f"The request headers are {size} bytes long; the limit is "
+                f"{self.max_header_bytes} (HANDOFF_MAX_HEADER_BYTES)"
+            )
+        return None
 
 
 class BodyLimitMiddleware:
@@ -238,5 +278,6 @@ __all__ = [
     "BodyLimitMiddleware",
     "ContentNegotiationMiddleware",
     "Issue",
+    "RequestHeadLimitMiddleware",
     "RequestIdMiddleware",
 ]

@@ -81,7 +81,6 @@ _FEED_INDEX = index_t.alias("feed_index")
 HISTORY_COLS = RowCols(history_t.c.id, history_t.c.version_id, history_t.c.last_updated)
 # One expression object, so that the conditions built on it are cached (criterion_condition).
 _PREVIOUS_VERSION = history_t.c.version_id - 1
-MAX_INCLUDES = 1000
 _MIN_DATE = datetime(1, 1, 2, tzinfo=UTC)
 
 
@@ -285,27 +284,35 @@ async def _add_includes(
     seen = {(m.resource_type, m.id) for m in listed}
     frontier = list(seeds)
     first_round = True
-    while frontier and len(page.included) < MAX_INCLUDES:
+    limit = request.max_included
+    while frontier and len(page.included) < limit:
+        # The most rows one statement need return: enough to fill the remaining room even if
+        # every row seen so far comes back again, and one more to tell that some were left
+        # out. Unbounded, a reverse include of a busy resource (every AuditEvent naming it)
+        # would fetch every row before all but a few were dropped.
+        rows = limit - len(page.included) + len(seen) + 1
         found: list[StoredResource] = []
         for inc in request.includes:
             if inc.iterate or first_round:
-                found += await _forward(conn, inc, frontier, access=access, base_url=base_url)
+                found += await _forward(
+                    conn, inc, frontier, access=access, base_url=base_url, rows=rows
+                )
         for inc in request.revincludes:
             if inc.iterate or first_round:
-                found += await _reverse(conn, inc, frontier, access=access)
+                found += await _reverse(conn, inc, frontier, access=access, rows=rows)
         frontier = []
         for item in found:
             key = (item.resource_type, item.id)
             if key in seen:
                 continue
             seen.add(key)
-            if len(page.included) >= MAX_INCLUDES:
+            if len(page.included) >= limit:
                 page.issues.append(
                     Issue(
                         "warning",
                         "too-costly",
-                        f"More than {MAX_INCLUDES} resources were to be included; the rest were "
-                        "left out. Use a smaller _count.",
+                        f"More than {limit} resources were to be included; the rest were left "
+                        "out (limit HANDOFF_SEARCH_MAX_INCLUDED). Use a smaller _count.",
                     )
                 )
                 return
@@ -323,6 +330,7 @@ async def _forward(
     *,
     access: AccessFilter,
     base_url: str | None,
+    rows: int,
 ) -> list[StoredResource]:
     wanted: dict[str, set[str]] = {}
     for src in sources:
@@ -347,7 +355,7 @@ async def _forward(
             resource_t.c.deleted.is_(False),
             allowed,
         )
-        out += [_stored(r) for r in (await conn.execute(stmt)).all()]
+        out += [_stored(r) for r in (await conn.execute(stmt.limit(rows))).all()]
     return out
 
 
@@ -357,6 +365,7 @@ async def _reverse(
     targets: list[StoredResource],
     *,
     access: AccessFilter,
+    rows: int,
 ) -> list[StoredResource]:
     refs = sorted({f"{t.resource_type}/{t.id}" for t in targets})
     if inc.target_type:
@@ -380,7 +389,7 @@ async def _reverse(
         .exists(),
         allowed,
     )
-    return [_stored(r) for r in (await conn.execute(stmt)).all()]
+    return [_stored(r) for r in (await conn.execute(stmt.limit(rows))).all()]
 
 
 # --- change feed ----------------------------------------------------------------------------

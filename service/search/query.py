@@ -83,6 +83,23 @@ class Include:
         )
 
 
+@dataclass(frozen=True)
+class SearchLimits:
+    """What one search may ask for (``HANDOFF_SEARCH_*``; the defaults are the settings').
+
+    PostgreSQL plans a search with n criteria in time that grows much faster than n (each is a
+    semi-join): 100 distinct criteria took ~1 s to plan, 20 take milliseconds."""
+
+    max_params: int = 30  # distinct name=value pairs, result parameters included
+    max_repeats: int = 5  # distinct criteria on one parameter
+    max_values: int = 100  # comma-separated values of one parameter
+    max_includes: int = 12  # _include and _revinclude, wildcards expanded
+    max_included: int = 1000  # resources one page includes (the rest are left out, with a warning)
+
+
+DEFAULT_LIMITS = SearchLimits()
+
+
 @dataclass
 class SearchRequest:
     resource_type: str
@@ -97,6 +114,7 @@ class SearchRequest:
     page: str | None = None
     cursor: str | None = None
     ignored: list[str] = field(default_factory=list)  # unknown/unsupported, lenient mode only
+    max_included: int = DEFAULT_LIMITS.max_included
 
     def canonical_params(self) -> list[tuple[str, str]]:
         """The parameters actually applied (the ``self`` link echoes them)."""
@@ -131,11 +149,30 @@ def parse_search(
     strict: bool,
     default_count: int,
     max_count: int,
+    limits: SearchLimits = DEFAULT_LIMITS,
 ) -> SearchRequest:
-    """Validate and parse search parameters; malformed values are 400 in both modes."""
-    request = SearchRequest(resource_type=resource_type, count=default_count)
+    """Validate and parse search parameters; malformed values are 400 in both modes, and so is
+    a search over ``limits``.
+
+    A parameter repeated with the same value is one parameter (``status=requested`` sent 400
+    times costs one criterion), as is a criterion whose values are another's in another order:
+    the repeats are dropped before anything is parsed or any SQL built (the last occurrence
+    stays, so a repeated result parameter keeps its last value)."""
+    request = SearchRequest(
+        resource_type=resource_type, count=default_count, max_included=limits.max_included
+    )
     known = params_for(resource_type)
     problems: list[Issue] = []
+    params = list(dict.fromkeys(reversed([(k, v) for k, v in params if v != ""])))[::-1]
+    if len(params) > limits.max_params:
+        raise _too_costly(
+            f"This search has {len(params)} distinct parameters; the limit is "
+            f"{limits.max_params} (HANDOFF_SEARCH_MAX_PARAMS). List alternatives of one "
+            "parameter in one value (status=requested,accepted) or split the search",
+            "request",
+        )
+    seen: set[tuple[str, str | None, frozenset[str]]] = set()
+    repeats: dict[str, int] = {}
 
     def unsupported(text: str, name: str) -> None:
         if strict:
@@ -165,22 +202,69 @@ def parse_search(
                 else:
                     unsupported(f"Modifier ':{mod}' is not supported on '{name}'", raw_name)
                     continue
-            values = tuple(v for v in _split_or(raw_value))
+            values = tuple(dict.fromkeys(_split_or(raw_value)))
             if not values:
                 raise _bad(
                     f"Search parameter '{raw_name}' has no value between its commas", raw_name
                 )
+            if len(values) > limits.max_values:
+                raise _too_costly(
+                    f"Search parameter '{raw_name}' lists {len(values)} values; the limit is "
+                    f"{limits.max_values} (HANDOFF_SEARCH_MAX_VALUES): split the search",
+                    raw_name,
+                )
+            key = (param.name, mod, frozenset(values))
+            if key in seen:
+                continue  # the same criterion again, its values in another order
+            seen.add(key)
             for value in values:
                 _check_value(param, mod, value, raw_name)
             request.criteria.append(Criterion(param=param, modifier=mod, values=values))
+            repeats[param.name] = repeats.get(param.name, 0) + 1
         except InvalidRequestError as exc:
             problems.extend(exc.issues)
+    problems.extend(_over_limits(request, repeats, limits))
     if request.cursor is not None:
         _drop_what_a_feed_cannot_apply(request, unsupported)
     if problems:
         status_error = InvalidRequestError(problems[0].diagnostics, issues=problems)
         raise status_error
     return request
+
+
+def _too_costly(message: str, name: str) -> InvalidRequestError:
+    return InvalidRequestError(message, issues=[Issue("error", "too-costly", message, (name,))])
+
+
+def _over_limits(
+    request: SearchRequest, repeats: dict[str, int], limits: SearchLimits
+) -> list[Issue]:
+    """What the parsed search asks beyond ``limits``, as issues naming each limit's setting."""
+    issues: list[Issue] = []
+    for name, times in repeats.items():
+        if times > limits.max_repeats:
+            issues.extend(
+                _too_costly(
+                    f"Search parameter '{name}' is given {times} times with different values; "
+                    f"the limit is {limits.max_repeats} (HANDOFF_SEARCH_MAX_REPEATS). A repeated "
+                    "parameter must match every value: list alternatives in one value instead "
+                    f"({name}=a,b)",
+                    name,
+                ).issues
+            )
+    request.includes = list(dict.fromkeys(request.includes))
+    request.revincludes = list(dict.fromkeys(request.revincludes))
+    includes = len(request.includes) + len(request.revincludes)
+    if includes > limits.max_includes:
+        issues.extend(
+            _too_costly(
+                f"This search asks for {includes} _include and _revinclude paths (wildcards "
+                f"count each parameter they stand for); the limit is {limits.max_includes} "
+                "(HANDOFF_SEARCH_MAX_INCLUDES): name the paths you need",
+                "_include",
+            ).issues
+        )
+    return issues
 
 
 def _drop_what_a_feed_cannot_apply(

@@ -3,6 +3,11 @@
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is durable against a process crash
 but the last commits can be lost on power failure. That is the documented trade-off of the
 embedded default; production runs on PostgreSQL.
+
+Every statement runs under ``HANDOFF_DB_STATEMENT_TIMEOUT_MS``: PostgreSQL's own
+``statement_timeout``, set for each connection as it opens; on SQLite a progress handler that
+interrupts a statement past its deadline. ``cost_refusal`` tells such a stop (and a statement
+the database refuses for its size) from an outage.
 """
 
 from __future__ import annotations
@@ -10,15 +15,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from service.settings import Settings
 
@@ -30,6 +36,7 @@ def _json_dumps(value: Any) -> str:
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
+    timeout_ms = settings.db_statement_timeout_ms
     if settings.is_sqlite:
         engine = create_async_engine(
             settings.database_url,
@@ -38,7 +45,12 @@ def create_engine(settings: Settings) -> AsyncEngine:
             connect_args={"timeout": 30},
         )
         _configure_sqlite(engine)
+        if timeout_ms:
+            _sqlite_statement_timeout(engine, timeout_ms / 1000)
         return engine
+    # A startup parameter of each connection: no statement of it, on SQLAlchemy's side or on
+    # the asyncpg connection itself (storage.driver), runs longer, and it costs no round trip.
+    server_settings = {"statement_timeout": str(timeout_ms)} if timeout_ms else {}
     engine = create_async_engine(
         settings.database_url,
         json_serializer=_json_dumps,
@@ -46,6 +58,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
+        connect_args={"server_settings": server_settings},
     )
     _ping_idle_connections(engine, after_idle=settings.db_ping_after_idle)
     return engine
@@ -109,6 +122,89 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+_DEADLINE = "handoff.deadline"
+# SQLite calls the progress handler every this many virtual machine steps (~15M a second on
+# this machine): a statement stops within a few tens of milliseconds past its deadline, and the
+# handler, which must take Python's GIL from the event loop, runs rarely.
+_PROGRESS_STEPS = 1_000_000
+
+
+class _Deadline:
+    """When the statement running on one SQLite connection must stop (None: none running)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def passed(self) -> int:
+        """The progress handler: non-zero interrupts the statement (SQLITE_INTERRUPT)."""
+        at = self.at
+        return 1 if at is not None and time.monotonic() > at else 0
+
+
+def _sqlite_statement_timeout(engine: AsyncEngine, seconds: float) -> None:
+    """Each statement gets a deadline as it starts, cleared when it ends: COMMIT, which
+    SQLAlchemy sends outside any statement, and the time between statements never count."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _install(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        deadline = record.info[_DEADLINE] = _Deadline()
+        aiosqlite_connection: Any = record.driver_connection
+        await_only(aiosqlite_connection.set_progress_handler(deadline.passed, _PROGRESS_STEPS))
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _start(conn: Connection, *_args: Any) -> None:
+        deadline: _Deadline | None = conn.info.get(_DEADLINE)
+        if deadline is not None:
+            deadline.at = time.monotonic() + seconds
+
+    @event.listens_for(engine.sync_engine, "after_cursor_execute")
+    def _end(conn: Connection, *_args: Any) -> None:
+        deadline: _Deadline | None = conn.info.get(_DEADLINE)
+        if deadline is not None:
+            deadline.at = None
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _failed(context: Any) -> None:
+        conn = context.connection
+        deadline = conn.info.get(_DEADLINE) if conn is not None else None
+        if deadline is not None:
+            deadline.at = None
+
+
+# How each database says it stopped a statement for what the statement asked (see cost_refusal).
+_PG_CANCELED = "57014"  # query_canceled: the statement timeout, or a cancel request
+_PG_LIMITS = "54"  # program_limit_exceeded: statement too complex, too many arguments...
+_SQLITE_SIZE = (
+    "too many SQL variables",
+    "Expression tree is too large",
+    "too many terms in compound SELECT",
+    "parser stack overflow",
+    "too many arguments on function",
+)
+
+
+def cost_refusal(exc: BaseException) -> Literal["timeout", "size"] | None:
+    """Why the database stopped a statement because of what it asked: ``timeout``, it ran
+    past the statement timeout; ``size``, it passed a limit on a statement's size or
+    complexity. None for anything else (an outage, a bug)."""
+    orig: Any = exc.orig if isinstance(exc, DBAPIError) else exc  # asyncpg's, raised directly
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        if sqlstate == _PG_CANCELED:
+            # Not an operator's pg_cancel_backend, nor a client's cancel: those are no verdict
+            # on what the statement asked.
+            return "timeout" if "statement timeout" in str(orig) else None
+        return "size" if sqlstate.startswith(_PG_LIMITS) else None
+    name = getattr(orig, "sqlite_errorname", None)
+    if name == "SQLITE_INTERRUPT":  # only the deadline interrupts a statement here
+        return "timeout"
+    if name == "SQLITE_TOOBIG" or (name == "SQLITE_ERROR" and str(orig).startswith(_SQLITE_SIZE)):
+        return "size"
+    return None
+
+
 _KNOWN_ROWS = "handoff.known_rows"
 
 
@@ -125,7 +221,7 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
             async with conn.begin():
                 yield conn
         finally:
-            conn.info.pop(_KNOWN_ROWS, None)
+            _forget(conn, _KNOWN_ROWS)
 
 
 @asynccontextmanager
@@ -184,6 +280,15 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
             try:
                 yield conn
             finally:
-                conn.info.pop(DRIVER_READS, None)
+                _forget(conn, DRIVER_READS)
             return
         yield conn
+
+
+def _forget(conn: AsyncConnection, key: str) -> None:
+    """Drop ``key`` from the pooled connection's ``info``. A connection SQLAlchemy invalidated
+    (a statement interrupted: its request cancelled when the client went away) is discarded
+    with its ``info``, and asking for it would raise instead of letting the interruption
+    through."""
+    if not conn.invalidated:
+        conn.info.pop(key, None)

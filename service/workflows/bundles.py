@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.errors import InvalidRequestError, Issue, ServiceError
+from service.errors import InvalidRequestError, Issue, PayloadTooLargeError, ServiceError
 from service.fhir.outcome import operation_outcome
 from service.fhir.resource import new_id
 from service.fhir.validate import validate_resource
@@ -59,6 +59,33 @@ class EntryResult:
             response["outcome"] = self.outcome
         entry["response"] = response
         return entry
+
+
+@dataclass
+class _SearchBudget:
+    """The resources the searches of one Bundle may still return: together, at most what one
+    search page may (HANDOFF_MAX_PAGE_SIZE). Without it a batch of 300 searches of 1000
+    resources each answered 300,000 resources (~27 s)."""
+
+    limit: int
+    returned: int = 0
+
+    def count_for(self, wanted: int) -> int:
+        if self.returned >= self.limit:
+            raise self._spent()
+        return min(wanted, self.limit - self.returned)
+
+    def spend(self, returned: int, *, cut_short: bool) -> None:
+        if cut_short:  # the page would have held more, had the budget allowed
+            raise self._spent()
+        self.returned += returned
+
+    def _spent(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"The searches of one Bundle return at most {self.limit} resources together "
+            "(HANDOFF_MAX_PAGE_SIZE), and this one would pass that: ask for fewer with _count, "
+            "or search in a request of its own (whose next links page through the rest)"
+        )
 
 
 def _patch_document(resource: Any) -> Any:
@@ -157,7 +184,12 @@ def _stored_result(stored: Any, status: str, base_url: str, *, location: bool) -
 
 
 async def _run_entry(
-    conn: AsyncConnection, ctx: WorkflowContext, entry: dict[str, Any], *, validated: bool
+    conn: AsyncConnection,
+    ctx: WorkflowContext,
+    entry: dict[str, Any],
+    *,
+    validated: bool,
+    budget: _SearchBudget,
 ) -> EntryResult:
     request = entry["request"]
     method = request["method"]
@@ -214,7 +246,12 @@ async def _run_entry(
     # GET / HEAD: read, vread or search
     if len(path) == 1:
         search = wf.parse_search_params(ctx, path[0], parse_qsl(query), strict=False)
+        wanted = search.count
+        search.count = budget.count_for(wanted)
         page = await wf.search_in(conn, ctx, search)
+        budget.spend(
+            len(page.matches), cut_short=search.count < wanted and page.next_page is not None
+        )
         bundle_body = {
             "resourceType": "Bundle",
             "type": "searchset",
@@ -241,6 +278,7 @@ async def process_bundle(
     ctx: WorkflowContext, body: Any, *, idempotency_key: str | None = None
 ) -> dict[str, Any]:
     idempotency.check_key(idempotency_key)
+    _check_size(body, ctx.settings.bundle_max_entries)
     kind, entries = _check_bundle(body)
     if kind == "batch":
         if idempotency_key is not None:
@@ -274,6 +312,24 @@ async def process_bundle(
     return again
 
 
+def _check_size(body: Any, limit: int) -> None:
+    """Refuse a Bundle of more entries than ``limit`` before looking into any of them: its
+    entries run one after another on one connection, so their number is its cost."""
+    entries = body.get("entry") if isinstance(body, dict) else None
+    if not isinstance(entries, list) or len(entries) <= limit:
+        return
+    split = (
+        "split it into several transactions (each is all or nothing on its own)"
+        if body.get("type") == "transaction"
+        else "split it into several batches"
+    )
+    raise PayloadTooLargeError(
+        f"This Bundle has {len(entries)} entries; the limit is {limit} "
+        f"(HANDOFF_BUNDLE_MAX_ENTRIES): {split}",
+        expression=["Bundle.entry"],
+    )
+
+
 def _versions_written(response: dict[str, Any]) -> list[tuple[str, str, int]]:
     """(type, id, version) of each entry of a transaction response, from its ``location``:
     what a replay shows again when its response was kept without them (before migration
@@ -292,6 +348,7 @@ async def _transaction(
 ) -> dict[str, Any]:
     prepared = [dict(e) for e in entries]
     results: dict[int, EntryResult] = {}
+    budget = _SearchBudget(ctx.settings.max_page_size)
     # Give POST entries their ids first (or the id of the resource a conditional create
     # matches), so urn:uuid references resolve whatever the order of the entries.
     mapping: dict[str, str] = {}
@@ -331,7 +388,9 @@ async def _transaction(
             results[i] = _stored_result(entry["_existing"], "200 OK", ctx.base_url, location=False)
             continue
         entry["request"] = {k: v for k, v in entry["request"].items() if k != "ifNoneExist"}
-        results[i] = await _positioned(i, _run_entry(conn, ctx, entry, validated=True))
+        results[i] = await _positioned(
+            i, _run_entry(conn, ctx, entry, validated=True, budget=budget)
+        )
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
@@ -358,14 +417,15 @@ async def _positioned(index: int, awaitable: Awaitable[T]) -> T:
 
 async def _batch(ctx: WorkflowContext, entries: list[dict[str, Any]]) -> dict[str, Any]:
     out: list[dict[str, Any]] = []
+    budget = _SearchBudget(ctx.settings.max_page_size)
     for entry in entries:
         try:
             if entry["request"]["method"] in ("GET", "HEAD"):
                 async with read_connection(ctx.engine) as conn:
-                    result = await _run_entry(conn, ctx, entry, validated=False)
+                    result = await _run_entry(conn, ctx, entry, validated=False, budget=budget)
             else:
                 async with write_transaction(ctx.engine) as conn:
-                    result = await _run_entry(conn, ctx, entry, validated=False)
+                    result = await _run_entry(conn, ctx, entry, validated=False, budget=budget)
         except ServiceError as exc:
             result = EntryResult(
                 status=f"{exc.status}",

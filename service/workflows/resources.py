@@ -38,7 +38,8 @@ from service.fhir.resource import ID_RE, new_id, now_ms, stamp
 from service.fhir.validate import validate_resource
 from service.search.execute import CURRENT_COLS, SearchPage, history_feed, run_search
 from service.search.extract import extract_index
-from service.search.query import SearchRequest, parse_search
+from service.search.query import SearchLimits, SearchRequest, parse_search
+from service.settings import Settings
 from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
 from service.storage.repository import StoredResource
@@ -348,6 +349,17 @@ def parse_search_params(
         strict=strict,
         default_count=ctx.settings.default_page_size,
         max_count=ctx.settings.max_page_size,
+        limits=search_limits(ctx.settings),
+    )
+
+
+def search_limits(settings: Settings) -> SearchLimits:
+    return SearchLimits(
+        max_params=settings.search_max_params,
+        max_repeats=settings.search_max_repeats,
+        max_values=settings.search_max_values,
+        max_includes=settings.search_max_includes,
+        max_included=settings.search_max_included,
     )
 
 

@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.storage.repository import index_t
 
-# Answered before any handler could know who asked or what (routing, negotiation, body limit):
-# nothing was accessed, so there is nothing to audit.
-NOT_ROUTED = {405, 406, 413, 415}
+# Answered before any handler could know who asked or what (routing, negotiation, URL, header
+# and body limits): nothing was accessed, so there is nothing to audit.
+NOT_ROUTED = {405, 406, 413, 414, 415, 431}
 PUBLIC = ("/fhir/metadata", "/fhir/.well-known", "/auth/", "/docs", "/openapi.json")
 
 

@@ -364,6 +364,8 @@ def test_retention_and_limits_only_when_set(render: Render) -> None:
         "HANDOFF_IDEMPOTENCY_RETENTION_HOURS",
         "HANDOFF_NALOXONE_MAX_QUANTITY",
         "HANDOFF_WORKLIST_MAX_REFERRALS",
+        "HANDOFF_DB_STATEMENT_TIMEOUT_MS",
+        "HANDOFF_MAX_CONCURRENT_PER_CLIENT",
     } & set(defaults)  # the app's defaults apply
     config = _config(
         render(
@@ -372,6 +374,8 @@ def test_retention_and_limits_only_when_set(render: Render) -> None:
                     "idempotencyRetentionHours": 72,
                     "naloxoneMaxQuantity": 20,
                     "worklistMaxReferrals": 500,
+                    "statementTimeoutMs": 0,
+                    "maxConcurrentPerClient": 4,
                 }
             }
         )
@@ -379,6 +383,8 @@ def test_retention_and_limits_only_when_set(render: Render) -> None:
     assert config["HANDOFF_IDEMPOTENCY_RETENTION_HOURS"] == "72"
     assert config["HANDOFF_NALOXONE_MAX_QUANTITY"] == "20"
     assert config["HANDOFF_WORKLIST_MAX_REFERRALS"] == "500"
+    assert config["HANDOFF_DB_STATEMENT_TIMEOUT_MS"] == "0"  # no limit, as set
+    assert config["HANDOFF_MAX_CONCURRENT_PER_CLIENT"] == "4"
 
 
 def test_production_settings(production_manifests: list[Manifest]) -> None:
@@ -389,6 +395,7 @@ def test_production_settings(production_manifests: list[Manifest]) -> None:
     assert config["HANDOFF_DB_POOL_SIZE"] == "8"
     assert config["HANDOFF_MAX_BODY_BYTES"] == "10485760"
     assert config["HANDOFF_TRUSTED_PROXIES"] == "*"
+    assert config["HANDOFF_DB_STATEMENT_TIMEOUT_MS"] == "15000"
     assert config["HANDOFF_AUTH_ISSUER"] == "https://idp.example.org/realms/handoff"
     assert config["HANDOFF_AUTH_JWKS_URL"] == (
         "https://idp.example.org/realms/handoff/protocol/openid-connect/certs"
@@ -486,7 +493,39 @@ def test_ingress_routes_to_the_service_with_tls(production_manifests: list[Manif
         "name": service["metadata"]["name"],
         "port": {"number": service["spec"]["ports"][0]["port"]},
     }
-    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    assert ingress["metadata"]["annotations"] == {
+        "cert-manager.io/cluster-issuer": "letsencrypt",
+        "nginx.ingress.kubernetes.io/limit-rps": "50",
+        "nginx.ingress.kubernetes.io/limit-burst-multiplier": "5",
+        "nginx.ingress.kubernetes.io/limit-connections": "20",
+    }
+
+
+def test_ingress_rate_limits_only_when_set(render: Render) -> None:
+    ingress = {"enabled": True, "annotations": {"example.org/team": "care"}}
+    plain = _one(render({"ingress": ingress}), "Ingress")
+    assert plain["metadata"]["annotations"] == {"example.org/team": "care"}
+    bare = _one(render({"ingress": {"enabled": True}}), "Ingress")
+    assert "annotations" not in bare["metadata"]
+    connections = _one(
+        render({"ingress": {**ingress, "rateLimit": {"connections": 10}}}), "Ingress"
+    )
+    assert connections["metadata"]["annotations"] == {
+        "example.org/team": "care",
+        "nginx.ingress.kubernetes.io/limit-connections": "10",
+    }
+    # An annotation given by hand wins over the one rateLimit would write.
+    annotations = {"nginx.ingress.kubernetes.io/limit-rps": "7"}
+    chosen = _one(
+        render(
+            {"ingress": {"enabled": True, "annotations": annotations, "rateLimit": {"rps": 50}}}
+        ),
+        "Ingress",
+    )
+    assert chosen["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/limit-rps": "7",
+        "nginx.ingress.kubernetes.io/limit-burst-multiplier": "5",
+    }
 
 
 def test_hpa_absent_by_default_and_owns_replicas_when_enabled(
@@ -621,6 +660,10 @@ def test_migrations_can_be_disabled(render: Render) -> None:
         ({"config": {"idempotencyRetentionHours": 0}}, "/config/idempotencyRetentionHours"),
         ({"config": {"naloxoneMaxQuantity": 0}}, "/config/naloxoneMaxQuantity"),
         ({"config": {"worklistMaxReferrals": 0}}, "/config/worklistMaxReferrals"),
+        ({"config": {"statementTimeoutMs": -1}}, "/config/statementTimeoutMs"),
+        ({"config": {"maxConcurrentPerClient": 0}}, "/config/maxConcurrentPerClient"),
+        ({"ingress": {"rateLimit": {"rps": -1}}}, "/ingress/rateLimit/rps"),
+        ({"ingress": {"rateLimit": {"perMinute": 5}}}, "perMinute"),
     ],
 )
 def test_schema_rejects_bad_values(

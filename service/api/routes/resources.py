@@ -74,6 +74,7 @@ FHIR_ERRORS: dict[int | str, dict[str, Any]] = {
         413: "Body too large",
         415: "Only application/fhir+json (or application/json) bodies are accepted",
         422: "Business rule violated",
+        429: "This client has too many requests in progress; retry after Retry-After",
         503: "Database unavailable; retry later",
     }.items()
 }

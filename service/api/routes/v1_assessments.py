@@ -41,6 +41,7 @@ V1_ERRORS: dict[int | str, dict[str, Any]] = {
         404: "Not found (or not visible to this client)",
         415: "The body is not declared as JSON (Content-Type: application/json)",
         422: "The request has problems; the OperationOutcome lists every one",
+        429: "This client has too many requests in progress; retry after Retry-After",
     }.items()
 }
 
