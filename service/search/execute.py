@@ -260,9 +260,10 @@ def _from_token(value: Any, key: str) -> Any:
         return value
     try:
         parsed = datetime.fromisoformat(str(value).replace(" ", "T"))
-    except ValueError as exc:
+        # The server writes UTC; another offset could leave the calendar (year 0 or 10000).
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
         raise InvalidRequestError("_page token is damaged", expression=["_page"]) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 # --- includes -------------------------------------------------------------------------------

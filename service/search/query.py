@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 
 from service.errors import InvalidRequestError, Issue
-from service.search.dates import parse_range
+from service.search.dates import parse_range, shifted
 from service.search.extract import normalize_string, relative_reference
 from service.search.params import BY_TYPE, SearchParam, can_target, params_for
 from service.storage.repository import index_t, probe_type, resource_t
@@ -383,7 +383,7 @@ def _date_condition(
     from datetime import UTC
 
     margin = max(abs(datetime.now(UTC) - s_low) / 10, timedelta(days=1))
-    return and_(low_col <= s_high + margin, high_col >= s_low - margin)
+    return and_(low_col <= shifted(s_high, margin), high_col >= shifted(s_low, -margin))
 
 
 def value_condition(

@@ -1,0 +1,197 @@
+"""Values at the edges of R4's ranges, valid and not: valid ones are stored and found, invalid
+ones are refused with a 400/404 that names them, and none of them gets a 5xx (issue #22)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.api.test_errors import assert_outcome
+from tests.builders import FHIR_JSON, organization, patient, task
+
+LAST_DAY = "9999-12-31"  # calendar: fixed (the last day R4 can write)
+
+
+async def _create(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    r = await client.post(f"/fhir/{body['resourceType']}", json=body, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    created: dict[str, Any] = r.json()
+    return created
+
+
+async def _found(client: httpx.AsyncClient, path: str, params: dict[str, str]) -> list[str]:
+    r = await client.get(path, params=params)
+    assert r.status_code == 200, r.text
+    return [e["resource"]["id"] for e in r.json().get("entry", [])]
+
+
+def _observation(**value: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, **value}
+
+
+def _token(payload: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
+
+
+# --- dates at the ends of the calendar -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"authored-on": "gt9999-12-31"},  # calendar: fixed
+        {"authored-on": "ge9999"},
+        {"authored-on": "ap9999-12-31"},  # calendar: fixed
+        {"authored-on": "sa9999-12-31T23:59:59-12:00"},  # calendar: fixed
+        {"authored-on": "lt0001-01-01T00:00:00+14:00"},
+        {"authored-on": "ap0001-01-01"},
+        {"_lastUpdated": "gt9999-12-31T23:59:59Z"},  # calendar: fixed
+        {"_lastUpdated": "gt9999-12-31T23:59:59.999999-12:00"},  # calendar: fixed
+        {"_lastUpdated": "lt0001-01-01T00:00:00+14:00"},
+    ],
+)
+async def test_searches_at_the_ends_of_the_calendar_find_nothing(
+    client: httpx.AsyncClient, params: dict[str, str]
+) -> None:
+    await _create(client, task())
+    assert await _found(client, "/fhir/Task", params) == []
+
+
+@pytest.mark.parametrize(
+    "since",
+    ["9999-12-31T23:59:59Z", "9999-12-31T23:59:59-12:00"],  # calendar: fixed
+)
+async def test_history_since_the_end_of_the_calendar_is_empty(
+    client: httpx.AsyncClient, since: str
+) -> None:
+    created = await _create(client, patient())
+    for path in ("Patient/_history", "_history", f"Patient/{created['id']}/_history"):
+        r = await client.get(f"/fhir/{path}", params={"_since": since})
+        assert r.status_code == 200, r.text
+        assert r.json().get("entry", []) == [], path
+
+
+async def test_history_since_year_one_lists_everything(client: httpx.AsyncClient) -> None:
+    created = await _create(client, patient())
+    since = {"_since": "0001-01-01T00:00:00+14:00"}
+    r = await client.get(f"/fhir/Patient/{created['id']}/_history", params=since)
+    assert r.status_code == 200, r.text
+    assert [e["resource"]["id"] for e in r.json()["entry"]] == [created["id"]]
+    # (Type history shows a version once older transactions end: on a shared PostgreSQL, not
+    # necessarily yet.)
+    assert (await client.get("/fhir/Patient/_history", params=since)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("birth_date", "searches"),
+    [
+        (
+            LAST_DAY,
+            ["9999-12-31", "9999", "9999-12", "gt9999-12-30", "ge9999-12-31"],  # calendar: fixed
+        ),
+        ("9999", ["9999", "ge9999-01-01", "le9999-12-31"]),  # calendar: fixed
+        ("0001-01-01", ["0001-01-01", "0001", "lt0001-01-02", "le0001-01-01"]),
+        ("0001", ["0001", "eq0001"]),
+    ],
+)
+async def test_birth_dates_at_the_ends_of_the_calendar_are_stored_and_found(
+    client: httpx.AsyncClient, birth_date: str, searches: list[str]
+) -> None:
+    created = await _create(client, dict(patient(), birthDate=birth_date))
+    read = (await client.get(f"/fhir/Patient/{created['id']}")).json()
+    assert read["birthDate"] == birth_date
+    for value in searches:
+        assert await _found(client, "/fhir/Patient", {"birthdate": value}) == [created["id"]], value
+    assert await _found(client, "/fhir/Patient", {"birthdate": "2000"}) == []
+
+
+@pytest.mark.parametrize(
+    ("when", "searches", "misses"),
+    [
+        # Its UTC instant is 0000-12-31T10:00Z, before the first stored instant: it is kept as
+        # sent and indexed as 0001-01-01T00:00Z, the nearest instant the databases hold.
+        (
+            "0001-01-01T00:00:00+14:00",
+            ["0001-01-01T00:00:00+14:00", "0001", "lt0001-01-02"],
+            ["gt0001-01-01"],
+        ),
+        (
+            "9999-12-31T23:59:59-12:00",  # calendar: fixed
+            ["9999-12-31T23:59:59-12:00", "9999", "gt9999-12-30"],  # calendar: fixed
+            ["lt9999-12-31"],  # calendar: fixed
+        ),
+        ("2016-12-31T23:59:60Z", ["2016-12-31", "2016-12-31T23:59:60Z"], ["2017"]),
+    ],
+)
+async def test_date_times_whose_utc_instant_leaves_the_calendar_are_stored_and_found(
+    client: httpx.AsyncClient, when: str, searches: list[str], misses: list[str]
+) -> None:
+    created = await _create(client, _observation(effectiveDateTime=when))
+    read = (await client.get(f"/fhir/Observation/{created['id']}")).json()
+    assert read["effectiveDateTime"] == when
+    for value in searches:
+        assert await _found(client, "/fhir/Observation", {"date": value}) == [created["id"]], value
+    for value in misses:
+        assert await _found(client, "/fhir/Observation", {"date": value}) == [], value
+
+
+async def test_an_open_ended_consent_to_9999_is_stored_and_found(
+    client: httpx.AsyncClient,
+) -> None:
+    org = await _create(client, organization())
+    person = await _create(client, patient())
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{person['id']}"},
+        "provision": {
+            "type": "permit",
+            "period": {"start": "2020-01-01", "end": LAST_DAY},
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                "code": "IRCP",
+                            }
+                        ]
+                    },
+                    "reference": {"reference": f"Organization/{org['id']}"},
+                }
+            ],
+        },
+    }
+    created = await _create(client, consent)
+    read = (await client.get(f"/fhir/Consent/{created['id']}")).json()
+    assert read["provision"]["period"]["end"] == LAST_DAY
+    for value in ("ge9999-12-31", "gt2999", "ge9999-12-31T23:59:59Z", "sa2019"):  # calendar: fixed
+        assert await _found(client, "/fhir/Consent", {"period": value}) == [created["id"]], value
+    assert await _found(client, "/fhir/Consent", {"period": "eb2020"}) == []
+
+
+async def test_search_page_token_with_a_date_out_of_the_calendar_is_400(
+    client: httpx.AsyncClient,
+) -> None:
+    """A _page token's dates come back from the client: one whose UTC instant is in year 0
+    is a damaged token, not a crash."""
+    for i in range(3):
+        await _create(client, patient(booking=f"B-{i}"))
+    r = await client.get("/fhir/Patient", params={"_sort": "birthdate", "_count": "1"})
+    assert r.status_code == 200, r.text
+    damaged = _token(["f", "0001-01-01T00:00:00+14:00", "some-id"])
+    r = await client.get("/fhir/Patient", params={"_sort": "birthdate", "_page": damaged})
+    assert assert_outcome(r, 400)["issue"][0]["expression"] == ["_page"]
