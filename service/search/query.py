@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 
 from service.errors import InvalidRequestError, Issue
+from service.fhir.primitives import INTEGER_MAX, unsigned_int
 from service.search.dates import parse_range, shifted
 from service.search.extract import normalize_string, relative_reference
 from service.search.params import BY_TYPE, SearchParam, can_target, params_for
@@ -262,9 +263,10 @@ def _parse_result_param(
     request: SearchRequest, name: str, modifier: str, value: str, *, max_count: int
 ) -> None:
     if name == "_count":
-        if not value.isdigit():
-            raise _bad(f"_count must be a non-negative integer, not '{value}'", name)
-        request.count = min(int(value), max_count)
+        count = unsigned_int(value)
+        if count is None:
+            raise _bad(f"_count must be an integer from 0 to {INTEGER_MAX}, not '{value}'", name)
+        request.count = min(count, max_count)
     elif name == "_sort":
         request.sort = []
         for key in _split_or(value):

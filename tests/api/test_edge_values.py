@@ -4,6 +4,7 @@ ones are refused with a 400/404 that names them, and none of them gets a 5xx (is
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import httpx
@@ -195,3 +196,95 @@ async def test_search_page_token_with_a_date_out_of_the_calendar_is_400(
     damaged = _token(["f", "0001-01-01T00:00:00+14:00", "some-id"])
     r = await client.get("/fhir/Patient", params={"_sort": "birthdate", "_page": damaged})
     assert assert_outcome(r, 400)["issue"][0]["expression"] == ["_page"]
+
+
+# --- integers in URLs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        "³",  # str.isdigit() and int() take it; R4 integers are ASCII [0-9]
+        "٣",  # Arabic-Indic three: int() reads it as 3
+        "2147483648",  # past R4's integer (and PostgreSQL's INTEGER column)
+        "99999999999999999999",  # past SQLite's 64-bit integer
+        "9" * 5000,  # past the length int() converts at all
+    ],
+)
+async def test_vread_of_a_version_no_resource_can_have_is_404(
+    client: httpx.AsyncClient, version: str
+) -> None:
+    created = await _create(client, patient())
+    r = await client.get(f"/fhir/Patient/{created['id']}/_history/{version}")
+    body = assert_outcome(r, 404, "not-found")
+    assert "is unknown" in body["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("count", ["²", "٣", "2147483648", "99999999999999999999", "-1", "1.5"])
+@pytest.mark.parametrize("where", ["Patient", "Patient/_history", "_history", "instance"])
+async def test_count_that_is_not_an_r4_integer_is_400(
+    client: httpx.AsyncClient, count: str, where: str
+) -> None:
+    created = await _create(client, patient())
+    path = f"Patient/{created['id']}/_history" if where == "instance" else where
+    r = await client.get(f"/fhir/{path}", params={"_count": count})
+    body = assert_outcome(r, 400, "invalid")
+    assert "_count must be an integer from 0 to 2147483647" in body["issue"][0]["diagnostics"]
+    assert body["issue"][0]["expression"] == ["_count"]
+
+
+async def test_count_at_r4s_limit_is_capped_at_the_page_size(client: httpx.AsyncClient) -> None:
+    await _create(client, patient())
+    for path in ("Patient", "Patient/_history"):
+        r = await client.get(f"/fhir/{path}", params={"_count": "2147483647"})
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("page", ["2147483648", "99999999999999999999", "³", "-1"])
+async def test_instance_history_page_past_any_version_is_400(
+    client: httpx.AsyncClient, page: str
+) -> None:
+    created = await _create(client, patient())
+    r = await client.get(f"/fhir/Patient/{created['id']}/_history", params={"_page": page})
+    body = assert_outcome(r, 400, "invalid")
+    assert body["issue"][0]["expression"] == ["_page"]
+
+
+async def test_instance_history_page_at_r4s_limit_lists_every_version(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await _create(client, patient())
+    r = await client.get(f"/fhir/Patient/{created['id']}/_history", params={"_page": "2147483647"})
+    assert r.status_code == 200, r.text
+    assert [e["resource"]["id"] for e in r.json()["entry"]] == [created["id"]]
+
+
+@pytest.mark.parametrize(
+    "position",
+    [[2**63, 1], [1, 2**63], [-2, 1], [True, 1], [10**30, 1]],
+    ids=["txid-past-bigint", "seq-past-bigint", "before-start", "boolean", "huge"],
+)
+async def test_feed_positions_past_bigint_are_400(
+    client: httpx.AsyncClient, position: list[Any]
+) -> None:
+    # json, not orjson: orjson writes no integer past 64 bits.
+    text = json.dumps(["c", *position])
+    token = base64.urlsafe_b64encode(text.encode()).decode()
+    r = await client.get("/fhir/Task", params={"_cursor": token})
+    assert assert_outcome(r, 400)["issue"][0]["expression"] == ["_cursor"]
+    r = await client.get("/fhir/Task/_history", params={"_page": token})
+    assert assert_outcome(r, 400)["issue"][0]["expression"] == ["_page"]
+
+
+@pytest.mark.parametrize("etag", ['W/"³"', 'W/"2147483648"', 'W/"99999999999999999999"', "W/"])
+async def test_if_match_that_names_no_possible_version_is_400(
+    client: httpx.AsyncClient, etag: str
+) -> None:
+    created = await _create(client, organization())
+    r = await client.put(
+        f"/fhir/Organization/{created['id']}",
+        json=created,
+        headers={**FHIR_JSON, "If-Match": etag.encode()},
+    )
+    body = assert_outcome(r, 400, "invalid")
+    assert body["issue"][0]["expression"] == ["If-Match"]
