@@ -288,3 +288,22 @@ async def test_if_match_that_names_no_possible_version_is_400(
     )
     body = assert_outcome(r, 400, "invalid")
     assert body["issue"][0]["expression"] == ["If-Match"]
+
+
+# --- index widths --------------------------------------------------------------------------
+
+
+async def test_token_systems_and_values_past_the_index_width_are_stored_and_found(
+    client: httpx.AsyncClient,
+) -> None:
+    system = "https://example.org/" + "s" * 300
+    value = "v" * 700
+    body = dict(patient(), identifier=[{"system": system, "value": value}])
+    body["meta"] = {"tag": [{"system": system, "code": "c" * 600}]}
+    created = await _create(client, body)
+    found = await _found(client, "/fhir/Patient", {"identifier": f"{system}|{value}"})
+    assert found == [created["id"]]
+    assert await _found(client, "/fhir/Patient", {"identifier": value}) == [created["id"]]
+    assert await _found(client, "/fhir/Patient", {"_tag": f"{system}|{'c' * 600}"}) == [
+        created["id"]
+    ]
