@@ -679,9 +679,15 @@ async def update_in(
     check_id(resource_id)
     _check_client_writable(ctx, resource_type)
     require_scope(ctx.principal, resource_type, "u")  # SMART: update, and update-as-create
-    if body.get("id") != resource_id:
+    if "id" not in body:  # R4 3.1.0.4: the body of an update SHALL carry the id
         raise InvalidRequestError(
-            f"The body's id ({body.get('id')!r}) must equal the id in the URL ({resource_id!r})",
+            f"The resource in a PUT must have an id, equal to the URL's ({resource_id})",
+            expression=[f"{resource_type}.id"],
+        )
+    if body["id"] != resource_id:
+        raise InvalidRequestError(
+            f"The body's id ({short_repr(body['id'])}) must equal the id in the URL "
+            f"({resource_id})",
             expression=[f"{resource_type}.id"],
         )
     if not validated:

@@ -307,3 +307,15 @@ async def test_token_systems_and_values_past_the_index_width_are_stored_and_foun
     assert await _found(client, "/fhir/Patient", {"_tag": f"{system}|{'c' * 600}"}) == [
         created["id"]
     ]
+
+
+# --- PUT -----------------------------------------------------------------------------------
+
+
+async def test_put_without_an_id_says_the_body_needs_one(client: httpx.AsyncClient) -> None:
+    r = await client.put("/fhir/Patient/new-id", json=patient(), headers=FHIR_JSON)
+    body = assert_outcome(r, 400, "invalid")
+    assert body["issue"][0]["diagnostics"] == (
+        "The resource in a PUT must have an id, equal to the URL's (new-id)"
+    )
+    assert body["issue"][0]["expression"] == ["Patient.id"]
