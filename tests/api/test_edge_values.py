@@ -4,6 +4,7 @@ ones are refused with a 400/404 that names them, and none of them gets a 5xx (is
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from typing import Any
 
@@ -12,7 +13,7 @@ import orjson
 import pytest
 
 from tests.api.test_errors import assert_outcome
-from tests.builders import FHIR_JSON, organization, patient, task
+from tests.builders import FHIR_JSON, organization, patient, task, transaction
 
 LAST_DAY = "9999-12-31"  # calendar: fixed (the last day R4 can write)
 
@@ -319,3 +320,113 @@ async def test_put_without_an_id_says_the_body_needs_one(client: httpx.AsyncClie
         "The resource in a PUT must have an id, equal to the URL's (new-id)"
     )
     assert body["issue"][0]["expression"] == ["Patient.id"]
+
+
+# --- Bundle entries ------------------------------------------------------------------------
+
+
+def _post_entry() -> dict[str, Any]:
+    return {
+        "fullUrl": "urn:uuid:2b4a6f0e-7f1e-4c59-9f57-2f4e6f1c0a11",
+        "resource": patient(),
+        "request": {"method": "POST", "url": "Patient"},
+    }
+
+
+# (where to put what, the element the 400 must name)
+MALFORMED: list[tuple[str, Any, str]] = [
+    ("request.ifNoneExist", {"identifier": "x"}, "request.ifNoneExist"),
+    ("request.ifNoneExist", 7, "request.ifNoneExist"),
+    ("request.ifMatch", 3, "request.ifMatch"),
+    ("request.ifNoneMatch", ["*"], "request.ifNoneMatch"),
+    ("request.ifModifiedSince", True, "request.ifModifiedSince"),
+    ("request.method", "FETCH", "request.method"),
+    ("request.method", ["POST"], "request.method"),
+    ("request.method", {"code": "POST"}, "request.method"),
+    ("request.method", None, "request.method"),
+    ("request.url", 42, "request.url"),
+    ("request.url", "", "request.url"),
+    ("request.url", "http://[::1/Patient", "request.url"),
+    ("request", "POST Patient", "request"),
+    ("request", None, "request"),
+    ("fullUrl", 12, "fullUrl"),
+    ("fullUrl", {"uuid": "x"}, "fullUrl"),
+    ("resource", "a patient", "resource"),
+    ("resource", [patient()], "resource"),
+    ("resource", None, "resource"),
+]
+
+
+def _put(entry: dict[str, Any], where: str, value: Any) -> None:
+    *parents, last = where.split(".")
+    node = entry
+    for key in parents:
+        node = node[key]
+    if value is None:
+        node.pop(last, None)
+    else:
+        node[last] = value
+
+
+@pytest.mark.parametrize("kind", ["transaction", "batch"])
+@pytest.mark.parametrize(("where", "value", "element"), MALFORMED)
+async def test_a_malformed_bundle_entry_is_400_naming_its_element(
+    client: httpx.AsyncClient, kind: str, where: str, value: Any, element: str
+) -> None:
+    entries = [_post_entry() for _ in range(4)]
+    for i, entry in enumerate(entries):
+        entry["fullUrl"] = entry["fullUrl"][:-1] + str(i)
+    _put(entries[3], where, copy.deepcopy(value))
+    bundle = dict(transaction(entries), type=kind)
+    r = await client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    body = assert_outcome(r, 400)
+    issue = body["issue"][0]
+    assert issue["expression"] == [f"Bundle.entry[3].{element}"]
+    assert issue["diagnostics"].startswith(f"Bundle.entry[3].{element} ")
+    assert await _found(client, "/fhir/Patient", {}) == []  # nothing written
+
+
+async def test_every_malformed_element_of_a_bundle_is_reported_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    bad = _post_entry()
+    bad["request"]["ifNoneExist"] = 1
+    bad["fullUrl"] = 2
+    r = await client.post(
+        "/fhir", json=transaction([_post_entry(), bad, "not an entry"]), headers=FHIR_JSON
+    )
+    body = assert_outcome(r, 400)
+    assert [i["expression"] for i in body["issue"]] == [
+        ["Bundle.entry[1].fullUrl"],
+        ["Bundle.entry[1].request.ifNoneExist"],
+        ["Bundle.entry[2]"],
+    ]
+
+
+async def test_bundle_if_match_naming_no_possible_version_is_400(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await _create(client, organization())
+    entry = {
+        "resource": created,
+        "request": {
+            "method": "PUT",
+            "url": f"Organization/{created['id']}",
+            "ifMatch": 'W/"99999999999"',
+        },
+    }
+    r = await client.post("/fhir", json=transaction([entry]), headers=FHIR_JSON)
+    issue = assert_outcome(r, 400)["issue"][0]
+    assert "request.ifMatch must be a version ETag" in issue["diagnostics"]
+
+
+async def test_bundle_vread_of_a_version_past_r4s_integer_is_404(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await _create(client, organization())
+    entry = {
+        "request": {"method": "GET", "url": f"Organization/{created['id']}/_history/2147483648"}
+    }
+    r = await client.post("/fhir", json=dict(transaction([entry]), type="batch"), headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    assert r.json()["entry"][0]["response"]["status"] == "404"
