@@ -430,3 +430,38 @@ async def test_bundle_vread_of_a_version_past_r4s_integer_is_404(
     r = await client.post("/fhir", json=dict(transaction([entry]), type="batch"), headers=FHIR_JSON)
     assert r.status_code == 200, r.text
     assert r.json()["entry"][0]["response"]["status"] == "404"
+
+
+# --- /v1 ------------------------------------------------------------------------------------
+
+
+PERSON = {
+    "person_id": "P-9",
+    "family_name": "Okafor",
+    "given_names": ["Ada"],
+    "birth_date": "1980-02-03",
+    "sex": "female",
+}
+
+
+async def test_a_v1_consent_may_run_to_the_end_of_the_calendar(
+    client: httpx.AsyncClient, org_client: Any
+) -> None:
+    jail_org = await _create(client, organization("Jail", "jail"))
+    otp = await _create(client, organization("OTP", "otp"))
+    jail = await org_client(f"Organization/{jail_org['id']}")
+    consent = {
+        "person": PERSON,
+        "signed_at": "2024-01-02T10:00:00Z",
+        "signed_by": "Ada Okafor (self)",
+        "recipients": [f"Organization/{otp['id']}"],
+        "expires": "9999-12-31T23:59:59Z",  # calendar: fixed
+    }
+    r = await jail.post("/v1/consents", json=consent)
+    assert r.status_code == 201, r.text
+    assert r.json()["expires"].startswith("9999-12-31T23:59:59")  # calendar: fixed
+    # Three hours short of year 10000 in UTC: refused, naming the field, not a crash.
+    consent["expires"] = "9999-12-31T21:00:00-03:00"  # calendar: fixed
+    r = await jail.post("/v1/consents", json=consent)
+    assert 400 <= r.status_code < 500, r.text
+    assert "expires" in r.text and "0001 to 9999" in r.text
