@@ -1,6 +1,8 @@
 """Property tests: R4 primitive values at the edges of their ranges (tests.r4_values) go
 through create, read and search, on both databases, without a 5xx; a valid value is read back
-as sent and a search for it (``eq`` on a date, ``:exact`` on a string) finds it.
+as sent and a search for it (``eq`` on a date, ``:exact`` on a string) finds it. And search
+and history parameters (which the OpenAPI does not describe, so schemathesis cannot generate
+them) with values that have broken parsers before: none may get a 5xx.
 
 Bounded and derandomized, so each run tries the same few dozen examples in seconds. The
 fixtures (one app and database per test) are shared by all the examples of a test: each
@@ -15,12 +17,15 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.search.params import params_for
+from service.search.query import DATE_PREFIXES, MODIFIERS, RESULT_PARAMS
 from tests.builders import FHIR_JSON
 from tests.r4_values import (
     date_times,
@@ -148,3 +153,67 @@ async def test_task_authored_on(client: httpx.AsyncClient, authored_on: str, pre
     r = await client.get("/fhir/Task", params={"authored-on": f"gt{authored_on}", "_id": got["id"]})
     assert r.status_code == 200, r.text
     assert r.json().get("entry", []) == []
+
+
+# --- search and history parameters, which the OpenAPI does not describe ---------------------
+
+SEARCHED_TYPES = ("Patient", "Task", "Observation", "Consent")
+# Their UTC instants are in years 10000 and 0.
+EDGE_INSTANTS = ["9999-12-31T23:59:59.999999-12:00", "0001-01-01T00:00:00+14:00"]
+# ASCII, then digits of other scripts that str.isdigit() or int() accept (superscripts,
+# Arabic-Indic, Devanagari, Thai).
+_DIGITS = "0123456789²³¹\u0663\u0966\u0e53"
+
+
+def _names(rtype: str) -> st.SearchStrategy[str]:
+    """Any parameter, with any modifier; most often those that take numbers and dates."""
+    params = params_for(rtype)
+    names = sorted({*params, *RESULT_PARAMS, "_since"})
+    dates = sorted(name for name, p in params.items() if p.kind == "date")
+    modifiers = sorted({m for ms in MODIFIERS.values() for m in ms} | {"iterate", "Patient"})
+    any_name = st.builds(
+        lambda name, modifier: f"{name}:{modifier}" if modifier else name,
+        st.sampled_from(names),
+        st.none() | st.sampled_from(modifiers),
+    )
+    return st.one_of(st.sampled_from(["_count", "_page", "_since", "_cursor", *dates]), any_name)
+
+
+# Values that have broken parsers: other scripts' digits, integers past 32 and 64 bits, dates
+# at the ends of the calendar with every prefix, escapes, separators, and plain text.
+search_values = st.one_of(
+    st.text(_DIGITS, min_size=1, max_size=25),
+    st.integers(-(2**70), 2**70).map(str),
+    st.builds(
+        lambda prefix, value: prefix + value,
+        st.sampled_from(["", *DATE_PREFIXES]),
+        date_times() | st.sampled_from(EDGE_INSTANTS),
+    ),
+    st.sampled_from(["start", "*", ",", "\\", "|", "a|", "|b", "Patient/", "Task:owner", "-_id"]),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
+)
+
+
+@EXAMPLES
+@given(
+    rtype=st.sampled_from(SEARCHED_TYPES),
+    data=st.data(),
+    where=st.sampled_from(["search", "type-history", "instance-history", "vread"]),
+)
+async def test_no_search_or_history_parameter_gets_a_server_error(
+    client: httpx.AsyncClient, rtype: str, data: st.DataObject, where: str
+) -> None:
+    params = data.draw(st.lists(st.tuples(_names(rtype), search_values), min_size=1, max_size=3))
+    # A version id from the values, without "/": Starlette routes on the decoded path, where
+    # %2F is a separator.
+    version = quote(params[0][1].replace("/", "-"), safe="") or "-"
+    path = {
+        "search": rtype,
+        "type-history": f"{rtype}/_history",
+        "instance-history": f"{rtype}/some-id/_history",
+        "vread": f"{rtype}/some-id/_history/{version}",
+    }[where]
+    r = await client.get(f"/fhir/{path}", params=params)
+    assert r.status_code < 500, (path, params, r.text)
+    r = await client.post(f"/fhir/{rtype}/_search", data=dict(params))
+    assert r.status_code < 500, (params, r.text)
