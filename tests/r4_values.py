@@ -69,8 +69,8 @@ integers_out_of_range = st.one_of(
 )
 
 # Decimals as JSON text, with up to 15 significant digits: what a double keeps exactly, and
-# so what this server keeps (its JSON parser reads numbers as doubles; see the README of the
-# property tests in tests/api/test_r4_round_trip.py).
+# so what this server keeps (its JSON parser reads numbers as doubles; see
+# tests/api/test_r4_round_trip.py).
 decimals = st.one_of(
     st.sampled_from(["0", "-0", "0.0", "1e308", "-1e308", "5e-324", "1.5", "-2147483649"]),
     st.decimals(
