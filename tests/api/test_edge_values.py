@@ -12,7 +12,10 @@ import httpx
 import orjson
 import pytest
 
+from service.fhir.codes import SIM_EXTENSION
+from service.workflows.referrals import FACILITY_EXTENSION
 from tests.api.test_errors import assert_outcome
+from tests.api.test_naloxone import NALOXONE_4MG
 from tests.builders import FHIR_JSON, organization, patient, task, transaction
 
 LAST_DAY = "9999-12-31"  # calendar: fixed (the last day R4 can write)
@@ -465,3 +468,86 @@ async def test_a_v1_consent_may_run_to_the_end_of_the_calendar(
     r = await jail.post("/v1/consents", json=consent)
     assert 400 <= r.status_code < 500, r.text
     assert "expires" in r.text and "0001 to 9999" in r.text
+
+
+def _referral_request(patient_id: str, start: str, extensions: list[Any]) -> dict[str, Any]:
+    """A ServiceRequest a jail writes through FHIR, shaped as the referral workflow reads it."""
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}],
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "requester": {"reference": "Organization/jail"},
+        "occurrencePeriod": {"start": start},
+        "extension": extensions,
+    }
+
+
+async def test_views_read_what_fhir_written_referrals_carry_at_their_edges(
+    client: httpx.AsyncClient, org_client: Any, instruments: None
+) -> None:
+    """Valid R4 that /v1 would never write: releases at the ends of the calendar, our
+    extensions with a code that is no number or a valueString. One such ServiceRequest
+    answered 500 to the referral, to the jail's whole worklist and to the naloxone summary."""
+    for org in ("jail", "otp"):
+        body = dict(organization(org, org), id=org)
+        r = await client.put(f"/fhir/Organization/{org}", json=body, headers=FHIR_JSON)
+        assert r.status_code == 201, r.text
+    jail = await org_client("Organization/jail")
+    person = (await jail.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)).json()["id"]
+    sim, facility = SIM_EXTENSION, FACILITY_EXTENSION
+    written = {}
+    for start, extensions in [
+        ("9999-12-31T23:59:59Z", [{"url": sim, "valueCoding": {"code": "x"}}]),  # calendar: fixed
+        ("0001-01-01T00:00:00Z", [{"url": sim, "valueString": "4"}]),
+        (LAST_DAY, [{"url": facility, "valueString": "the old jail"}]),
+        ("2024-01-01T10:00:00Z", [{"url": sim, "valueCoding": {"code": "²"}}]),
+    ]:
+        body = _referral_request(person, start, extensions)
+        r = await jail.post("/fhir/ServiceRequest", json=body, headers=FHIR_JSON)
+        assert r.status_code == 201, r.text
+        written[r.json()["id"]] = start
+    for sr_id in written:
+        r = await jail.get(f"/v1/referrals/{sr_id}")
+        assert r.status_code == 200, r.text
+        assert (r.json()["intercept"], r.json()["facility"]) == (-1, None)
+    for params in (
+        {},
+        {"release_from": "0001-01-01T00:00:00Z"},
+        {
+            "release_to": "9999-12-31T23:59:59Z",
+            "release_from": "9999-12-31T00:00:00Z",
+        },  # calendar: fixed
+    ):
+        r = await jail.get("/v1/referrals", params=params)
+        assert r.status_code == 200, (params, r.text)
+    listed = (await jail.get("/v1/referrals")).json()
+    assert {v["referral_id"] for v in listed} == set(written)
+    for params in ({}, {"from": "0001-01-01", "to": LAST_DAY}, {"group_by": "intercept"}):
+        r = await jail.get("/v1/naloxone/summary", params=params)
+        assert r.status_code == 200, (params, r.text)
+    for release_at in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", None):  # calendar: fixed
+        params = {"release_at": release_at} if release_at else {}
+        r = await jail.get(f"/v1/people/{person}/prefill/overdose-risk", params=params)
+        assert r.status_code == 200, (release_at, r.text)
+
+
+async def test_summary_by_intercept_labels_a_code_that_is_no_number_as_written(
+    client: httpx.AsyncClient, instruments: None
+) -> None:
+    person = await _create(client, patient())
+    for code in ("²", "9" * 30):
+        kit = {
+            "resourceType": "MedicationDispense",
+            "status": "completed",
+            "medicationCodeableConcept": NALOXONE_4MG,
+            "subject": {"reference": f"Patient/{person['id']}"},
+            "quantity": {"value": 1},
+            "whenHandedOver": "2024-10-05T08:00:00-04:00",
+            "extension": [{"url": SIM_EXTENSION, "valueCoding": {"code": code}}],
+        }
+        await _create(client, kit)
+    r = await client.get("/v1/naloxone/summary", params={"group_by": "intercept"})
+    assert r.status_code == 200, r.text
+    assert {g["label"] for g in r.json()["groups"]} >= {"²", "9" * 30}
