@@ -294,6 +294,22 @@ async def test_if_match_that_names_no_possible_version_is_400(
     assert body["issue"][0]["expression"] == ["If-Match"]
 
 
+@pytest.mark.parametrize(
+    ("length", "status"), [("²", 201), ("٣", 201), ("9" * 5000, 413), ("0" * 30 + "2", 201)]
+)
+async def test_a_content_length_of_other_digits_or_thousands_of_them_is_no_500(
+    client: httpx.AsyncClient, length: str, status: int
+) -> None:
+    """Servers in front normally refuse these; the app must not fail on one that does not."""
+    body = orjson.dumps(patient())
+    headers = [
+        (b"content-type", b"application/fhir+json"),
+        (b"content-length", length.encode()),
+    ]
+    r = await client.post("/fhir/Patient", content=body, headers=headers)
+    assert r.status_code == status, r.text
+
+
 # --- index widths --------------------------------------------------------------------------
 
 
