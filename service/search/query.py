@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 
 from service.errors import InvalidRequestError, Issue
+from service.fhir.outcome import short_repr
 from service.fhir.primitives import INTEGER_MAX, unsigned_int
 from service.search.dates import parse_range, shifted
 from service.search.extract import (
@@ -270,7 +271,8 @@ def _parse_result_param(
     if name == "_count":
         count = unsigned_int(value)
         if count is None:
-            raise _bad(f"_count must be an integer from 0 to {INTEGER_MAX}, not '{value}'", name)
+            shown = short_repr(value)
+            raise _bad(f"_count must be an integer from 0 to {INTEGER_MAX}, not {shown}", name)
         request.count = min(count, max_count)
     elif name == "_sort":
         request.sort = []

@@ -25,7 +25,7 @@ from service.api.responses import fhir_json, prefer_strict, resource_response, v
 from service.errors import InvalidRequestError, Issue
 from service.fhir import bundle
 from service.fhir import summary as summary_rules
-from service.fhir.outcome import operation_outcome
+from service.fhir.outcome import operation_outcome, short_repr
 from service.fhir.primitives import INTEGER_MAX, unsigned_int
 from service.search.dates import parse_range
 from service.search.execute import SearchPage, decode_cursor, encode_cursor
@@ -234,7 +234,7 @@ def _count(params: list[tuple[str, str]], default: int, maximum: int) -> int:
     count = unsigned_int(value)
     if count is None:
         raise InvalidRequestError(
-            f"_count must be an integer from 0 to {INTEGER_MAX}, not {value!r}",
+            f"_count must be an integer from 0 to {INTEGER_MAX}, not {short_repr(value)}",
             expression=["_count"],
         )
     return max(1, min(count, maximum))
