@@ -43,6 +43,15 @@ def _headers(scope: Scope) -> dict[str, str]:
     return found
 
 
+def _declares_more_than(length: str, limit: int) -> bool:
+    """A Content-Length of ASCII digits (isdigit also takes "²", which int refuses) above
+    ``limit``, read without converting thousands of digits."""
+    if not (length.isascii() and length.isdigit()):
+        return False  # not a length: the body is counted as it arrives
+    digits = length.lstrip("0")
+    return len(digits) > 18 or int(digits or "0") > limit
+
+
 async def _send_error(send: Send, exc: ServiceError) -> None:
     from service.api.errors import outcome_response
 
@@ -150,7 +159,7 @@ class BodyLimitMiddleware:
             return
         headers = _headers(scope)
         length = headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.max_bytes:
+        if length and _declares_more_than(length, self.max_bytes):
             await _send_error(send, self._too_large())
             return
         if length is None and "transfer-encoding" not in headers:

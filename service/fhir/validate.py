@@ -27,7 +27,7 @@ from service.fhir import r4
 from service.fhir.narrative import is_script_url, narrative_problem
 from service.fhir.outcome import issues_from_validation_error, short_repr
 from service.fhir.schema import URI_TYPES, Field, JsonType, Kind, Spec, spec_for
-from service.search.dates import parse_range
+from service.search.dates import parse_bounds
 
 _MAX_CODES_LISTED = 12
 # Nesting of JSON objects beyond any real resource (Questionnaire items nest ~10 deep); deeper
@@ -173,7 +173,8 @@ def _ends_before_it_starts(period: dict[str, Any]) -> bool:
         return False
     if ("T" in start) != ("T" in end) or ("T" not in start and len(start) != len(end)):
         return False
-    low, high = parse_range(start), parse_range(end)
+    # Unclamped: at the ends of the calendar clamping would make two instants equal.
+    low, high = parse_bounds(start), parse_bounds(end)
     return low is not None and high is not None and high[1] < low[0]
 
 

@@ -259,9 +259,10 @@ def _from_token(value: Any, key: str) -> Any:
         return value
     try:
         parsed = datetime.fromisoformat(str(value).replace(" ", "T"))
-    except ValueError as exc:
+        # The server writes UTC; another offset could leave the calendar (year 0 or 10000).
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
         raise InvalidRequestError("_page token is damaged", expression=["_page"]) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 # --- includes -------------------------------------------------------------------------------
@@ -409,16 +410,27 @@ def fence_condition(dialect: str, txid_col: Any) -> ColumnElement[bool]:
     return true()
 
 
-def decode_cursor(token: str) -> tuple[int, int]:
+def decode_cursor(token: str, name: str = "_cursor") -> tuple[int, int]:
+    """A feed position; ``name``: the parameter that carried it (history's is ``_page``)."""
     if token == "start":
         return (-1, -1)
-    value = _decode(token, "_cursor")
-    if len(value) != 3 or value[0] != "c" or not all(isinstance(v, int) for v in value[1:]):
+    value = _decode(token, name)
+    if len(value) != 3 or value[0] != "c" or not all(_is_position(v) for v in value[1:]):
+        if name != "_cursor":
+            raise InvalidRequestError(
+                f"{name} is not a valid paging token; follow the links the server returned",
+                expression=[name],
+            )
         raise InvalidRequestError(
             "_cursor is not a valid cursor: use _cursor=start or a cursor link from a page",
             expression=["_cursor"],
         )
     return int(value[1]), int(value[2])
+
+
+def _is_position(value: Any) -> bool:
+    """A txid or seq as a cursor carries it: BIGINT, or -1 before the first."""
+    return isinstance(value, int) and not isinstance(value, bool) and -1 <= value < 2**63
 
 
 def encode_cursor(txid: int, seq: int) -> str:

@@ -10,11 +10,20 @@ from service.search.dates import OPEN_END, OPEN_START, parse_range
 from service.search.params import SearchParam, indexed_params
 from service.storage.repository import IndexEntry
 
+# The widths of ``search_index.system`` and ``.value`` (storage.tables): a longer value is
+# indexed, and searched (search.query), by its first characters, so it is still found.
+SYSTEM_WIDTH = 255
+VALUE_WIDTH = 512
+
 
 def normalize_string(text: str) -> str:
     """Case- and accent-insensitive form used for string search."""
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold().strip()
+
+
+def fit(text: str | None, width: int) -> str | None:
+    return text[:width] if text is not None else None
 
 
 def walk(node: Any, path: str) -> Iterator[Any]:
@@ -94,7 +103,7 @@ def entries_for(
         for raw in walk(resource, path):
             if param.kind == "token":
                 for system, code in _tokens(raw):
-                    yield system, code[:512], None, None
+                    yield fit(system, SYSTEM_WIDTH), code[:VALUE_WIDTH], None, None
             elif param.kind == "reference":
                 if isinstance(raw, dict) and isinstance(raw.get("reference"), str):
                     ref = relative_reference(raw["reference"], base_url)
@@ -104,17 +113,17 @@ def entries_for(
                     # No ``system``: the value names the target type, and a row with a system
                     # would also maintain ``ix_search_system_value`` (a random insert into a
                     # large index, for every reference of every version and AuditEvent).
-                    yield None, ref[:512], None, None
+                    yield None, ref[:VALUE_WIDTH], None, None
                 elif isinstance(raw, str):  # canonical (e.g. QuestionnaireResponse.questionnaire)
-                    yield None, raw[:512], None, None
+                    yield None, raw[:VALUE_WIDTH], None, None
                     if "|" in raw:
-                        yield None, raw.split("|", 1)[0][:512], None, None
+                        yield None, raw.split("|", 1)[0][:VALUE_WIDTH], None, None
             elif param.kind == "string":
                 for text in _strings(raw):
-                    yield text[:255], normalize_string(text)[:512], None, None
+                    yield text[:SYSTEM_WIDTH], normalize_string(text)[:VALUE_WIDTH], None, None
             elif param.kind == "uri":
                 if isinstance(raw, str):
-                    yield None, raw[:512], None, None
+                    yield None, raw[:VALUE_WIDTH], None, None
             elif param.kind == "date":
                 for low, high in _dates(raw):
                     yield None, None, low, high

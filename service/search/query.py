@@ -29,8 +29,15 @@ from sqlalchemy import (
 )
 
 from service.errors import InvalidRequestError, Issue
-from service.search.dates import parse_range
-from service.search.extract import normalize_string, relative_reference
+from service.fhir.outcome import short_repr
+from service.fhir.primitives import INTEGER_MAX, unsigned_int
+from service.search.dates import parse_range, shifted
+from service.search.extract import (
+    SYSTEM_WIDTH,
+    VALUE_WIDTH,
+    normalize_string,
+    relative_reference,
+)
 from service.search.params import BY_TYPE, SearchParam, can_target, params_for
 from service.storage.repository import index_t, probe_type, resource_t
 
@@ -346,9 +353,11 @@ def _parse_result_param(
     request: SearchRequest, name: str, modifier: str, value: str, *, max_count: int
 ) -> None:
     if name == "_count":
-        if not value.isdigit():
-            raise _bad(f"_count must be a non-negative integer, not '{value}'", name)
-        request.count = min(int(value), max_count)
+        count = unsigned_int(value)
+        if count is None:
+            shown = short_repr(value)
+            raise _bad(f"_count must be an integer from 0 to {INTEGER_MAX}, not {shown}", name)
+        request.count = min(count, max_count)
     elif name == "_sort":
         request.sort = []
         for key in _split_or(value):
@@ -467,7 +476,7 @@ def _date_condition(
     from datetime import UTC
 
     margin = max(abs(datetime.now(UTC) - s_low) / 10, timedelta(days=1))
-    return and_(low_col <= s_high + margin, high_col >= s_low - margin)
+    return and_(low_col <= shifted(s_high, margin), high_col >= shifted(s_low, -margin))
 
 
 def value_condition(
@@ -476,37 +485,38 @@ def value_condition(
     """Condition on ``search_index`` columns for one value (None: matches nothing)."""
     p = crit.param
     c = table.c
+    # Values are compared at the width they are indexed at (search.extract).
     if p.kind == "token":
         if "|" in value:
             system, code = value.split("|", 1)
             conds: list[ColumnElement[bool]] = []
-            conds.append(c.system.is_(None) if system == "" else c.system == system)
+            conds.append(c.system.is_(None) if system == "" else c.system == system[:SYSTEM_WIDTH])
             if code:
-                conds.append(c.value == code)
+                conds.append(c.value == code[:VALUE_WIDTH])
             return and_(*conds)
-        return c.value == value
+        return c.value == value[:VALUE_WIDTH]
     if p.kind == "reference":
         if value.startswith(("http://", "https://")):
             ref = relative_reference(value, base_url)
-            return c.value == ref
+            return c.value == ref[:VALUE_WIDTH]
         if crit.modifier and crit.modifier in p.targets:
-            return c.value == f"{crit.modifier}/{value}"
+            return c.value == f"{crit.modifier}/{value}"[:VALUE_WIDTH]
         if "/" in value:
-            return c.value == relative_reference(value, base_url)
+            return c.value == relative_reference(value, base_url)[:VALUE_WIDTH]
         targets = p.targets or ()
-        candidates = [f"{t}/{value}" for t in targets] + [value]
+        candidates = [f"{t}/{value}"[:VALUE_WIDTH] for t in targets] + [value[:VALUE_WIDTH]]
         return c.value.in_(candidates)
     if p.kind == "string":
         if crit.modifier == "exact":
-            return c.system == value
-        norm = _escape_like(normalize_string(value))
+            return c.system == value[:SYSTEM_WIDTH]
+        norm = _escape_like(normalize_string(value)[:VALUE_WIDTH])
         if crit.modifier == "contains":
             return c.value.like(f"%{norm}%", escape="\\")
         return c.value.like(f"{norm}%", escape="\\")
     if p.kind == "uri":
         if crit.modifier == "below":
-            return c.value.like(_escape_like(value) + "%", escape="\\")
-        return c.value == value
+            return c.value.like(_escape_like(value[:VALUE_WIDTH]) + "%", escape="\\")
+        return c.value == value[:VALUE_WIDTH]
     if p.kind == "date":
         prefix, text = split_prefix(value)
         # Date rows have no ``value``: saying so lets the planner use ``ix_search_low`` and

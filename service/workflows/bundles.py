@@ -122,32 +122,81 @@ def _check_bundle(body: Any) -> tuple[str, list[dict[str, Any]]]:
     entries = body.get("entry") or []
     if not isinstance(entries, list):
         raise InvalidRequestError("Bundle.entry must be an array", expression=["Bundle.entry"])
-    problems: list[Issue] = []
-    for i, entry in enumerate(entries):
-        where = (f"Bundle.entry[{i}]",)
-        if not isinstance(entry, dict):
-            problems.append(Issue("error", "structure", "Each entry must be an object", where))
-            continue
-        request = entry.get("request")
-        if not isinstance(request, dict) or request.get("method") not in _ORDER:
-            problems.append(
-                Issue(
-                    "error",
-                    "required",
-                    "entry.request.method must be GET, POST, PUT, PATCH or DELETE",
-                    where,
-                )
-            )
-            continue
-        if not isinstance(request.get("url"), str) or not request["url"]:
-            problems.append(Issue("error", "required", "entry.request.url is required", where))
-        if request["method"] in ("POST", "PUT") and not isinstance(entry.get("resource"), dict):
-            problems.append(
-                Issue("error", "required", f"{request['method']} entries need a resource", where)
-            )
+    problems = [p for i, entry in enumerate(entries) for p in _entry_problems(i, entry)]
     if problems:
         raise InvalidRequestError(problems[0].diagnostics, issues=problems)
     return kind, entries
+
+
+# Bundle.entry.request's elements of type string (R4: ifModifiedSince is an instant, which
+# JSON also carries as a string; the server does not use it).
+_REQUEST_STRINGS = ("ifNoneMatch", "ifModifiedSince", "ifMatch", "ifNoneExist")
+
+
+def _entry_problems(index: int, entry: Any) -> list[Issue]:
+    """What makes entry ``index`` unusable, each naming its element: a malformed entry is the
+    client's mistake (400), whatever the type of the value it put where."""
+    at = f"Bundle.entry[{index}]"
+
+    def problem(code: str, element: str, text: str) -> Issue:
+        return Issue("error", code, f"{at}{element} {text}", (f"{at}{element}",))
+
+    def wrong_type(element: str, expected: str, value: Any) -> Issue:
+        return problem("structure", element, f"must be {expected}, not {_json_kind(value)}")
+
+    if not isinstance(entry, dict):
+        return [wrong_type("", "an object", entry)]
+    problems: list[Issue] = []
+    if "fullUrl" in entry and not isinstance(entry["fullUrl"], str):
+        problems.append(wrong_type(".fullUrl", "a string (a URI)", entry["fullUrl"]))
+    resource = entry.get("resource")
+    if "resource" in entry and not isinstance(resource, dict):
+        problems.append(wrong_type(".resource", "an object (a FHIR resource)", resource))
+    request = entry.get("request")
+    if not isinstance(request, dict):
+        if request is None:
+            problems.append(
+                problem("required", ".request", "is required: the method and url of the entry")
+            )
+        else:
+            problems.append(wrong_type(".request", "an object", request))
+        return problems
+    method = request.get("method")
+    if not isinstance(method, str) or method not in _ORDER:
+        allowed = "GET, HEAD, POST, PUT, PATCH or DELETE"
+        if method is None:
+            problems.append(problem("required", ".request.method", f"is required: {allowed}"))
+        else:
+            shown = repr(method) if isinstance(method, str) else _json_kind(method)
+            problems.append(problem("value", ".request.method", f"must be {allowed}, not {shown}"))
+    url = request.get("url")
+    if url is None or url == "":
+        problems.append(problem("required", ".request.url", "is required"))
+    elif not isinstance(url, str):
+        problems.append(wrong_type(".request.url", "a string (a URL)", url))
+    else:
+        try:
+            urlsplit(url)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            problems.append(problem("value", ".request.url", f"is not a URL ({exc})"))
+    for name in _REQUEST_STRINGS:
+        if name in request and not isinstance(request[name], str):
+            problems.append(wrong_type(f".request.{name}", "a string", request[name]))
+    if method in ("POST", "PUT") and resource is None:
+        problems.append(problem("required", ".resource", f"is required in a {method} entry"))
+    return problems
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _rewrite_refs(node: Any, mapping: dict[str, str]) -> Any:
@@ -221,7 +270,7 @@ async def _run_entry(
             path[0],
             path[1],
             entry["resource"],
-            if_match=wf.parse_if_match(request.get("ifMatch")),
+            if_match=wf.parse_if_match(request.get("ifMatch"), element="request.ifMatch"),
             validated=validated,
         )
         return _stored_result(
@@ -235,7 +284,12 @@ async def _run_entry(
             raise InvalidRequestError(f"PATCH url {request['url']!r} must be Type/id")
         ops = _patch_document(entry.get("resource"))
         result = await wf.patch_in(
-            conn, ctx, path[0], path[1], ops, if_match=wf.parse_if_match(request.get("ifMatch"))
+            conn,
+            ctx,
+            path[0],
+            path[1],
+            ops,
+            if_match=wf.parse_if_match(request.get("ifMatch"), element="request.ifMatch"),
         )
         return _stored_result(result.stored, "200 OK", ctx.base_url, location=False)
     if method == "DELETE":

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.fhir import oend_codes as oend
 from service.fhir.codes import ADMINISTERED_AT_EXTENSION, SIM_EXTENSION, SNOMED
-from service.search.dates import format_instant, parse_range
+from service.search.dates import format_instant, parse_range, shifted
 from service.storage import repository as repo
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
@@ -361,7 +361,7 @@ def release_window(sr: dict[str, Any]) -> tuple[datetime, datetime, datetime] | 
     end_range = parse_range(period["end"]) if isinstance(period.get("end"), str) else None
     if end_range is not None:
         return start, start, max(end_range[1], start)
-    return start, start - DAY, start + DAY
+    return start, shifted(start, -DAY), shifted(start, DAY)  # (clamped at 0001 and 9999)
 
 
 async def releases(
@@ -410,8 +410,8 @@ async def _referrals_reaching(
     """
     if span.low is None:
         return await search_all(conn, ctx, "ServiceRequest", [*params, *span.params("occurrence")])
-    floor = span.low - DAY
-    late = [("occurrence", f"sa{format_instant(floor - _ONE_MS)}")]
+    floor = shifted(span.low, -DAY)
+    late = [("occurrence", f"sa{format_instant(shifted(floor, -_ONE_MS))}")]
     if span.high is not None:
         late.append(("occurrence", f"le{format_instant(span.high)}"))
     found = {sr["id"]: sr for sr in await search_all(conn, ctx, "ServiceRequest", params + late)}

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from service.search.dates import format_instant
+from service.search.dates import format_instant, shifted
 from service.storage.db import read_connection
 from service.workflows import naloxone_facts as facts
 from service.workflows import resources as wf
@@ -37,8 +37,8 @@ def _windows(
                 patient=patient,
                 start=at,
                 day=release_at.date(),
-                low=at - facts.DAY,
-                high=at + facts.DAY,
+                low=shifted(at, -facts.DAY),
+                high=shifted(at, facts.DAY),
                 referrals=(),
                 facility=None,
                 intercept=None,

@@ -34,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.errors import BusinessRuleError, Issue
 from service.fhir.codes import SIM_INTERCEPTS
 from service.fhir.oend_codes import ALIVE_OUTCOMES
+from service.fhir.primitives import unsigned_int
+from service.search.dates import shifted
 from service.search.execute import run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
@@ -101,8 +103,12 @@ class SummaryQuery:
 
 def _span(query: SummaryQuery) -> facts.Span:
     """The search range: the period's days in any UTC offset (±14 h), narrowed exactly later."""
-    low = datetime.combine(query.date_from, time.min, UTC) - facts.DAY if query.date_from else None
-    high = datetime.combine(query.date_to, time.max, UTC) + facts.DAY if query.date_to else None
+    low = high = None
+    # shifted: a day past 0001-01-01 or 9999-12-31 is the end of the calendar, not an overflow.
+    if query.date_from:
+        low = shifted(datetime.combine(query.date_from, time.min, UTC), -facts.DAY)
+    if query.date_to:
+        high = shifted(datetime.combine(query.date_to, time.max, UTC), facts.DAY)
     return facts.Span(low, high)
 
 
@@ -143,7 +149,8 @@ async def _label(conn: AsyncConnection, group_by: GroupBy | None, key: str) -> s
     if key == NONE_KEY:
         return "not recorded"
     if group_by == "intercept":
-        return SIM_INTERCEPTS.get(int(key), key) if key.isdigit() else key
+        code = unsigned_int(key)  # written through FHIR, any code may stand here
+        return SIM_INTERCEPTS.get(code, key) if code is not None else key
     if group_by == "facility":
         rtype, _, rid = key.partition("/")
         stored = await repo.get_current(conn, rtype, rid) if rid else None

@@ -34,7 +34,7 @@ from service.errors import (
 )
 from service.fhir import codes
 from service.fhir.resource import now_ms
-from service.search.dates import format_instant
+from service.search.dates import format_instant, shifted
 from service.search.execute import CURRENT_COLS, run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
@@ -380,6 +380,13 @@ def _extension(resource: dict[str, Any], url: str) -> Any:
     return None
 
 
+# A ServiceRequest written through FHIR may carry our extensions with any valid R4 value (a
+# valueString, a code that is not a number): the view shows what it can read of them.
+def _reference(value: Any) -> str | None:
+    reference = value.get("reference") if isinstance(value, dict) else None
+    return reference if isinstance(reference, str) else None
+
+
 async def _timeline(
     conn: AsyncConnection, ctx: WorkflowContext, tasks: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -509,7 +516,7 @@ def _view(
         ],
         "services": services,
         "priority": sr.get("priority"),
-        "facility": (_extension(sr, FACILITY_EXTENSION) or {}).get("reference"),
+        "facility": _reference(_extension(sr, FACILITY_EXTENSION)),
         "intercept": _intercept_of(sr),
         "release": {
             "expected_at": period.get("start"),
@@ -544,7 +551,7 @@ def worklist_search(
     # bound the start alone; ``sa`` ("starts after") takes the millisecond before ``from``.
     if release_from:
         start_floor = release_from.replace(microsecond=release_from.microsecond // 1000 * 1000)
-        params.append(("occurrence", f"sa{format_instant(start_floor - _ONE_MS)}"))
+        params.append(("occurrence", f"sa{format_instant(shifted(start_floor, -_ONE_MS))}"))
     if release_to:
         params.append(("occurrence", f"le{format_instant(release_to)}"))
     return params
@@ -583,9 +590,7 @@ async def list_referrals(
             referrals = []
             for match in page.matches:
                 sr = orjson.loads(match.raw or "{}")
-                if facility is None or (
-                    (_extension(sr, FACILITY_EXTENSION) or {}).get("reference") == facility
-                ):
+                if facility is None or (_reference(_extension(sr, FACILITY_EXTENSION)) == facility):
                     referrals.append((match.id, sr))
             tasks = await _tasks_by_referral(conn, ctx, [sr_id for sr_id, _ in referrals])
             for sr_id, sr in referrals:

@@ -33,6 +33,8 @@ from service.errors import (
     not_json,
 )
 from service.fhir.head import head_of
+from service.fhir.outcome import short_repr
+from service.fhir.primitives import unsigned_int
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.fhir.resource import ID_RE, new_id, now_ms, stamp
 from service.fhir.validate import validate_resource
@@ -92,19 +94,21 @@ def check_id(resource_id: str) -> None:
         )
 
 
-def parse_if_match(header: str | None) -> int | None:
+def parse_if_match(header: str | None, *, element: str = "If-Match") -> int | None:
+    """The version an ``If-Match`` ETag names (``element``: where it came from, for the
+    error: the header, or a Bundle entry's ``request.ifMatch``)."""
     if header is None:
         return None
-    text = header.strip()
+    text = header.strip() if isinstance(header, str) else ""
     if text.startswith("W/"):
         text = text[2:]
-    text = text.strip('"')
-    if not text.isdigit():
+    version = unsigned_int(text.strip('"'))
+    if version is None:
         raise InvalidRequestError(
-            f'If-Match must be a version ETag like W/"3", not {header!r}',
-            expression=["If-Match"],
+            f'{element} must be a version ETag like W/"3", not {short_repr(header)}',
+            expression=[element],
         )
-    return int(text)
+    return version
 
 
 def parse_body(raw: bytes) -> Any:
@@ -260,11 +264,14 @@ async def vread_in(
 ) -> StoredResource:
     check_type(resource_type)
     require_scope(ctx.principal, resource_type, "r")
-    if not vid.isdigit():
-        raise ResourceNotFoundError(f"Version '{vid}' of {resource_type}/{resource_id} is unknown")
+    version = unsigned_int(vid)
+    if version is None:  # not a number, or past any version a resource can reach
+        raise ResourceNotFoundError(
+            f"Version {short_repr(vid)} of {resource_type}/{resource_id} is unknown"
+        )
     if not await _visible(conn, ctx, resource_type, resource_id):
         raise _not_found(resource_type, resource_id)
-    stored = await repo.get_version(conn, resource_type, resource_id, int(vid))
+    stored = await repo.get_version(conn, resource_type, resource_id, version)
     if stored is None:
         raise ResourceNotFoundError(f"Version {vid} of {resource_type}/{resource_id} is unknown")
     if stored.deleted:
@@ -704,9 +711,15 @@ async def update_in(
     check_id(resource_id)
     _check_client_writable(ctx, resource_type)
     require_scope(ctx.principal, resource_type, "u")  # SMART: update, and update-as-create
-    if body.get("id") != resource_id:
+    if "id" not in body:  # R4 3.1.0.4: the body of an update SHALL carry the id
         raise InvalidRequestError(
-            f"The body's id ({body.get('id')!r}) must equal the id in the URL ({resource_id!r})",
+            f"The resource in a PUT must have an id, equal to the URL's ({resource_id})",
+            expression=[f"{resource_type}.id"],
+        )
+    if body["id"] != resource_id:
+        raise InvalidRequestError(
+            f"The body's id ({short_repr(body['id'])}) must equal the id in the URL "
+            f"({resource_id})",
             expression=[f"{resource_type}.id"],
         )
     if not validated:

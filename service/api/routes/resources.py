@@ -25,7 +25,8 @@ from service.api.responses import fhir_json, prefer_strict, resource_response, v
 from service.errors import InvalidRequestError, Issue
 from service.fhir import bundle
 from service.fhir import summary as summary_rules
-from service.fhir.outcome import operation_outcome
+from service.fhir.outcome import operation_outcome, short_repr
+from service.fhir.primitives import INTEGER_MAX, unsigned_int
 from service.search.dates import parse_range
 from service.search.execute import SearchPage, decode_cursor, encode_cursor
 from service.search.query import SearchRequest, parse_elements, parse_summary
@@ -231,9 +232,13 @@ def _count(params: list[tuple[str, str]], default: int, maximum: int) -> int:
     value = next((v for k, v in params if k == "_count"), None)
     if value is None:
         return default
-    if not value.isdigit():
-        raise InvalidRequestError("_count must be a non-negative integer", expression=["_count"])
-    return max(1, min(int(value), maximum))
+    count = unsigned_int(value)
+    if count is None:
+        raise InvalidRequestError(
+            f"_count must be an integer from 0 to {INTEGER_MAX}, not {short_repr(value)}",
+            expression=["_count"],
+        )
+    return max(1, min(count, maximum))
 
 
 async def type_history_response(
@@ -243,7 +248,7 @@ async def type_history_response(
     count = _count(params, ctx.settings.default_page_size, ctx.settings.max_page_size)
     since = _since(params)
     page_token = next((v for k, v in params if k == "_page"), None)
-    after = decode_cursor(page_token) if page_token else (-1, -1)
+    after = decode_cursor(page_token, "_page") if page_token else (-1, -1)
     versions, nxt = await wf.history(ctx, resource_type, after=after, count=count, since=since)
     path = f"{resource_type}/_history" if resource_type else "_history"
     base_params = [(k, v) for k, v in params if k != "_page"]
@@ -353,14 +358,18 @@ def resource_router(
         params = list(request.query_params.multi_items())
         count = _count(params, ctx.settings.default_page_size, ctx.settings.max_page_size)
         page = next((v for k, v in params if k == "_page"), None)
-        if page is not None and not page.isdigit():
-            raise InvalidRequestError("_page is not a valid history page", expression=["_page"])
+        before = unsigned_int(page) if page else None
+        if page and before is None:
+            raise InvalidRequestError(
+                "_page is not a valid history page; follow the links the server returned",
+                expression=["_page"],
+            )
         entries = await wf.instance_history(
             ctx,
             t,
             resource_id,
             count=count,
-            before_version=int(page) if page else None,
+            before_version=before,
             since=_since(params),
         )
         more = len(entries) > count

@@ -26,7 +26,7 @@ Intercept = Annotated[int, Field(ge=0, le=5, description="Sequential Intercept M
 
 # Pydantic reads a bare number as Unix time ("0.5" becomes 1970-01-01T00:00:00.5Z): a JMS
 # that sends one has a bug, and answering as if it meant 1970 would hide it.
-_ISO_DATE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}")
+_ISO_DATE = re.compile(r"^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _iso_text(what: str, example: str) -> Any:
@@ -43,6 +43,10 @@ def _iso_text(what: str, example: str) -> Any:
 def _aware(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None:
         raise ValueError("include a time zone, e.g. 2026-11-26T09:30:00-05:00")
+    try:  # stored and compared in UTC, which must stay within the years 1 to 9999
+        value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("must fall within the years 0001 to 9999 in UTC") from None
     return value
 
 
