@@ -490,12 +490,14 @@ async def test_a_v1_consent_may_run_to_the_end_of_the_calendar(
 
 
 def _referral_request(patient_id: str, start: str, extensions: list[Any]) -> dict[str, Any]:
-    """A ServiceRequest a jail writes through FHIR, shaped as the referral workflow reads it."""
+    """A ServiceRequest a jail writes through FHIR, shaped as the referral workflow reads it
+    but without the "Patient referral" category (one with it must record a valid intercept,
+    so odd intercepts can only come from such requests, or from data older than that rule)."""
     return {
         "resourceType": "ServiceRequest",
         "status": "active",
         "intent": "order",
-        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}],
+        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "410606002"}]}],
         "subject": {"reference": f"Patient/{patient_id}"},
         "requester": {"reference": "Organization/jail"},
         "occurrencePeriod": {"start": start},
@@ -530,7 +532,7 @@ async def test_views_read_what_fhir_written_referrals_carry_at_their_edges(
     for sr_id in written:
         r = await jail.get(f"/v1/referrals/{sr_id}")
         assert r.status_code == 200, r.text
-        assert (r.json()["intercept"], r.json()["facility"]) == (-1, None)
+        assert (r.json()["intercept"], r.json()["facility"]) == (None, None)
     for params in (
         {},
         {"release_from": "0001-01-01T00:00:00Z"},
