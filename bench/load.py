@@ -36,8 +36,8 @@ import asyncpg
 import orjson
 
 from bench.tasks import body_from, task_body, task_fields
+from service.fhir.dates import format_instant, parse_range
 from service.fhir.resource import now_ms, stamp
-from service.search.dates import format_instant, parse_range
 from service.search.extract import extract_index
 from service.workflows.access import creator_entries
 

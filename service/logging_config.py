@@ -19,9 +19,9 @@ import orjson
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.route_template import route_template
 from service.redaction import query_names, redact_text, safe_traceback
 from service.request_context import request_id_var
+from service.route_template import route_template
 from service.settings import Settings
 
 ACCESS_LOGGER = "handoff.access"

@@ -45,8 +45,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api.route_template import route_template
 from service.redaction import redact_query, redact_target, redact_text, redact_url, safe_names
+from service.route_template import route_template
 from service.settings import Settings
 from service.storage import driver
 from service.storage.repository import index_t, resource_t

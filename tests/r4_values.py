@@ -68,19 +68,36 @@ integers_out_of_range = st.one_of(
     st.integers(-(2**62), INTEGER_MIN - 1),
 )
 
-# Decimals as JSON text, with up to 15 significant digits: what a double keeps exactly, and
-# so what this server keeps (its JSON parser reads numbers as doubles; see
-# tests/api/test_r4_round_trip.py).
+# Decimals as JSON text, as R4 allows them: up to 18 significant digits, trailing zeros (their
+# precision is part of the value), exponents and negative zero.
 decimals = st.one_of(
-    st.sampled_from(["0", "-0", "0.0", "1e308", "-1e308", "5e-324", "1.5", "-2147483649"]),
+    st.sampled_from(
+        [
+            "0",
+            "-0",
+            "0.0",
+            "-0.0",
+            "1.50",
+            "100.000",
+            "1e308",
+            "-1e308",
+            "5e-324",
+            "1E5",
+            "1.5",
+            "-2147483649",
+            "123456789012345678",
+            "0.123456789012345678",
+            "-1.00000000000000001",
+        ]
+    ),
     st.decimals(
-        min_value=Decimal("-1e15"),
-        max_value=Decimal("1e15"),
+        min_value=Decimal("-1e17"),
+        max_value=Decimal("1e17"),
         places=None,
         allow_nan=False,
         allow_infinity=False,
     )
-    .filter(lambda d: len(d.as_tuple().digits) <= 15)
+    .filter(lambda d: len(d.as_tuple().digits) <= 18)
     .map(str),
 )
 

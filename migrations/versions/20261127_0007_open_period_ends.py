@@ -9,7 +9,7 @@ A Period without a start or an end was stored with a NULL ``low`` or ``high``, s
 ServiceRequest ``occurrence``, Observation and Procedure ``date``, Consent ``period``, …) had
 to say ``OR high IS NULL`` and could not use ``ix_search_low``/``ix_search_high``: PostgreSQL
 walked every date row of the parameter. Open ends are now ``0001-01-01T00:00:00Z`` and
-``9999-12-31T23:59:59.999999Z`` (``service.search.dates.OPEN_START``/``OPEN_END``).
+``9999-12-31T23:59:59.999999Z`` (``service.fhir.dates.OPEN_START``/``OPEN_END``).
 
 Existing rows are converted here. On PostgreSQL a trigger also converts rows that replicas still
 running the previous version write during a rolling upgrade (they store NULL ends); it costs one
@@ -26,7 +26,7 @@ down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# As service.search.dates (a migration must not import the application: it may change).
+# As service.fhir.dates (a migration must not import the application: it may change).
 _PG_START = "timestamptz '0001-01-01 00:00:00+00'"
 _PG_END = "timestamptz '9999-12-31 23:59:59.999999+00'"
 # SQLite stores UTC instants as naive text in SQLAlchemy's format.

@@ -7,16 +7,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import orjson
 
 from service.errors import Issue
 from service.fhir import summary as summary_rules
+from service.fhir.dates import format_instant
 from service.fhir.outcome import operation_outcome
-from service.search.dates import format_instant
-from service.storage.repository import StoredResource
+
+
+class StoredResource(Protocol):
+    """One stored version, as a Bundle shows it (storage.repository.StoredResource is one; this
+    layer names only what it reads, and never imports storage)."""
+
+    @property
+    def resource_type(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def version_id(self) -> int: ...
+    @property
+    def last_updated(self) -> datetime: ...
+    @property
+    def deleted(self) -> bool: ...
+    @property
+    def raw(self) -> str | None: ...
+
 
 NO_LONGER_MATCHES = "https://handoff.dev/fhir/StructureDefinition/search-no-longer-matches"
 

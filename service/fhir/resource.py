@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from service.search.dates import format_instant
+from service.fhir.dates import format_instant
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 

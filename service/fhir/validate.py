@@ -24,10 +24,10 @@ from pydantic import ValidationError
 from service.domain.binary import is_base64
 from service.errors import InvalidResourceError, Issue
 from service.fhir import r4
+from service.fhir.dates import parse_bounds
 from service.fhir.narrative import is_script_url, narrative_problem
 from service.fhir.outcome import issues_from_validation_error, short_repr
 from service.fhir.schema import URI_TYPES, Field, JsonType, Kind, Spec, spec_for
-from service.search.dates import parse_bounds
 
 _MAX_CODES_LISTED = 12
 # Nesting of JSON objects beyond any real resource (Questionnaire items nest ~10 deep); deeper

@@ -6,7 +6,7 @@ import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
-from service.search.dates import OPEN_END, OPEN_START, parse_range
+from service.fhir.dates import OPEN_END, OPEN_START, parse_range
 from service.search.params import SearchParam, indexed_params
 from service.storage.repository import IndexEntry
 

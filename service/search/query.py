@@ -29,9 +29,9 @@ from sqlalchemy import (
 )
 
 from service.errors import InvalidRequestError, Issue
+from service.fhir.dates import parse_range, shifted
 from service.fhir.outcome import short_repr
 from service.fhir.primitives import INTEGER_MAX, unsigned_int
-from service.search.dates import parse_range, shifted
 from service.search.extract import (
     SYSTEM_WIDTH,
     VALUE_WIDTH,
@@ -451,7 +451,7 @@ def _date_condition(
     prefix: str, low_col: ColumnElement[Any], high_col: ColumnElement[Any], value: str
 ) -> ColumnElement[bool]:
     """The stored range [low, high] against the searched one. Open Period ends are stored as
-    ``OPEN_START``/``OPEN_END`` (service.search.dates), so each prefix is one comparison that
+    ``OPEN_START``/``OPEN_END`` (service.fhir.dates), so each prefix is one comparison that
     ``ix_search_low`` or ``ix_search_high`` can answer."""
     rng = parse_range(value)
     assert rng is not None  # checked by parse_search

@@ -26,13 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from service.fhir import exact_json
 from service.settings import Settings
 
 _IMMEDIATE = "handoff_immediate"
 
 
 def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return exact_json.dumps(value).decode()  # R4 decimals as written (fhir.exact_json)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.fhir.dates import format_instant
 from service.fhir.head import ResourceHead, head_of, patient_of
-from service.search.dates import format_instant
 from service.search.params import params_for
 from service.storage import repository as repo
 from service.storage.db import driver_connection, read_connection

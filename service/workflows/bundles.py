@@ -18,10 +18,10 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import InvalidRequestError, Issue, PayloadTooLargeError, ServiceError
+from service.fhir.dates import format_instant
 from service.fhir.outcome import operation_outcome
 from service.fhir.resource import new_id
 from service.fhir.validate import validate_resource
-from service.search.dates import format_instant
 from service.storage.db import read_connection, write_transaction
 from service.workflows import idempotency
 from service.workflows import resources as wf

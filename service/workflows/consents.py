@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain import sensitivity
 from service.errors import BusinessRuleError
+from service.fhir.dates import format_instant
 from service.fhir.r4 import SUPPORTED_TYPES
-from service.search.dates import format_instant
 from service.search.execute import RowCols
 from service.search.query import probe_exists
 from service.storage import repository as repo
@@ -547,7 +547,7 @@ def consent_status(consent: dict[str, Any], *, now: datetime | None = None) -> s
     status = consent.get("status")
     end = ((consent.get("provision") or {}).get("period") or {}).get("end")
     if status == "active" and isinstance(end, str):
-        from service.search.dates import parse_range
+        from service.fhir.dates import parse_range
 
         found = parse_range(end)
         if found is not None and found[1] < (now or _utcnow()):

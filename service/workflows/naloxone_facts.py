@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.fhir import oend_codes as oend
 from service.fhir.codes import ADMINISTERED_AT_EXTENSION, SIM_EXTENSION, SNOMED
-from service.search.dates import format_instant, parse_range, shifted
+from service.fhir.dates import format_instant, parse_range, shifted
 from service.storage import repository as repo
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext

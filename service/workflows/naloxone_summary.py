@@ -33,9 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import BusinessRuleError, Issue
 from service.fhir.codes import SIM_INTERCEPTS
+from service.fhir.dates import shifted
 from service.fhir.oend_codes import ALIVE_OUTCOMES
 from service.fhir.primitives import unsigned_int
-from service.search.dates import shifted
 from service.search.execute import run_search
 from service.search.query import parse_search
 from service.storage import repository as repo

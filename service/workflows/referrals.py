@@ -33,8 +33,8 @@ from service.errors import (
     ServiceError,
 )
 from service.fhir import codes
+from service.fhir.dates import format_instant, shifted
 from service.fhir.resource import now_ms
-from service.search.dates import format_instant, shifted
 from service.search.execute import CURRENT_COLS, run_search
 from service.search.query import parse_search
 from service.storage import repository as repo

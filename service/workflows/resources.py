@@ -32,6 +32,7 @@ from service.errors import (
     UnsupportedMediaTypeError,
     not_json,
 )
+from service.fhir import exact_json
 from service.fhir.head import head_of
 from service.fhir.outcome import short_repr
 from service.fhir.primitives import unsigned_int
@@ -115,7 +116,7 @@ def parse_body(raw: bytes) -> Any:
     if not raw:
         raise InvalidRequestError("The request has no body; send a FHIR resource as JSON")
     try:
-        body = orjson.loads(raw)
+        body = exact_json.loads(raw)  # R4 decimals keep their precision (fhir.exact_json)
     except orjson.JSONDecodeError as exc:
         raise not_json(exc.args[0].split(":")[0], exc.pos) from exc
     # JSON can carry U+0000 only escaped, so a body without the escape has none (the cheap test
@@ -127,7 +128,7 @@ def parse_body(raw: bytes) -> Any:
 
 def loads(stored: StoredResource) -> dict[str, Any]:
     assert stored.raw is not None
-    body: dict[str, Any] = orjson.loads(stored.raw)
+    body: dict[str, Any] = exact_json.loads(stored.raw)
     return body
 
 
@@ -458,7 +459,7 @@ async def _store(
         final = stamp(
             event.body, resource_id=resource_id, version_id=version, last_updated=last_updated
         )
-        raw = orjson.dumps(final).decode()
+        raw = exact_json.dumps(final).decode()
         index = extract_index(final, version_id=version, base_url=ctx.base_url)
     else:
         # A deletion keeps the index values of the version it ends, so that pollers walking a

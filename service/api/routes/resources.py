@@ -25,9 +25,9 @@ from service.api.responses import fhir_json, prefer_strict, resource_response, v
 from service.errors import InvalidRequestError, Issue
 from service.fhir import bundle
 from service.fhir import summary as summary_rules
+from service.fhir.dates import parse_range
 from service.fhir.outcome import operation_outcome, short_repr
 from service.fhir.primitives import INTEGER_MAX, unsigned_int
-from service.search.dates import parse_range
 from service.search.execute import SearchPage, decode_cursor, encode_cursor
 from service.search.query import SearchRequest, parse_elements, parse_summary
 from service.storage.repository import StoredResource

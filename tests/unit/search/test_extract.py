@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from service.search.dates import OPEN_END, OPEN_START
+from service.fhir.dates import OPEN_END, OPEN_START
 from service.search.extract import extract_index
 from service.search.params import params_for
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from service.search.dates import OPEN_END, OPEN_START, parse_bounds, parse_range, shifted
+from service.fhir.dates import OPEN_END, OPEN_START, parse_bounds, parse_range, shifted
 from tests.r4_values import date_times, instants, r4_dates
 
 BOUNDED = settings(max_examples=400, deadline=None, derandomize=True, database=None)
