@@ -318,8 +318,11 @@ def merge_through_view(
         elif key in sent:
             merged[key] = sent[key]
     shown_notes = view.get("note", [])
-    notes = [n for n in stored.get("note", []) if n not in shown_notes]
-    notes += list(sent.get("note", []) if isinstance(sent.get("note"), list) else [])
+    sent_notes = sent.get("note", []) if isinstance(sent.get("note"), list) else []
+    # In stored order: the notes it was not shown, and those it was shown and kept; then the
+    # ones it added (a server use case may send the stored version back whole: each once).
+    notes = [n for n in stored.get("note", []) if n not in shown_notes or n in sent_notes]
+    notes += [n for n in sent_notes if n not in notes]
     if notes:
         merged["note"] = notes
     if "meta" in sent:

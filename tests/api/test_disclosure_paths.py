@@ -185,6 +185,7 @@ async def test_a_cancel_after_the_provider_wrote_keeps_its_text_from_the_jail(
     stored = await read(admin, f"Task/{task_id}")
     assert stored["status"] == "cancelled" and stored["businessStatus"]["text"] == "OTP-SECRET"
     assert not redacted(stored)  # no redaction artifact is stored
+    assert [n["text"] for n in stored["note"]] == [JAIL_NOTE, "OTP-SECRET note"]  # each once
     for path in (
         f"/fhir/Task/{task_id}",
         f"/fhir/Task/{task_id}/_history",
