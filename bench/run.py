@@ -527,6 +527,17 @@ def crud_scenario(dsn: str, workdir: Path, driver: Driver, outcome: Outcome) -> 
 
 SERVICE_REQUEST = {
     "resourceType": "ServiceRequest",
+    # A referral records the Sequential Intercept Model intercept it is made at (4: re-entry
+    # from jail), as the JMS's referrals do; a Task may not focus on one that records none.
+    "extension": [
+        {
+            "url": "https://handoff.dev/fhir/StructureDefinition/sim-intercept",
+            "valueCoding": {
+                "system": "https://handoff.dev/fhir/CodeSystem/sim-intercept",
+                "code": "4",
+            },
+        }
+    ],
     "status": "active",
     "intent": "order",
     "code": {"text": "Medications for opioid use disorder: continuation after release"},
