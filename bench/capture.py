@@ -10,7 +10,10 @@ statement-counting tests record them (``tests/statements.py``):
 * ``service.storage.driver.statement_listeners``: the hottest statements, sent on the asyncpg
   connection itself (reads by id, the feed, writes of versions, the audit group commit). The
   hook passes SQL and arguments; the asyncpg connection is read from the caller's frame
-  (``driver._run``'s ``driver``), to know its checkout and whether it is in a transaction.
+  (``driver._run``'s ``driver``), to know its checkout and whether it is in a transaction, and
+  a statement sent by a flush of the service's group commit (``GroupCommitter`` up the chain
+  of awaiting coroutines) is marked so: the same-work ceiling merges those of concurrent
+  requests as the service does (``bench.replay.GroupCommit``).
 
 Connection checkouts come from the pool's ``checkout``/``checkin`` events, transaction ends from
 SQLAlchemy's ``commit``/``rollback`` events. Each kind of request is sent a few times first
@@ -192,6 +195,19 @@ class Recorder:
                 "bench.capture must learn where the connection is now"
             )
         self._record(driver, driver.is_in_transaction(), sql, args, False)
+        self.sent[-1].grouped = _in_group_commit(caller)
+
+
+def _in_group_commit(frame: Any) -> bool:
+    """Whether ``frame`` runs inside a flush of the service's group commit (its caller chain,
+    through the awaiting coroutines, reaches ``GroupCommitter._drain``)."""
+    from service.storage.group_commit import GroupCommitter
+
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), GroupCommitter):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _settings(dsn: str) -> Any:

@@ -20,7 +20,9 @@ log).
 statements the service sends for that request, captured from the service (``bench.capture``)
 and replayed with the request's own values, fresh ids and the current time
 (``bench.replay``): its reads and polls write their AuditEvent, its creates write history
-and index rows, in one transaction where the service uses one.
+and index rows, in one transaction where the service uses one. The statements the service
+sends through its audit group commit are merged across concurrent requests as the service
+merges them (``bench.replay.GroupCommit``).
 
 * ``GET /fhir/Task/{id}``: the read template (the request's id substituted); answers the
   ``raw`` column its first statement returns.
@@ -52,7 +54,7 @@ import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from bench.replay import Compiled, Replay, Template, compile_template
+from bench.replay import Compiled, GroupCommit, Replay, Template, compile_template
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 CEILING_TABLE = "bench_ceiling_task"
@@ -230,14 +232,15 @@ def _same_work_app(dsn: str, pool_size: int, work_path: str) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(dsn, min_size=min(10, pool_size), max_size=pool_size)
         app.state.pool = pool
+        app.state.groups = GroupCommit(pool)
         yield
         await pool.close()
 
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
 
-    async def replay(compiled: Compiled, tokens: dict[str, Any], pool: Any) -> Any:
+    async def replay(compiled: Compiled, tokens: dict[str, Any], state: Any) -> Any:
         ctx = compiled.context(tokens)
-        run = Replay(pool, ctx)
+        run = Replay(state.pool, ctx, state.groups)
         try:
             results = await run.run(compiled.steps)
         finally:
@@ -250,29 +253,27 @@ def _same_work_app(dsn: str, pool_size: int, work_path: str) -> FastAPI:
 
     @app.get("/fhir/Task/{resource_id}")
     async def read(resource_id: str, request: Request) -> Response:
-        _ctx, results = await replay(
-            templates["read"], {"rid": resource_id}, request.app.state.pool
-        )
+        _ctx, results = await replay(templates["read"], {"rid": resource_id}, request.app.state)
         raw = _first_raw(results)
         if raw is None:
             return Response(status_code=404)
         return Response(raw.encode(), media_type=FHIR_JSON)
 
-    async def write(compiled: Compiled, tokens: dict[str, Any], pool: Any) -> Response:
-        ctx, _results = await replay(compiled, tokens, pool)
+    async def write(compiled: Compiled, tokens: dict[str, Any], state: Any) -> Response:
+        ctx, _results = await replay(compiled, tokens, state)
         body = compiled.response(ctx).encode() if compiled.response is not None else b"{}"
         return Response(body, status_code=compiled.template.status, media_type=FHIR_JSON)
 
     @app.post("/fhir/Task")
     async def create(request: Request) -> Response:
         orjson.loads(await request.body())  # parsed, as the existing ceiling and the service do
-        return await write(templates["create"], {}, request.app.state.pool)
+        return await write(templates["create"], {}, request.app.state)
 
     @app.post("/v1/referrals")
     async def referral(request: Request) -> Response:
         payload = orjson.loads(await request.body())
         seq = str(payload["referral_id"]).removeprefix("BENCH-")
-        return await write(templates["referral"], {"seq": seq}, request.app.state.pool)
+        return await write(templates["referral"], {"seq": seq}, request.app.state)
 
     @app.get("/fhir/Task")
     async def poll(request: Request) -> Response:
@@ -284,7 +285,7 @@ def _same_work_app(dsn: str, pool_size: int, work_path: str) -> FastAPI:
         for p in polls[1:]:
             for name, value in p.context(tokens).values.items():
                 ctx.values.setdefault(name, value)
-        run = Replay(request.app.state.pool, ctx)
+        run = Replay(request.app.state.pool, ctx, request.app.state.groups)
         try:
             rows = (await run.run(polls[0].steps[:1]))[0]
             chosen = min(polls, key=lambda p: abs((p.template.page or 0) - len(rows)))

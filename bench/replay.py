@@ -34,6 +34,7 @@ the service: the same-work ceiling (``bench.ceiling_app``) is bare FastAPI + asy
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -73,6 +74,7 @@ class Sent:
     checkout: int
     transaction: int | None
     many: bool = False
+    grouped: bool = False  # sent by the service's group commit (see GroupCommit)
 
 
 @dataclass
@@ -87,8 +89,8 @@ class Captured:
     status: int
     response: bytes
 
-    def shape(self) -> list[tuple[str, int, int | None, bool]]:
-        return [(s.sql, s.checkout, s.transaction, s.many) for s in self.statements]
+    def shape(self) -> list[tuple[str, int, int | None, bool, bool]]:
+        return [(s.sql, s.checkout, s.transaction, s.many, s.grouped) for s in self.statements]
 
 
 # --- templates --------------------------------------------------------------------------------
@@ -110,6 +112,7 @@ class Step:
     checkout: int
     transaction: int | None
     many: bool = False
+    grouped: bool = False
 
 
 @dataclass
@@ -359,9 +362,18 @@ def build_template(
             checkout=s.checkout,
             transaction=s.transaction,
             many=s.many,
+            grouped=s.grouped,
         )
         for i, s in enumerate(a.statements)
     ]
+    for i, s in enumerate(a.statements):
+        alone = sum(1 for t in a.statements if t.checkout == s.checkout) == 1
+        arrays = all(isinstance(p, list) for p in s.params)
+        if s.grouped and (s.transaction is not None or s.many or not alone or not arrays):
+            raise CaptureError(
+                f"{name}: statement {i} came from the group commit but is not one statement "
+                "of array parameters alone in autocommit: its replays cannot be merged"
+            )
     response = tz.node(a.response.decode()) if a.response else None
     template = Template(
         name=name,
@@ -387,9 +399,12 @@ def build_template(
                 f"template does not reproduce: {where}"
             )
     counts = _counts(template)
+    grouped = sum(1 for st in steps if st.grouped)
     template.notes.append(
-        f"{len(steps)} statements ({counts['auto']} in autocommit, {counts['in_tx']} in "
-        f"{len(template.ends)} transaction(s)) on {counts['checkouts']} connection checkout(s); "
+        f"{len(steps)} statements ({counts['auto']} in autocommit"
+        + (f", {grouped} of them through the group commit" if grouped else "")
+        + f"; {counts['in_tx']} in {len(template.ends)} transaction(s)) on "
+        f"{counts['checkouts']} connection checkout(s); "
         f"per request: {len(template.generated)} new ids, {counts['instants']} instants, "
         f"request tokens {', '.join(template.tokens) or 'none'} ({counts['tokens']} places)"
     )
@@ -622,6 +637,7 @@ class CompiledStep:
     checkout: int
     transaction: int | None
     many: bool
+    grouped: bool  # merged with concurrent replays' (GroupCommit)
     begins: bool  # the first statement of its transaction
     ends: str | None  # "commit" / "rollback" after it: its transaction's last statement
     releases: bool  # its checkout's last statement
@@ -669,6 +685,7 @@ def compile_template(template: Template) -> Compiled:
                 checkout=s.checkout,
                 transaction=s.transaction,
                 many=s.many,
+                grouped=s.grouped,
                 begins=begins,
                 ends=ends,
                 releases=last_in_checkout[s.checkout] == i,
@@ -697,16 +714,21 @@ class Replay:
     """One request's replay on an asyncpg pool: ``run`` steps (of one template, or the first
     steps of one and the rest of another), then ``close``."""
 
-    def __init__(self, pool: Any, ctx: Context) -> None:
+    def __init__(self, pool: Any, ctx: Context, groups: GroupCommit | None = None) -> None:
         self.pool = pool
         self.ctx = ctx
+        self.groups = groups  # None: grouped statements too are sent on their own
         self.conns: dict[int, Any] = {}
         self.open: dict[int, Any] = {}  # transaction -> asyncpg Transaction
 
     async def run(self, steps: Sequence[CompiledStep]) -> list[list[Any]]:
-        """Each step's rows (an executemany: none)."""
+        """Each step's rows (an executemany and a grouped statement: none)."""
         results: list[list[Any]] = []
         for step in steps:
+            if step.grouped and self.groups is not None:
+                await self.groups.write(step.sql, step.render(self.ctx))
+                results.append([])
+                continue
             conn = self.conns.get(step.checkout)
             if conn is None:
                 conn = self.conns[step.checkout] = await self.pool.acquire()
@@ -735,3 +757,57 @@ class Replay:
         for conn in self.conns.values():
             await self.pool.release(conn)
         self.conns.clear()
+
+
+class GroupCommit:
+    """The service's group commit, for replays (one per process, like the service's).
+
+    The service writes the AuditEvent of a read or search through ``GroupCommitter``
+    (``service/storage/group_commit.py``): every request waiting while a flush runs is written
+    by the next flush, in ONE statement in autocommit whose array parameters are the
+    concatenation of theirs, and each request answers once its flush has committed. A
+    capture sees one request alone (a flush of one); replayed one by one under concurrency,
+    those statements would cost a commit each where the service pays one per flush. Here the
+    replays' grouped statements are merged the same way: a write starts a flush at once when
+    none is running, else waits for the next one; at most ``max_batch`` per flush (the
+    service's ``MAX_BATCH``)."""
+
+    def __init__(self, pool: Any, *, max_batch: int = 256) -> None:
+        self.pool = pool
+        self.max_batch = max_batch
+        self._pending: dict[str, list[tuple[list[Any], asyncio.Future[None]]]] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self.flushes = 0
+        self.items = 0
+
+    async def write(self, sql: str, args: list[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.setdefault(sql, []).append((args, done))
+        running = self._running.get(sql)
+        if running is None or running.done():
+            self._running[sql] = loop.create_task(self._drain(sql))
+        await asyncio.shield(done)
+
+    async def _drain(self, sql: str) -> None:
+        while self._pending.get(sql):
+            pending = self._pending[sql]
+            batch, self._pending[sql] = pending[: self.max_batch], pending[self.max_batch :]
+            merged = [
+                [value for args, _ in batch for value in args[i]] for i in range(len(batch[0][0]))
+            ]
+            try:
+                async with self.pool.acquire() as conn:
+                    await conn.fetch(sql, *merged)
+            except BaseException as exc:  # handed to every waiter
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                    raise
+                continue
+            self.flushes += 1
+            self.items += len(batch)
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)

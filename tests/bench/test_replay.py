@@ -259,3 +259,119 @@ async def test_statements_on_the_driver_connection_are_recorded_with_their_conne
         (["t-3"], 1, 0),
     ]
     assert "resource.id = $1" in sent[0].sql
+
+
+class _Conn:
+    def __init__(self, sent: list[tuple[str, tuple[Any, ...]]]) -> None:
+        self.sent = sent
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        self.sent.append((sql, args))
+        return []
+
+
+class _Pool:
+    """Just enough of an asyncpg pool: records what each statement was sent with."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    def acquire(self) -> Any:
+        """Awaited or entered, as asyncpg's."""
+        pool = self
+
+        class _Acquired:
+            def __await__(self) -> Any:
+                return self.__aenter__().__await__()
+
+            async def __aenter__(self) -> _Conn:
+                return _Conn(pool.sent)
+
+            async def __aexit__(self, *_exc: object) -> None:
+                return None
+
+        return _Acquired()
+
+    async def release(self, _conn: Any) -> None:
+        return None
+
+
+def _audited(rid: str, event_id: str, at: datetime) -> Captured:
+    captured = _read(rid, event_id, f"{event_id[-8:]:0>32}", at)
+    captured.statements[1].grouped = True  # as the service's audit group commit sends it
+    return captured
+
+
+async def test_concurrent_replays_share_a_group_commit_as_the_service_does() -> None:
+    import asyncio
+
+    from bench.replay import GroupCommit, Replay
+
+    a = _audited(RID, _uuid(100), NOW)
+    b = _audited(RID, _uuid(200), NOW + timedelta(milliseconds=40))
+    compiled = compile_template(build_template("read", a, b))
+    assert "1 of them through the group commit" in compiled.template.notes[0]
+    pool = _Pool()
+    groups = GroupCommit(pool)
+
+    async def one(rid: str) -> str:
+        ctx = compiled.context({"rid": rid})
+        replay = Replay(pool, ctx, groups)
+        await replay.run(compiled.steps)
+        await replay.close()
+        return str(ctx.values["g0"])
+
+    first = await one(_uuid(11))  # alone: a flush of one, at once
+    rest = await asyncio.gather(*(one(_uuid(12 + i)) for i in range(3)))
+    audits = [args for sql, args in pool.sent if sql == AUDIT_SQL]
+    assert len(pool.sent) == 4 + 2 and len(audits) == 2 and groups.flushes == 2
+    # the three concurrent ones in one statement: each array parameter, theirs end to end
+    alone, merged = audits
+    assert alone[2][0] == first and len(alone[0]) == 3
+    assert [merged[2][3 * i] for i in range(3)] == rest and len(merged[0]) == 9
+    assert merged[4] == ["Patient/p-1"] * 3
+    # without the group commit, each replay sends its own
+    pool.sent.clear()
+    await Replay(pool, compiled.context({"rid": RID})).run(compiled.steps)
+    assert [sql for sql, _ in pool.sent] == [READ_SQL, AUDIT_SQL]
+
+
+def test_only_a_lone_statement_of_arrays_in_autocommit_can_be_grouped() -> None:
+    a = _audited(RID, _uuid(100), NOW)
+    b = _audited(RID, _uuid(200), NOW)
+    for c in (a, b):
+        c.statements[1].checkout = 0  # shares the read's checkout
+    with pytest.raises(CaptureError, match="group commit"):
+        build_template("read", a, b)
+
+
+async def test_the_group_commits_statements_are_marked_as_such() -> None:
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from service.storage import driver
+    from service.storage.group_commit import GroupCommitter
+    from service.storage.repository import resource_t
+
+    stmt = select(resource_t.c.raw).where(resource_t.c.id == bindparam("rid"))
+    conn = _FakeAsyncpg(False)
+
+    @contextlib.asynccontextmanager
+    async def connection(_engine: Any) -> AsyncIterator[Any]:
+        yield conn
+
+    async def flush(on: Any, items: Any) -> None:
+        for item in items:
+            await driver.driver_fetch(on, stmt, {"rid": item})
+
+    committer: GroupCommitter[str] = GroupCommitter(None, flush, connection=connection)  # type: ignore[arg-type]
+    recorder = Recorder(engine=None)  # type: ignore[arg-type]
+    driver.statement_listeners.append(recorder._on_driver)
+    try:
+        recorder.start()
+        await driver.driver_fetch(conn, stmt, {"rid": "read"})
+        await committer.write("audit")
+        sent, _ends = recorder.stop()
+    finally:
+        driver.statement_listeners.remove(recorder._on_driver)
+    assert [(s.params, s.grouped) for s in sent] == [(["read"], False), (["audit"], True)]
