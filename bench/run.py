@@ -1259,7 +1259,7 @@ def parse_args(argv: list[str] | None) -> Options:
 
 def run_scenarios(outcome: Outcome, steps: list[tuple[str, Callable[[], None]]]) -> None:
     """Run each scenario in turn. If one fails, print what the earlier ones measured before
-    the error goes on: a full run takes ~15 minutes, and its first part still counts."""
+    the error goes on: a full run takes ~20 minutes, and its first part still counts."""
     for name, step in steps:
         try:
             step()
