@@ -1,4 +1,5 @@
-"""``python -m bench --tiny`` runs end to end and prints the comparison table.
+"""``python -m bench --tiny`` runs end to end and prints the comparison table, the same-work
+ceiling's rows included.
 
 Opt-in: HANDOFF_BENCH_SMOKE=1 PYTHONPATH=. pytest tests/bench (needs PostgreSQL and wrk).
 """
@@ -50,9 +51,24 @@ def test_tiny_benchmark_prints_every_row(tmp_path: Path) -> None:
         ("poll caught up", 4),
     }
     for s in results["summary"]:
-        for who in ("service", "ceiling"):
+        for who in ("service", "ceiling", "same_work"):
             assert s[who]["requests"] > 0 and s[who]["errors"] == 0, (s["benchmark"], who)
         assert s["rps_ratio"] > 0
+        # the same-work ceiling's row, against the goal
+        assert s["same_work_rps_ratio"] > 0 and s["goal_rps_ratio"] > 0
+        assert isinstance(s["goal_met"], bool)
+    assert "vs same-work" in done.stdout and "same-work" in done.stdout
+    # captured from the service, and checked to write what the service writes per request
+    assert set(results["same_work"]) == {
+        "read",
+        "create",
+        "referral",
+        "poll full page",
+        "poll caught up",
+    }
+    writes = [c for c in results["checks"] if "writes what one to the service writes" in c]
+    assert len(writes) == 5, results["checks"]
+    assert any("AuditEvent 1 + " in c for c in writes if c.startswith("same-work read"))
     # The scratch database is dropped afterwards.
     name = done.stdout.split("database ", 1)[1].split(";", 1)[0]
     assert name.startswith("handoff_bench_")
