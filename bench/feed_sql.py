@@ -18,8 +18,8 @@ from service.search.execute import encode_cursor, run_search
 from service.search.query import parse_search
 
 _OWNER = "Organization/ZqOWNERqZ"
-_TXID = -7_777_777
-_SEQ = -8_888_888
+_TXID = 7_777_777_777_777  # sentinels: valid positions no real feed reaches
+_SEQ = 8_888_888_888_888
 
 
 @dataclass(frozen=True)
