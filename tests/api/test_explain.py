@@ -19,7 +19,7 @@ from service.storage.db import create_engine
 from tests.conftest import TABLES
 from tests.statements import sent_with_parameters
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.performance_contract]
 
 LOAD = """
 WITH n AS (SELECT g, 'task-' || g AS id FROM generate_series(1, 20000) g)

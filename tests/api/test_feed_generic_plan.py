@@ -20,7 +20,7 @@ from service.storage.db import create_engine
 from tests.api.test_explain import LOAD, search_statement
 from tests.conftest import TABLES
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.performance_contract]
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ def match_ids(bundle: dict[str, Any]) -> set[str]:
     return {e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"}
 
 
+@pytest.mark.performance_contract
 async def test_a_parameter_repeated_400_times_is_one_criterion(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:

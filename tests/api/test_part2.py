@@ -400,6 +400,7 @@ async def test_audit_events_are_append_only_and_phi_free(world: dict[str, Any]) 
     assert (await client.delete(f"/fhir/AuditEvent/{one['id']}")).status_code == 405
 
 
+@pytest.mark.performance_contract
 async def test_a_page_of_many_peoples_records_costs_the_same_queries_as_one(
     world: dict[str, Any], engine: Any
 ) -> None:

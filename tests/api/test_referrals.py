@@ -554,6 +554,7 @@ async def test_worklist_reads_every_page_up_to_its_limit(
     assert esc.status_code == 200 and len(esc.json()) == 5
 
 
+@pytest.mark.performance_contract
 async def test_worklist_views_and_statement_count(
     network: dict[str, Any], engine: AsyncEngine
 ) -> None:
@@ -695,6 +696,7 @@ async def test_person_upsert_applies_to_an_update_committed_meanwhile(
     assert r.json()["patient_id"] == first["patient_id"]
 
 
+@pytest.mark.performance_contract
 async def test_referral_writes_lock_tasks_before_their_service_request(
     network: dict[str, Any], engine: AsyncEngine
 ) -> None:
