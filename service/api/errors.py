@@ -11,11 +11,8 @@ import traceback
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -30,7 +27,7 @@ from service.errors import (
 )
 from service.fhir.outcome import operation_outcome
 from service.request_context import request_id_var
-from service.storage.db import cost_refusal
+from service.storage.failures import classify
 
 logger = logging.getLogger("handoff.errors")
 
@@ -207,32 +204,6 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-# What the asyncpg connection itself raises (the hot statements on it, storage.driver) when the
-# server is gone, shutting down or out of connections: SQLAlchemy's wrapping says the same of
-# its own statements. A statement stopped at the statement timeout is not an outage (it is
-# answered before these are asked: ``cost_refusal``).
-_DRIVER_UNAVAILABLE = (
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
-
-
-def _database_unavailable(exc: Exception) -> bool:
-    if isinstance(exc, (PoolTimeoutError, InterfaceError, *_DRIVER_UNAVAILABLE)):
-        return True
-    if isinstance(exc, OperationalError | DBAPIError) and getattr(
-        exc, "connection_invalidated", False
-    ):
-        return True
-    if isinstance(exc, OperationalError):
-        return True
-    return isinstance(exc, OSError | ConnectionError)
-
-
 def _safe_traceback(exc: BaseException) -> str:
     """Where it failed, without the exception's message (which may quote health data)."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -241,17 +212,6 @@ def _safe_traceback(exc: BaseException) -> str:
     return " <- ".join(
         f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(chosen)
     )
-
-
-# PostgreSQL's refusals of text it cannot store (U+0000): input checks catch it first
-# (service.domain.text); this keeps a path they miss a client error, not a server error.
-_UNSTORABLE_TEXT = {"22P05", "22021"}  # untranslatable_character, character_not_in_repertoire
-
-
-def _unstorable_text(exc: Exception) -> bool:
-    if isinstance(exc, asyncpg.PostgresError):  # raised on the driver connection itself
-        return getattr(exc, "sqlstate", None) in _UNSTORABLE_TEXT
-    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT
 
 
 def _too_costly(request: Request, refusal: str) -> str:
@@ -272,19 +232,19 @@ def _too_costly(request: Request, refusal: str) -> str:
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # This handler runs outside the request-id middleware: read the id from the request state.
     request_id = getattr(request.state, "request_id", None)
-    if _unstorable_text(exc):
+    verdict = classify(exc)
+    if verdict == "unstorable-text":
         return outcome_response(
             400, [Issue("error", "invalid", nul_message("a value"))], request_id=request_id
         )
-    # Before the outage test: SQLite reports an interrupted statement as an OperationalError.
-    if (refusal := cost_refusal(exc)) is not None:
-        logger.info("statement stopped: %s", refusal)
+    if verdict in ("timeout", "size"):
+        logger.info("statement stopped: %s", verdict)
         return outcome_response(
             400,
-            [Issue("error", "too-costly", _too_costly(request, refusal))],
+            [Issue("error", "too-costly", _too_costly(request, verdict))],
             request_id=request_id,
         )
-    if _database_unavailable(exc):
+    if verdict == "unavailable":
         logger.warning("database unavailable: %s", type(exc).__name__)
         return outcome_response(
             503,
