@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
@@ -226,6 +226,19 @@ class AuditedRoute(APIRoute):
         return audited
 
 
+_DIRECT = "__handoff_direct__"
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def direct(endpoint: Endpoint) -> Endpoint:
+    """Opt a read, search or history endpoint into being called without FastAPI's per-request
+    machinery (``_direct_handler``). The endpoint must take only the request, the context and
+    string path parameters and answer a ``Response``; a marked endpoint that does not is an
+    error when the app is built, not a silent fallback."""
+    setattr(endpoint, _DIRECT, True)
+    return endpoint
+
+
 def _answers_a_response(endpoint: Callable[..., Any]) -> bool:
     try:
         answer = inspect.signature(endpoint, eval_str=True).return_annotation
@@ -241,12 +254,13 @@ def _direct_handler(route: APIRoute) -> Callable[[Request], Coroutine[Any, Any, 
     dependency solving, telemetry and exit stacks (~10 % of a read's CPU in the profile).
     Path parameters are checked with their declared constraints, and fail the same way
     (``RequestValidationError``, after authentication, as FastAPI orders them). None for any
-    other route: FastAPI's handler serves it."""
+    other route: FastAPI's handler serves it. Only endpoints marked ``@direct`` take it."""
     d = route.dependant
     endpoint = d.call
+    if endpoint is None or not getattr(endpoint, _DIRECT, False):
+        return None
     if (
-        endpoint is None
-        or d.query_params
+        d.query_params
         or d.header_params
         or d.cookie_params
         or d.body_params
@@ -260,7 +274,10 @@ def _direct_handler(route: APIRoute) -> Callable[[Request], Coroutine[Any, Any, 
         or not _answers_a_response(endpoint)
         or any(field.field_info.annotation is not str for field in d.path_params)
     ):
-        return None
+        raise TypeError(
+            f"{endpoint.__qualname__} is marked @direct but takes more than the request, the "
+            "context and string path parameters, or does not answer a Response"
+        )
     context_name = d.dependencies[0].name
     assert context_name is not None
     request_name = d.request_param_name

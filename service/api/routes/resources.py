@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Scope
 
-from service.api.deps import AuditedRoute, ContextDep
+from service.api.deps import AuditedRoute, ContextDep, direct
 from service.api.responses import fhir_json, prefer_strict, resource_response, version_headers
 from service.errors import InvalidRequestError, Issue
 from service.fhir import bundle
@@ -322,12 +322,14 @@ def resource_router(
     )
     t = resource_type
 
+    @direct
     async def search_type(request: Request, ctx: ContextDep) -> Response:
         params = list(request.query_params.multi_items())
         search = wf.parse_search_params(ctx, t, params, strict=prefer_strict(request))
         page = await wf.search(ctx, search)
         return searchset_response(ctx.base_url, search, page)
 
+    @direct
     async def search_type_post(request: Request, ctx: ContextDep) -> Response:
         raw = (await request.body()).decode("utf-8", errors="replace")
         params = [*request.query_params.multi_items(), *parse_qsl(raw, keep_blank_values=True)]
@@ -335,9 +337,11 @@ def resource_router(
         page = await wf.search(ctx, search)
         return searchset_response(ctx.base_url, search, page)
 
+    @direct
     async def history_type(request: Request, ctx: ContextDep) -> Response:
         return await type_history_response(ctx, request, t)
 
+    @direct
     async def read_resource(resource_id: ResourceId, request: Request, ctx: ContextDep) -> Response:
         subset = _subset_params(request)
         stored = await wf.read(ctx, t, resource_id)
@@ -345,6 +349,7 @@ def resource_router(
             return Response(status_code=304, headers=version_headers(stored))
         return resource_response(request, _subsetted(stored, *subset), base_url=ctx.base_url)
 
+    @direct
     async def vread_resource(
         resource_id: ResourceId, version_id: str, request: Request, ctx: ContextDep
     ) -> Response:
@@ -352,6 +357,7 @@ def resource_router(
         stored = await wf.vread(ctx, t, resource_id, version_id)
         return resource_response(request, _subsetted(stored, *subset), base_url=ctx.base_url)
 
+    @direct
     async def history_instance(
         resource_id: ResourceId, request: Request, ctx: ContextDep
     ) -> Response:
@@ -442,6 +448,7 @@ def resource_router(
         )
         return resource_response(request, result.stored, base_url=ctx.base_url)
 
+    @direct
     async def delete_resource(resource_id: ResourceId, ctx: ContextDep) -> Response:
         stored = await wf.delete(ctx, t, resource_id)
         text = f"Deleted {t}/{resource_id}" if stored else f"{t}/{resource_id} was already deleted"

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service import __version__
-from service.api.deps import AuditedRoute, ContextDep, PublicContextDep
+from service.api.deps import AuditedRoute, ContextDep, PublicContextDep, direct
 from service.api.responses import fhir_json
 from service.api.routes.auth import capability_security
 from service.api.routes.resources import FHIR_ERRORS, IdempotencyKey, type_history_response
@@ -66,6 +66,7 @@ async def transaction(
     operation_id="history_system",
     response_class=Response,
 )
+@direct
 async def history_system(request: Request, ctx: ContextDep) -> Response:
     return await type_history_response(ctx, request, None)
 

@@ -55,3 +55,28 @@ def test_routes_with_bodies_headers_or_models_are_not() -> None:
         ("GET", "/v1/referrals/{referral_id}"),  # answers a dict FastAPI serializes
     ):
         assert key in direct and not direct[key], key
+
+
+def test_only_marked_endpoints_are_direct_and_a_wrongly_marked_one_fails_at_build() -> None:
+    import pytest
+    from fastapi import APIRouter
+    from starlette.responses import Response
+
+    from service.api.deps import ContextDep, direct
+
+    router = APIRouter(route_class=AuditedRoute)
+
+    @router.get("/unmarked/{x}")
+    async def unmarked(x: str, ctx: ContextDep) -> Response:
+        return Response()
+
+    [route] = router.routes
+    assert isinstance(route, APIRoute) and _direct_handler(route) is None
+
+    # Marked but taking an int path parameter: the route cannot even be built.
+    with pytest.raises(TypeError, match="marked @direct"):
+
+        @router.get("/marked/{x}")
+        @direct
+        async def marked(x: int, ctx: ContextDep) -> Response:
+            return Response()
