@@ -205,7 +205,7 @@ def write_event(
     so that it commits, or not, with the change."""
     if not ctx.audit or stored.resource_type == "AuditEvent":
         return None
-    ctx.outcomes["audit:written"] = True
+    ctx.audit_notes.written = True
     entities = [_entity(stored)]
     patient = patient_of(body or previous or {})
     if patient:
@@ -225,11 +225,12 @@ def _masked_query(params: list[tuple[str, str]], resource_type: str) -> str:
 
 async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -> None:
     """After a request: one AuditEvent for what it read, or for its failure."""
-    if not ctx.audit or ctx.outcomes.get("audit:done"):
+    notes = ctx.audit_notes
+    if not ctx.audit or notes.done:
         return
-    ctx.outcomes["audit:done"] = True
-    interaction = str(ctx.outcomes.get("audit:interaction", "read"))
-    search = ctx.outcomes.get("audit:search")
+    notes.done = True
+    interaction = notes.interaction or "read"
+    search = notes.search
     query = _masked_query(search[1], search[0]) if search else None
     if error is not None:
         from service.errors import ServiceError
@@ -237,7 +238,7 @@ async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -
         status = error.status if isinstance(error, ServiceError) else 500
         outcome = "4" if status < 500 else "8"
         text = f"{type(error).__name__} ({status})"
-        attempted = ctx.outcomes.get("audit:target")
+        attempted = notes.target
         failed: list[dict[str, Any]] = (
             [{"what": {"reference": attempted}, "type": {"system": ENTITY_TYPE, "code": "2"}}]
             if attempted
@@ -256,7 +257,7 @@ async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -
             ),
         )
         return
-    if not ctx.accessed and search is None and ctx.outcomes.get("audit:written"):
+    if not ctx.accessed and search is None and notes.written:
         return  # writes only: each already has its AuditEvent, committed with it
     entities: list[dict[str, Any]] = []
     heads = [head_of(s.raw) if s.raw else _NO_HEAD for s in ctx.accessed]
@@ -352,7 +353,7 @@ async def record_unauthenticated(
     ctx = WorkflowContext(
         engine=engine, settings=Settings(_env_file=None), base_url="", request_id=request_id
     )
-    ctx.outcomes["audit:interaction"] = "operation"
+    ctx.audit_notes.interaction = "operation"
     event = audit_event(
         ctx,
         interaction="operation",
@@ -412,8 +413,8 @@ async def disclosures(
         )
         request.page = page
         found = await run_search(conn, request, base_url=ctx.base_url)
-    ctx.outcomes["audit:interaction"] = "search-type"
-    ctx.outcomes["audit:search"] = (
+    ctx.audit_notes.interaction = "search-type"
+    ctx.audit_notes.search = (
         "AuditEvent",
         [("patient", f"Patient/{patient_id}"), ("subtype", "disclosure")],
     )

@@ -16,6 +16,17 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class AuditNotes:
+    """What the request's AuditEvent records, as the use cases learn it (workflows.audit)."""
+
+    interaction: str | None = None  # read, vread, search-type, create, ... (the first one set)
+    target: str | None = None  # the resource a failed request was after, "Type/id"
+    search: tuple[str, list[tuple[str, str]]] | None = None  # (type, parameters) of a search
+    written: bool = False  # its writes recorded their own AuditEvents
+    done: bool = False  # the request's AuditEvent is recorded
+
+
+@dataclass
 class WorkflowContext:
     engine: AsyncEngine
     settings: Settings
@@ -45,6 +56,7 @@ class WorkflowContext:
     written: list[tuple[str, str, int]] = field(default_factory=list)
     # Results computed by write rules that the use case reports back (e.g. scores).
     outcomes: dict[str, Any] = field(default_factory=dict)
+    audit_notes: AuditNotes = field(default_factory=AuditNotes)
 
     @property
     def organization(self) -> str | None:

@@ -249,9 +249,10 @@ async def find_by_first_identifier(
 
 
 def _audit_as(ctx: WorkflowContext, interaction: str, target: str | None = None) -> None:
-    ctx.outcomes.setdefault("audit:interaction", interaction)
+    notes = ctx.audit_notes
+    notes.interaction = notes.interaction or interaction
     if target:
-        ctx.outcomes.setdefault("audit:target", target)
+        notes.target = notes.target or target
 
 
 async def read(ctx: WorkflowContext, resource_type: str, resource_id: str) -> StoredResource:
@@ -402,7 +403,7 @@ async def search_pages(
 
 async def search(ctx: WorkflowContext, request: SearchRequest) -> SearchPage:
     _audit_as(ctx, "search-type")
-    ctx.outcomes["audit:search"] = (request.resource_type, request.canonical_params())
+    ctx.audit_notes.search = (request.resource_type, request.canonical_params())
     async with read_connection(ctx.engine) as conn:
         return await search_in(conn, ctx, request)
 
