@@ -14,32 +14,12 @@ from typing import Final
 from pydantic import BaseModel
 
 from service.fhir.bindings import VALUE_SETS
+from service.fhir.catalogue import CATALOGUE
 
 _PACKAGE: Final = "fhir.resources.R4B"
 
-# Resource types this server stores (and validates on write).
-SUPPORTED_TYPES: Final[tuple[str, ...]] = (
-    "Patient",
-    "Organization",
-    "Practitioner",
-    "PractitionerRole",
-    "HealthcareService",
-    "Location",
-    "Questionnaire",
-    "QuestionnaireResponse",
-    "Observation",
-    "ServiceRequest",
-    "Task",
-    "Procedure",
-    "Consent",
-    "AuditEvent",
-    "CodeSystem",
-    "ValueSet",
-    "MedicationDispense",
-    "Medication",
-    "SupplyDelivery",
-    "RelatedPerson",
-)
+# Resource types this server stores (and validates on write): one record each in the catalogue.
+SUPPORTED_TYPES: Final[tuple[str, ...]] = tuple(record.name for record in CATALOGUE)
 
 # Every concrete R4 4.0.1 resource type (the abstract Resource/DomainResource are not instances).
 R4_RESOURCE_TYPES: Final[frozenset[str]] = frozenset(

@@ -35,36 +35,15 @@ from sqlalchemy import ColumnElement, and_, false, literal, or_, select, true
 from service.auth.principal import Principal
 from service.auth.scopes import Action
 from service.errors import ForbiddenError, InsufficientScopeError
+from service.fhir import catalogue
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.execute import AccessFilter, RowCols, allow_all
 from service.search.params import params_for
 from service.search.query import Criterion, criterion_condition, probe_exists
 from service.storage.repository import IndexEntry, aliased, index_t, probe_type, resource_t
 
-DIRECTORY_TYPES = frozenset(
-    {
-        "Organization",
-        "HealthcareService",
-        "Location",
-        "Practitioner",
-        "PractitionerRole",
-        "Questionnaire",
-        "CodeSystem",
-        "ValueSet",
-        "Medication",
-    }
-)
-PATIENT_DATA_TYPES = frozenset(
-    {
-        "QuestionnaireResponse",
-        "Observation",
-        "Procedure",
-        "Consent",
-        "MedicationDispense",
-        "SupplyDelivery",
-        "RelatedPerson",
-    }
-)
+DIRECTORY_TYPES = catalogue.names(tenancy="directory")
+PATIENT_DATA_TYPES = catalogue.names(tenancy="patient-data")
 CREATOR_PARAM = "_creator-org"  # internal index row: the organization that created a resource
 ACTOR_PARAM = "_actor"  # internal index row: who wrote this version (organization or client)
 

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain import sensitivity
 from service.errors import BusinessRuleError
+from service.fhir import catalogue
 from service.fhir.dates import format_instant
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.execute import RowCols
@@ -39,10 +40,7 @@ REDACTED_TAG = {
     "display": "redacted",
 }
 WITHHELD = "Details withheld under 42 CFR Part 2: no active consent names your organization"
-GUARDED_TYPES = frozenset(
-    {"QuestionnaireResponse", "Observation", "Procedure", "MedicationDispense", "SupplyDelivery"}
-)
-REFERRAL_TYPES = frozenset({"Task", "ServiceRequest"})
+GUARDED_TYPES = catalogue.names(part2="guarded")
 # Internal index row of a Consent version: an organization whose records it authorizes
 # disclosing (a custodian that recorded it, or any custodian when an administrator did).
 DISCLOSER_PARAM = "_discloser"
@@ -75,13 +73,11 @@ async def _needs_labels(event: WriteEvent, body: dict[str, Any]) -> bool:
 
         questionnaire = await find_questionnaire(event.conn, event.ctx, body["questionnaire"])
         return questionnaire is not None and sensitivity.is_sud_questionnaire(questionnaire)
+    record = catalogue.BY_NAME.get(str(rtype))
     refs: list[Any] = []
-    if rtype == "Observation":
-        refs = list(body.get("derivedFrom", [])) + list(body.get("focus", []))
-    elif rtype == "Task":
-        refs = [body.get("focus"), *body.get("basedOn", [])]
-    elif rtype in ("Procedure", "ServiceRequest"):
-        refs = list(body.get("basedOn", []))
+    for element in record.labels_from if record is not None else ():
+        value = body.get(element)
+        refs.extend(value if isinstance(value, list) else [value])
     return await _referenced_is_labelled(event.conn, refs)
 
 

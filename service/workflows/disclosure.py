@@ -38,6 +38,7 @@ import orjson
 from sqlalchemy import ColumnElement, and_, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.fhir import catalogue
 from service.fhir.head import head_of, patient_of
 from service.search.execute import AccessFilter, RowCols
 from service.search.query import SearchRequest, probe_exists
@@ -59,7 +60,7 @@ REDACTED_TAG = {
     "display": "redacted",
 }
 WITHHELD = "Details withheld under 42 CFR Part 2: no active consent names your organization"
-REFERRAL_TYPES = frozenset({"Task", "ServiceRequest"})
+REFERRAL_TYPES = catalogue.names(part2="referral")
 
 # Moves of the referral Task's requester (domain.referral): the reason given with them is the
 # requester's; every other status's reason is the owner's.

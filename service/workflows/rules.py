@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.fhir import catalogue
 from service.storage.repository import StoredResource
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class RuleSet:
 
 def default_rules() -> RuleSet:
     return RuleSet(
-        server_written={"AuditEvent"},
-        undeletable={"AuditEvent", "Consent"},
-        if_match_required={"Task", "ServiceRequest"},
+        server_written=set(catalogue.names(server_written=True)),
+        undeletable=set(catalogue.names(deletable=False)),
+        if_match_required=set(catalogue.names(if_match_required=True)),
     )

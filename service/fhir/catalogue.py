@@ -1,0 +1,82 @@
+"""The resource types this server stores, one record each: everything a type's behaviour
+depends on, decided in one place.
+
+Adding a type means adding its record here, its search parameters (``search.params``) and, if
+it has required bindings, regenerating ``fhir/bindings.py`` (``tools/gen_r4_bindings.py``);
+``tests/unit/fhir/test_catalogue.py`` fails until each of those is decided.
+
+Tenancy (``workflows.access``) of each kind:
+
+* ``directory``: readable by every authenticated client, written only by administrators;
+* ``referral``: visible to the parties of the referral (requester, owner or performer, the
+  parties of the Tasks that focus on it) and its creator;
+* ``patient``: the person: its creator and the parties of any Task for it;
+* ``patient-data``: records about a person: their creator and the parties of any Task for the
+  person (a Consent also to its custodian);
+* ``creator``: only the organization that created it.
+
+42 CFR Part 2 (``workflows.consents``, ``workflows.disclosure``) of each kind:
+
+* ``guarded``: labelled records are all or nothing (404 without the author's consent);
+* ``referral``: labelled records are shown by parts, each to its author and under its
+  author's consent (``workflows.disclosure``);
+* ``none``: not Part 2 records themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Tenancy = Literal["directory", "referral", "patient", "patient-data", "creator"]
+Part2 = Literal["guarded", "referral", "none"]
+
+
+@dataclass(frozen=True)
+class TypeRecord:
+    name: str
+    tenancy: Tenancy
+    part2: Part2 = "none"
+    server_written: bool = False  # clients read and search it, never write it
+    deletable: bool = True
+    if_match_required: bool = False  # updates must carry If-Match (concurrent workflow writes)
+    # Elements whose references pass Part 2 labels on: a record derived from, or acting on, a
+    # labelled one is labelled too (workflows.consents.label_on_write).
+    labels_from: tuple[str, ...] = ()
+
+
+CATALOGUE: Final[tuple[TypeRecord, ...]] = (
+    TypeRecord("Patient", "patient"),
+    TypeRecord("Organization", "directory"),
+    TypeRecord("Practitioner", "directory"),
+    TypeRecord("PractitionerRole", "directory"),
+    TypeRecord("HealthcareService", "directory"),
+    TypeRecord("Location", "directory"),
+    TypeRecord("Questionnaire", "directory"),
+    TypeRecord("QuestionnaireResponse", "patient-data", "guarded"),
+    TypeRecord("Observation", "patient-data", "guarded", labels_from=("derivedFrom", "focus")),
+    TypeRecord(
+        "ServiceRequest", "referral", "referral", if_match_required=True, labels_from=("basedOn",)
+    ),
+    TypeRecord(
+        "Task", "referral", "referral", if_match_required=True, labels_from=("focus", "basedOn")
+    ),
+    TypeRecord("Procedure", "patient-data", "guarded", labels_from=("basedOn",)),
+    # Consents are revoked (status inactive), never deleted: the accounting needs them.
+    TypeRecord("Consent", "patient-data", deletable=False),
+    TypeRecord("AuditEvent", "creator", server_written=True, deletable=False),
+    TypeRecord("CodeSystem", "directory"),
+    TypeRecord("ValueSet", "directory"),
+    TypeRecord("MedicationDispense", "patient-data", "guarded"),
+    TypeRecord("Medication", "directory"),
+    TypeRecord("SupplyDelivery", "patient-data", "guarded"),
+    TypeRecord("RelatedPerson", "patient-data"),
+)
+BY_NAME: Final[dict[str, TypeRecord]] = {record.name: record for record in CATALOGUE}
+
+
+def names(**where: object) -> frozenset[str]:
+    """The types whose records have every attribute given, e.g. ``names(tenancy="directory")``."""
+    return frozenset(
+        r.name for r in CATALOGUE if all(getattr(r, key) == value for key, value in where.items())
+    )
