@@ -282,7 +282,7 @@ async def test_a_consent_that_expired_is_reported_so_and_cannot_be_recorded(
     ends = datetime.now(UTC) + timedelta(seconds=1)
     r = await jail.post("/v1/consents", json={**body, "expires": ends.isoformat()})
     assert r.status_code == 201 and r.json()["status"] == "active", r.text
-    from service.workflows.consents import consent_status
+    from service.workflows.consent_records import consent_status
 
     stored = await read(net["admin"], f"Consent/{r.json()['consent_id']}")
     assert consent_status(stored, now=ends + timedelta(seconds=1)) == "expired"

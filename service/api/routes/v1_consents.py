@@ -17,7 +17,7 @@ from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest, PersonIn
 from service.domain.binary import is_base64
 from service.workflows import audit, idempotency
-from service.workflows import consents as wf
+from service.workflows import consent_records as wf
 
 router = APIRouter(prefix="/v1", tags=["JMS: consent and disclosures"], route_class=AuditedRoute)
 
