@@ -50,7 +50,9 @@ def validate_resource(body: Any, *, expected_type: str | None = None) -> None:
     rejected. Without it, any of ``r4.SUPPORTED_TYPES`` is accepted; other types never are.
     """
     if not isinstance(body, dict):
-        _fail([_issue("structure", f"a resource must be a JSON object, not {_json_name(body)}")])
+        _fail(
+            [_issue("structure", f"a resource must be a JSON object, not {json_type_name(body)}")]
+        )
 
     issues: list[Issue] = []
     resource_type = body.get("resourceType")
@@ -63,7 +65,7 @@ def validate_resource(body: Any, *, expected_type: str | None = None) -> None:
             issues.append(
                 _issue(
                     "structure",
-                    f"resourceType: must be a string, not {_json_name(resource_type)}",
+                    f"resourceType: must be a string, not {json_type_name(resource_type)}",
                     "resourceType",
                 )
             )
@@ -178,7 +180,8 @@ def _ends_before_it_starts(period: dict[str, Any]) -> bool:
     return low is not None and high is not None and high[1] < low[0]
 
 
-def _json_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
+    """How a JSON value's type is named in messages ("a string", "an array", "null"...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -320,7 +323,7 @@ class _Walker:
 
     def _list(self, obj: dict[str, Any], field: Field, value: Any, expr: str) -> None:
         if not isinstance(value, list):
-            self.add("structure", expr, f"must be an array, not {_json_name(value)}")
+            self.add("structure", expr, f"must be an array, not {json_type_name(value)}")
             return
         if not value:
             self.add("structure", expr, "empty array: leave the element out")
@@ -351,7 +354,7 @@ class _Walker:
         if field.kind is Kind.PRIMITIVE:
             self._primitive(field, value, expr)
         elif not isinstance(value, dict):
-            self.add("structure", expr, f"must be a JSON object, not {_json_name(value)}")
+            self.add("structure", expr, f"must be a JSON object, not {json_type_name(value)}")
         elif field.kind is Kind.RESOURCE:
             self._resource(value, expr, contained=field.name == "contained")
         else:
@@ -431,7 +434,7 @@ class _Walker:
             self.add(
                 "structure",
                 expr,
-                f"{field.fhir_type} must be {_EXPECTED[expected]}, not {_json_name(value)}"
+                f"{field.fhir_type} must be {_EXPECTED[expected]}, not {json_type_name(value)}"
                 + (f" ({shown})" if shown else ""),
             )
             return

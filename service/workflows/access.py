@@ -127,9 +127,10 @@ def linked_targets(
 # --- read side -------------------------------------------------------------------------------
 
 
-def _has(
+def index_has(
     rtype: str, cols: RowCols, param: str | tuple[str, ...], value: Any
 ) -> ColumnElement[bool]:
+    """SQL: the row's version has an index row of ``param`` (one of them) with ``value``."""
     c = index_t.c
     params = (param,) if isinstance(param, str) else param
     return probe_exists(
@@ -187,7 +188,7 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
     expressions are immutable, and building this one costs more than running it)."""
     if rtype in DIRECTORY_TYPES:
         return true()
-    created = _has(rtype, cols, CREATOR_PARAM, org)
+    created = index_has(rtype, cols, CREATOR_PARAM, org)
     if rtype == "Task":
         unowned_open = and_(
             ~probe_exists(
@@ -200,13 +201,13 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
                     index_t.c.param == "owner",
                 )
             ),
-            _has(rtype, cols, "status", "requested"),
+            index_has(rtype, cols, "status", "requested"),
         )
-        return or_(created, _has(rtype, cols, ("owner", "requester"), org), unowned_open)
+        return or_(created, index_has(rtype, cols, ("owner", "requester"), org), unowned_open)
     if rtype == "ServiceRequest":
         return or_(
             created,
-            _has(rtype, cols, ("requester", "performer"), org),
+            index_has(rtype, cols, ("requester", "performer"), org),
             _task_links(org, "focus", literal("ServiceRequest/") + cols.id),
         )
     if rtype == "Patient":
@@ -225,7 +226,7 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
             )
         )
         if rtype == "Consent":  # its custodian may always see (and revoke) it
-            return or_(created, linked, _has(rtype, cols, "organization", org))
+            return or_(created, linked, index_has(rtype, cols, "organization", org))
         return or_(created, linked)
     return created
 

@@ -21,7 +21,7 @@ from service.errors import InvalidRequestError, Issue, PayloadTooLargeError, Ser
 from service.fhir.dates import format_instant
 from service.fhir.outcome import operation_outcome
 from service.fhir.resource import new_id
-from service.fhir.validate import validate_resource
+from service.fhir.validate import json_type_name, validate_resource
 from service.storage.db import read_connection, write_transaction
 from service.workflows import idempotency
 from service.workflows import resources as wf
@@ -142,7 +142,7 @@ def _entry_problems(index: int, entry: Any) -> list[Issue]:
         return Issue("error", code, f"{at}{element} {text}", (f"{at}{element}",))
 
     def wrong_type(element: str, expected: str, value: Any) -> Issue:
-        return problem("structure", element, f"must be {expected}, not {_json_kind(value)}")
+        return problem("structure", element, f"must be {expected}, not {json_type_name(value)}")
 
     if not isinstance(entry, dict):
         return [wrong_type("", "an object", entry)]
@@ -167,7 +167,7 @@ def _entry_problems(index: int, entry: Any) -> list[Issue]:
         if method is None:
             problems.append(problem("required", ".request.method", f"is required: {allowed}"))
         else:
-            shown = repr(method) if isinstance(method, str) else _json_kind(method)
+            shown = repr(method) if isinstance(method, str) else json_type_name(method)
             problems.append(problem("value", ".request.method", f"must be {allowed}, not {shown}"))
     url = request.get("url")
     if url is None or url == "":
@@ -185,18 +185,6 @@ def _entry_problems(index: int, entry: Any) -> list[Issue]:
     if method in ("POST", "PUT") and resource is None:
         problems.append(problem("required", ".resource", f"is required in a {method} entry"))
     return problems
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
 
 
 def _rewrite_refs(node: Any, mapping: dict[str, str]) -> Any:

@@ -198,6 +198,9 @@ def _permitting(
                 x.c.param == param,
                 x.c.value == value,
             )
+            # Every other table correlates, however far out (a discloser column is two
+            # levels out: SQLAlchemy correlates only one level by itself).
+            .correlate_except(x)
         )
 
     def rows(param: str) -> Any:
@@ -264,28 +267,10 @@ def _permitting(
             patient_match,
             has("status", "active"),
             has("actor", org),
-            *([_discloser_is(c, discloser)] if discloser is not None else []),
+            *([has(DISCLOSER_PARAM, discloser)] if discloser is not None else []),
             period_ok,
             purpose_ok,
         )
-    )
-
-
-def _discloser_is(c: Any, discloser: Any) -> ColumnElement[bool]:
-    """The Consent of index rows ``c`` authorizes ``discloser`` (a column of a query around
-    this one: correlated explicitly, as it is more than one level out)."""
-    x = aliased(index_t, "consent_discloser_of")
-    return probe_exists(
-        select(1)
-        .select_from(x)
-        .where(
-            probe_type(x.c.resource_type, "Consent"),
-            x.c.resource_id == c.c.resource_id,
-            x.c.version_id == c.c.version_id,
-            x.c.param == DISCLOSER_PARAM,
-            x.c.value == discloser,
-        )
-        .correlate_except(x)
     )
 
 

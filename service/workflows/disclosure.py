@@ -49,7 +49,7 @@ from service.storage.repository import (
     probe_type,
     values_up_to,
 )
-from service.workflows.access import ACTOR_PARAM
+from service.workflows.access import ACTOR_PARAM, index_has
 from service.workflows.consents import consent_exists, consents_by_patient
 from service.workflows.context import WorkflowContext
 from service.workflows.rules import RuleSet, WriteEvent
@@ -397,24 +397,9 @@ def guarded_parties(request: SearchRequest, org: str) -> set[str]:
     }
 
 
-def _row_has(rtype: str, cols: RowCols, alias: str, param: str, value: Any) -> Any:
-    x = aliased(index_t, alias)
-    return probe_exists(
-        select(1)
-        .select_from(x)
-        .where(
-            probe_type(x.c.resource_type, rtype),
-            x.c.resource_id == cols.id,
-            x.c.version_id == cols.version_id,
-            x.c.param == param,
-            x.c.value == value,
-        )
-    )
-
-
 def _sees_part(rtype: str, cols: RowCols, org: str, party: str, purpose: str) -> Any:
     """SQL: ``org`` sees ``party``'s part of the row whole (``decide``'s rule)."""
-    label = _row_has(rtype, cols, "guard_label", "_security", "42CFRPart2")
+    label = index_has(rtype, cols, "_security", "42CFRPart2")
     author = aliased(index_t, "guard_author")
     patient = aliased(index_t, "guard_patient")
     consented = probe_exists(
@@ -437,7 +422,7 @@ def _sees_part(rtype: str, cols: RowCols, org: str, party: str, purpose: str) ->
             consent_exists(patient.c.value, org, purpose, author.c.value),
         )
     )
-    alternatives = [not_(label), _row_has(rtype, cols, "guard_party", party, org), consented]
+    alternatives = [not_(label), index_has(rtype, cols, party, org), consented]
     if party == "owner":
         # Nothing of an owner to withhold while no owner has written the Task (``decide``).
         owned = aliased(index_t, "guard_owned")
