@@ -72,7 +72,10 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    from service.workflows import assessments, consents, disclosure, naloxone, referrals
+    from service.features import referrals as referrals
+    from service.features.assessments import rules as assessments
+    from service.features.naloxone import records as naloxone
+    from service.workflows import consents, disclosure
 
     rules = default_rules()
     consents.register(rules)  # labels first: later rules and the index see them
@@ -106,7 +109,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
             owned = app.state.engine = create_engine(settings)
         instrument_engine(app, app.state.engine)
         try:
-            from service.workflows.assessments import ensure_builtin_content
+            from service.features.assessments.rules import ensure_builtin_content
 
             await ensure_builtin_content(app.state.engine, settings, app.state.rules)
             if settings.demo:

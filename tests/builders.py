@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -105,3 +107,57 @@ async def fhir_consent(
     assert r.status_code == 201, r.text
     made: dict[str, Any] = r.json()
     return made
+
+
+# --- JMS (/v1) payloads ------------------------------------------------------------------------
+
+
+def in_future(*, days: float = 0, hours: float = 0) -> str:
+    """An ISO instant (whole seconds, UTC) that far from now: release dates must stay ahead."""
+    when = datetime.now(UTC) + timedelta(days=days, hours=hours)
+    return when.replace(microsecond=0).isoformat()
+
+
+def jms_person(
+    person_id: str = "P-1",
+    *,
+    family: str = "Rivera",
+    given: str = "Dana",
+    birth_date: str = "1988-03-14",
+    sex: str = "female",
+    booking_number: str | None = "",
+) -> dict[str, Any]:
+    """The person block of a JMS payload (booking number ``B-<person_id>`` unless given;
+    ``None`` leaves it out)."""
+    person: dict[str, Any] = {
+        "person_id": person_id,
+        "family_name": family,
+        "given_names": [given],
+        "birth_date": birth_date,
+        "sex": sex,
+    }
+    if booking_number is not None:
+        person["booking_number"] = booking_number or f"B-{person_id}"
+    return person
+
+
+def jms_referral(
+    receiver: str,
+    *,
+    person: dict[str, Any] | None = None,
+    services: Iterable[str] = ("moud-methadone",),
+    release_at: str | None = None,
+    intercept: int = 4,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A jail's ``POST /v1/referrals`` body: ``person`` (default ``jms_person()``) referred to
+    ``receiver`` (``Organization/<id>``), released in three days unless ``release_at`` says."""
+    return {
+        "person": person if person is not None else jms_person(),
+        "referred_by": {"id": "S-1", "name": "Jordan Lee", "role": "peer-specialist"},
+        "intercept": intercept,
+        "release": {"expected_at": release_at or in_future(days=3)},
+        "services": list(services),
+        "receiving_organization": receiver,
+        **extra,
+    }

@@ -244,7 +244,7 @@ async def org_client(app, issue_token: TokenFactory, http_log):  # type: ignore[
 @pytest.fixture
 async def instruments(app, engine: AsyncEngine) -> None:  # type: ignore[no-untyped-def]
     """Load the built-in instruments (the app's start-up does this; ASGI tests skip it)."""
-    from service.workflows.assessments import ensure_builtin_content
+    from service.features.assessments.rules import ensure_builtin_content
 
     await ensure_builtin_content(engine, app.state.settings, app.state.rules)
 

@@ -41,6 +41,7 @@ from service.search.execute import AccessFilter, RowCols, allow_all
 from service.search.params import params_for
 from service.search.query import Criterion, criterion_condition, probe_exists
 from service.storage.repository import IndexEntry, aliased, index_t, probe_type, resource_t
+from service.workflows.consents import part2_condition
 
 DIRECTORY_TYPES = catalogue.names(tenancy="directory")
 PATIENT_DATA_TYPES = catalogue.names(tenancy="patient-data")
@@ -295,8 +296,6 @@ def _visible_condition(
     purpose: str,
     emergency: bool,
 ) -> ColumnElement[bool] | None:
-    from service.workflows.consents import part2_condition
-
     scope = _constraint_condition(rtype, cols, list(constraints), base_url)
     if org is None:  # a client with no organization sees directory data only
         return scope if rtype in DIRECTORY_TYPES else None

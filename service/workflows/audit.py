@@ -23,13 +23,19 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.errors import ServiceError
 from service.fhir.dates import format_instant
 from service.fhir.head import ResourceHead, head_of, patient_of
+from service.fhir.resource import new_id, now_ms, stamp
+from service.search.extract import extract_index
 from service.search.params import params_for
+from service.settings import Settings
 from service.storage import repository as repo
 from service.storage.db import driver_connection, read_connection
 from service.storage.group_commit import committer_for
 from service.storage.repository import StoredResource
+from service.workflows.access import creator_entries
+from service.workflows.consents import consents_by_patient
 from service.workflows.context import WorkflowContext
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -173,11 +179,31 @@ def _patient_entity(ref: str) -> dict[str, Any]:
     }
 
 
+def prepare_server_resource(ctx: WorkflowContext, body: dict[str, Any]) -> repo.NewResource:
+    """A new resource only the server writes (AuditEvent), stamped and indexed: no client
+    rules, not audited."""
+    rid = new_id()
+    last_updated = now_ms()
+    final = stamp(body, resource_id=rid, version_id=1, last_updated=last_updated)
+    index = extract_index(final, version_id=1, base_url=ctx.base_url)
+    index += creator_entries(
+        ctx.organization,
+        resource_type=final["resourceType"],
+        resource_id=rid,
+        version_id=1,
+        previous_creator=None,
+    )
+    stored = StoredResource(
+        final["resourceType"], rid, 1, last_updated, False, orjson.dumps(final).decode()
+    )
+    # No JSONB copy of AuditEvents: append-only, read by id and search, never queried by
+    # content; a page's AuditEvent (~25 KB) cost PostgreSQL ~0.6 ms to parse and compress.
+    return repo.NewResource(stored=stored, content=None, index=index)
+
+
 async def _commit(engine: AsyncEngine, ctx: WorkflowContext, event: dict[str, Any]) -> None:
     """On its own (reads, failures): committed with other requests' AuditEvents in one shared
     transaction (``group_commit``); returns once this one is durable."""
-    from service.workflows.resources import prepare_server_resource
-
     # On PostgreSQL a batch is one statement, run on the driver connection in autocommit (its
     # own transaction: no BEGIN and COMMIT, no SQLAlchemy execution around it).
     committer = (
@@ -233,8 +259,6 @@ async def finish_request(ctx: WorkflowContext, *, error: BaseException | None) -
     search = notes.search
     query = _masked_query(search[1], search[0]) if search else None
     if error is not None:
-        from service.errors import ServiceError
-
         status = error.status if isinstance(error, ServiceError) else 500
         outcome = "4" if status < 500 else "8"
         text = f"{type(error).__name__} ({status})"
@@ -319,8 +343,6 @@ async def _disclosure_bases(
         consents: dict[str, dict[str, str]] = {}
         wanted = {h.patient for s, h in disclosed if h.patient and _key(s) not in decided}
         if wanted and not ctx.emergency_reason:
-            from service.workflows.consents import consents_by_patient
-
             consents = await consents_by_patient(conn, wanted, org, ctx.purpose)
     bases: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for stored, head in disclosed:
@@ -348,8 +370,6 @@ async def record_unauthenticated(
     engine: Any, *, request_id: str, path: str, status: int, reason: str
 ) -> None:
     """A request refused before we knew who was calling (401/403 from the token check)."""
-    from service.settings import Settings
-
     ctx = WorkflowContext(
         engine=engine, settings=Settings(_env_file=None), base_url="", request_id=request_id
     )
@@ -363,105 +383,3 @@ async def record_unauthenticated(
     )
     event["agent"] = [{"who": {"display": "unauthenticated client"}, "requestor": True}]
     await _commit(engine, ctx, event)
-
-
-async def disclosures(
-    ctx: WorkflowContext,
-    patient_id: str,
-    *,
-    newest_first: bool = True,
-    count: int = 100,
-    page: str | None = None,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Accounting of disclosures (42 CFR 2.24/2.25): who received which of the person's Part 2
-    records, when, and under which consent or exception. One page of ``count`` AuditEvents
-    (each may list several records), and the token of the next page (None: the last)."""
-    from service.errors import ForbiddenError
-    from service.search.execute import run_search
-    from service.search.query import parse_search
-    from service.storage.db import read_connection
-    from service.workflows import resources as wf
-
-    async with read_connection(ctx.engine) as conn:
-        await wf.read_in(conn, ctx, "Patient", patient_id)  # 404 unless visible
-        ctx.accessed.clear()  # the accounting itself is audited as a search, below
-        if ctx.principal is not None and not ctx.principal.is_admin:
-            # Only the person's custodians (organizations that recorded Part 2 data or consents
-            # for them) may list disclosures: here, the caller must have created the Patient.
-            creator = await repo.index_value(
-                conn,
-                "Patient",
-                patient_id,
-                (await repo.get_current(conn, "Patient", patient_id)).version_id,  # type: ignore[union-attr]
-                "_creator-org",
-            )
-            if creator != ctx.organization:
-                raise ForbiddenError(
-                    "Only the organization that registered this person can list its disclosures"
-                )
-        request = parse_search(
-            "AuditEvent",
-            [
-                ("patient", f"Patient/{patient_id}"),
-                ("subtype", f"{SUBTYPE}|disclosure"),
-                ("_sort", "-date" if newest_first else "date"),
-                ("_count", str(count)),
-            ],
-            strict=True,
-            default_count=count,
-            max_count=1000,
-        )
-        request.page = page
-        found = await run_search(conn, request, base_url=ctx.base_url)
-    ctx.audit_notes.interaction = "search-type"
-    ctx.audit_notes.search = (
-        "AuditEvent",
-        [("patient", f"Patient/{patient_id}"), ("subtype", "disclosure")],
-    )
-    rows = []
-    for match in found.matches:
-        event = orjson.loads(match.raw or "{}")
-        recipient = next(
-            (
-                a["who"].get("reference")
-                for a in event.get("agent", [])
-                if not a.get("requestor") and "reference" in a.get("who", {})
-            ),
-            None,
-        )
-        client = next(
-            (
-                a["who"].get("identifier", {}).get("value")
-                for a in event.get("agent", [])
-                if a.get("requestor")
-            ),
-            None,
-        )
-        for entity in event.get("entity", []):
-            detail = {d.get("type"): d.get("valueString") for d in entity.get("detail", [])}
-            if not detail:
-                continue
-            rows.append(
-                {
-                    "disclosed_at": event.get("recorded"),
-                    "recipient": recipient,
-                    "client_id": client,
-                    "record": (entity.get("what") or {}).get("reference"),
-                    # Why it could be shown: a consent, an emergency, or neither because the
-                    # recipient saw only a redacted view (or its own part of the record).
-                    "basis": (
-                        "consent"
-                        if detail.get("consent")
-                        else "emergency"
-                        if detail.get("exception")
-                        else detail.get("basis")
-                    ),
-                    "consent": detail.get("consent"),
-                    "exception": detail.get("exception"),
-                    "purpose": ((event.get("purposeOfEvent") or [{}])[0].get("coding") or [{}])[
-                        0
-                    ].get("code"),
-                    "audit_event": f"AuditEvent/{match.id}",
-                }
-            )
-    return rows, found.next_page

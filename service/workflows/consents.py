@@ -10,7 +10,7 @@ exception (break the glass) is always audited.
 
 What each party sees of each record is decided in ``workflows.disclosure``; this module applies
 the labels on write, checks Consents, and holds the SQL conditions that find the consents in
-force. The JMS consent use cases (record, revoke, view) are ``workflows.consent_records``.
+force. The JMS consent use cases (record, revoke, view) are ``features.consents.records``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from sqlalchemy import ColumnElement, Select, and_, bindparam, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain import sensitivity
-from service.errors import BusinessRuleError
+from service.errors import BusinessRuleError, Issue
 from service.fhir import catalogue
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.execute import RowCols
 from service.search.query import probe_exists
 from service.storage import repository as repo
 from service.storage.repository import aliased, index_t, probe_type, resource_t
+from service.workflows.canonicals import find_questionnaire
 from service.workflows.rules import RuleSet, WriteEvent
 
 GUARDED_TYPES = catalogue.names(part2="guarded")
@@ -62,8 +63,6 @@ async def _needs_labels(event: WriteEvent, body: dict[str, Any]) -> bool:
         return True
     rtype = body.get("resourceType")
     if rtype == "QuestionnaireResponse" and isinstance(body.get("questionnaire"), str):
-        from service.workflows.assessments import find_questionnaire
-
         questionnaire = await find_questionnaire(event.conn, event.ctx, body["questionnaire"])
         return questionnaire is not None and sensitivity.is_sud_questionnaire(questionnaire)
     record = catalogue.BY_NAME.get(str(rtype))
@@ -114,8 +113,6 @@ async def check_consent(event: WriteEvent) -> None:
                 )
             )
     if problems:
-        from service.errors import Issue
-
         raise BusinessRuleError(
             problems[0][1],
             issues=[Issue("error", "business-rule", m, (e,)) for e, m in problems],

@@ -21,8 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import BusinessRuleError, ConflictError, InvalidRequestError
 from service.fhir.resource import now_ms
+from service.search.execute import CURRENT_COLS
 from service.storage import repository as repo
 from service.storage.db import write_transaction
+from service.workflows.disclosure import disclose_all, is_whole
 
 if TYPE_CHECKING:
     from service.storage.repository import StoredResource
@@ -213,9 +215,6 @@ async def _show_again(
     """The versions a replay shows again, through the disclosure policy as it stands now (a
     consent may have been revoked since the first request), recorded as this request's reads;
     and whether each is still shown whole."""
-    from service.search.execute import CURRENT_COLS
-    from service.workflows.disclosure import disclose_all, is_whole
-
     found = [
         stored
         for rtype, rid, vid in versions

@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.domain.referral import is_referral_task
 from service.domain.text import NUL, nul_message, nul_path
 from service.errors import (
     BusinessRuleError,
@@ -55,6 +56,7 @@ from service.workflows.access import (
     require_scope,
     require_scope_on_any,
 )
+from service.workflows.audit import prepare_server_resource
 from service.workflows.consents import discloser_entries
 from service.workflows.context import WorkflowContext
 from service.workflows.disclosure import (
@@ -539,28 +541,6 @@ async def _store(
     return stored
 
 
-def prepare_server_resource(ctx: WorkflowContext, body: dict[str, Any]) -> repo.NewResource:
-    """A new resource only the server writes (AuditEvent), stamped and indexed: no client
-    rules, not audited."""
-    rid = new_id()
-    last_updated = now_ms()
-    final = stamp(body, resource_id=rid, version_id=1, last_updated=last_updated)
-    index = extract_index(final, version_id=1, base_url=ctx.base_url)
-    index += creator_entries(
-        ctx.organization,
-        resource_type=final["resourceType"],
-        resource_id=rid,
-        version_id=1,
-        previous_creator=None,
-    )
-    stored = StoredResource(
-        final["resourceType"], rid, 1, last_updated, False, orjson.dumps(final).decode()
-    )
-    # No JSONB copy of AuditEvents: append-only, read by id and search, never queried by
-    # content; a page's AuditEvent (~25 KB) cost PostgreSQL ~0.6 ms to parse and compress.
-    return repo.NewResource(stored=stored, content=None, index=index)
-
-
 def _check_client_writable(ctx: WorkflowContext, resource_type: str) -> None:
     if resource_type in ctx.rules.server_written:
         raise MethodNotAllowedError(
@@ -904,8 +884,6 @@ def _refuse_referral_delete(ctx: WorkflowContext, current: StoredResource) -> No
         return
     if current.resource_type not in REFERRAL_TYPES:
         return
-    from service.domain.referral import is_referral_task
-
     body = loads(current)
     if current.resource_type == "Task" and is_referral_task(body):
         raise BusinessRuleError(

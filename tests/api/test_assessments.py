@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.storage.repository import idempotency_t
-from tests.builders import FHIR_JSON, organization, transaction
+from tests.builders import FHIR_JSON, jms_person, organization, transaction
 
 pytestmark = pytest.mark.usefixtures("instruments")
 TCUDS5 = Path(__file__).resolve().parent.parent / "data" / "tcuds5-example-questionnaire.json"
@@ -27,14 +27,7 @@ def dast(yes: set[int]) -> dict[str, str]:
 
 
 def person(pid: str = "P-1") -> dict[str, Any]:
-    return {
-        "person_id": pid,
-        "booking_number": f"B-{pid}",
-        "family_name": "Rivera",
-        "given_names": ["Dana"],
-        "birth_date": "1988-03-14",
-        "sex": "female",
-    }
+    return jms_person(pid)
 
 
 def assessment(instrument: str, answers: dict[str, Any], pid: str = "P-1") -> dict[str, Any]:

@@ -15,33 +15,19 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.builders import FHIR_JSON, fhir_consent, organization
+from tests.builders import FHIR_JSON, fhir_consent, jms_person, jms_referral, organization
 
 pytestmark = pytest.mark.usefixtures("instruments")
 YES, NO = "LA33-6", "LA32-8"
-PERSON = {
-    "person_id": "P-77",
-    "family_name": "Okonkwo",
-    "given_names": ["Ada"],
-    "birth_date": "1984-06-02",
-    "sex": "female",
-}
+PERSON = jms_person(
+    "P-77", family="Okonkwo", given="Ada", birth_date="1984-06-02", booking_number=None
+)
 JAIL_NOTE = "JAIL-NOTE-methadone 80 mg"
 PATCH_JSON = {"Content-Type": "application/json-patch+json"}
 
 
 def referral(receiver: str, **extra: Any) -> dict[str, Any]:
-    release = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0).isoformat()
-    return {
-        "person": PERSON,
-        "referred_by": {"name": "Jordan Lee", "role": "peer-specialist"},
-        "intercept": 4,
-        "release": {"expected_at": release},
-        "services": ["moud-methadone"],
-        "receiving_organization": receiver,
-        "notes": JAIL_NOTE,
-        **extra,
-    }
+    return jms_referral(receiver, person=PERSON, notes=JAIL_NOTE, **extra)
 
 
 @pytest.fixture
@@ -282,7 +268,7 @@ async def test_a_consent_that_expired_is_reported_so_and_cannot_be_recorded(
     ends = datetime.now(UTC) + timedelta(seconds=1)
     r = await jail.post("/v1/consents", json={**body, "expires": ends.isoformat()})
     assert r.status_code == 201 and r.json()["status"] == "active", r.text
-    from service.workflows.consent_records import consent_status
+    from service.features.consents.records import consent_status
 
     stored = await read(net["admin"], f"Consent/{r.json()['consent_id']}")
     assert consent_status(stored, now=ends + timedelta(seconds=1)) == "expired"

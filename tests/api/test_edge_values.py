@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 
+from service.features.referrals import FACILITY_EXTENSION
 from service.fhir.codes import SIM_EXTENSION
-from service.workflows.referrals import FACILITY_EXTENSION
 from tests.api.test_errors import assert_outcome
 from tests.api.test_naloxone import NALOXONE_4MG
 from tests.builders import FHIR_JSON, organization, patient, task, transaction

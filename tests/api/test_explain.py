@@ -221,7 +221,7 @@ async def test_period_search_uses_the_date_row_index(engine: AsyncEngine) -> Non
 
 async def test_release_worklist_reads_only_the_window(engine: AsyncEngine) -> None:
     """The jail's worklist (requester + expected release between two instants, as
-    ``service.workflows.referrals.list_referrals`` asks it) reads the window's referrals, not
+    ``service.features.referrals.list_referrals`` asks it) reads the window's referrals, not
     every referral the jail ever made: release windows are open-ended Periods."""
     await _load(
         engine,
@@ -240,7 +240,7 @@ async def test_release_worklist_reads_only_the_window(engine: AsyncEngine) -> No
     # Releases an hour apart for 20,000 hours from 2026-01-01T01:00 (the data is fixed, not
     # relative to now): the window below is the last three days and a few hours, as a jail's
     # are on the day it looks (few releases are planned further ahead). It holds 72 of them.
-    from service.workflows.referrals import worklist_search
+    from service.features.referrals import worklist_search
 
     window = worklist_search(
         "Organization/jail",

@@ -14,9 +14,8 @@ from service.storage import repository as repo
 from service.storage.db import driver_connection, read_connection
 from service.storage.group_commit import GroupCommitter
 from service.storage.repository import NewResource, history_t, index_t
-from service.workflows.audit import audit_event
+from service.workflows.audit import audit_event, prepare_server_resource
 from service.workflows.context import WorkflowContext
-from service.workflows.resources import prepare_server_resource
 
 
 def _event(engine: AsyncEngine, n: int) -> NewResource:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.builders import FHIR_JSON, organization
+from tests.builders import FHIR_JSON, jms_person, jms_referral, organization
 
 pytestmark = pytest.mark.usefixtures("instruments")
 
@@ -27,14 +27,7 @@ R5_FOCUS = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Procedure.focu
 
 
 def person(pid: str, family: str = "Rivera") -> dict[str, Any]:
-    return {
-        "person_id": pid,
-        "booking_number": f"B-{pid}",
-        "family_name": family,
-        "given_names": ["Dana"],
-        "birth_date": "1988-03-14",
-        "sex": "female",
-    }
+    return jms_person(pid, family=family)
 
 
 def kit(pid: str | None = "P-1", **over: Any) -> dict[str, Any]:
@@ -827,14 +820,7 @@ async def test_summary_csv(net: dict[str, Any], dataset: dict[str, Any]) -> None
 
 
 def referral(pid: str, receiver: str, release_at: str) -> dict[str, Any]:
-    return {
-        "person": person(pid),
-        "referred_by": {"id": "S-1", "name": "Jordan Lee", "role": "peer-specialist"},
-        "intercept": 4,
-        "release": {"expected_at": release_at},
-        "services": ["naloxone"],
-        "receiving_organization": receiver,
-    }
+    return jms_referral(receiver, person=person(pid), services=["naloxone"], release_at=release_at)
 
 
 OVERDOSE_ANSWERS = {

@@ -43,7 +43,7 @@ from schemathesis.generation.case import Case
 from schemathesis.schemas import APIOperation
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.workflows.assessments import ensure_builtin_content
+from service.features.assessments.rules import ensure_builtin_content
 from tests.builders import FHIR_JSON, organization, patient, task
 from tests.journey.test_openapi_conformance import FUZZED_TYPES
 

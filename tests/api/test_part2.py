@@ -10,34 +10,28 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.builders import FHIR_JSON, fhir_consent, organization
+from tests.builders import (
+    FHIR_JSON,
+    fhir_consent,
+    in_future,
+    jms_person,
+    jms_referral,
+    organization,
+)
 from tests.statements import parameters_sent, statements_sent
 
 pytestmark = pytest.mark.usefixtures("instruments")
 YES, NO = "LA33-6", "LA32-8"
-PERSON = {
-    "person_id": "P-5",
-    "family_name": "Nakamura",
-    "given_names": ["Lee"],
-    "birth_date": "1979-01-02",
-    "sex": "male",
-}
+PERSON = jms_person(
+    "P-5", family="Nakamura", given="Lee", birth_date="1979-01-02", sex="male", booking_number=None
+)
 
 
 def methadone_referral(
     person: dict[str, Any], receiver: str, *, days: int, **extra: Any
 ) -> dict[str, Any]:
     """A jail's referral of ``person`` to ``receiver`` for methadone, released in ``days``."""
-    release = (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0).isoformat()
-    return {
-        "person": person,
-        "referred_by": {"name": "Jordan Lee", "role": "peer-specialist"},
-        "intercept": 4,
-        "release": {"expected_at": release},
-        "services": ["moud-methadone"],
-        "receiving_organization": receiver,
-        **extra,
-    }
+    return jms_referral(receiver, person=person, release_at=in_future(days=days), **extra)
 
 
 @pytest.fixture

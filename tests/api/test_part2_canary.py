@@ -23,7 +23,14 @@ import httpx
 import pytest
 
 from service.openapi import generate
-from tests.builders import FHIR_JSON, fhir_consent, organization
+from tests.builders import (
+    FHIR_JSON,
+    fhir_consent,
+    in_future,
+    jms_person,
+    jms_referral,
+    organization,
+)
 
 pytestmark = pytest.mark.usefixtures("instruments")
 YES, NO = "LA33-6", "LA32-8"
@@ -39,17 +46,17 @@ EXCLUDED = {
 
 
 def person(key: str) -> dict[str, Any]:
-    return {
-        "person_id": f"P-CANARY-{key}",
-        "family_name": f"Canary{key}",
-        "given_names": ["Pat"],
-        "birth_date": "1980-02-03",
-        "sex": "female",
-    }
+    return jms_person(
+        f"P-CANARY-{key}",
+        family=f"Canary{key}",
+        given="Pat",
+        birth_date="1980-02-03",
+        booking_number=None,
+    )
 
 
 def release_in(days: int) -> str:
-    return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0).isoformat()
+    return in_future(days=days)
 
 
 @dataclass
@@ -115,16 +122,14 @@ async def put_task(w: World, org: str, task_id: str, **changes: Any) -> dict[str
 
 
 def referral(key: str, receiver: str, note: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "person": person(key),
-        "referred_by": {"name": "Jordan Lee", "role": "peer-specialist"},
-        "intercept": 4,
-        "release": {"expected_at": release_in(5)},
-        "services": ["moud-methadone", "peer-support"],
-        "receiving_organization": receiver,
-        "notes": note,
+    return jms_referral(
+        receiver,
+        person=person(key),
+        services=["moud-methadone", "peer-support"],
+        release_at=release_in(5),
+        notes=note,
         **extra,
-    }
+    )
 
 
 async def build(w: World, admin: httpx.AsyncClient, org_client: Any) -> None:

@@ -12,7 +12,14 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.builders import FHIR_JSON, fhir_consent, organization
+from tests.builders import (
+    FHIR_JSON,
+    fhir_consent,
+    in_future,
+    jms_person,
+    jms_referral,
+    organization,
+)
 from tests.statements import sent_with_parameters, statements_sent
 
 HANDOFF_CS = "https://handoff.dev/fhir/CodeSystem"
@@ -21,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("instruments")
 
 
 def soon(hours: int = 48) -> str:
-    return (datetime.now(UTC) + timedelta(hours=hours)).replace(microsecond=0).isoformat()
+    return in_future(hours=hours)
 
 
 @pytest.fixture
@@ -41,25 +48,16 @@ async def network(client: httpx.AsyncClient, org_client) -> dict[str, Any]:  # t
 
 
 def referral(receiver: str, **over: Any) -> dict[str, Any]:
-    body = {
-        "referral_id": "REF-1",
-        "person": {
-            "person_id": "P-1",
-            "booking_number": "B-1",
-            "family_name": "Rivera",
-            "given_names": ["Dana"],
-            "birth_date": "1988-03-14",
-            "sex": "female",
-        },
-        "referred_by": {"id": "S-1", "name": "Jordan Lee", "role": "peer-specialist"},
-        "intercept": 4,
-        "release": {"expected_at": soon(), "location": "Main gate"},
-        "services": ["moud-buprenorphine", "peer-support"],
-        "receiving_organization": receiver,
-        "priority": "urgent",
-        "notes": "Continue buprenorphine 16 mg",
-        "contact_directly": True,
-    }
+    body = jms_referral(
+        receiver,
+        referral_id="REF-1",
+        person=jms_person("P-1"),
+        release={"expected_at": soon(), "location": "Main gate"},
+        services=["moud-buprenorphine", "peer-support"],
+        priority="urgent",
+        notes="Continue buprenorphine 16 mg",
+        contact_directly=True,
+    )
     body.update(over)
     return body
 
@@ -522,7 +520,7 @@ async def test_worklist_window_is_the_expected_release(network: dict[str, Any]) 
 async def test_worklist_reads_every_page_up_to_its_limit(
     network: dict[str, Any], monkeypatch: pytest.MonkeyPatch, app: Any
 ) -> None:
-    from service.workflows import referrals as referral_workflow
+    from service.features import referrals as referral_workflow
 
     monkeypatch.setattr(referral_workflow, "WORKLIST_PAGE_SIZE", 2)
     jail, ids = network["jail"], network["ids"]
@@ -642,7 +640,7 @@ async def test_cancel_applies_to_an_update_committed_meanwhile(
     with a 412 the JMS never asked for (it sent no If-Match)."""
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite has one writer: the cancel's transaction excludes the accept")
-    from service.workflows import referrals as referral_workflow
+    from service.features import referrals as referral_workflow
 
     jail, otp, ids = network["jail"], network["otp"], network["ids"]
     ref = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()
@@ -669,7 +667,7 @@ async def test_person_upsert_applies_to_an_update_committed_meanwhile(
     committed (here through FHIR) after the match must not make the JMS's referral a 412."""
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite has one writer: the referral's transaction excludes the update")
-    from service.workflows import people
+    from service.features import people as people
 
     jail, ids = network["jail"], network["ids"]
     first = (await jail.post("/v1/referrals", json=referral(ids["otp"]))).json()

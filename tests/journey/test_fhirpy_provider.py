@@ -16,11 +16,17 @@ import pytest
 from fhirpy import AsyncFHIRClient
 from sqlalchemy.engine import make_url
 
+from tests.builders import jms_person, jms_referral
 from tests.cli.test_serve import free_port, start, wait_ready
 from tests.conftest import DEFAULT_PG, _pg_admin
 
 DEMO = "https://handoff.dev/fhir/demo"
 SERVER_LOG = "server.log"  # in the test's tmp_path
+
+
+SAM = jms_person(
+    "P-42", family="Okafor", given="Sam", birth_date="1990-05-01", sex="male", booking_number=None
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -92,22 +98,13 @@ async def test_warm_handoff_with_fhirpy(server: str) -> None:
         r = await http.post(
             "/v1/referrals",
             headers={"Authorization": jail_auth, "Idempotency-Key": "journey-1"},
-            json={
-                "referral_id": "J-1",
-                "person": {
-                    "person_id": "P-42",
-                    "family_name": "Okafor",
-                    "given_names": ["Sam"],
-                    "birth_date": "1990-05-01",
-                    "sex": "male",
-                },
-                "referred_by": {"name": "Jordan Lee", "role": "peer-specialist"},
-                "intercept": 4,
-                "release": {"expected_at": release, "location": "Main gate"},
-                "services": ["moud-methadone"],
-                "receiving_organization": otp,
-                "contact_directly": False,
-            },
+            json=jms_referral(
+                otp,
+                referral_id="J-1",
+                person=SAM,
+                release={"expected_at": release, "location": "Main gate"},
+                contact_directly=False,
+            ),
         )
         assert r.status_code == 201, r.text
         referral = r.json()
@@ -115,13 +112,7 @@ async def test_warm_handoff_with_fhirpy(server: str) -> None:
             "/v1/consents",
             headers={"Authorization": jail_auth},
             json={
-                "person": {
-                    "person_id": "P-42",
-                    "family_name": "Okafor",
-                    "given_names": ["Sam"],
-                    "birth_date": "1990-05-01",
-                    "sex": "male",
-                },
+                "person": SAM,
                 "signed_at": datetime.now(UTC).isoformat(),
                 "signed_by": "Sam Okafor (self)",
                 "recipients": [otp],

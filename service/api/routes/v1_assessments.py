@@ -17,13 +17,13 @@ from service.api.routes.v1_models import (
     PersonIn,
     StaffIn,
 )
-from service.workflows import idempotency
-from service.workflows.instruments import get_instrument, list_instruments
-from service.workflows.record_assessment import (
+from service.features.assessments.instruments import get_instrument, list_instruments
+from service.features.assessments.record import (
     AssessmentInput,
     person_assessments,
     record_assessment,
 )
+from service.workflows import idempotency
 
 router = APIRouter(prefix="/v1", tags=["JMS: assessments"], route_class=AuditedRoute)
 

@@ -16,8 +16,9 @@ from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest, PersonIn
 from service.domain.binary import is_base64
-from service.workflows import audit, idempotency
-from service.workflows import consent_records as wf
+from service.features.consents import records as wf
+from service.features.consents.disclosures import list_disclosures
+from service.workflows import idempotency
 
 router = APIRouter(prefix="/v1", tags=["JMS: consent and disclosures"], route_class=AuditedRoute)
 
@@ -179,7 +180,7 @@ async def disclosures(
         format is None and "text/csv" in request.headers.get("accept", "")
     )
     if not wants_csv:
-        rows, following = await audit.disclosures(
+        rows, following = await list_disclosures(
             ctx, patient_id, newest_first=newest, count=count, page=page
         )
         next_url = None
@@ -188,9 +189,9 @@ async def disclosures(
             base = ctx.base_url.removesuffix("/fhir")
             next_url = f"{base}/v1/patients/{patient_id}/disclosures?{query}"
         return JSONResponse({"disclosures": rows, "order": order, "next": next_url})
-    rows, following = await audit.disclosures(ctx, patient_id, newest_first=newest, count=1000)
+    rows, following = await list_disclosures(ctx, patient_id, newest_first=newest, count=1000)
     while following is not None:
-        more, following = await audit.disclosures(
+        more, following = await list_disclosures(
             ctx, patient_id, newest_first=newest, count=1000, page=following
         )
         rows += more

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from service.domain.text import nul_message, nul_path
+from service.features.people import Person
 from service.fhir.codes import STAFF_ROLES
-from service.workflows.people import Person
 
 Sex = Literal["male", "female", "other", "unknown"]
 StaffRole = Literal[

@@ -11,17 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Day, Instant, Intercept, JmsRequest, PersonIn, StaffIn
-from service.fhir import oend_codes as oend
-from service.workflows import idempotency
-from service.workflows import naloxone as wf
-from service.workflows.naloxone_prefill import overdose_risk_prefill
-from service.workflows.naloxone_summary import (
+from service.features.naloxone import records as wf
+from service.features.naloxone.prefill import overdose_risk_prefill
+from service.features.naloxone.summary import (
     METRICS,
     GroupBy,
     SummaryQuery,
     naloxone_summary,
     summary_csv,
 )
+from service.fhir import oend_codes as oend
+from service.workflows import idempotency
 
 router = APIRouter(prefix="/v1", tags=["Naloxone (OEND)"], route_class=AuditedRoute)
 

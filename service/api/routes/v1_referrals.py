@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, Intercept, JmsRequest, PersonIn, StaffIn
+from service.features import referrals as wf
 from service.fhir.codes import PROGRAM_TYPES, SERVICES
 from service.workflows import idempotency
-from service.workflows import referrals as wf
 
 router = APIRouter(prefix="/v1/referrals", tags=["JMS: referrals"], route_class=AuditedRoute)
 

@@ -38,27 +38,11 @@ from service.settings import Settings
 from service.storage import repository as repo
 from service.storage.db import write_transaction
 from service.workflows import resources as wf
+from service.workflows.canonicals import find_questionnaire
 from service.workflows.context import WorkflowContext
 from service.workflows.rules import RuleSet, WriteEvent, WrittenEvent
 
 DERIVED_SYSTEM = "https://handoff.dev/fhir/sid/derived-observation"
-
-
-async def find_questionnaire(
-    conn: AsyncConnection, ctx: WorkflowContext, canonical: str
-) -> dict[str, Any] | None:
-    """The stored Questionnaire for ``url|version`` (or ``url``: the newest version)."""
-    url, _, version = canonical.partition("|")
-    params = [("url", url)] + ([("version", version)] if version else [])
-    request = parse_search("Questionnaire", params, strict=True, default_count=50, max_count=50)
-    # Directory data: any client may use any Questionnaire, whatever its own scopes.
-    page = await run_search(conn, request, base_url=ctx.base_url)
-    bodies = [orjson.loads(m.raw) for m in page.matches if m.raw]
-    if not bodies:
-        return None
-    bodies.sort(key=lambda b: str(b.get("version", "")), reverse=True)
-    found: dict[str, Any] = bodies[0]
-    return found
 
 
 async def _check_questionnaire(event: WriteEvent) -> None:

@@ -17,9 +17,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from service.features.naloxone import facts as facts
 from service.fhir.dates import format_instant, shifted
 from service.storage.db import read_connection
-from service.workflows import naloxone_facts as facts
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
 

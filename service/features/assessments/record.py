@@ -10,6 +10,8 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import ResourceNotFoundError
+from service.features.assessments.instruments import resolve_instrument
+from service.features.people import Person, match_or_create_patient
 from service.fhir.codes import (
     ADMINISTERED_AT_EXTENSION,
     intercept_extension,
@@ -21,8 +23,6 @@ from service.storage.db import read_connection
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
-from service.workflows.instruments import resolve_instrument
-from service.workflows.people import Person, match_or_create_patient
 
 
 @dataclass

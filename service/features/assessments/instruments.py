@@ -13,7 +13,7 @@ from service.search.execute import run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection
-from service.workflows.assessments import find_questionnaire
+from service.workflows.canonicals import find_questionnaire
 from service.workflows.context import WorkflowContext
 
 

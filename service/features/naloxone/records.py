@@ -25,14 +25,14 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import BusinessRuleError, ForbiddenError, Issue
+from service.features.naloxone.facts import Medications, instant, kit_parts
+from service.features.people import Person, match_or_create_patient
 from service.fhir import oend_codes as oend
 from service.fhir.codes import ADMINISTERED_AT_EXTENSION, intercept_extension, staff_reference
 from service.storage import repository as repo
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
-from service.workflows.naloxone_facts import Medications, instant, kit_parts
-from service.workflows.people import Person, match_or_create_patient
 from service.workflows.rules import RuleSet, WriteEvent
 
 FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew between the JMS and us

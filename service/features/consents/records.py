@@ -13,13 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain import sensitivity
 from service.errors import BusinessRuleError, ForbiddenError, Issue
+from service.features.people import match_or_create_patient
 from service.fhir.dates import format_instant, parse_range
 from service.storage import repository as repo
 from service.storage.db import write_transaction
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
-from service.workflows.people import match_or_create_patient
 
 POLICY_URI = "https://www.ecfr.gov/current/title-42/chapter-I/subchapter-A/part-2"
 REVOCATION_EXTENSION = "https://handoff.dev/fhir/StructureDefinition/revocation-reason"

@@ -32,6 +32,7 @@ from service.errors import (
     ResourceNotFoundError,
     ServiceError,
 )
+from service.features.people import SID_BASE, Person, match_or_create_patient
 from service.fhir import codes
 from service.fhir.dates import format_instant, shifted
 from service.fhir.resource import now_ms
@@ -45,7 +46,6 @@ from service.workflows import resources as wf
 from service.workflows.access import ACTOR_PARAM
 from service.workflows.context import WorkflowContext
 from service.workflows.disclosure import disclose_all
-from service.workflows.people import SID_BASE, Person, match_or_create_patient
 from service.workflows.rules import RuleSet, WriteEvent, WrittenEvent
 
 RELEASE_LOCATION_EXTENSION = f"{codes.HANDOFF}/StructureDefinition/release-location"

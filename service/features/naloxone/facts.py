@@ -29,13 +29,13 @@ from typing import Any, NamedTuple
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.features.referrals import FACILITY_EXTENSION
 from service.fhir import oend_codes as oend
 from service.fhir.codes import ADMINISTERED_AT_EXTENSION, SIM_EXTENSION, SNOMED
 from service.fhir.dates import format_instant, parse_range, shifted
 from service.storage import repository as repo
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
-from service.workflows.referrals import FACILITY_EXTENSION
 
 DAY = timedelta(days=1)
 _ONE_MS = timedelta(milliseconds=1)

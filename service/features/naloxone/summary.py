@@ -32,6 +32,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import BusinessRuleError, Issue
+from service.features.naloxone import facts as facts
 from service.fhir.codes import SIM_INTERCEPTS
 from service.fhir.dates import shifted
 from service.fhir.oend_codes import ALIVE_OUTCOMES
@@ -40,7 +41,6 @@ from service.search.execute import run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection
-from service.workflows import naloxone_facts as facts
 from service.workflows.context import WorkflowContext
 
 GroupBy = Literal["month", "facility", "intercept"]
