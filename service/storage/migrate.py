@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
 def migrations_dir() -> Path:
@@ -48,3 +49,14 @@ async def current_revision(conn: AsyncConnection) -> str | None:
         await conn.rollback()
         return None
     return str(row[0]) if row else None
+
+
+async def database_state(engine: AsyncEngine) -> Literal["ready", "unreachable", "not migrated"]:
+    """What ``/readyz`` reports: the database answers and carries the code's schema revision."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            revision = await current_revision(conn)
+    except Exception:  # any failure to reach the database means "not ready"
+        return "unreachable"
+    return "ready" if revision == head_revision() else "not migrated"

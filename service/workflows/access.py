@@ -37,10 +37,11 @@ from service.auth.scopes import Action
 from service.errors import ForbiddenError, InsufficientScopeError
 from service.fhir import catalogue
 from service.fhir.r4 import SUPPORTED_TYPES
+from service.search.conditions import rows_exist, version_has
 from service.search.execute import AccessFilter, RowCols, allow_all
 from service.search.params import params_for
-from service.search.query import Criterion, criterion_condition, probe_exists
-from service.storage.repository import IndexEntry, aliased, index_t, probe_type, resource_t
+from service.search.query import Criterion, criterion_condition
+from service.storage.repository import IndexEntry, aliased, index_t, resource_t
 from service.workflows.consents import part2_condition
 
 DIRECTORY_TYPES = catalogue.names(tenancy="directory")
@@ -134,16 +135,13 @@ def index_has(
     """SQL: the row's version has an index row of ``param`` (one of them) with ``value``."""
     c = index_t.c
     params = (param,) if isinstance(param, str) else param
-    return probe_exists(
-        select(1)
-        .select_from(index_t)
-        .where(
-            probe_type(c.resource_type, rtype),
-            c.resource_id == cols.id,
-            c.version_id == cols.version_id,
-            c.param.in_(params) if len(params) > 1 else c.param == params[0],
-            c.value == value,
-        )
+    return version_has(
+        index_t,
+        rtype,
+        cols.id,
+        cols.version_id,
+        c.param.in_(params) if len(params) > 1 else c.param == params[0],
+        c.value == value,
     )
 
 
@@ -152,7 +150,7 @@ def _task_links(org: str, param: str, target: Any) -> ColumnElement[bool]:
     f = aliased(index_t, "task_link")
     o = aliased(index_t, "task_party")
     r = aliased(resource_t, "task_current")
-    return probe_exists(
+    return rows_exist(
         select(1)
         .select_from(f)
         .join(
@@ -168,16 +166,13 @@ def _task_links(org: str, param: str, target: Any) -> ColumnElement[bool]:
             f.c.resource_type == "Task",
             f.c.param == param,
             f.c.value == target,
-            probe_exists(
-                select(1)
-                .select_from(o)
-                .where(
-                    probe_type(o.c.resource_type, "Task"),
-                    o.c.resource_id == f.c.resource_id,
-                    o.c.version_id == f.c.version_id,
-                    o.c.param.in_(("owner", "requester")),
-                    o.c.value == org,
-                )
+            version_has(
+                o,
+                "Task",
+                f.c.resource_id,
+                f.c.version_id,
+                o.c.param.in_(("owner", "requester")),
+                o.c.value == org,
             ),
         )
     )
@@ -192,16 +187,7 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
     created = index_has(rtype, cols, CREATOR_PARAM, org)
     if rtype == "Task":
         unowned_open = and_(
-            ~probe_exists(
-                select(1)
-                .select_from(index_t)
-                .where(
-                    probe_type(index_t.c.resource_type, "Task"),
-                    index_t.c.resource_id == cols.id,
-                    index_t.c.version_id == cols.version_id,
-                    index_t.c.param == "owner",
-                )
-            ),
+            ~version_has(index_t, "Task", cols.id, cols.version_id, index_t.c.param == "owner"),
             index_has(rtype, cols, "status", "requested"),
         )
         return or_(created, index_has(rtype, cols, ("owner", "requester"), org), unowned_open)
@@ -215,16 +201,13 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
         return or_(created, _task_links(org, "patient", literal("Patient/") + cols.id))
     if rtype in PATIENT_DATA_TYPES:
         p = aliased(index_t, "own_patient")
-        linked = probe_exists(
-            select(1)
-            .select_from(p)
-            .where(
-                probe_type(p.c.resource_type, rtype),
-                p.c.resource_id == cols.id,
-                p.c.version_id == cols.version_id,
-                p.c.param == "patient",
-                _task_links(org, "patient", p.c.value),
-            )
+        linked = version_has(
+            p,
+            rtype,
+            cols.id,
+            cols.version_id,
+            p.c.param == "patient",
+            _task_links(org, "patient", p.c.value),
         )
         if rtype == "Consent":  # its custodian may always see (and revoke) it
             return or_(created, linked, index_has(rtype, cols, "organization", org))

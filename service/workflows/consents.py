@@ -27,10 +27,10 @@ from service.domain import sensitivity
 from service.errors import BusinessRuleError, Issue
 from service.fhir import catalogue
 from service.fhir.r4 import SUPPORTED_TYPES
+from service.search.conditions import rows_exist, version_has
 from service.search.execute import RowCols
-from service.search.query import probe_exists
 from service.storage import repository as repo
-from service.storage.repository import aliased, index_t, probe_type, resource_t
+from service.storage.repository import aliased, index_t, resource_t
 from service.workflows.canonicals import find_questionnaire
 from service.workflows.rules import RuleSet, WriteEvent
 
@@ -162,7 +162,7 @@ def consent_exists(patient_ref: Any, org: str, purpose: str, discloser: Any) -> 
     """An active Consent of ``patient_ref``, recorded by ``discloser``, naming ``org`` as
     recipient, for ``purpose``, now."""
     c = aliased(index_t, "consent_patient")
-    return probe_exists(
+    return rows_exist(
         _permitting(c, c.c.value == patient_ref, org, purpose, (c.c.resource_id,), discloser)
     )
 
@@ -185,19 +185,15 @@ def _permitting(
 
     def has(param: str, value: Any) -> ColumnElement[bool]:
         x = aliased(index_t, f"consent_{param.replace('-', '_')}")
-        return probe_exists(
-            select(1)
-            .select_from(x)
-            .where(
-                probe_type(x.c.resource_type, "Consent"),
-                x.c.resource_id == c.c.resource_id,
-                x.c.version_id == c.c.version_id,
-                x.c.param == param,
-                x.c.value == value,
-            )
-            # Every other table correlates, however far out (a discloser column is two
-            # levels out: SQLAlchemy correlates only one level by itself).
-            .correlate_except(x)
+        return version_has(
+            x,
+            "Consent",
+            c.c.resource_id,
+            c.c.version_id,
+            x.c.param == param,
+            x.c.value == value,
+            # A discloser column is two levels out.
+            correlate_except=True,
         )
 
     def rows(param: str) -> Any:
@@ -207,41 +203,24 @@ def _permitting(
     purposes = rows("purpose")
     period_ok = or_(
         not_(
-            probe_exists(
-                select(1)
-                .select_from(period)
-                .where(
-                    probe_type(period.c.resource_type, "Consent"),
-                    period.c.resource_id == c.c.resource_id,
-                    period.c.version_id == c.c.version_id,
-                    period.c.param == "period",
-                )
+            version_has(
+                period, "Consent", c.c.resource_id, c.c.version_id, period.c.param == "period"
             )
         ),
-        probe_exists(
-            select(1)
-            .select_from(period)
-            .where(
-                probe_type(period.c.resource_type, "Consent"),
-                period.c.resource_id == c.c.resource_id,
-                period.c.version_id == c.c.version_id,
-                period.c.param == "period",
-                period.c.low <= now,  # open ends are stored as OPEN_START / OPEN_END
-                period.c.high >= now,
-            )
+        version_has(
+            period,
+            "Consent",
+            c.c.resource_id,
+            c.c.version_id,
+            period.c.param == "period",
+            period.c.low <= now,  # open ends are stored as OPEN_START / OPEN_END
+            period.c.high >= now,
         ),
     )
     purpose_ok = or_(
         not_(
-            probe_exists(
-                select(1)
-                .select_from(purposes)
-                .where(
-                    probe_type(purposes.c.resource_type, "Consent"),
-                    purposes.c.resource_id == c.c.resource_id,
-                    purposes.c.version_id == c.c.version_id,
-                    purposes.c.param == "purpose",
-                )
+            version_has(
+                purposes, "Consent", c.c.resource_id, c.c.version_id, purposes.c.param == "purpose"
             )
         ),
         has("purpose", purpose),
@@ -283,32 +262,31 @@ def part2_condition(
     creator = aliased(index_t, "part2_creator")
     pat = aliased(index_t, "part2_patient")
     creator_of = aliased(index_t, "part2_discloser")
-    labelled = probe_exists(
-        select(1)
-        .select_from(lab)
-        .where(
-            probe_type(lab.c.resource_type, rtype),
-            lab.c.resource_id == cols.id,
-            lab.c.version_id == cols.version_id,
-            lab.c.param == "_security",
-            lab.c.value == "42CFRPart2",
-        )
+    labelled = version_has(
+        lab,
+        rtype,
+        cols.id,
+        cols.version_id,
+        lab.c.param == "_security",
+        lab.c.value == "42CFRPart2",
     )
-    authored = probe_exists(
-        select(1)
-        .select_from(creator)
-        .where(
-            probe_type(creator.c.resource_type, rtype),
-            creator.c.resource_id == cols.id,
-            creator.c.version_id == cols.version_id,
-            creator.c.param == "_creator-org",
-            creator.c.value == org,
-        )
+    authored = version_has(
+        creator,
+        rtype,
+        cols.id,
+        cols.version_id,
+        creator.c.param == "_creator-org",
+        creator.c.value == org,
     )
-    consented = probe_exists(
-        select(1)
-        .select_from(pat)
-        .join(
+    consented = version_has(
+        pat,
+        rtype,
+        cols.id,
+        cols.version_id,
+        pat.c.param == "patient",
+        # The record's author is its discloser: only its consents authorize.
+        consent_exists(pat.c.value, org, purpose, creator_of.c.value),
+        join=(
             creator_of,
             and_(
                 creator_of.c.resource_id == pat.c.resource_id,
@@ -316,15 +294,7 @@ def part2_condition(
                 creator_of.c.resource_type == pat.c.resource_type,
                 creator_of.c.param == "_creator-org",
             ),
-        )
-        .where(
-            probe_type(pat.c.resource_type, rtype),
-            pat.c.resource_id == cols.id,
-            pat.c.version_id == cols.version_id,
-            pat.c.param == "patient",
-            # The record's author is its discloser: only its consents authorize.
-            consent_exists(pat.c.value, org, purpose, creator_of.c.value),
-        )
+        ),
     )
     return or_(not_(labelled), authored, consented)
 

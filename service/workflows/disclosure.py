@@ -35,18 +35,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, not_, or_, select
+from sqlalchemy import ColumnElement, and_, not_, or_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.fhir import catalogue
 from service.fhir.head import head_of, patient_of
+from service.search.conditions import version_has
 from service.search.execute import AccessFilter, RowCols
-from service.search.query import SearchRequest, probe_exists
+from service.search.query import SearchRequest
 from service.storage.repository import (
     StoredResource,
     aliased,
     index_t,
-    probe_type,
     values_up_to,
 )
 from service.workflows.access import ACTOR_PARAM, index_has
@@ -402,10 +402,14 @@ def _sees_part(rtype: str, cols: RowCols, org: str, party: str, purpose: str) ->
     label = index_has(rtype, cols, "_security", "42CFRPart2")
     author = aliased(index_t, "guard_author")
     patient = aliased(index_t, "guard_patient")
-    consented = probe_exists(
-        select(1)
-        .select_from(patient)
-        .join(
+    consented = version_has(
+        patient,
+        rtype,
+        cols.id,
+        cols.version_id,
+        patient.c.param == "patient",
+        consent_exists(patient.c.value, org, purpose, author.c.value),
+        join=(
             author,
             and_(
                 author.c.resource_type == patient.c.resource_type,
@@ -413,14 +417,7 @@ def _sees_part(rtype: str, cols: RowCols, org: str, party: str, purpose: str) ->
                 author.c.version_id == patient.c.version_id,
                 author.c.param == party,
             ),
-        )
-        .where(
-            probe_type(patient.c.resource_type, rtype),
-            patient.c.resource_id == cols.id,
-            patient.c.version_id == cols.version_id,
-            patient.c.param == "patient",
-            consent_exists(patient.c.value, org, purpose, author.c.value),
-        )
+        ),
     )
     alternatives = [not_(label), index_has(rtype, cols, party, org), consented]
     if party == "owner":
@@ -429,10 +426,13 @@ def _sees_part(rtype: str, cols: RowCols, org: str, party: str, purpose: str) ->
         wrote = aliased(index_t, "guard_owner_wrote")
         alternatives.append(
             not_(
-                probe_exists(
-                    select(1)
-                    .select_from(owned)
-                    .join(
+                version_has(
+                    owned,
+                    rtype,
+                    cols.id,
+                    cols.version_id,
+                    owned.c.param == "owner",
+                    join=(
                         wrote,
                         and_(
                             wrote.c.resource_type == owned.c.resource_type,
@@ -441,13 +441,7 @@ def _sees_part(rtype: str, cols: RowCols, org: str, party: str, purpose: str) ->
                             wrote.c.param == ACTOR_PARAM,
                             wrote.c.value == owned.c.value,
                         ),
-                    )
-                    .where(
-                        probe_type(owned.c.resource_type, rtype),
-                        owned.c.resource_id == cols.id,
-                        owned.c.version_id == cols.version_id,
-                        owned.c.param == "owner",
-                    )
+                    ),
                 )
             )
         )

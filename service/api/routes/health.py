@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+
+from service.storage.migrate import database_state
 
 router = APIRouter(tags=["Operations"])
 
@@ -16,19 +17,13 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="The database is reachable and migrated", response_model=None)
 async def readyz(request: Request) -> JSONResponse:
-    from service.storage.migrate import current_revision, head_revision
-
-    engine = request.app.state.engine
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-            revision = await current_revision(conn)
-    except Exception:  # any failure to reach the database means "not ready"
+    state = await database_state(request.app.state.engine)
+    if state == "unreachable":
         return JSONResponse(
             {"status": "unavailable", "database": "unreachable"},
             status_code=503,
             headers={"Retry-After": "5"},
         )
-    if revision != head_revision():
+    if state == "not migrated":
         return JSONResponse({"status": "unavailable", "database": "not migrated"}, status_code=503)
     return JSONResponse({"status": "ready"})
