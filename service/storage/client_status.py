@@ -139,6 +139,9 @@ def changed_here(client_id: str) -> None:
         cache.forget(client_id)
 
 
+store.on_local_change(changed_here)
+
+
 _CONNECT_PARAMS = set(inspect.signature(asyncpg.connect).parameters)
 
 

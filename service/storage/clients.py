@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -95,14 +96,22 @@ async def set_disabled(conn: AsyncConnection, client_id: str, disabled: bool) ->
     return bool(result.rowcount)
 
 
+# What this process does at once when it changes a client (client_status.py forgets it).
+_local_listeners: list[Callable[[str], None]] = []
+
+
+def on_local_change(listener: Callable[[str], None]) -> None:
+    """Call ``listener(client_id)`` whenever this process changes a client's status."""
+    _local_listeners.append(listener)
+
+
 async def _announce(conn: AsyncConnection, client_id: str) -> None:
     """Tell every process that remembers client status (client_status.py): on PostgreSQL by a
     notification that is delivered when this transaction commits; in this process at once."""
-    from service.storage.client_status import changed_here  # it reads this module
-
     if conn.dialect.name == "postgresql":
         await conn.execute(select(func.pg_notify(CLIENT_STATUS_CHANNEL, client_id)))
-    changed_here(client_id)
+    for listener in _local_listeners:
+        listener(client_id)
 
 
 # Asked on every authenticated request: built once (its SQL cache key is then memoised too).
