@@ -26,6 +26,7 @@ from service.api.routes import (
     system,
     v1_assessments,
     v1_consents,
+    v1_directory,
     v1_naloxone,
     v1_referrals,
 )
@@ -68,10 +69,15 @@ TAGS: list[dict[str, Any]] = [
         "name": "Naloxone (OEND)",
         "description": "Overdose education and naloxone distribution, overdose responses, summary",
     },
+    {
+        "name": "JMS: directory",
+        "description": "Services to refer to, nearest first; providers say if they take patients",
+    },
 ]
 
 
 def build_rules(_settings: Settings) -> RuleSet:
+    from service.features import directory
     from service.features import referrals as referrals
     from service.features.assessments import rules as assessments
     from service.features.naloxone import records as naloxone
@@ -83,6 +89,7 @@ def build_rules(_settings: Settings) -> RuleSet:
     assessments.register(rules)
     referrals.register(rules)
     naloxone.register(rules)
+    directory.register(rules)
     return rules
 
 
@@ -158,6 +165,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(v1_assessments.router)
     app.include_router(v1_consents.router)
     app.include_router(v1_naloxone.router)
+    app.include_router(v1_directory.router)
     app.include_router(system.router)
     app.include_router(auth.router)
     app.include_router(health.router)

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.fhir.service_codes import characteristic, service_coding
 from service.storage.db import write_transaction
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
@@ -23,41 +24,72 @@ logger = logging.getLogger("handoff.demo")
 DEMO_SYSTEM = "https://handoff.dev/fhir/demo"
 DEMO_TAG = {"system": "https://handoff.dev/fhir/CodeSystem/tags", "code": "demo"}
 ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
-SERVICE_CATEGORY = "http://terminology.hl7.org/CodeSystem/service-category"
+BCP47 = "urn:ietf:bcp:47"
 
-# key -> (name, organization type, address city, services [(name, category code, display)])
-ORGANIZATIONS: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
+# key -> (name, organization type, services [(name, service codes, description, extras)]).
+# Service codes are the referral vocabulary (fhir.service_codes), so a referral's service finds
+# the demo providers that offer it (GET /v1/directory?service=moud-buprenorphine).
+ORGANIZATIONS: dict[str, tuple[str, str, list[tuple[str, tuple[str, ...], str]]]] = {
     "county-jail": (
         "Riverbend County Jail",
         "govt",
-        [("Reentry planning", "reentry", "Reentry planning and release coordination")],
+        [("Reentry planning", ("case-management",), "Reentry planning and release coordination")],
     ),
     "jail-health": (
         "Riverbend County Jail Health Unit",
         "prov",
-        [("MOUD in custody", "moud", "Medications for opioid use disorder in custody")],
+        [("MOUD in custody", ("moud",), "Medications for opioid use disorder in custody")],
     ),
     "otp": (
         "Harbor Opioid Treatment Program",
         "prov",
-        [("Methadone and buprenorphine", "moud", "Opioid treatment program (MOUD continuation)")],
+        [
+            (
+                "Methadone and buprenorphine",
+                ("moud-methadone", "moud-buprenorphine"),
+                "Opioid treatment program (MOUD continuation)",
+            )
+        ],
     ),
     "sud-treatment": (
         "Northside Recovery Services",
         "prov",
-        [("Outpatient SUD treatment", "sud-treatment", "Outpatient substance use disorder care")],
+        [
+            (
+                "Outpatient SUD treatment and office-based buprenorphine",
+                ("sud-treatment", "moud-buprenorphine", "moud-naltrexone"),
+                "Outpatient substance use disorder care",
+            )
+        ],
     ),
     "harm-reduction": (
         "Riverbend Syringe Services Program",
         "cg",
-        [("Naloxone and syringe services", "harm-reduction", "Naloxone, syringe services")],
+        [
+            (
+                "Naloxone and syringe services",
+                ("harm-reduction", "naloxone"),
+                "Naloxone, syringe services",
+            )
+        ],
     ),
     "peer-support": (
         "Second Chance Recovery Community Organization",
         "cg",
-        [("Peer recovery support", "peer-support", "Peer recovery coaching at release")],
+        [("Peer recovery support", ("peer-support",), "Peer recovery coaching at release")],
     ),
 }
+# key -> (street, latitude, longitude, languages, accepting new patients): the demo county's
+# sites, a few kilometres apart (the jail at 39.9612, -82.9988).
+SITES: dict[str, tuple[str, float, float, tuple[str, ...], bool]] = {
+    "county-jail": ("100 Main St", 39.9612, -82.9988, ("en",), True),
+    "jail-health": ("100 Main St", 39.9612, -82.9988, ("en",), True),
+    "otp": ("410 Harbor Rd", 39.9725, -82.9901, ("en", "es"), True),
+    "sud-treatment": ("2200 Northside Ave", 40.0417, -83.0191, ("en", "es"), True),
+    "harm-reduction": ("35 Canal St", 39.9523, -83.0105, ("en", "es"), True),
+    "peer-support": ("77 Oak St", 39.9851, -82.9762, ("en",), False),
+}
+WEEKDAYS = ["mon", "tue", "wed", "thu", "fri"]
 
 
 async def _seed(conn: Any, ctx: WorkflowContext, body: dict[str, Any], demo_key: str) -> str:
@@ -88,6 +120,7 @@ def _org(key: str, name: str, org_type: str) -> dict[str, Any]:
 
 
 def _location(key: str, name: str, org_id: str) -> dict[str, Any]:
+    street, lat, lon, _, _ = SITES[key]
     return {
         "resourceType": "Location",
         "meta": {"tag": [DEMO_TAG]},
@@ -95,38 +128,48 @@ def _location(key: str, name: str, org_id: str) -> dict[str, Any]:
         "status": "active",
         "name": f"{name} main site",
         "address": {
-            "line": ["100 Main St"],
+            "line": [street],
             "city": "Riverbend",
             "state": "OH",
             "postalCode": "43001",
         },
+        "position": {"latitude": lat, "longitude": lon},
         "managingOrganization": {"reference": f"Organization/{org_id}"},
     }
 
 
 def _service(
-    key: str, index: int, org_id: str, location_id: str, service: tuple[str, str, str]
+    key: str,
+    index: int,
+    org_id: str,
+    location_id: str,
+    service: tuple[str, tuple[str, ...], str],
 ) -> dict[str, Any]:
-    name, code, display = service
+    name, service_codes, description = service
+    _, _, _, languages, accepting = SITES[key]
     return {
         "resourceType": "HealthcareService",
         "meta": {"tag": [DEMO_TAG]},
         "identifier": [{"system": DEMO_SYSTEM, "value": f"{key}-service-{index}"}],
         "active": True,
         "providedBy": {"reference": f"Organization/{org_id}"},
-        "type": [
+        "type": [{"coding": [service_coding(code) for code in service_codes]}],
+        "name": name,
+        "comment": description,
+        "location": [{"reference": f"Location/{location_id}"}],
+        "telecom": [{"system": "phone", "value": "555-0100", "use": "work"}],
+        "eligibility": [{"code": {"text": "Adults 18 and over"}}],
+        "communication": [
+            {"coding": [{"system": BCP47, "code": language}]} for language in languages
+        ],
+        "characteristic": [characteristic(accepting)],
+        "availableTime": [
             {
-                "coding": [
-                    {
-                        "system": "https://handoff.dev/fhir/CodeSystem/service",
-                        "code": code,
-                        "display": display,
-                    }
-                ]
+                "daysOfWeek": WEEKDAYS,
+                "availableStartTime": "08:00:00",
+                "availableEndTime": "17:00:00",
             }
         ],
-        "name": name,
-        "location": [{"reference": f"Location/{location_id}"}],
     }
 
 

@@ -161,3 +161,58 @@ def jms_referral(
         "receiving_organization": receiver,
         **extra,
     }
+
+
+SERVICE_CODES = "https://handoff.dev/fhir/CodeSystem/referral-service"
+DIRECTORY_CHARACTERISTIC = "https://handoff.dev/fhir/CodeSystem/directory-characteristic"
+
+
+def location(
+    name: str = "Harbor OTP site",
+    *,
+    city: str = "Riverbend",
+    lat: float | None = None,
+    lon: float | None = None,
+    organization: str | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "resourceType": "Location",
+        "status": "active",
+        "name": name,
+        "address": {"line": ["1 Main St"], "city": city, "state": "OH"},
+    }
+    if lat is not None and lon is not None:
+        body["position"] = {"latitude": lat, "longitude": lon}
+    if organization:
+        body["managingOrganization"] = {"reference": organization}
+    return body
+
+
+def healthcare_service(
+    name: str = "MOUD clinic",
+    *,
+    provided_by: str,
+    services: tuple[str, ...] = ("moud-buprenorphine",),
+    locations: tuple[str, ...] = (),
+    accepting: bool | None = None,
+    languages: tuple[str, ...] = (),
+    active: bool = True,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "resourceType": "HealthcareService",
+        "active": active,
+        "providedBy": {"reference": provided_by},
+        "name": name,
+        "type": [{"coding": [{"system": SERVICE_CODES, "code": s} for s in services]}],
+        "location": [{"reference": ref} for ref in locations],
+    }
+    if accepting is not None:
+        code = "accepting-new-patients" if accepting else "not-accepting-new-patients"
+        body["characteristic"] = [{"coding": [{"system": DIRECTORY_CHARACTERISTIC, "code": code}]}]
+    if languages:
+        body["communication"] = [
+            {"coding": [{"system": "urn:ietf:bcp:47", "code": code}]} for code in languages
+        ]
+    if not locations:
+        del body["location"]
+    return body

@@ -172,6 +172,41 @@ SERVICES: dict[str, ServiceDef] = {
     ),
 }
 
+# Grouping concepts: code -> (display, the services it groups). A referral names a member, not
+# the group (which medication matters for continuity); a directory entry may name either.
+SERVICE_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "moud": (
+        "Medications for opioid use disorder (medication not specified)",
+        ("moud-methadone", "moud-buprenorphine", "moud-naltrexone"),
+    ),
+}
+
+
+SERVICE_PARENTS: dict[str, str] = {
+    child: group for group, (_, kids) in SERVICE_GROUPS.items() for child in kids
+}
+
+
+def service_concepts() -> list[dict[str, Any]]:
+    """The referral-service CodeSystem's concepts, grouping concepts with their members."""
+    grouped = SERVICE_PARENTS
+    concepts: list[dict[str, Any]] = []
+    for code, definition in SERVICES.items():
+        if code in grouped:
+            continue
+        concepts.append({"code": code, "display": definition.display})
+    for group, (display, members) in SERVICE_GROUPS.items():
+        concepts.append(
+            {
+                "code": group,
+                "display": display,
+                "property": [{"code": "notSelectable", "valueBoolean": True}],
+                "concept": [{"code": m, "display": SERVICES[m].display} for m in members],
+            }
+        )
+    return concepts
+
+
 # Warm-handoff milestones (clinical-content.md §2.6), each with its BSeR equivalent.
 BUSINESS_STATUSES: dict[str, tuple[str, str | None]] = {
     "referral-sent": ("Referral sent to the receiving organization", "2.0"),
@@ -264,14 +299,27 @@ def referral_code_systems() -> list[dict[str, Any]]:
             "type": "string",
         }
     ]
+    services = _code_system(
+        "referral-service",
+        SERVICE_SYSTEM,
+        "ReferralService",
+        "Services a JMS may request and a directory entry may offer",
+        {},
+    )
+    services["version"] = "1.1.0"
+    services["hierarchyMeaning"] = "is-a"
+    services["property"] = [
+        {
+            "code": "notSelectable",
+            "uri": "http://hl7.org/fhir/concept-properties#notSelectable",
+            "description": "A grouping concept: directory entries may offer it, referrals name "
+            "one of its members",
+            "type": "boolean",
+        }
+    ]
+    services["concept"] = service_concepts()
     return [
-        _code_system(
-            "referral-service",
-            SERVICE_SYSTEM,
-            "ReferralService",
-            "Services a JMS may request",
-            {k: v.display for k, v in SERVICES.items()},
-        ),
+        services,
         business,
         _code_system(
             "referral-status-reason",

@@ -22,7 +22,10 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    exists,
+    false,
     func,
+    literal,
     literal_column,
     or_,
     select,
@@ -35,10 +38,12 @@ from service.errors import InvalidRequestError, Issue
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.extract import entries_for
 from service.search.query import (
+    MAX_CHAIN,
     Criterion,
     Include,
     SearchRequest,
     criteria_condition,
+    criterion_condition,
     index_exists,
     param_rows,
     sort_expression,
@@ -140,6 +145,17 @@ def _base_where(
     allowed = access(request.resource_type, CURRENT_COLS)
     if allowed is None:
         return None
+
+    def chained(crit: Criterion) -> ColumnElement[bool]:
+        return chained_condition(
+            crit,
+            request.resource_type,
+            id_col=resource_t.c.id,
+            version_col=resource_t.c.version_id,
+            access=access,
+            base_url=base_url,
+        )
+
     return and_(
         resource_t.c.resource_type == request.resource_type,
         resource_t.c.deleted.is_(False),
@@ -149,8 +165,75 @@ def _base_where(
             version_col=resource_t.c.version_id,
             last_updated_col=resource_t.c.last_updated,
             base_url=base_url,
+            chained=chained,
         ),
         allowed,
+    )
+
+
+# Per chain depth: the current rows of the type a reference leads to, and the source's
+# reference rows (aliases, so that nested conditions never correlate with the wrong table).
+_CHAIN_TARGETS = tuple(resource_t.alias(f"chain_target_{d}") for d in range(MAX_CHAIN))
+_CHAIN_SOURCES = tuple(index_t.alias(f"chain_source_{d}") for d in range(MAX_CHAIN))
+_CHAIN_COLS = tuple(RowCols(t.c.id, t.c.version_id, t.c.last_updated) for t in _CHAIN_TARGETS)
+
+
+def chained_condition(
+    crit: Criterion,
+    resource_type: str,
+    *,
+    id_col: Any,
+    version_col: Any,
+    access: AccessFilter,
+    base_url: str | None,
+    depth: int = 0,
+) -> ColumnElement[bool]:
+    """A chained criterion (``location.address-city=Columbus``): the version references, through
+    the first hop's parameter, a current resource of the hop's type that the caller may see
+    (``access``) and that matches the rest of the chain. Nothing the caller cannot see is
+    followed, so a chain never tells what exists elsewhere."""
+    hop, target_type = crit.chain[0]
+    rest = crit.unchained()
+    target, source, cols = _CHAIN_TARGETS[depth], _CHAIN_SOURCES[depth], _CHAIN_COLS[depth]
+    allowed = access(target_type, cols)
+    if allowed is None:
+        return false()
+    if rest.chain:
+        matches = chained_condition(
+            rest,
+            target_type,
+            id_col=target.c.id,
+            version_col=target.c.version_id,
+            access=access,
+            base_url=base_url,
+            depth=depth + 1,
+        )
+    else:
+        matches = criterion_condition(
+            rest,
+            target_type,
+            id_col=target.c.id,
+            version_col=target.c.version_id,
+            last_updated_col=target.c.last_updated,
+            base_url=base_url,
+        )
+    targets = select(literal(f"{target_type}/") + target.c.id).where(
+        target.c.resource_type == target_type,
+        target.c.deleted.is_(False),
+        matches,
+        allowed,
+    )
+    s = source.c
+    return exists(
+        select(1)
+        .select_from(source)
+        .where(
+            s.resource_type == resource_type,
+            *param_rows(s, hop),
+            s.resource_id == id_col,
+            s.version_id == version_col,
+            s.value.in_(targets),
+        )
     )
 
 

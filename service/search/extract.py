@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from service.fhir.dates import OPEN_END, OPEN_START, parse_range
+from service.search.near import position_entries
 from service.search.params import SearchParam, indexed_params
 from service.storage.repository import IndexEntry
 
@@ -136,6 +137,9 @@ def extract_index(
     resource_id = resource["id"]
     rows: list[IndexEntry] = []
     for param in indexed_params(resource_type):
+        if param.kind == "special":  # Location near: a position, as two number rows
+            rows += position_entries(resource_type, resource_id, version_id, resource)
+            continue
         seen: set[tuple[Any, ...]] = set()
         for system, value, low, high in entries_for(param, resource, base_url):
             key = (system, value, low, high)

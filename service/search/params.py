@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-Kind = Literal["token", "reference", "string", "date", "uri", "number"]
+Kind = Literal["token", "reference", "string", "date", "uri", "number", "special"]
 
 
 @dataclass(frozen=True)
@@ -181,13 +181,26 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("name", "string", "name"),
         _p("identifier", "token", "identifier"),
         _p("service-category", "token", "category"),
+        # Directory (service.features.directory): R4's characteristic, R5's communication, and
+        # eligibility text (no R4 parameter).
+        _p("characteristic", "token", "characteristic"),
+        _p("communication", "token", "communication"),
+        _p("eligibility", "string", "eligibility.code", "eligibility.comment"),
+        _p("program", "token", "program"),
     ),
     "Location": (
         _p("name", "string", "name", "alias"),
+        _p("address", "string", "address"),
         _p("address-city", "string", "address.city"),
+        _p("address-state", "string", "address.state"),
         _p("address-postalcode", "string", "address.postalCode"),
         _p("organization", "reference", "managingOrganization", targets=("Organization",)),
         _p("identifier", "token", "identifier"),
+        _p("status", "token", "status"),
+        _p("type", "token", "type"),
+        _p("partof", "reference", "partOf", targets=("Location",)),
+        # R4 Location.near: [latitude]|[longitude]|[distance]|[units] (search.near).
+        _p("near", "special", "position"),
     ),
     "Practitioner": (
         _p("name", "string", "name"),

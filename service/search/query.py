@@ -29,15 +29,18 @@ from sqlalchemy import (
 )
 
 from service.errors import InvalidRequestError, Issue
+from service.fhir.codes import SERVICE_SYSTEM
 from service.fhir.dates import parse_range, shifted
 from service.fhir.outcome import short_repr
 from service.fhir.primitives import INTEGER_MAX, unsigned_int
+from service.fhir.service_codes import above, below
 from service.search.extract import (
     SYSTEM_WIDTH,
     VALUE_WIDTH,
     normalize_string,
     relative_reference,
 )
+from service.search.near import near_condition, parse_near
 from service.search.params import BY_TYPE, SearchParam, can_target, params_for
 from service.storage.repository import index_t, probe_type, resource_t
 
@@ -57,13 +60,16 @@ RESULT_PARAMS = {
 }
 SORTABLE = {"_lastUpdated", "_id", "authored-on", "authored", "date", "birthdate", "modified"}
 MODIFIERS = {
-    "token": {"not", "missing", "text", "exact"},
+    "token": {"not", "missing", "text", "exact", "below", "above"},
     "reference": {"missing", "not"},
     "string": {"exact", "contains", "missing"},
     "uri": {"below", "missing", "exact"},
     "date": {"missing"},
     "number": {"missing"},
+    "special": set(),
 }
+# Chained parameters (``location.address-city``): how many references one may follow.
+MAX_CHAIN = 2
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,21 @@ class Criterion:
     param: SearchParam
     modifier: str | None
     values: tuple[str, ...]
+    # Chained search: the reference parameters followed, each with the type it leads to;
+    # ``param`` then belongs to the last type (``location.address-city``).
+    chain: tuple[tuple[SearchParam, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        hops = "".join(f"{p.name}{'' if len(p.targets) == 1 else ':' + t}." for p, t in self.chain)
+        return hops + self.param.name + (f":{self.modifier}" if self.modifier else "")
 
     def describe(self) -> str:
-        name = self.param.name + (f":{self.modifier}" if self.modifier else "")
-        return f"{name}={','.join(self.values)}"
+        return f"{self.name}={','.join(self.values)}"
+
+    def unchained(self) -> Criterion:
+        """The criterion on the first hop's target (one hop fewer)."""
+        return Criterion(self.param, self.modifier, self.values, self.chain[1:])
 
 
 @dataclass(frozen=True)
@@ -127,8 +144,7 @@ class SearchRequest:
         """The parameters actually applied (the ``self`` link echoes them)."""
         out: list[tuple[str, str]] = []
         for c in self.criteria:
-            name = c.param.name + (f":{c.modifier}" if c.modifier else "")
-            out.append((name, ",".join(c.values)))
+            out.append((c.name, ",".join(c.values)))
         for inc in self.includes:
             out.append(("_include:iterate" if inc.iterate else "_include", inc.describe()))
         for inc in self.revincludes:
@@ -193,12 +209,22 @@ def parse_search(
             # by the server" (``family=`` from a blank form field). Criteria that guard a
             # write refuse them instead (resources.conditional_match).
             continue
-        name, _, modifier = raw_name.partition(":")
+        chain: tuple[tuple[SearchParam, str], ...] = ()
+        last = raw_name
+        if "." in raw_name and raw_name.split(":", 1)[0] not in RESULT_PARAMS:
+            *hops, last = raw_name.split(".")
+            try:
+                chain = _parse_chain(resource_type, hops, raw_name)
+            except InvalidRequestError as exc:
+                problems.extend(exc.issues)
+                continue
+        name, _, modifier = last.partition(":")
         try:
-            if name in RESULT_PARAMS:
+            if name in RESULT_PARAMS and not chain:
                 _parse_result_param(request, name, modifier, raw_value, max_count=max_count)
                 continue
-            param = known.get(name)
+            target_type = chain[-1][1] if chain else resource_type
+            param = params_for(target_type).get(name) if chain else known.get(name)
             if param is None:
                 unsupported(f"Unknown search parameter '{raw_name}' for {resource_type}", name)
                 continue
@@ -220,14 +246,15 @@ def parse_search(
                     f"{limits.max_values} (HANDOFF_SEARCH_MAX_VALUES): split the search",
                     raw_name,
                 )
-            key = (param.name, mod, frozenset(values))
+            criterion = Criterion(param=param, modifier=mod, values=values, chain=chain)
+            key = (criterion.name, mod, frozenset(values))
             if key in seen:
                 continue  # the same criterion again, its values in another order
             seen.add(key)
             for value in values:
                 _check_value(param, mod, value, raw_name)
-            request.criteria.append(Criterion(param=param, modifier=mod, values=values))
-            repeats[param.name] = repeats.get(param.name, 0) + 1
+            request.criteria.append(criterion)
+            repeats[criterion.name] = repeats.get(criterion.name, 0) + 1
         except InvalidRequestError as exc:
             problems.extend(exc.issues)
     problems.extend(_over_limits(request, repeats, limits))
@@ -237,6 +264,42 @@ def parse_search(
         status_error = InvalidRequestError(problems[0].diagnostics, issues=problems)
         raise status_error
     return request
+
+
+def _parse_chain(
+    resource_type: str, hops: list[str], raw_name: str
+) -> tuple[tuple[SearchParam, str], ...]:
+    """The reference parameters of a chained name (``location.address-city``,
+    ``subject:Patient.name``), each with the type it leads to."""
+    if len(hops) > MAX_CHAIN:
+        raise _bad(
+            f"'{raw_name}' follows {len(hops)} references; at most {MAX_CHAIN} may be chained",
+            raw_name,
+        )
+    chain: list[tuple[SearchParam, str]] = []
+    current = resource_type
+    for hop in hops:
+        pname, _, target = hop.partition(":")
+        param = params_for(current).get(pname)
+        if param is None or param.kind != "reference":
+            raise _bad(
+                f"'{raw_name}': '{pname}' is not a reference parameter of {current}, so it "
+                "cannot be chained",
+                raw_name,
+            )
+        if not target:
+            if len(param.targets) != 1:
+                raise _bad(
+                    f"'{raw_name}': {current}'s '{pname}' may refer to several types; name one "
+                    f"({pname}:{(param.targets or ('Type',))[0]}.…)",
+                    raw_name,
+                )
+            target = param.targets[0]
+        elif (param.targets and target not in param.targets) or target not in BY_TYPE:
+            raise _bad(f"'{raw_name}': {current}'s '{pname}' does not refer to {target}", raw_name)
+        chain.append((param, target))
+        current = target
+    return tuple(chain)
 
 
 def _too_costly(message: str, name: str) -> InvalidRequestError:
@@ -281,6 +344,9 @@ def _drop_what_a_feed_cannot_apply(
     sorting, totals, counts and ``_page`` tokens do not apply to it. Reported like any other
     unsupported parameter (400 under ``handling=strict``), never silently dropped."""
     why = "does not apply with _cursor (a feed page lists changes in commit order)"
+    for crit in [c for c in request.criteria if c.chain]:
+        unsupported(f"The chained parameter '{crit.name}' {why}", crit.name)
+        request.criteria.remove(crit)
     if request.sort:
         unsupported(f"_sort {why}", "_sort")
         request.sort = []
@@ -339,6 +405,8 @@ def _check_value(param: SearchParam, modifier: str | None, value: str, name: str
         raise _bad(
             f"'{name}={value}' is not a reference: use Type/id, an id, or an absolute URL", name
         )
+    elif param.kind == "special":
+        parse_near(value, name)
     elif param.kind == "token" and param.name == "_id" and len(value) > 64:
         raise _bad(f"'{name}' value is longer than a FHIR id may be", name)
 
@@ -486,6 +554,12 @@ def value_condition(
     p = crit.param
     c = table.c
     # Values are compared at the width they are indexed at (search.extract).
+    if p.kind == "token" and crit.modifier in ("below", "above"):
+        system, _, code = value.rpartition("|") if "|" in value else (None, "", value)
+        related = (below if crit.modifier == "below" else above)(system or None, code)
+        if related is None:  # not a hierarchy this server holds: the code itself
+            return value_condition(Criterion(p, None, (value,)), value, base_url, table=table)
+        return and_(c.system == SERVICE_SYSTEM, c.value.in_(sorted(related)))
     if p.kind == "token":
         if "|" in value:
             system, code = value.split("|", 1)
@@ -627,6 +701,14 @@ def _criterion_condition(
             prefix, text = split_prefix(value)
             ors.append(_date_condition(prefix, last_updated_col, last_updated_col, text))
         return or_(*ors)
+    if p.kind == "special":
+        nears = [parse_near(v, p.name) for v in crit.values]
+        return or_(
+            *(
+                near_condition(resource_type, n, id_col=id_col, version_col=version_col)
+                for n in nears
+            )
+        )
     if crit.modifier == "missing":
         any_row = index_exists(
             resource_type, p, None, id_col=id_col, version_col=version_col, probe=probe
@@ -666,19 +748,31 @@ def criteria_condition(
     last_updated_col: Any,
     base_url: str | None,
     probe: bool = False,
+    chained: Callable[[Criterion], ColumnElement[bool]] | None = None,
 ) -> ColumnElement[bool]:
-    conds = [
-        criterion_condition(
-            c,
-            request.resource_type,
-            id_col=id_col,
-            version_col=version_col,
-            last_updated_col=last_updated_col,
-            base_url=base_url,
-            probe=probe,
+    """Every criterion of ``request``; ``chained`` builds those that follow references (the
+    caller's access rules apply to what they follow, so only it can)."""
+    conds = []
+    for c in request.criteria:
+        if c.chain:
+            if chained is None:
+                message = f"The chained parameter '{c.name}' is not supported here"
+                raise InvalidRequestError(
+                    message, issues=[Issue("error", "not-supported", message, (c.name,))]
+                )
+            conds.append(chained(c))
+            continue
+        conds.append(
+            criterion_condition(
+                c,
+                request.resource_type,
+                id_col=id_col,
+                version_col=version_col,
+                last_updated_col=last_updated_col,
+                base_url=base_url,
+                probe=probe,
+            )
         )
-        for c in request.criteria
-    ]
     return and_(true(), *conds)
 
 

@@ -12,6 +12,7 @@ the database refuses for its size) from an outage.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -111,6 +112,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        try:  # distance search (Location near) needs sin and cos
+            cursor.execute("SELECT sin(0), cos(0)")
+        except Exception:  # an SQLite built without its math functions
+            dbapi_connection.create_function("sin", 1, math.sin, deterministic=True)
+            dbapi_connection.create_function("cos", 1, math.cos, deterministic=True)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -323,15 +323,17 @@ def check_write(
     new_index: list[IndexEntry],
     old_index: list[IndexEntry],
     creating: bool,
+    owner_maintained: bool = False,
 ) -> None:
     """Tenancy and scope-constraint rules for a write (the caller checked the plain scope).
 
     ``creating``: no live version exists yet (a create, or an update that creates: upsert), so
-    the rules for new resources apply whatever the interaction.
+    the rules for new resources apply whatever the interaction. ``owner_maintained``: a change
+    to directory data that the caller's organization maintains itself (``RuleSet``).
     """
     if principal is None or principal.is_admin:
         return
-    if resource_type in DIRECTORY_TYPES:
+    if resource_type in DIRECTORY_TYPES and not owner_maintained:
         raise ForbiddenError(f"{resource_type} is directory data: only administrators change it")
     if principal.organization is None:
         raise ForbiddenError("This client acts for no organization and may not write data")

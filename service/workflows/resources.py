@@ -481,6 +481,7 @@ async def _store(
         new_index=index,
         old_index=old_index,
         creating=current is None or current.deleted,
+        owner_maintained=_owner_maintained(ctx, resource_type, current, current_body, final),
     )
     targets = linked_targets(ctx.principal, resource_type, index)
     visible = await repo.which_pass(
@@ -539,6 +540,24 @@ async def _store(
         )
     )
     return stored
+
+
+def _owner_maintained(
+    ctx: WorkflowContext,
+    resource_type: str,
+    current: StoredResource | None,
+    current_body: dict[str, Any] | None,
+    final: dict[str, Any] | None,
+) -> bool:
+    """Whether this update is one an organization may make to directory data of its own."""
+    check = ctx.rules.owner_maintained.get(resource_type)
+    if check is None or ctx.organization is None or current is None or current.deleted:
+        return False
+    return (
+        current_body is not None
+        and final is not None
+        and check(ctx.organization, current_body, final)
+    )
 
 
 def _check_client_writable(ctx: WorkflowContext, resource_type: str) -> None:

@@ -47,6 +47,9 @@ class WrittenEvent:
 
 BeforeWrite = Callable[[WriteEvent], Awaitable[None]]
 AfterWrite = Callable[[WrittenEvent], Awaitable[None]]
+# Whether an organization may make this change to directory data of its own (an update of
+# ``current`` into ``new``): True lets a non-administrator write it (workflows.access).
+OwnerMaintains = Callable[[str, dict[str, Any], dict[str, Any]], bool]
 
 
 @dataclass
@@ -59,6 +62,9 @@ class RuleSet:
     undeletable: set[str] = field(default_factory=set)
     # Types whose updates must carry If-Match.
     if_match_required: set[str] = field(default_factory=set)
+    # Directory types an organization maintains parts of itself (a HealthcareService's
+    # accepting-new-patients flag, by the organization that provides it).
+    owner_maintained: dict[str, OwnerMaintains] = field(default_factory=dict)
 
     def on_write(self, resource_type: str, rule: BeforeWrite) -> None:
         self.before.setdefault(resource_type, []).append(rule)

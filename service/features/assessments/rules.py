@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.errors import BusinessRuleError, MethodNotAllowedError
 from service.fhir.codes import referral_code_systems, sim_code_system, staff_role_code_system
 from service.fhir.oend_codes import oend_code_systems
+from service.fhir.service_codes import directory_code_systems, service_value_set
 from service.questionnaires.check import check_questionnaire
 from service.questionnaires.instruments.loader import (
     builtin_code_systems,
@@ -210,6 +211,8 @@ def builtin_resources() -> list[dict[str, Any]]:
         staff_role_code_system(),
         *referral_code_systems(),
         *oend_code_systems(),
+        *directory_code_systems(),
+        service_value_set(),
     ]
 
 
