@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     from service.clients_cli import add_parsers
 
     add_parsers(sub)
+    # handoff directory import (service.directory_cli)
+    from service.directory_cli import add_parsers as add_directory_parsers
+
+    add_directory_parsers(sub, prepare_database)
     return parser
 
 
