@@ -194,3 +194,51 @@ def test_consents_recorded_by_their_custodian_gain_a_discloser(fresh_url: str) -
     downgrade(fresh_url, "0009")
     assert _rows(fresh_url, disclosers) == []
     upgrade(fresh_url)
+
+
+def test_directory_parameters_are_indexed_for_existing_records(fresh_url: str) -> None:
+    """0013: a Location and a HealthcareService written before get rows for the directory's
+    new parameters (near, address-state, characteristic...), once."""
+    upgrade(fresh_url, "0010")
+    location = (
+        '{"resourceType":"Location","id":"site","status":"active",'
+        '"address":{"city":"Riverbend","state":"OH"},'
+        '"position":{"latitude": 39.97,"longitude": -82.99}}'
+    )
+    service = (
+        '{"resourceType":"HealthcareService","id":"svc","characteristic":[{"coding":[{"system":'
+        '"https://handoff.dev/fhir/CodeSystem/directory-characteristic","code":'
+        '"accepting-new-patients"}]}],"eligibility":[{"comment":"Adults"}]}'
+    )
+    for rtype, rid, raw in (("Location", "site", location), ("HealthcareService", "svc", service)):
+        _execute(
+            fresh_url,
+            "INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, raw)"
+            f" VALUES ('{rtype}', '{rid}', 1, '2026-01-01 00:00:00', false, '{raw}')",
+        )
+        _execute(
+            fresh_url,
+            "INSERT INTO resource_history (txid, resource_type, id, version_id, last_updated,"
+            f" method, deleted, raw) VALUES (0, '{rtype}', '{rid}', 1, '2026-01-01 00:00:00',"
+            f" 'PUT', false, '{raw}')",
+        )
+    upgrade(fresh_url)
+    upgrade(fresh_url, "0010")
+    downgrade(fresh_url, "0010")
+    upgrade(fresh_url)
+    rows = "SELECT param, system, value, number FROM search_index ORDER BY 1, 2"
+    assert [tuple(r) for r in _rows(fresh_url, rows)] == [
+        ("address", "OH", "oh", None),
+        ("address", "Riverbend", "riverbend", None),
+        ("address-state", "OH", "oh", None),
+        (
+            "characteristic",
+            "https://handoff.dev/fhir/CodeSystem/directory-characteristic",
+            "accepting-new-patients",
+            None,
+        ),
+        ("eligibility", "Adults", "adults", None),
+        ("near", "latitude", "39.97", 39.97),
+        ("near", "longitude", "-82.99", -82.99),
+        ("status", None, "active", None),
+    ]
