@@ -22,7 +22,7 @@ EXAMPLES = [
 
 
 # Requests on a referral or consent that the first examples made.
-FOLLOW_UPS = ("ReleaseChangeIn", "ReReferIn", "CancelIn", "RevokeIn")
+FOLLOW_UPS = ("ReleaseChangeIn", "ReReferIn", "CancelIn", "RevokeIn", "AcceptingIn")
 
 
 async def test_every_v1_request_body_has_an_example_that_is_tried(app: Any) -> None:
@@ -93,3 +93,31 @@ async def test_the_documented_example_is_accepted_on_the_demo(
     client = await org_client(f"Organization/{sender}")
     r = await client.post(path, json=example)
     assert r.status_code == 201, r.text
+
+
+async def test_the_directory_examples_work_on_the_demo(app: Any, org_client: Any) -> None:
+    """The README's directory query finds the demo OTP first; the OTP says it is full with
+    AcceptingIn's example, and the same query then offers the next one."""
+    await seed_demo(app)
+    jail = await org_client("Organization/demo-county-jail")
+    query = {
+        "service": "moud-buprenorphine",
+        "near": "39.9612,-82.9988",
+        "within_km": "10",
+        "accepting": "true",
+        "language": "es",
+    }
+    r = await jail.get("/v1/directory", params=query)
+    assert r.status_code == 200, r.text
+    assert [e["healthcare_service"] for e in r.json()] == [
+        "HealthcareService/demo-otp-service-0",
+        "HealthcareService/demo-sud-treatment-service-0",
+    ]
+    example = app.openapi()["components"]["schemas"]["AcceptingIn"]["example"]
+    otp = await org_client("Organization/demo-otp")
+    r = await otp.put("/v1/directory/services/demo-otp-service-0/accepting", json=example)
+    assert r.status_code == 200, r.text
+    r = await jail.get("/v1/directory", params=query)
+    assert [e["healthcare_service"] for e in r.json()] == [
+        "HealthcareService/demo-sud-treatment-service-0"
+    ]
