@@ -29,7 +29,10 @@ _SEARCH_TYPES = {
     "date": "date",
     "uri": "uri",
     "number": "number",
+    "special": "special",
 }
+# Parameters R4 does not define (the directory's; R5 has HealthcareService-communication).
+_HANDOFF_PARAMS = {("HealthcareService", "communication"), ("HealthcareService", "eligibility")}
 
 
 @router.post(
@@ -113,7 +116,9 @@ def capability_statement(
                     {
                         "name": p.name,
                         "definition": (
-                            f"http://hl7.org/fhir/SearchParameter/{rtype}-{p.name}"
+                            f"https://handoff.dev/fhir/SearchParameter/{rtype}-{p.name}"
+                            if (rtype, p.name) in _HANDOFF_PARAMS
+                            else f"http://hl7.org/fhir/SearchParameter/{rtype}-{p.name}"
                             if not p.name.startswith("_")
                             else "http://hl7.org/fhir/SearchParameter/Resource"
                             + p.name.replace("_", "-")
