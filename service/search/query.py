@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 
 from service.errors import InvalidRequestError, Issue
+from service.fhir import catalogue
 from service.fhir.codes import SERVICE_SYSTEM
 from service.fhir.dates import parse_range, shifted
 from service.fhir.outcome import short_repr
@@ -70,6 +71,7 @@ MODIFIERS = {
 }
 # Chained parameters (``location.address-city``): how many references one may follow.
 MAX_CHAIN = 2
+_PART_DISCLOSED = catalogue.names(part2="referral")
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,14 @@ def _parse_chain(
             target = param.targets[0]
         elif (param.targets and target not in param.targets) or target not in BY_TYPE:
             raise _bad(f"'{raw_name}': {current}'s '{pname}' does not refer to {target}", raw_name)
+        if target in _PART_DISCLOSED:
+            # Their parts are shown to each party apart (42 CFR Part 2): a chain could test a
+            # part the caller is shown withheld.
+            raise _bad(
+                f"'{raw_name}': chaining into {target} is not supported; search {target} "
+                "itself and use its ids",
+                raw_name,
+            )
         chain.append((param, target))
         current = target
     return tuple(chain)

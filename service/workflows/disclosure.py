@@ -385,15 +385,15 @@ def guarded_parties(request: SearchRequest, org: str) -> set[str]:
     """Whose part of a referral the search's criteria and sort order look at, unless the
     search is limited to that party being ``org`` (a provider's poll of its own Tasks)."""
     guarded = _GUARDED_PARAMS.get(request.resource_type, {})
-    names = [c.param.name for c in request.criteria] + [name for name, _ in request.sort]
+    # A chained criterion's parameter belongs to another type (search.query refuses chains
+    # into referral types, whose parts are disclosed apart): only the type's own count here.
+    own = [c for c in request.criteria if not c.chain]
+    names = [c.param.name for c in own] + [name for name, _ in request.sort]
     parties = {guarded[n] for n in names if n in guarded}
     return {
         party
         for party in parties
-        if not any(
-            c.param.name == party and c.modifier is None and c.values == (org,)
-            for c in request.criteria
-        )
+        if not any(c.param.name == party and c.modifier is None and c.values == (org,) for c in own)
     }
 
 

@@ -147,6 +147,14 @@ async def test_chain_follows_only_what_the_caller_sees(
     assert await ids(client, "ServiceRequest", **{"subject:Patient.family": "Secretname"}) == {
         sr_id
     }
+    # Referrals' parts are disclosed apart (Part 2): no chain leads into them.
+    r = await jail_b.get(
+        "/fhir/Task",
+        params={"focus:ServiceRequest.code": "x"},
+        headers={"Prefer": "handling=strict"},
+    )
+    assert r.status_code == 400, r.text
+    assert "chaining into ServiceRequest is not supported" in r.text
     # A feed (_cursor) cannot apply a chain: said, not ignored.
     r = await client.get(
         "/fhir/HealthcareService",
