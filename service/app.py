@@ -23,6 +23,7 @@ from service.api.middleware import (
 from service.api.routes import (
     auth,
     health,
+    subscriptions,
     system,
     v1_assessments,
     v1_consents,
@@ -73,6 +74,7 @@ TAGS: list[dict[str, Any]] = [
 
 def build_rules(_settings: Settings) -> RuleSet:
     from service.features import referrals as referrals
+    from service.features import subscriptions
     from service.features.assessments import rules as assessments
     from service.features.naloxone import records as naloxone
     from service.workflows import consents, disclosure
@@ -83,6 +85,7 @@ def build_rules(_settings: Settings) -> RuleSet:
     assessments.register(rules)
     referrals.register(rules)
     naloxone.register(rules)
+    subscriptions.register(rules)
     return rules
 
 
@@ -117,8 +120,17 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
 
                 await seed_demo(app)
             tune_garbage_collector(settings)
+            if settings.subscription_worker:
+                from service.features.subscriptions.worker import run_in_background
+
+                app.state.notification_worker = run_in_background(
+                    app.state.engine, settings, app.state.rules
+                )
             yield
         finally:
+            if getattr(app.state, "notification_worker", None) is not None:
+                await app.state.notification_worker.stop()
+                app.state.notification_worker = None
             if getattr(app.state, "auth", None) is not None:
                 await app.state.auth.close()
                 app.state.auth = None
@@ -144,6 +156,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.state.auth = None
     app.state.client_concurrency = ClientConcurrency(settings.client_concurrency_limit)
 
+    app.include_router(subscriptions.router)  # before /fhir/Subscription/{id} takes "$status"
     # FastAPI tries included routers in order (~3 µs each passed over, even with
     # PrefixRouter's early refusal): the busiest first. No two of them share a path.
     for rtype in sorted(SUPPORTED_TYPES, key=_by_traffic):
