@@ -113,6 +113,7 @@ async def _run_worker(settings: Settings, health_host: str, health_port: int | N
     try:
         await worker.run(stop)
     finally:
+        await worker.close()
         if server is not None:
             server.close()
         await engine.dispose()

@@ -3,6 +3,8 @@ payloads, $status and $events, delivered by the worker to real HTTP receivers on
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -296,3 +298,123 @@ async def test_capability_statement_lists_the_topics(anon_client: httpx.AsyncCli
     topics = {e["valueCanonical"] for e in entry["extension"]}
     assert "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Task" in topics
     assert {o["name"] for o in entry["operation"]} == {"status", "events"}
+
+
+# --- heartbeats, payloads, failures and recovery --------------------------------------------
+
+
+async def run_until(worker: Worker, done: Any, seconds: float = 15.0) -> None:
+    """Let the worker run on its own (as in `handoff serve`) until ``done()`` or ``seconds``."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not done() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+
+
+async def test_heartbeats_when_idle(
+    net: Network, receiver: Receiver, app: Any, engine: Any
+) -> None:
+    await subscribe(
+        net.b, subscription(receiver.url, filters=[f"Task?owner={net.org_b}"], heartbeat=1)
+    )
+    worker = Worker(engine, app.state.settings, app.state.rules)
+    await run_until(worker, lambda: len(receiver.of_type("heartbeat")) >= 2)
+    await worker.close()
+    beats = receiver.of_type("heartbeat")
+    assert len(beats) >= 2
+    assert_r4(beats[0])
+    assert status_parameter(beats[0], "status")[0]["valueCode"] == "active"
+    assert len(beats[0]["entry"]) == 1  # the status only
+
+
+async def test_empty_payload_names_nothing(
+    net: Network, receiver: Receiver, worker: Worker
+) -> None:
+    await subscribe(
+        net.b, subscription(receiver.url, filters=[f"Task?owner={net.org_b}"], content="empty")
+    )
+    await worker.drain()
+    t = await referral_task(net)
+    await worker.drain()
+    [event] = receiver.of_type("event-notification")
+    assert_r4(event)
+    assert event_numbers(event) == [1]
+    assert focuses(event) == [None]
+    assert len(event["entry"]) == 1
+    assert t["id"] not in json.dumps(event)
+
+
+async def test_a_receiver_down_for_a_while_recovers_what_it_missed_with_events(
+    net: Network, receiver: Receiver, worker: Worker
+) -> None:
+    sub = await subscribe(net.b, subscription(receiver.url, filters=[f"Task?owner={net.org_b}"]))
+    await worker.drain()
+    receiver.status = 500  # down: every attempt fails, then the subscription is in error
+    missed = [await referral_task(net), await referral_task(net)]
+    await worker.drain()
+    read = (await net.b.get(f"/fhir/Subscription/{sub['id']}")).json()
+    assert read["status"] == "error" and "500" in read["error"]
+    receiver.status = 200  # back: the client reactivates its subscription
+    r = await net.b.put(f"/fhir/Subscription/{sub['id']}", json=read, headers=FHIR_JSON)
+    assert r.status_code == 200 and r.json()["status"] == "requested", r.text
+    await worker.drain()
+    assert (await net.b.get(f"/fhir/Subscription/{sub['id']}")).json()["status"] == "active"
+    after = await referral_task(net)
+    await worker.drain()
+    answered = receiver.of_type("event-notification")
+    # Only what the receiver answered 2xx counts as received: the last notification is #3.
+    assert event_numbers(answered[-1]) == [3]
+    assert focuses(answered[-1]) == [f"Task/{after['id']}"]
+    gap = await net.b.get(
+        f"/fhir/Subscription/{sub['id']}/$events",
+        params={"eventsSinceNumber": "1", "eventsUntilNumber": "2"},
+    )
+    assert gap.status_code == 200, gap.text
+    assert_r4(gap.json())
+    assert event_numbers(gap.json()) == [1, 2]
+    assert focuses(gap.json()) == [f"Task/{t['id']}" for t in missed]
+    bad = await net.b.get(
+        f"/fhir/Subscription/{sub['id']}/$events", params={"eventsSinceNumber": "one"}
+    )
+    assert bad.status_code == 400 and "eventsSinceNumber" in bad.text
+
+
+async def test_a_hanging_receiver_does_not_delay_the_others(
+    net: Network, receiver: Receiver, app: Any, engine: Any
+) -> None:
+    slow = Receiver(delay=8.0).start()
+    try:
+        await subscribe(
+            net.b,
+            subscription(slow.url, filters=[f"Task?owner={net.org_b}"], timeout=1),
+        )
+        healthy = await subscribe(
+            net.b, subscription(receiver.url, filters=[f"Task?owner={net.org_b}"])
+        )
+        worker = Worker(engine, app.state.settings, app.state.rules)
+        await run_until(worker, lambda: bool(receiver.of_type("handshake")))
+        t = await referral_task(net)
+        created_at = asyncio.get_running_loop().time()
+        await run_until(worker, lambda: bool(receiver.of_type("event-notification")))
+        took = asyncio.get_running_loop().time() - created_at
+        assert focuses(receiver.of_type("event-notification")[0]) == [f"Task/{t['id']}"]
+        assert took < 6.0, took  # not behind the receiver that hangs 8 s
+        status = (await net.b.get("/fhir/Subscription/$status")).json()
+        by_id = {
+            e["resource"]["parameter"][0]["valueReference"]["reference"].rsplit("/", 1)[1]: {
+                p["name"]: p for p in e["resource"]["parameter"]
+            }
+            for e in status["entry"]
+        }
+        assert by_id[healthy["id"]]["status"]["valueCode"] == "active"
+        slow_one = next(v for k, v in by_id.items() if k != healthy["id"])
+        assert slow_one["status"]["valueCode"] == "error"  # its handshake timed out
+        assert "within 1 s" in slow_one["error"]["valueCodeableConcept"]["text"]
+        await worker.close()
+    finally:
+        slow.stop()

@@ -184,20 +184,25 @@ class Worker:
                         timeout=self.settings.subscription_poll_seconds,
                     )
         finally:
-            await self.close()
+            await self.settle()
 
     def healthy(self) -> bool:
         """A round succeeded lately (the probe of ``handoff worker``)."""
         window = timedelta(seconds=max(30.0, 10 * self.settings.subscription_poll_seconds))
         return self.last_ok is not None and now() - self.last_ok < window
 
-    async def close(self) -> None:
+    async def settle(self) -> None:
+        """Let in-flight deliveries finish (at most the delivery timeout), then cancel the
+        rest: their leases expire and another round sends them again."""
         if self._inflight:
             await asyncio.wait(
                 list(self._inflight), timeout=self.settings.subscription_timeout_seconds
             )
         for task in list(self._inflight):
             task.cancel()
+
+    async def close(self) -> None:
+        await self.settle()
         if self._own_http:
             await self.http.aclose()
 
@@ -609,6 +614,7 @@ class Running:
         self.stopping.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        await self.worker.close()
 
 
 def run_in_background(engine: AsyncEngine, settings: Settings, rules: RuleSet) -> Running:
