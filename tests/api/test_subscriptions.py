@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -37,6 +38,7 @@ def settings(database_url: str) -> Settings:
         subscription_timeout_seconds=2,
         subscription_lease_seconds=1,
         subscription_max_failures=2,
+        subscription_release_scan_seconds=0.05,
         _env_file=None,
     )
 
@@ -418,3 +420,41 @@ async def test_a_hanging_receiver_does_not_delay_the_others(
         await worker.close()
     finally:
         slow.stop()
+
+
+async def test_release_imminent_fires_once_for_an_unaccepted_referral(
+    net: Network, receiver: Receiver, worker: Worker
+) -> None:
+    from tests.api.test_disclosure_paths import referral
+
+    soon = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0).isoformat()
+    later = (datetime.now(UTC) + timedelta(days=5)).replace(microsecond=0).isoformat()
+    made = []
+    for when in (soon, later):
+        r = await net.a.post(
+            "/v1/referrals", json=referral(net.org_b, release={"expected_at": when})
+        )
+        assert r.status_code == 201, r.text
+        made.append(r.json())
+    await subscribe(
+        net.a,
+        subscription(
+            receiver.url,
+            topic="https://handoff.dev/fhir/SubscriptionTopic/release-imminent",
+            filters=[f"Task?requester={net.org_a}&hours=24"],
+        ),
+    )
+    await worker.drain()
+    await worker.drain()  # a second scan does not fire it again
+    events = receiver.of_type("event-notification")
+    assert [f for b in events for f in focuses(b)] == [f"Task/{made[0]['task_id']}"]
+    r = await net.a.post(
+        "/fhir/Subscription",
+        json=subscription(
+            receiver.url,
+            topic="https://handoff.dev/fhir/SubscriptionTopic/release-imminent",
+            filters=[f"Task?requester={net.org_a}"],
+        ),
+        headers=FHIR_JSON,
+    )
+    assert r.status_code == 422 and "needs the filter 'hours'" in r.text
