@@ -237,6 +237,8 @@ async def seed_demo_subscription(app: FastAPI, org_ids: dict[str, str]) -> None:
     from service.workflows.access import access_filter, tenancy_filter
 
     settings = app.state.settings
+    if not (settings.demo or settings.subscription_allow_local_http):
+        return  # seeded without --demo (tests): the receiver's http:// endpoint is refused
     org = f"Organization/{org_ids['otp']}"
     base = (settings.public_base_url or "http://127.0.0.1:8000").rstrip("/") + "/fhir"
     principal = Principal(
