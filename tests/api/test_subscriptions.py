@@ -19,7 +19,7 @@ from service.fhir.validate import validate_resource
 from service.settings import Settings
 from tests.api.test_tenancy import Network, created
 from tests.api.test_tenancy import net as net  # the fixture
-from tests.builders import patient, subscription, task
+from tests.builders import jms_referral, patient, subscription, task
 from tests.receivers import Receiver, event_numbers, focuses, notification_type, status_parameter
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -425,15 +425,11 @@ async def test_a_hanging_receiver_does_not_delay_the_others(
 async def test_release_imminent_fires_once_for_an_unaccepted_referral(
     net: Network, receiver: Receiver, worker: Worker
 ) -> None:
-    from tests.api.test_disclosure_paths import referral
-
     soon = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0).isoformat()
     later = (datetime.now(UTC) + timedelta(days=5)).replace(microsecond=0).isoformat()
     made = []
     for when in (soon, later):
-        r = await net.a.post(
-            "/v1/referrals", json=referral(net.org_b, release={"expected_at": when})
-        )
+        r = await net.a.post("/v1/referrals", json=jms_referral(net.org_b, release_at=when))
         assert r.status_code == 201, r.text
         made.append(r.json())
     await subscribe(

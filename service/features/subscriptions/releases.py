@@ -2,7 +2,7 @@
 person's release is imminent and who has not accepted the referral.
 
 Today the expected release is the referral's (``ServiceRequest.occurrencePeriod.start``, as
-the JMS sent it) and "not accepted" is its Task's status (workflows.referrals.escalations, the
+the JMS sent it) and "not accepted" is its Task's status (features.referrals.escalations, the
 same rule as the JMS escalation list).
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.features.referrals import escalations
 from service.fhir import exact_json
 from service.storage import repository as repo
 from service.workflows.context import WorkflowContext
-from service.workflows.referrals import escalations
 
 
 async def imminent_referrals(
