@@ -122,7 +122,7 @@ async def _run_worker(settings: Settings, health_host: str, health_port: int | N
 def cmd_receiver(args: argparse.Namespace) -> None:
     from service.dev_receiver import serve_receiver
 
-    serve_receiver(args.host, args.port, secret=args.secret, verbose=args.verbose)
+    serve_receiver(args.host, args.port, verbose=args.verbose)
 
 
 def cmd_migrate(_args: argparse.Namespace) -> None:
@@ -159,11 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="development tools")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     receiver = dev_sub.add_parser(
-        "receiver", help="print the notifications and webhooks that arrive (development)"
+        "receiver", help="print the notifications that arrive (development)"
     )
     receiver.add_argument("--host", default="127.0.0.1")
     receiver.add_argument("--port", type=int, default=9000)
-    receiver.add_argument("--secret", default=None, help="check /v1 webhook signatures with it")
     receiver.add_argument("--verbose", action="store_true", help="print each body in full")
     receiver.set_defaults(func=cmd_receiver)
     migrate = sub.add_parser("migrate", help="apply database migrations")

@@ -1,10 +1,8 @@
 """``handoff dev receiver``: a development endpoint that prints the notifications (FHIR
-Subscriptions) and webhooks (/v1) that arrive, and answers 200. Not for production."""
+Subscriptions) that arrive, and answers 200. Not for production."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import sys
 from datetime import UTC, datetime
@@ -12,19 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-def verify_signature(secret: str, header: str | None, body: bytes) -> bool:
-    """A /v1 webhook's ``X-Handoff-Signature: t=<unix time>,v1=<hex>``: HMAC-SHA256 of
-    ``<t>.<body>`` with the shared secret."""
-    if not header:
-        return False
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    timestamp, given = parts.get("t", ""), parts.get("v1", "")
-    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return hmac.compare_digest(expected.hexdigest(), given)
-
-
 def describe(body: Any) -> str:
-    """One line about a notification Bundle or a webhook."""
+    """One line about a notification Bundle."""
     if isinstance(body, dict) and body.get("resourceType") == "Bundle":
         params = body["entry"][0]["resource"].get("parameter", [])
         named = {p["name"]: p for p in params}
@@ -40,12 +27,10 @@ def describe(body: Any) -> str:
             events.append(f"#{number} {focus}")
         text = f"FHIR {kind} from {sub}"
         return text + (": " + ", ".join(events) if events else "")
-    if isinstance(body, dict) and "event" in body:
-        return f"webhook {body['event']} referral {body.get('referral_id')}"
     return "unrecognized body"
 
 
-def serve_receiver(host: str, port: int, *, secret: str | None, verbose: bool) -> None:
+def serve_receiver(host: str, port: int, *, verbose: bool) -> None:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -55,9 +40,6 @@ def serve_receiver(host: str, port: int, *, secret: str | None, verbose: bool) -
                 parsed = None
             stamp = datetime.now(UTC).strftime("%H:%M:%S")
             line = f"{stamp} POST {self.path}  {describe(parsed)}"
-            if secret is not None and "X-Handoff-Signature" in self.headers:
-                ok = verify_signature(secret, self.headers["X-Handoff-Signature"], body)
-                line += "  signature " + ("verified" if ok else "WRONG")
             print(line, flush=True)
             if verbose and parsed is not None:
                 print(json.dumps(parsed, indent=2), flush=True)

@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds the referral-count gauge reuses its last query."
     )
 
-    # --- notifications (FHIR Subscriptions, /v1 webhooks) -----------------------------------
+    # --- notifications (FHIR Subscriptions) ---------------------------------------------------
     subscription_worker: bool = Field(
         True,
         description="Run the notification delivery worker inside `handoff serve` (SQLite always "

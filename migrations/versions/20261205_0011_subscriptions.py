@@ -4,7 +4,7 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-05 10:00:00
 
-FHIR Subscriptions (R4 Backport IG) and /v1 webhooks are delivered by a worker that reads the
+FHIR Subscriptions (R4 Backport IG) are delivered by a worker that reads the
 change feed (``resource_history`` in commit order) from ``subscription_cursor``, numbers each
 matching event per subscription in ``subscription_event`` and delivers under a per-subscription
 lease in ``subscription_state``.

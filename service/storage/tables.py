@@ -192,13 +192,13 @@ class SigningKeyRingRow(SQLModel, table=True):
 
 # --- notifications (features.subscriptions; queries in storage.subscriptions) ----------------
 
-# One row per Subscription (FHIR) or /v1 webhook: what the delivery worker needs, its event
+# One row per subscription: what the delivery worker needs, its event
 # counter and its delivery lease. Written with the Subscription's versions (same transaction).
 subscription_state = Table(
     "subscription_state",
     SQLModel.metadata,
     Column("id", String(64), primary_key=True),
-    Column("kind", String(16), nullable=False),  # fhir | webhook
+    Column("kind", String(16), nullable=False),  # "fhir": a FHIR Subscription
     Column("organization", String(128), nullable=True),
     # The client the worker reads as, with the scopes it held when it last wrote the record.
     Column("client_id", String(128), nullable=False),

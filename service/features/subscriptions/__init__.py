@@ -1,4 +1,4 @@
-"""FHIR Subscriptions (R4 Backport IG 1.1.0, rest-hook) and /v1 webhooks: topics, filters,
+"""FHIR Subscriptions (R4 Backport IG 1.1.0, rest-hook): topics, filters,
 the Subscription write rules, notification Bundles, ``$status``/``$events`` and the delivery
 worker that reads the change feed."""
 
