@@ -23,6 +23,7 @@ from service.api.middleware import (
 from service.api.routes import (
     auth,
     health,
+    subscriptions,
     system,
     v1_assessments,
     v1_consents,
@@ -77,7 +78,7 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    from service.features import directory
+    from service.features import directory, subscriptions
     from service.features import referrals as referrals
     from service.features.assessments import rules as assessments
     from service.features.naloxone import records as naloxone
@@ -90,6 +91,7 @@ def build_rules(_settings: Settings) -> RuleSet:
     referrals.register(rules)
     naloxone.register(rules)
     directory.register(rules)
+    subscriptions.register(rules)
     return rules
 
 
@@ -124,8 +126,17 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
 
                 await seed_demo(app)
             tune_garbage_collector(settings)
+            if settings.subscription_worker:
+                from service.features.subscriptions.worker import run_in_background
+
+                app.state.notification_worker = run_in_background(
+                    app.state.engine, settings, app.state.rules
+                )
             yield
         finally:
+            if getattr(app.state, "notification_worker", None) is not None:
+                await app.state.notification_worker.stop()
+                app.state.notification_worker = None
             if getattr(app.state, "auth", None) is not None:
                 await app.state.auth.close()
                 app.state.auth = None
@@ -151,6 +162,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.state.auth = None
     app.state.client_concurrency = ClientConcurrency(settings.client_concurrency_limit)
 
+    app.include_router(subscriptions.router)  # before /fhir/Subscription/{id} takes "$status"
     # FastAPI tries included routers in order (~3 µs each passed over, even with
     # PrefixRouter's early refusal): the busiest first. No two of them share a path.
     for rtype in sorted(SUPPORTED_TYPES, key=_by_traffic):

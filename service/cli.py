@@ -1,4 +1,4 @@
-"""The ``handoff`` command: serve, migrate (and, with auth, clients)."""
+"""The ``handoff`` command: serve, worker, migrate, dev receiver (and, with auth, clients)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     if args.demo:
         os.environ["HANDOFF_DEMO"] = "true"
+    if args.no_worker:
+        os.environ["HANDOFF_SUBSCRIPTION_WORKER"] = "false"
     settings = Settings()
     prepare_database(settings)
     uvicorn.run(
@@ -68,6 +70,59 @@ def cmd_serve(args: argparse.Namespace) -> None:
         # request's head: enough that the app answers the URL and header limits itself.
         h11_max_incomplete_event_size=settings.max_url_bytes + settings.max_header_bytes + 1024,
     )
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    """The notification delivery worker on its own (PostgreSQL; any number of replicas)."""
+    from service.logging_config import configure_logging
+
+    settings = Settings()
+    configure_logging(settings)
+    prepare_database(settings)
+    asyncio.run(_run_worker(settings, args.health_host, args.health_port))
+
+
+async def _run_worker(settings: Settings, health_host: str, health_port: int | None) -> None:
+    import signal
+
+    from service.app import build_rules
+    from service.features.subscriptions.worker import Worker
+    from service.storage.db import create_engine
+
+    engine = create_engine(settings)
+    worker = Worker(engine, settings, build_rules(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def probe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        ok = worker.healthy()
+        status = "200 OK" if ok else "503 Service Unavailable"
+        text = b"ok\n" if ok else b"no successful round lately\n"
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(text)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + text
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(probe, health_host, health_port) if health_port else None
+    try:
+        await worker.run(stop)
+    finally:
+        await worker.close()
+        if server is not None:
+            server.close()
+        await engine.dispose()
+
+
+def cmd_receiver(args: argparse.Namespace) -> None:
+    from service.dev_receiver import serve_receiver
+
+    serve_receiver(args.host, args.port, verbose=args.verbose)
 
 
 def cmd_migrate(_args: argparse.Namespace) -> None:
@@ -89,7 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--graceful-timeout", type=int, default=20, help="seconds to finish requests on SIGTERM"
     )
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not deliver notifications from this process (run `handoff worker` instead)",
+    )
     serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help="run the notification delivery worker")
+    worker.add_argument("--health-host", default="0.0.0.0", help="address of the probe endpoint")
+    worker.add_argument(
+        "--health-port", type=int, default=8081, help="port of the probe endpoint (0: none)"
+    )
+    worker.set_defaults(func=cmd_worker)
+    dev = sub.add_parser("dev", help="development tools")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    receiver = dev_sub.add_parser(
+        "receiver", help="print the notifications that arrive (development)"
+    )
+    receiver.add_argument("--host", default="127.0.0.1")
+    receiver.add_argument("--port", type=int, default=9000)
+    receiver.add_argument("--verbose", action="store_true", help="print each body in full")
+    receiver.set_defaults(func=cmd_receiver)
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(func=cmd_migrate)
     from service.clients_cli import add_parsers

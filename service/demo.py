@@ -248,6 +248,7 @@ async def seed_demo(app: FastAPI) -> dict[str, str]:
                 await _seed(conn, ctx, body, f"{key}-service-{i}")
     app.state.demo_organizations = org_ids
     clients = await seed_demo_clients(ctx.engine, org_ids)
+    await seed_demo_subscription(app, org_ids)
     lines = "\n".join(
         f"  {c['client_id']:<22} secret {c['client_secret']:<29} {c['organization']}"
         for c in clients
@@ -256,3 +257,74 @@ async def seed_demo(app: FastAPI) -> dict[str, str]:
     logger.warning("DEMO clients (for /docs -> Authorize, or POST /auth/token):\n%s", lines)
     logger.info("demo network ready: %d organizations", len(org_ids))
     return org_ids
+
+
+DEMO_SUBSCRIPTION = "demo-otp-referrals"
+DEMO_RECEIVER = "http://127.0.0.1:9000/notify"  # `handoff dev receiver --port 9000`
+
+
+async def seed_demo_subscription(app: FastAPI, org_ids: dict[str, str]) -> None:
+    """The treatment program's Subscription to the referral Tasks it owns, posting to the
+    development receiver (README: Notifications). Made once, as the ``demo-otp`` client; a
+    receiver that is not running puts it in ``error`` (PUT it again to reactivate)."""
+    from service.auth.principal import Principal
+    from service.auth.scopes import ScopeSet
+    from service.features.subscriptions.spec import (
+        BACKPORT,
+        CONTENT_EXTENSION,
+        FILTER_EXTENSION,
+        HEARTBEAT_EXTENSION,
+    )
+    from service.features.subscriptions.topics import TASK_TOPIC
+    from service.storage import repository as repo
+    from service.workflows.access import access_filter, tenancy_filter
+
+    settings = app.state.settings
+    if not (settings.demo or settings.subscription_allow_local_http):
+        return  # seeded without --demo (tests): the receiver's http:// endpoint is refused
+    org = f"Organization/{org_ids['otp']}"
+    base = (settings.public_base_url or "http://127.0.0.1:8000").rstrip("/") + "/fhir"
+    principal = Principal(
+        client_id="demo-otp",
+        organization=org,
+        scopes=ScopeSet.parse(DEMO_CLIENTS["demo-otp"][1]),
+        is_admin=False,
+        token_id=None,
+        issuer="demo-seed",
+    )
+    ctx = WorkflowContext(
+        engine=app.state.engine,
+        settings=settings,
+        base_url=base,
+        request_id="demo-seed",
+        principal=principal,
+        access=access_filter(principal, "r", base_url=base),
+        search_access=access_filter(principal, "s", base_url=base),
+        write_access=tenancy_filter(principal),
+        rules=app.state.rules,
+    )
+    body: dict[str, Any] = {
+        "resourceType": "Subscription",
+        "id": DEMO_SUBSCRIPTION,
+        "meta": {"profile": [f"{BACKPORT}/StructureDefinition/backport-subscription"]},
+        "status": "requested",
+        "reason": "DEMO: referral Tasks for Harbor Opioid Treatment Program",
+        "criteria": TASK_TOPIC,
+        "_criteria": {"extension": [{"url": FILTER_EXTENSION, "valueString": f"Task?owner={org}"}]},
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": DEMO_RECEIVER,
+            "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": CONTENT_EXTENSION, "valueCode": "id-only"}]},
+            "extension": [{"url": HEARTBEAT_EXTENSION, "valueUnsignedInt": 60}],
+        },
+    }
+    async with write_transaction(ctx.engine) as conn:
+        if await repo.get_current(conn, "Subscription", DEMO_SUBSCRIPTION) is None:
+            await wf.update_in(conn, ctx, "Subscription", DEMO_SUBSCRIPTION, body, if_match=None)
+            logger.warning(
+                "DEMO subscription Subscription/%s posts to %s (run `handoff dev receiver "
+                "--port 9000`)",
+                DEMO_SUBSCRIPTION,
+                DEMO_RECEIVER,
+            )

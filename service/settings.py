@@ -147,6 +147,62 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds the referral-count gauge reuses its last query."
     )
 
+    # --- notifications (FHIR Subscriptions) ---------------------------------------------------
+    subscription_worker: bool = Field(
+        True,
+        description="Run the notification delivery worker inside `handoff serve` (SQLite always "
+        "does; on PostgreSQL it may run as `handoff worker` instead: `handoff serve --no-worker`).",
+    )
+    subscription_allow_local_http: bool = Field(
+        False,
+        description="Development only: accept http:// notification endpoints on 127.0.0.1 or "
+        "localhost (every other endpoint must be https://). `handoff serve --demo` turns it on.",
+    )
+    subscription_poll_seconds: float = Field(
+        0.5, gt=0, description="How often the worker looks for new changes and due deliveries."
+    )
+    subscription_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest one delivery attempt may take (a Subscription's backport-timeout "
+        "may ask for less, never more).",
+    )
+    subscription_max_failures: int = Field(
+        5,
+        ge=1,
+        description="Consecutive failed deliveries after which a subscription is put in the "
+        "error state (the client reactivates it by updating it).",
+    )
+    subscription_retry_seconds: float = Field(
+        2.0, gt=0, description="First retry delay after a failed delivery (doubles each time)."
+    )
+    subscription_retry_max_seconds: float = Field(
+        300.0, gt=0, description="Longest delay between two delivery attempts."
+    )
+    subscription_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long a worker holds a subscription beyond the delivery timeout; a "
+        "worker that dies mid-delivery gives it up after this.",
+    )
+    subscription_event_retention_hours: int = Field(
+        168,
+        ge=1,
+        description="Hours each notification event is kept for $events (recovery of missed "
+        "notifications); event numbers keep counting after events are purged.",
+    )
+    subscription_max_events_per_notification: int = Field(
+        20, ge=1, description="Most events one notification carries (backport-max-count: fewer)."
+    )
+    subscription_concurrency: int = Field(
+        16, ge=1, description="Deliveries one worker process makes at once."
+    )
+    subscription_release_scan_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often the worker looks for referrals whose release is imminent.",
+    )
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

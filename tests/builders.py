@@ -216,3 +216,59 @@ def healthcare_service(
     if not locations:
         del body["location"]
     return body
+
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+SDOH_TASK_TOPIC = "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Task"
+
+
+def subscription(
+    endpoint: str,
+    *,
+    topic: str = SDOH_TASK_TOPIC,
+    filters: list[str] | None = None,
+    content: str = "id-only",
+    headers: list[str] | None = None,
+    heartbeat: int | None = None,
+    timeout: int | None = None,
+    max_count: int | None = None,
+    channel_type: str = "rest-hook",
+    payload: str = "application/fhir+json",
+) -> dict[str, Any]:
+    """An R4 Backport IG 1.1.0 rest-hook Subscription."""
+    extensions: list[dict[str, Any]] = []
+    if heartbeat is not None:
+        extensions.append(
+            {"url": f"{BACKPORT}/backport-heartbeat-period", "valueUnsignedInt": heartbeat}
+        )
+    if timeout is not None:
+        extensions.append({"url": f"{BACKPORT}/backport-timeout", "valueUnsignedInt": timeout})
+    if max_count is not None:
+        extensions.append({"url": f"{BACKPORT}/backport-max-count", "valuePositiveInt": max_count})
+    channel: dict[str, Any] = {
+        "type": channel_type,
+        "endpoint": endpoint,
+        "payload": payload,
+        "_payload": {
+            "extension": [{"url": f"{BACKPORT}/backport-payload-content", "valueCode": content}]
+        },
+    }
+    if extensions:
+        channel["extension"] = extensions
+    if headers:
+        channel["header"] = headers
+    body: dict[str, Any] = {
+        "resourceType": "Subscription",
+        "meta": {"profile": [f"{BACKPORT}/backport-subscription"]},
+        "status": "requested",
+        "reason": "Referrals for our organization",
+        "criteria": topic,
+        "channel": channel,
+    }
+    if filters:
+        body["_criteria"] = {
+            "extension": [
+                {"url": f"{BACKPORT}/backport-filter-criteria", "valueString": f} for f in filters
+            ]
+        }
+    return body

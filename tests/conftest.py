@@ -41,6 +41,9 @@ TABLES = (
     "oauth_client",
     "used_assertion",
     "signing_key_ring",
+    "subscription_state",
+    "subscription_event",
+    "subscription_cursor",
 )
 BASE = "http://testserver"
 

@@ -636,6 +636,14 @@ VALUE_SETS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "http://hl7.org/fhir/ValueSet/search-entry-mode": ("match", "include", "outcome"),
     "http://hl7.org/fhir/ValueSet/sort-direction": ("ascending", "descending"),
+    "http://hl7.org/fhir/ValueSet/subscription-channel-type": (
+        "rest-hook",
+        "websocket",
+        "email",
+        "sms",
+        "message",
+    ),
+    "http://hl7.org/fhir/ValueSet/subscription-status": ("requested", "active", "error", "off"),
     "http://hl7.org/fhir/ValueSet/supplydelivery-status": (
         "in-progress",
         "completed",
@@ -744,6 +752,8 @@ REQUIRED_BINDINGS: Final[dict[str, str]] = {
     "ServiceRequest.intent": "http://hl7.org/fhir/ValueSet/request-intent",
     "ServiceRequest.priority": "http://hl7.org/fhir/ValueSet/request-priority",
     "ServiceRequest.status": "http://hl7.org/fhir/ValueSet/request-status",
+    "Subscription.channel.type": "http://hl7.org/fhir/ValueSet/subscription-channel-type",
+    "Subscription.status": "http://hl7.org/fhir/ValueSet/subscription-status",
     "SupplyDelivery.status": "http://hl7.org/fhir/ValueSet/supplydelivery-status",
     "Task.intent": "http://hl7.org/fhir/ValueSet/task-intent",
     "Task.priority": "http://hl7.org/fhir/ValueSet/request-priority",

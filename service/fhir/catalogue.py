@@ -71,6 +71,8 @@ CATALOGUE: Final[tuple[TypeRecord, ...]] = (
     TypeRecord("Medication", "directory"),
     TypeRecord("SupplyDelivery", "patient-data", "guarded"),
     TypeRecord("RelatedPerson", "patient-data"),
+    # Notifications (features.subscriptions): each organization sees only its own.
+    TypeRecord("Subscription", "creator"),
 )
 BY_NAME: Final[dict[str, TypeRecord]] = {record.name: record for record in CATALOGUE}
 

@@ -297,6 +297,13 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("identifier", "token", "identifier"),
         _p("date", "date", "occurrenceDateTime", "occurrencePeriod"),
     ),
+    "Subscription": (
+        _p("status", "token", "status"),
+        _p("criteria", "string", "criteria"),
+        _p("type", "token", "channel.type"),
+        _p("url", "uri", "channel.endpoint"),
+        _p("payload", "token", "channel.payload"),
+    ),
 }
 
 

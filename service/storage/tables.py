@@ -5,6 +5,8 @@
 - ``resource_history``: every version, in a gap-free change order (``seq``, ``txid``).
 - ``search_index``: one row per search-parameter value of every version (token, reference,
   string, date, number, uri), so search is a set of index probes on both dialects.
+- ``subscription_state``, ``subscription_event``, ``subscription_cursor``: notification
+  delivery (features.subscriptions, storage.subscriptions).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Float,
     Index,
@@ -185,3 +188,57 @@ class SigningKeyRingRow(SQLModel, table=True):
     name: str = Field(sa_column=Column(String(64), primary_key=True))
     ring: dict[str, Any] = Field(sa_column=Column(JSON(), nullable=False))
     updated: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+
+
+# --- notifications (features.subscriptions; queries in storage.subscriptions) ----------------
+
+# One row per subscription: what the delivery worker needs, its event
+# counter and its delivery lease. Written with the Subscription's versions (same transaction).
+subscription_state = Table(
+    "subscription_state",
+    SQLModel.metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # "fhir": a FHIR Subscription
+    Column("organization", String(128), nullable=True),
+    # The client the worker reads as, with the scopes it held when it last wrote the record.
+    Column("client_id", String(128), nullable=False),
+    Column("scopes", Text(), nullable=False),
+    Column("spec", JSON(), nullable=False),  # topic, filters, channel (features.subscriptions)
+    Column("status", String(16), nullable=False),  # requested | active | error | off
+    Column("generation", Integer(), nullable=False),  # +1 on every client write
+    Column("events_count", BigInteger(), nullable=False),  # events-since-subscription-start
+    Column("delivered_through", BigInteger(), nullable=False),  # last event sent (or skipped)
+    Column("failures", Integer(), nullable=False),  # consecutive failed attempts
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("last_sent_at", UtcDateTime(), nullable=True),  # heartbeats count from here
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", UtcDateTime(), nullable=True),
+    Column("last_error", Text(), nullable=True),
+    Index("ix_subscription_state_due", "status", "next_attempt_at"),
+)
+
+# Every event of every subscription, numbered per subscription (gap-free), kept for $events
+# for ``HANDOFF_SUBSCRIPTION_EVENT_RETENTION_HOURS``.
+subscription_event = Table(
+    "subscription_event",
+    SQLModel.metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("event_number", BigInteger(), primary_key=True),
+    Column("recorded", UtcDateTime(), nullable=False),
+    Column("focus_type", String(64), nullable=False),
+    Column("focus_id", String(64), nullable=False),
+    Column("focus_version", Integer(), nullable=False),
+    Column("context", JSON(), nullable=True),  # additional-context references
+    Index("ix_subscription_event_recorded", "recorded"),
+)
+
+# How far the change feed has been matched against subscriptions: one row, locked by the
+# worker that advances it (FOR UPDATE SKIP LOCKED).
+subscription_cursor = Table(
+    "subscription_cursor",
+    SQLModel.metadata,
+    Column("name", String(32), primary_key=True),
+    Column("txid", BigInteger(), nullable=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("scanned_at", UtcDateTime(), nullable=True),  # the last release-imminent scan
+)

@@ -61,6 +61,13 @@ TYPE_ACTIONS: dict[tuple[str, str], str] = {
     ("PATCH", "/{resource_id}"): "u",
     ("DELETE", "/{resource_id}"): "d",
 }
+# Operations of one type: Subscription's (Backport IG) status of all your subscriptions is a
+# search, one subscription's status or events a read of it.
+OPERATION_ACTIONS: dict[tuple[str, str, str], str] = {
+    ("Subscription", "GET", "/$status"): "s",
+    ("Subscription", "GET", "/{resource_id}/$status"): "r",
+    ("Subscription", "GET", "/{resource_id}/$events"): "r",
+}
 # System routes: the type whose scope the sample request needs ("*": any type) and the action.
 SYSTEM_ACTIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/fhir"): (SAMPLE, "c"),  # a transaction creating one Task
@@ -88,6 +95,9 @@ class Route:
             key = (self.method, self.path)
             assert key in SYSTEM_ACTIONS, f"classify the new route {key} in SYSTEM_ACTIONS"
             return SYSTEM_ACTIONS[key]
+        operation = (self.resource_type, self.method, self.suffix)
+        if operation in OPERATION_ACTIONS:
+            return self.resource_type, OPERATION_ACTIONS[operation]
         key = (self.method, self.suffix)
         assert key in TYPE_ACTIONS, f"classify the new route {self.method} {self.path}"
         return self.resource_type, TYPE_ACTIONS[key]

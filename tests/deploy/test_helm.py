@@ -130,8 +130,20 @@ def _kinds(manifests: list[Manifest]) -> list[str]:
     return sorted(m["kind"] for m in manifests)
 
 
-def _one(manifests: list[Manifest], kind: str) -> Manifest:
-    found = [m for m in manifests if m["kind"] == kind]
+def _component(manifest: Manifest) -> str | None:
+    labels: dict[str, str] = manifest["metadata"].get("labels", {})
+    return labels.get("app.kubernetes.io/component")
+
+
+def _one(manifests: list[Manifest], kind: str, component: str | None = None) -> Manifest:
+    """The one object of ``kind``; Deployments: the API server's unless ``component`` says."""
+    if kind == "Deployment" and component is None:
+        component = "server"
+    found = [
+        m
+        for m in manifests
+        if m["kind"] == kind and (component is None or _component(m) == component)
+    ]
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
 
@@ -188,6 +200,7 @@ def test_default_release_objects(default_manifests: list[Manifest]) -> None:
     assert _kinds(default_manifests) == [
         "ConfigMap",
         "Deployment",
+        "Deployment",
         "Job",
         "PodDisruptionBudget",
         "Service",
@@ -200,6 +213,7 @@ def test_default_release_objects(default_manifests: list[Manifest]) -> None:
 def test_production_release_adds_ingress_and_hpa(production_manifests: list[Manifest]) -> None:
     assert _kinds(production_manifests) == [
         "ConfigMap",
+        "Deployment",
         "Deployment",
         "HorizontalPodAutoscaler",
         "Ingress",
@@ -224,12 +238,34 @@ def test_replica_count_is_honoured(render: Render) -> None:
 def test_probes_hit_health_endpoints_on_the_http_port(default_manifests: list[Manifest]) -> None:
     container = _container(_one(default_manifests, "Deployment"))
     assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
-    assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8000", "--no-worker"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30
+
+
+def test_the_notification_worker_has_its_deployment_probes_and_replicas(
+    default_manifests: list[Manifest], render: Render
+) -> None:
+    worker = _one(default_manifests, "Deployment", "worker")
+    assert worker["spec"]["replicas"] == 2
+    selector = worker["spec"]["selector"]["matchLabels"]
+    assert _matches(selector, worker["spec"]["template"]["metadata"]["labels"])
+    server = _one(default_manifests, "Deployment")
+    assert not _matches(selector, server["spec"]["template"]["metadata"]["labels"])
+    container = _container(worker)
+    assert container["args"] == ["worker", "--health-port", "8081"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "HANDOFF_DATABASE_URL" in _env(container)
+    three = render({"worker": {"enabled": True, "replicaCount": 3, "healthPort": 8081}})
+    assert _one(three, "Deployment", "worker")["spec"]["replicas"] == 3
+    # Without the worker Deployment, the API pods deliver notifications themselves.
+    alone = render({"worker": {"enabled": False, "replicaCount": 1, "healthPort": 8081}})
+    assert [m for m in alone if _component(m) == "worker"] == []
+    assert "--no-worker" not in _container(_one(alone, "Deployment"))["args"]
 
 
 def test_pod_and_container_are_locked_down(default_manifests: list[Manifest]) -> None:

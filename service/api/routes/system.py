@@ -14,6 +14,9 @@ from service.api.deps import AuditedRoute, ContextDep, PublicContextDep, direct
 from service.api.responses import fhir_json
 from service.api.routes.auth import capability_security
 from service.api.routes.resources import FHIR_ERRORS, IdempotencyKey, type_history_response
+from service.features.subscriptions.spec import PROFILE as SUBSCRIPTION_PROFILE
+from service.features.subscriptions.spec import SERVER_CAPABILITY, TOPIC_CAPABILITY_EXTENSION
+from service.features.subscriptions.topics import TOPICS
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.search.params import can_target, params_for
 from service.workflows import bundles
@@ -74,6 +77,29 @@ async def history_system(request: Request, ctx: ContextDep) -> Response:
     return await type_history_response(ctx, request, None)
 
 
+def _subscription_parts(base_url: str) -> dict[str, Any]:
+    """The Backport IG's additions to the Subscription entry: its topics (by canonical URL),
+    profile and operations."""
+    return {
+        "extension": [
+            {"url": TOPIC_CAPABILITY_EXTENSION, "valueCanonical": url} for url in sorted(TOPICS)
+        ],
+        "supportedProfile": [SUBSCRIPTION_PROFILE],
+        "operation": [
+            {
+                "name": "status",
+                "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
+                "backport-subscription-status",
+            },
+            {
+                "name": "events",
+                "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
+                "backport-subscription-events",
+            },
+        ],
+    }
+
+
 def capability_statement(
     base_url: str, rules: RuleSet, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -98,8 +124,10 @@ def capability_statement(
             for p in params_for(source).values()
             if p.kind == "reference" and can_target(p, rtype)
         )
+        extra_parts = _subscription_parts(base_url) if rtype == "Subscription" else {}
         resources.append(
             {
+                **extra_parts,
                 "type": rtype,
                 "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
                 "interaction": [{"code": c} for c in interactions],
@@ -137,6 +165,7 @@ def capability_statement(
         "kind": "instance",
         "software": {"name": "Handoff", "version": __version__},
         "implementation": {"description": "Handoff warm-handoff FHIR server", "url": base_url},
+        "instantiates": [SERVER_CAPABILITY],
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "patchFormat": ["application/json-patch+json"],

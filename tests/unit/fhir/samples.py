@@ -316,6 +316,17 @@ _OTHERS: dict[str, dict[str, Any]] = {
         "gender": "female",
         "telecom": [{"system": "sms", "value": "+1 555 0101"}],
     },
+    "Subscription": {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "Referrals for Harbor OTP",
+        "criteria": "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Task",
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": "https://harbor.example.org/notifications",
+            "payload": "application/fhir+json",
+        },
+    },
 }
 
 

@@ -41,6 +41,7 @@ def test_supported_types() -> None:
         "Medication",
         "SupplyDelivery",
         "RelatedPerson",
+        "Subscription",
     )
     assert set(SUPPORTED_TYPES) <= R4_RESOURCE_TYPES
 
