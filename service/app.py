@@ -21,11 +21,14 @@ from service.api.middleware import (
     RequestIdMiddleware,
 )
 from service.api.routes import (
+    admin_identity,
     auth,
     health,
     system,
     v1_assessments,
     v1_consents,
+    v1_custody,
+    v1_hl7v2,
     v1_naloxone,
     v1_referrals,
 )
@@ -52,9 +55,14 @@ TAGS: list[dict[str, Any]] = [
     {"name": "FHIR system", "description": "Metadata, transaction/batch Bundles, history"},
     {"name": "Operations", "description": "Health and readiness probes"},
     {"name": "Authorization", "description": "OAuth 2.0 / SMART Backend Services"},
+    {"name": "Administration", "description": "Person-identifier domains (handoff/admin)"},
     {
         "name": "JMS: referrals",
         "description": "For jail management systems: warm-handoff referrals and their status",
+    },
+    {
+        "name": "JMS: custody",
+        "description": "Bookings, transfers and releases (a custody stay is a FHIR Encounter)",
     },
     {
         "name": "JMS: consent and disclosures",
@@ -72,6 +80,7 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
+    from service.features import custody
     from service.workflows import assessments, consents, disclosure, naloxone, referrals
 
     rules = default_rules()
@@ -80,6 +89,7 @@ def build_rules(_settings: Settings) -> RuleSet:
     assessments.register(rules)
     referrals.register(rules)
     naloxone.register(rules)
+    custody.register(rules)
     return rules
 
 
@@ -152,9 +162,12 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
             )
         )
     app.include_router(v1_referrals.router)
+    app.include_router(v1_custody.router)
+    app.include_router(v1_hl7v2.router)
     app.include_router(v1_assessments.router)
     app.include_router(v1_consents.router)
     app.include_router(v1_naloxone.router)
+    app.include_router(admin_identity.router)
     app.include_router(system.router)
     app.include_router(auth.router)
     app.include_router(health.router)

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.clients_cli import add_parsers
 
     add_parsers(sub)
+    from service.features.identity.cli import add_parsers as add_identity_parsers
+
+    add_identity_parsers(sub)
     return parser
 
 

@@ -45,6 +45,7 @@ RESOURCE_TYPES = [
     "Medication",
     "SupplyDelivery",
     "RelatedPerson",
+    "Encounter",
     "Bundle",
 ]
 

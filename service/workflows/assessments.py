@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import BusinessRuleError, MethodNotAllowedError
 from service.fhir.codes import referral_code_systems, sim_code_system, staff_role_code_system
+from service.fhir.custody_codes import custody_code_systems
 from service.fhir.oend_codes import oend_code_systems
 from service.questionnaires.check import check_questionnaire
 from service.questionnaires.instruments.loader import (
@@ -226,6 +227,7 @@ def builtin_resources() -> list[dict[str, Any]]:
         staff_role_code_system(),
         *referral_code_systems(),
         *oend_code_systems(),
+        *custody_code_systems(),
     ]
 
 
