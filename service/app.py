@@ -23,6 +23,7 @@ from service.api.middleware import (
 from service.api.routes import (
     admin_identity,
     auth,
+    fhir_patient_match,
     health,
     system,
     v1_assessments,
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.state.auth = None
     app.state.client_concurrency = ClientConcurrency(settings.client_concurrency_limit)
 
+    app.include_router(fhir_patient_match.router)  # before Patient/{id}: no path is shared
     # FastAPI tries included routers in order (~3 µs each passed over, even with
     # PrefixRouter's early refusal): the busiest first. No two of them share a path.
     for rtype in sorted(SUPPORTED_TYPES, key=_by_traffic):

@@ -665,10 +665,13 @@ class ReferralInput:
     encounter: str | None = None
     patient_id: str | None = None
     released: tuple[str, str] | None = None
+    # Recent screenings of the person the referral carries (found by the server, not named by
+    # the caller, so not checked against what the caller may read).
+    carried_info: list[str] = field(default_factory=list)
 
 
-# Resolves what a referral's custody stay decides (its person, expected or recorded release)
-# inside the referral's transaction.
+# Resolves what a referral's custody stay decides (its person, expected or recorded release,
+# the screenings it carries) inside the referral's transaction.
 StayResolver = Callable[[AsyncConnection, WorkflowContext, ReferralInput], Awaitable[ReferralInput]]
 
 
@@ -825,8 +828,9 @@ def _service_request(
         sr["identifier"] = [
             {"system": referral_id_system(organization), "value": data.jms_referral_id}
         ]
-    if data.supporting_info:
-        sr["supportingInfo"] = [{"reference": r} for r in data.supporting_info]
+    supporting = list(dict.fromkeys([*data.supporting_info, *data.carried_info]))
+    if supporting:
+        sr["supportingInfo"] = [{"reference": r} for r in supporting]
     if data.notes:
         sr["note"] = [{"text": data.notes}]
     return sr

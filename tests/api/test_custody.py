@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.test_assessments import assessment, dast
 from tests.api.test_referrals import network, put_task, referral  # noqa: F401
-from tests.builders import FHIR_JSON, HL7_V2, adt_message
+from tests.builders import FHIR_JSON, HL7_V2, adt_message, fhir_consent
 
 pytestmark = pytest.mark.usefixtures("instruments")
 
@@ -442,3 +443,32 @@ async def test_adt_refusals(network: dict[str, Any]) -> None:  # noqa: F811
     assert status == 200, ack
     r = await jail.post("/v1/hl7v2/adt", json={"x": 1})
     assert r.status_code == 415 and "application/hl7-v2" in r.text
+
+
+async def test_screening_by_the_health_unit_follows_the_referral(
+    client: httpx.AsyncClient,
+    network: dict[str, Any],  # noqa: F811
+) -> None:
+    jail, otp, health, ids = network["jail"], network["otp"], network["peer"], network["ids"]
+    r = await client.put(
+        "/admin/identity-domains/county", json={"organizations": [ids["jail"], ids["peer"]]}
+    )
+    assert r.status_code == 200, r.text
+    stay = (await jail.post("/v1/bookings", json=booking())).json()
+    screening = assessment("dast-10", dast({1, 2, 3}))
+    screening["person"] = {**booking()["person"], "booking_number": "B-1"}
+    screening["administered_at"] = at(-1)
+    r = await health.post("/v1/assessments", json=screening)
+    assert r.status_code == 201, r.text
+    assert r.json()["patient_id"] == stay["patient_id"]  # one person across the domain
+    qr = r.json()["questionnaire_response"]
+    ref = await refer_from_stay(jail, ids["otp"])
+    assert ref["patient_id"] == stay["patient_id"]
+    sr = (await jail.get(f"/fhir/ServiceRequest/{ref['referral_id']}")).json()
+    assert {"reference": qr} in sr["supportingInfo"]
+    # The receiver reads the screening only under the health unit's consent naming it.
+    assert (await otp.get(f"/fhir/{qr}")).status_code == 404
+    await fhir_consent(
+        health, f"Patient/{stay['patient_id']}", custodian=ids["peer"], recipients=[ids["otp"]]
+    )
+    assert (await otp.get(f"/fhir/{qr}")).status_code == 200

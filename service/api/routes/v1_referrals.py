@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, Intercept, JmsRequest, PersonIn, StaffIn
-from service.features.custody.referrals import resolve_referral_stay
+from service.features.custody.referrals import prepare_referral
 from service.fhir.codes import PROGRAM_TYPES, SERVICES
 from service.workflows import idempotency
 from service.workflows import referrals as wf
@@ -247,7 +247,7 @@ async def create_referral(
         payload.to_domain(),
         idempotency_key=idempotency_key,
         fingerprint=idempotency.request_hash(payload.model_dump(mode="json")),
-        resolve_stay=resolve_referral_stay,
+        resolve_stay=prepare_referral,
     )
     return JSONResponse(body, status_code=status)
 

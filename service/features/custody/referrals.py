@@ -1,11 +1,11 @@
 """A referral and its custody stay: which stay a new referral belongs to (the person's booking
-number, as the referring organization booked it), what its release is, and whether a
-referral is still accepted after the recorded release."""
+number, as the referring organization booked it), what its release is, whether a referral is
+still accepted after the recorded release, and the person's recent screenings it carries."""
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -13,8 +13,18 @@ from service.errors import BusinessRuleError, Issue
 from service.features.custody.handoff import released_within
 from service.features.custody.mapping import expected_release_of, release_of
 from service.features.custody.stays import find_stay_in
+from service.fhir.dates import format_instant
+from service.search.execute import run_search
+from service.search.query import parse_search
+from service.storage import repository as repo
+from service.workflows.access import CREATOR_PARAM
 from service.workflows.context import WorkflowContext
+from service.workflows.people import identifier_domain, match_or_create_patient
 from service.workflows.referrals import ReferralInput
+
+# Screenings and overdose-risk assessments this recent (or made during the custody stay) go
+# with a referral as supportingInfo.
+SCREENING_LOOKBACK = timedelta(days=90)
 
 # Intercepts at which the person is in custody and expected out: without a custody stay, the
 # referral says when the release is expected.
@@ -23,6 +33,64 @@ CUSTODY_INTERCEPTS = frozenset({2, 3, 4})
 
 def _refuse(message: str, field: str) -> BusinessRuleError:
     return BusinessRuleError(message, issues=[Issue("error", "business-rule", message, (field,))])
+
+
+async def prepare_referral(
+    conn: AsyncConnection, ctx: WorkflowContext, data: ReferralInput
+) -> ReferralInput:
+    """The referral with its custody stay (``resolve_referral_stay``), its Patient, and the
+    person's recent screenings (``recent_screenings``)."""
+    resolved = await resolve_referral_stay(conn, ctx, data)
+    if resolved.patient_id is None:
+        patient_id, _ = await match_or_create_patient(conn, ctx, resolved.person)
+        resolved = dataclasses.replace(resolved, patient_id=patient_id)
+    assert resolved.patient_id is not None
+    since = datetime.now(UTC) - SCREENING_LOOKBACK
+    carried = await recent_screenings(conn, ctx, resolved.patient_id, since=since)
+    return dataclasses.replace(resolved, carried_info=carried)
+
+
+async def recent_screenings(
+    conn: AsyncConnection, ctx: WorkflowContext, patient_id: str, *, since: datetime
+) -> list[str]:
+    """The person's completed QuestionnaireResponses (screenings, overdose-risk checklists)
+    authored since ``since`` by the referring organization or an organization of its
+    person-identifier domain (a jail's health unit), oldest first. The receiver reads each
+    only as 42 CFR Part 2 lets it (the author's consent naming it), like every record."""
+    organization = ctx.organization
+    if organization is None:
+        return []
+    request = parse_search(
+        "QuestionnaireResponse",
+        [
+            ("patient", f"Patient/{patient_id}"),
+            ("status", "completed,amended"),
+            ("authored", f"ge{format_instant(since)}"),
+            ("_sort", "authored"),
+        ],
+        strict=True,
+        default_count=50,
+        max_count=50,
+    )
+    page = await run_search(conn, request, base_url=ctx.base_url)
+    creators = await repo.index_values(
+        conn,
+        "QuestionnaireResponse",
+        [(m.id, m.version_id) for m in page.matches],
+        CREATOR_PARAM,
+    )
+    domain = await identifier_domain(conn, organization)
+    domains: dict[str, str | None] = {organization: domain}
+    out = []
+    for match in page.matches:
+        creator = creators.get((match.id, match.version_id))
+        if creator is None:
+            continue
+        if creator not in domains:
+            domains[creator] = await identifier_domain(conn, creator)
+        if creator == organization or (domain is not None and domains[creator] == domain):
+            out.append(f"QuestionnaireResponse/{match.id}")
+    return out
 
 
 async def resolve_referral_stay(
