@@ -8,11 +8,14 @@ from fastapi.responses import Response
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.responses import fhir_json
+from service.api.routes.resources import FHIR_ERRORS
 from service.features.identity import merge
 from service.features.identity.match import match, parse_parameters
 from service.workflows import resources as wf
 
-router = APIRouter(prefix="/fhir/Patient", tags=["FHIR Patient"], route_class=AuditedRoute)
+router = APIRouter(
+    prefix="/fhir/Patient", tags=["FHIR Patient"], responses=FHIR_ERRORS, route_class=AuditedRoute
+)
 
 
 @router.post(

@@ -71,8 +71,7 @@ class BookingIn(JmsRequest):
                 "person": PersonIn.model_config["json_schema_extra"]["example"],  # type: ignore[index]
                 "facility": "County Jail, Main Facility",
                 "booked_at": "2026-11-20T22:15:00-05:00",  # calendar: fixed (Swagger example)
-                # calendar: fixed (Swagger example)
-                "expected_release_at": "2030-06-01T08:00:00-05:00",
+                "expected_release_at": "2030-06-01T08:00:00-05:00",  # calendar: fixed
             }
         },
     )
@@ -132,7 +131,7 @@ class BookingChangeIn(JmsRequest):
         return self
 
 
-class ReleaseIn(JmsRequest):
+class ReleaseRecordIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -153,7 +152,7 @@ class ReleaseIn(JmsRequest):
     destination: Facility | None = Field(None, description="Where the person went, when known")
 
     @model_validator(mode="after")
-    def _past(self) -> ReleaseIn:
+    def _past(self) -> ReleaseRecordIn:
         _not_future(self.released_at, "released_at")
         return self
 
@@ -265,7 +264,7 @@ async def transfer(
     responses=V1_ERRORS,
 )
 async def release(
-    booking_number: BookingNumber, payload: ReleaseIn, ctx: ContextDep
+    booking_number: BookingNumber, payload: ReleaseRecordIn, ctx: ContextDep
 ) -> dict[str, Any]:
     """Ends the stay. Its referrals carry the release on their timeline and leave the jail's
     worklist; post-release milestones become possible. An unplanned (or early) release with a
