@@ -21,11 +21,11 @@ from service.api.middleware import (
     RequestIdMiddleware,
 )
 from service.api.routes import (
-    admin_identity,
     auth,
     fhir_patient_match,
     health,
     system,
+    v1_admin_identity,
     v1_assessments,
     v1_consents,
     v1_custody,
@@ -169,7 +169,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(v1_assessments.router)
     app.include_router(v1_consents.router)
     app.include_router(v1_naloxone.router)
-    app.include_router(admin_identity.router)
+    app.include_router(v1_admin_identity.router)
     app.include_router(system.router)
     app.include_router(auth.router)
     app.include_router(health.router)

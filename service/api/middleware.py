@@ -233,12 +233,7 @@ class ContentNegotiationMiddleware:
             return  # no body: the route says whether it needs one
         ctype = _content_type(headers)
         if scope.get("path") == HL7_V2_PATH:
-            if ctype not in ("application/hl7-v2", "x-application/hl7-v2+er7"):
-                raise UnsupportedMediaTypeError(
-                    f"Content-Type {ctype or '(none)'} is not supported here: send one HL7 v2 "
-                    "message (ER7) with Content-Type: application/hl7-v2; charset=utf-8"
-                )
-            return
+            return  # HL7 v2, not JSON: the route checks it once the caller is known
         if ctype != "application/json" and not ctype.endswith("+json"):
             raise UnsupportedMediaTypeError(
                 f"Content-Type {ctype or '(none)'} is not supported here: send the body as JSON "

@@ -61,6 +61,8 @@ TYPE_ACTIONS: dict[tuple[str, str], str] = {
     ("PATCH", "/{resource_id}"): "u",
     ("DELETE", "/{resource_id}"): "d",
 }
+# Operations of one type (not of every type): Patient/$match searches, $merge updates.
+OPERATION_ACTIONS: dict[tuple[str, str], str] = {("POST", "/$match"): "s", ("POST", "/$merge"): "u"}
 # System routes: the type whose scope the sample request needs ("*": any type) and the action.
 SYSTEM_ACTIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/fhir"): (SAMPLE, "c"),  # a transaction creating one Task
@@ -89,8 +91,9 @@ class Route:
             assert key in SYSTEM_ACTIONS, f"classify the new route {key} in SYSTEM_ACTIONS"
             return SYSTEM_ACTIONS[key]
         key = (self.method, self.suffix)
-        assert key in TYPE_ACTIONS, f"classify the new route {self.method} {self.path}"
-        return self.resource_type, TYPE_ACTIONS[key]
+        actions = {**TYPE_ACTIONS, **OPERATION_ACTIONS}
+        assert key in actions, f"classify the new route {self.method} {self.path}"
+        return self.resource_type, actions[key]
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"

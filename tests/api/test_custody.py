@@ -451,7 +451,7 @@ async def test_screening_by_the_health_unit_follows_the_referral(
 ) -> None:
     jail, otp, health, ids = network["jail"], network["otp"], network["peer"], network["ids"]
     r = await client.put(
-        "/admin/identity-domains/county", json={"organizations": [ids["jail"], ids["peer"]]}
+        "/v1/admin/identity-domains/county", json={"organizations": [ids["jail"], ids["peer"]]}
     )
     assert r.status_code == 200, r.text
     stay = (await jail.post("/v1/bookings", json=booking())).json()

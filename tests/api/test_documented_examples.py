@@ -31,6 +31,7 @@ FOLLOW_UPS = (
     "BookingChangeIn",
     "TransferIn",
     "ReleaseRecordIn",
+    "DomainIn",
 )
 
 

@@ -33,20 +33,20 @@ async def test_a_domain_makes_two_organizations_one_person(
 ) -> None:
     jail, otp, peer, ids = network["jail"], network["otp"], network["peer"], network["ids"]
     # Only an administrator declares a domain.
-    r = await jail.put("/admin/identity-domains/county", json={"organizations": [ids["jail"]]})
+    r = await jail.put("/v1/admin/identity-domains/county", json={"organizations": [ids["jail"]]})
     assert r.status_code == 403
     r = await client.put(
-        "/admin/identity-domains/county", json={"organizations": [ids["jail"], "Organization/x"]}
+        "/v1/admin/identity-domains/county", json={"organizations": [ids["jail"], "Organization/x"]}
     )
     assert r.status_code == 422 and "Organization/x is not known" in r.text
     # The jail and its health unit (here: otp) share the JMS person id.
     r = await client.put(
-        "/admin/identity-domains/county", json={"organizations": [ids["jail"], ids["otp"]]}
+        "/v1/admin/identity-domains/county", json={"organizations": [ids["jail"], ids["otp"]]}
     )
     assert r.status_code == 200, r.text
-    listed = (await client.get("/admin/identity-domains")).json()
+    listed = (await client.get("/v1/admin/identity-domains")).json()
     assert listed == [{"domain": "county", "organizations": sorted([ids["jail"], ids["otp"]])}]
-    r = await client.put("/admin/identity-domains/other", json={"organizations": [ids["otp"]]})
+    r = await client.put("/v1/admin/identity-domains/other", json={"organizations": [ids["otp"]]})
     assert r.status_code == 422 and "in the domain county" in r.text
     booked = (await jail.post("/v1/assessments", json=assessment("dast-10", dast({1})))).json()
     screened = (await otp.post("/v1/assessments", json=assessment("dast-10", dast({2})))).json()
@@ -54,8 +54,8 @@ async def test_a_domain_makes_two_organizations_one_person(
     assert booked["patient_id"] == screened["patient_id"]
     assert elsewhere["patient_id"] != booked["patient_id"]
     # Dissolved: each organization matches by its own identifiers again.
-    assert (await client.delete("/admin/identity-domains/county")).status_code == 204
-    assert (await client.get("/admin/identity-domains")).json() == []
+    assert (await client.delete("/v1/admin/identity-domains/county")).status_code == 204
+    assert (await client.get("/v1/admin/identity-domains")).json() == []
 
 
 async def test_a_booking_number_never_moves_a_record_to_another_person(

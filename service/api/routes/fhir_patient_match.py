@@ -12,6 +12,7 @@ from service.api.routes.resources import FHIR_ERRORS
 from service.features.identity import merge
 from service.features.identity.match import match, parse_parameters
 from service.workflows import resources as wf
+from service.workflows.access import require_scope
 
 router = APIRouter(
     prefix="/fhir/Patient", tags=["FHIR Patient"], responses=FHIR_ERRORS, route_class=AuditedRoute
@@ -51,6 +52,7 @@ async def patient_match(request: Request, ctx: ContextDep) -> Response:
     """Returns only Patients the caller may read, each with `search.score` and the
     `match-grade` extension (certain: an identifier; probable: names and birth date;
     possible: birth date and one name)."""
+    require_scope(ctx.principal, "Patient", "s")  # before the body: no token, no answer
     body = wf.parse_body(await request.body())
     return fhir_json(await match(ctx, parse_parameters(body)))
 
@@ -88,6 +90,8 @@ async def patient_merge(request: Request, ctx: ContextDep) -> Response:
     record referencing it moves to the target (a new version each, history kept, audited);
     the target gets the source's identifiers (`use: old`) and `link` `replaces`. `preview`:
     what would be done. `handoff/admin` only."""
+    require_scope(ctx.principal, "Patient", "u")
+    merge.require_admin(ctx)
     body = wf.parse_body(await request.body())
     source, target, preview = merge.parse_parameters(body)
     return fhir_json(await merge.merge(ctx, source, target, preview=preview))

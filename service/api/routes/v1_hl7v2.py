@@ -8,7 +8,7 @@ from fastapi.responses import Response
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
-from service.errors import InvalidRequestError
+from service.errors import InvalidRequestError, UnsupportedMediaTypeError
 from service.features.custody import adt
 
 router = APIRouter(prefix="/v1/hl7v2", tags=["JMS: custody"], route_class=AuditedRoute)
@@ -62,9 +62,16 @@ async def receive_adt(request: Request, ctx: ContextDep) -> Response:
     release-type code, else `other`); destination: PV1-37. A release is unplanned when no
     expected release was known or it came more than an hour early. The same MSH-10 again is
     answered with the same ACK and writes nothing."""
+    content_type = request.headers.get("content-type", "")
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype not in (HL7_V2, "x-application/hl7-v2+er7"):
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {ctype or '(none)'} is not supported here: send one HL7 v2 message "
+            "(ER7) with Content-Type: application/hl7-v2; charset=utf-8"
+        )
     raw = await request.body()
     try:
-        text = raw.decode(_charset(request.headers.get("content-type", "")))
+        text = raw.decode(_charset(content_type))
     except (LookupError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"The message cannot be decoded: {exc}") from None
     answer = await adt.receive(ctx, text)

@@ -1,5 +1,5 @@
 """``handoff identity-domains set|list|remove``: person-identifier domains from the command
-line, against HANDOFF_DATABASE_URL (the same use cases as /admin/identity-domains)."""
+line, against HANDOFF_DATABASE_URL (the same use cases as /v1/admin/identity-domains)."""
 
 from __future__ import annotations
 

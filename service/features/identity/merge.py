@@ -45,6 +45,11 @@ def _reference(param: dict[str, Any]) -> str | None:
     return ref if isinstance(ref, str) and ref.startswith("Patient/") else None
 
 
+def require_admin(ctx: WorkflowContext) -> None:
+    if ctx.principal is not None and not ctx.principal.is_admin:
+        raise ForbiddenError("Only an administrator merges Patients")
+
+
 def parse_parameters(body: Any) -> tuple[str, str, bool]:
     """(source id, target id, preview) from the R5 $merge Parameters."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
@@ -102,8 +107,7 @@ async def merge(
     ctx: WorkflowContext, source_id: str, target_id: str, *, preview: bool
 ) -> dict[str, Any]:
     """The R5 output Parameters: ``outcome`` (what was or would be done) and ``result``."""
-    if ctx.principal is not None and not ctx.principal.is_admin:
-        raise ForbiddenError("Only an administrator merges Patients")
+    require_admin(ctx)
     admin = dataclasses.replace(ctx, access=allow_all, search_access=None, write_access=None)
     async with write_transaction(ctx.engine) as conn:
         source = await wf.read_in(conn, admin, "Patient", source_id, lock=True)

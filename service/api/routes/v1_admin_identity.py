@@ -13,7 +13,7 @@ from service.api.routes.v1_assessments import V1_ERRORS
 from service.features.identity import domains
 
 router = APIRouter(
-    prefix="/admin/identity-domains", tags=["Administration"], route_class=AuditedRoute
+    prefix="/v1/admin/identity-domains", tags=["Administration"], route_class=AuditedRoute
 )
 
 DomainName = Annotated[
@@ -25,7 +25,12 @@ class DomainIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "example": {"organizations": ["Organization/county-jail", "Organization/jail-health"]}
+            "example": {
+                "organizations": [
+                    "Organization/demo-county-jail",
+                    "Organization/demo-jail-health",
+                ]
+            }
         },
     )
     organizations: list[Annotated[str, Field(pattern=r"^Organization/[A-Za-z0-9\-\.]{1,64}$")]] = (
