@@ -22,12 +22,16 @@ from service.api.middleware import (
 )
 from service.api.routes import (
     auth,
+    fhir_patient_match,
     health,
     subscriptions,
     system,
+    v1_admin_identity,
     v1_assessments,
     v1_consents,
+    v1_custody,
     v1_directory,
+    v1_hl7v2,
     v1_naloxone,
     v1_referrals,
 )
@@ -54,9 +58,14 @@ TAGS: list[dict[str, Any]] = [
     {"name": "FHIR system", "description": "Metadata, transaction/batch Bundles, history"},
     {"name": "Operations", "description": "Health and readiness probes"},
     {"name": "Authorization", "description": "OAuth 2.0 / SMART Backend Services"},
+    {"name": "Administration", "description": "Person-identifier domains (handoff/admin)"},
     {
         "name": "JMS: referrals",
         "description": "For jail management systems: warm-handoff referrals and their status",
+    },
+    {
+        "name": "JMS: custody",
+        "description": "Bookings, transfers and releases (a custody stay is a FHIR Encounter)",
     },
     {
         "name": "JMS: consent and disclosures",
@@ -78,7 +87,7 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    from service.features import directory, subscriptions
+    from service.features import custody, directory, subscriptions
     from service.features import referrals as referrals
     from service.features.assessments import rules as assessments
     from service.features.naloxone import records as naloxone
@@ -92,6 +101,7 @@ def build_rules(_settings: Settings) -> RuleSet:
     naloxone.register(rules)
     directory.register(rules)
     subscriptions.register(rules)
+    custody.register(rules)
     return rules
 
 
@@ -163,6 +173,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.state.client_concurrency = ClientConcurrency(settings.client_concurrency_limit)
 
     app.include_router(subscriptions.router)  # before /fhir/Subscription/{id} takes "$status"
+    app.include_router(fhir_patient_match.router)  # before Patient/{id}: no path is shared
     # FastAPI tries included routers in order (~3 µs each passed over, even with
     # PrefixRouter's early refusal): the busiest first. No two of them share a path.
     for rtype in sorted(SUPPORTED_TYPES, key=_by_traffic):
@@ -174,10 +185,13 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
             )
         )
     app.include_router(v1_referrals.router)
+    app.include_router(v1_custody.router)
+    app.include_router(v1_hl7v2.router)
     app.include_router(v1_assessments.router)
     app.include_router(v1_consents.router)
     app.include_router(v1_naloxone.router)
     app.include_router(v1_directory.router)
+    app.include_router(v1_admin_identity.router)
     app.include_router(system.router)
     app.include_router(auth.router)
     app.include_router(health.router)

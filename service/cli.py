@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.directory_cli import add_parsers as add_directory_parsers
 
     add_directory_parsers(sub, prepare_database)
+    from service.features.identity.cli import add_parsers as add_identity_parsers
+
+    add_identity_parsers(sub)
     return parser
 
 

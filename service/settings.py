@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./handoff.db"
@@ -143,6 +144,18 @@ class Settings(BaseSettings):
         description="Most referrals one JMS worklist (GET /v1/referrals) lists; a release window "
         "holding more is refused with 422, asking for a narrower one.",
     )
+    adt_timezone: str = Field(
+        "UTC",
+        description="IANA time zone of HL7 v2 ADT date/times sent without an offset "
+        "(e.g. America/Chicago for a jail whose JMS sends local times).",
+    )
+    post_release_referral_days: int = Field(
+        30,
+        ge=0,
+        le=365,
+        description="How many days after a recorded release a referral for that custody stay "
+        "is still accepted (POST /v1/referrals with booking_number).",
+    )
     referral_metrics_max_age: float = Field(
         30.0, gt=0, description="Seconds the referral-count gauge reuses its last query."
     )
@@ -202,6 +215,15 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the worker looks for referrals whose release is imminent.",
     )
+
+    @field_validator("adt_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. America/Chicago)") from None
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -272,3 +272,36 @@ def subscription(
             ]
         }
     return body
+
+
+HL7_V2 = {"Content-Type": "application/hl7-v2; charset=utf-8"}
+
+
+def adt_message(
+    event: str,
+    *,
+    control_id: str,
+    booking: str = "B-77",
+    person_id: str = "P-100",
+    when: str = "20261201083000",
+    facility: str = "County Jail",
+    expected_release: str = "",
+    released_at: str = "",
+    disposition: str = "",
+    structure: str | None = None,
+) -> str:
+    """An HL7 v2.5.1 ADT message (ER7, CR-separated) as a county JMS sends it; ``when`` and the
+    other times are HL7 TS values (YYYYMMDDHHMMSS[+/-ZZZZ])."""
+    structures = {"A08": "ADT_A01", "A11": "ADT_A09", "A13": "ADT_A01", "A02": "ADT_A02"}
+    kind = structure or structures.get(event, f"ADT_{event}")
+    pv1 = ["PV1", "1", "I", f"MAIN^^^{facility}"] + [""] * 15 + [booking]
+    pv1 += [""] * (36 - len(pv1)) + [disposition] + [""] * 7 + [when, released_at]
+    segments = [
+        f"MSH|^~\\&|JMS|COUNTYJAIL|HANDOFF|HANDOFF|{when}||ADT^{event}^{kind}|{control_id}|P|2.5.1",
+        f"EVN|{event}|{when}",
+        f"PID|1||{person_id}^^^COUNTYJAIL^PI||Rivera^Dana||19880314|F",
+        "|".join(pv1),
+    ]
+    if expected_release:
+        segments.append("PV2" + "|" * 9 + expected_release)
+    return "\r".join(segments) + "\r"

@@ -46,6 +46,7 @@ RESOURCE_TYPES = [
     "SupplyDelivery",
     "RelatedPerson",
     "Subscription",
+    "Encounter",
     "Bundle",
 ]
 

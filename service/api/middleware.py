@@ -200,6 +200,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+# The one /v1 endpoint whose body is not JSON (HL7 v2 ADT, api/routes/v1_hl7v2.py).
+HL7_V2_PATH = "/v1/hl7v2/adt"
+
+
 class ContentNegotiationMiddleware:
     """Under /fhir: JSON only; XML (by _format, Accept or Content-Type) gets 406/415. Under /v1:
     a body must be declared JSON (415 otherwise: FastAPI would read a form-encoded or text
@@ -228,6 +232,8 @@ class ContentNegotiationMiddleware:
         if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
             return  # no body: the route says whether it needs one
         ctype = _content_type(headers)
+        if scope.get("path") == HL7_V2_PATH:
+            return  # HL7 v2, not JSON: the route checks it once the caller is known
         if ctype != "application/json" and not ctype.endswith("+json"):
             raise UnsupportedMediaTypeError(
                 f"Content-Type {ctype or '(none)'} is not supported here: send the body as JSON "

@@ -9,6 +9,7 @@ Task to another organization on the same ServiceRequest).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,7 @@ from service.errors import (
 )
 from service.features.people import SID_BASE, Person, match_or_create_patient
 from service.fhir import codes
+from service.fhir.custody_codes import RELEASE_PLANNING_EXTENSION, RELEASED_AT_EXTENSION
 from service.fhir.dates import format_instant, shifted
 from service.fhir.resource import now_ms
 from service.search.execute import CURRENT_COLS, run_search
@@ -420,6 +422,7 @@ def _event(body: dict[str, Any], version: StoredResource, *, by: str | None) -> 
     """One timeline event: a version of a Task that changed its status or milestone."""
     return {
         "at": format_instant(version.last_updated),
+        "event": "task",
         "task_id": version.id,
         "version": version.version_id,
         "status": body.get("status"),
@@ -460,8 +463,31 @@ async def referral_view(
     tasks = await _tasks_for(conn, ctx, sr_id)
     view = _view(ctx, sr_id, sr, tasks)
     if with_timeline:
-        view["timeline"] = await _timeline(conn, ctx, tasks)
+        view["timeline"] = _with_release(view, await _timeline(conn, ctx, tasks))
     return view
+
+
+def _with_release(view: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The timeline with the recorded release of the referral's custody stay in its place."""
+    released_at = view["release"]["released_at"]
+    if not isinstance(released_at, str):
+        return events
+    release = {
+        "at": released_at,
+        "event": "released",
+        "task_id": None,
+        "version": 0,
+        "status": None,
+        "business_status": None,
+        "reason": "planned release" if view["release"]["planned"] else "unplanned release",
+        "owner": None,
+        "by": view["custody_stay"],
+    }
+    instant = datetime.fromisoformat(released_at.replace("Z", "+00:00"))
+    before = [
+        e for e in events if datetime.fromisoformat(e["at"].replace("Z", "+00:00")) <= instant
+    ]
+    return [*before, release, *events[len(before) :]]
 
 
 def _opened_view(ctx: WorkflowContext, sr: StoredResource, task: StoredResource) -> dict[str, Any]:
@@ -522,7 +548,14 @@ def _view(
             "expected_at": period.get("start"),
             "window_end": period.get("end"),
             "location": _extension(sr, RELEASE_LOCATION_EXTENSION),
+            "released_at": _extension(sr, RELEASED_AT_EXTENSION),
+            "planned": (
+                _extension(sr, RELEASE_PLANNING_EXTENSION) != "unplanned"
+                if _extension(sr, RELEASED_AT_EXTENSION)
+                else None
+            ),
         },
+        "custody_stay": _reference(sr.get("encounter")),
         "outcomes": _outputs(current) if current else [],
         "links": {
             "self": f"{ctx.base_url.removesuffix('/fhir')}/v1/referrals/{sr_id}",
@@ -565,11 +598,13 @@ async def list_referrals(
     release_to: datetime | None,
     statuses: set[str] | None,
     capped: bool = True,
+    released: bool = False,
 ) -> list[dict[str, Any]]:
     """The referring organization's worklist, soonest release first: referrals whose expected
     release (``occurrencePeriod.start``) lies in [``release_from``, ``release_to``], every page of
     them (a large jail releases hundreds a day), up to ``worklist_max_referrals``: a window
-    holding more is refused, not cut short, so that no referral silently drops off a list."""
+    holding more is refused, not cut short, so that no referral silently drops off a list.
+    A referral whose custody stay records the release leaves it (``released``: kept)."""
     params = worklist_search(ctx.organization, release_from, release_to)
     request = wf.parse_search_params(ctx, "ServiceRequest", params, strict=True)
     limit = ctx.settings.worklist_max_referrals
@@ -597,6 +632,8 @@ async def list_referrals(
                 view = _view(ctx, sr_id, sr, tasks[sr_id])
                 if statuses is not None and (view["status"] or "none") not in statuses:
                     continue
+                if view["release"]["released_at"] and not released:
+                    continue  # the person is out: the release worklist is done with them
                 out.append(view)
     return sorted(out, key=lambda v: v["release"]["expected_at"] or "")
 
@@ -614,7 +651,7 @@ class ReferralInput:
     facility: str | None
     intercept: int
     program_type: str
-    release_at: datetime
+    release_at: datetime | None  # None: a community referral (intercepts 0, 1, 5)
     release_window_end: datetime | None
     release_location: str | None
     services: list[str]
@@ -623,6 +660,19 @@ class ReferralInput:
     notes: str | None
     contact_directly: bool
     supporting_info: list[str] = field(default_factory=list)
+    # The custody stay the referral belongs to (Encounter/<id>), its person (Patient id) and
+    # its recorded release (instant, planned|unplanned), when there is one.
+    encounter: str | None = None
+    patient_id: str | None = None
+    released: tuple[str, str] | None = None
+    # Recent screenings of the person the referral carries (found by the server, not named by
+    # the caller, so not checked against what the caller may read).
+    carried_info: list[str] = field(default_factory=list)
+
+
+# Resolves what a referral's custody stay decides (its person, expected or recorded release,
+# the screenings it carries) inside the referral's transaction.
+StayResolver = Callable[[AsyncConnection, WorkflowContext, ReferralInput], Awaitable[ReferralInput]]
 
 
 def referral_id_system(organization: str) -> str:
@@ -710,9 +760,11 @@ def _service_request(
     ]
     if not data.contact_directly:
         order_detail.append(CONTACT_PROHIBITED)
-    period: dict[str, str] = {"start": data.release_at.isoformat()}
-    if data.release_window_end:
-        period["end"] = data.release_window_end.isoformat()
+    period: dict[str, str] = {}
+    if data.release_at is not None:
+        period["start"] = data.release_at.isoformat()
+        if data.release_window_end:
+            period["end"] = data.release_window_end.isoformat()
     extensions: list[dict[str, Any]] = [
         codes.intercept_extension(data.intercept),
         {
@@ -730,6 +782,9 @@ def _service_request(
         )
     if data.release_location:
         extensions.append({"url": RELEASE_LOCATION_EXTENSION, "valueString": data.release_location})
+    if data.released is not None:
+        extensions.append({"url": RELEASED_AT_EXTENSION, "valueDateTime": data.released[0]})
+        extensions.append({"url": RELEASE_PLANNING_EXTENSION, "valueCode": data.released[1]})
     sr: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "extension": extensions,
@@ -750,7 +805,6 @@ def _service_request(
         },
         "orderDetail": order_detail,
         "subject": {"reference": f"Patient/{patient_id}"},
-        "occurrencePeriod": period,
         "authoredOn": format_instant(now_ms()),
         "requester": {"reference": organization},
         "performer": [{"reference": owner}] + ([{"reference": service}] if service else []),
@@ -766,12 +820,17 @@ def _service_request(
             }
         ],
     }
+    if period:
+        sr["occurrencePeriod"] = period
+    if data.encounter:
+        sr["encounter"] = {"reference": data.encounter}
     if data.jms_referral_id:
         sr["identifier"] = [
             {"system": referral_id_system(organization), "value": data.jms_referral_id}
         ]
-    if data.supporting_info:
-        sr["supportingInfo"] = [{"reference": r} for r in data.supporting_info]
+    supporting = list(dict.fromkeys([*data.supporting_info, *data.carried_info]))
+    if supporting:
+        sr["supportingInfo"] = [{"reference": r} for r in supporting]
     if data.notes:
         sr["note"] = [{"text": data.notes}]
     return sr
@@ -799,8 +858,9 @@ def _task(
         "authoredOn": format_instant(now_ms()),
         "requester": {"reference": organization},
         "owner": {"reference": owner},
-        "restriction": {"period": sr["occurrencePeriod"]},
     }
+    if sr.get("occurrencePeriod"):
+        task["restriction"] = {"period": sr["occurrencePeriod"]}
     if sr.get("identifier"):
         task["identifier"] = sr["identifier"]
     if data is not None and data.notes:
@@ -809,7 +869,12 @@ def _task(
 
 
 async def open_referral(
-    ctx: WorkflowContext, data: ReferralInput, *, idempotency_key: str | None, fingerprint: str
+    ctx: WorkflowContext,
+    data: ReferralInput,
+    *,
+    idempotency_key: str | None,
+    fingerprint: str,
+    resolve_stay: StayResolver | None = None,
 ) -> tuple[int, dict[str, Any]]:
     assert ctx.principal is not None
     organization = ctx.organization
@@ -826,13 +891,18 @@ async def open_referral(
             )
             if existing:
                 return 200, await referral_view(conn, ctx, existing[0].id)
-        owner, service = await _check_references(conn, ctx, data)
-        patient_id, _ = await match_or_create_patient(conn, ctx, data.person)
+        resolved = data if resolve_stay is None else await resolve_stay(conn, ctx, data)
+        owner, service = await _check_references(conn, ctx, resolved)
+        patient_id = (
+            resolved.patient_id or (await match_or_create_patient(conn, ctx, resolved.person))[0]
+        )
         sr = _service_request(
-            data, organization=organization, patient_id=patient_id, service=service, owner=owner
+            resolved, organization=organization, patient_id=patient_id, service=service, owner=owner
         )
         sr_result = await wf.create_in(conn, ctx, sr)
-        task = _task(data, sr=sr, sr_id=sr_result.stored.id, owner=owner, organization=organization)
+        task = _task(
+            resolved, sr=sr, sr_id=sr_result.stored.id, owner=owner, organization=organization
+        )
         task_result = await wf.create_in(conn, ctx, task)
         body = _opened_view(ctx, sr_result.stored, task_result.stored)
         return 201, body
@@ -983,7 +1053,9 @@ _EMPTY = ReferralInput(
 
 
 async def escalations(ctx: WorkflowContext, *, within: timedelta) -> list[dict[str, Any]]:
-    """Referrals whose release is near (or passed within the window) and not yet accepted."""
+    """Referrals whose release is near (or passed within the window) and not yet accepted,
+    and referrals escalated when their person was released unplanned or early (the Task's
+    ``released-unplanned`` milestone, while it is still not accepted)."""
     now = datetime.now(UTC)
     views = await list_referrals(
         ctx,
@@ -992,7 +1064,25 @@ async def escalations(ctx: WorkflowContext, *, within: timedelta) -> list[dict[s
         release_to=now + within,
         statuses=None,
         capped=False,  # at most 15 days ahead: bounded by the API
+        released=True,
     )
+    listed = {v["referral_id"] for v in views}
+    params = [
+        ("business-status", f"{codes.BUSINESS_STATUS_SYSTEM}|released-unplanned"),
+        ("status", "requested,draft"),
+        ("_count", str(WORKLIST_PAGE_SIZE)),
+    ]
+    if ctx.organization:
+        params.append(("requester", ctx.organization))
+    request = wf.parse_search_params(ctx, "Task", params, strict=True)
+    async with read_connection(ctx.engine) as conn:
+        async for page in wf.search_pages(conn, ctx, request):
+            for match in page.matches:
+                focus = str((orjson.loads(match.raw or "{}").get("focus") or {}).get("reference"))
+                sr_id = focus.removeprefix("ServiceRequest/")
+                if focus.startswith("ServiceRequest/") and sr_id not in listed:
+                    listed.add(sr_id)
+                    views.append(await referral_view(conn, ctx, sr_id, with_timeline=False))
     return [
         v
         for v in views

@@ -73,6 +73,10 @@ CATALOGUE: Final[tuple[TypeRecord, ...]] = (
     TypeRecord("RelatedPerson", "patient-data"),
     # Notifications (features.subscriptions): each organization sees only its own.
     TypeRecord("Subscription", "creator"),
+    # A custody stay (booking to release): where and when a person was held, not what they were
+    # treated for, so not a Part 2 record; seen by its creator and the parties of a referral
+    # for the person (the release is what the handoff is anchored on).
+    TypeRecord("Encounter", "patient-data"),
 )
 BY_NAME: Final[dict[str, TypeRecord]] = {record.name: record for record in CATALOGUE}
 

@@ -258,7 +258,28 @@ PROGRAM_TYPES: dict[str, str] = {
     "diversion": "Pre-arrest or post-booking diversion",
     "community-corrections": "Probation or parole",
     "post-overdose-outreach": "Post-overdose outreach",
+    "crisis-response": "Crisis response (mobile crisis, crisis line, co-responder)",
+    "deflection": "Law-enforcement deflection to treatment",
+    "probation": "Probation",
+    "parole": "Parole",
     "other": "Other",
+}
+
+# The Sequential Intercept Model intercepts at which each program type usually refers
+# (published as the ``intercept`` property of the referring-program CodeSystem).
+PROGRAM_INTERCEPTS: dict[str, tuple[int, ...]] = {
+    "jail-reentry": (4,),
+    "jail-health": (2, 3, 4),
+    "drug-court": (3,),
+    "pretrial": (2,),
+    "diversion": (0, 1, 2),
+    "community-corrections": (5,),
+    "post-overdose-outreach": (0, 1),
+    "crisis-response": (0,),
+    "deflection": (1,),
+    "probation": (5,),
+    "parole": (5,),
+    "other": (0, 1, 2, 3, 4, 5),
 }
 
 
@@ -318,6 +339,25 @@ def referral_code_systems() -> list[dict[str, Any]]:
         }
     ]
     services["concept"] = service_concepts()
+    program = _code_system(
+        "referring-program",
+        PROGRAM_SYSTEM,
+        "ReferringProgram",
+        "Type of program that made the referral, by Sequential Intercept Model intercept",
+        PROGRAM_TYPES,
+    )
+    for concept in program["concept"]:
+        concept["property"] = [
+            {"code": "intercept", "valueCode": str(i)} for i in PROGRAM_INTERCEPTS[concept["code"]]
+        ]
+    program["property"] = [
+        {
+            "code": "intercept",
+            "uri": SIM_SYSTEM,
+            "description": "An intercept (sim-intercept code) at which this program refers",
+            "type": "code",
+        }
+    ]
     return [
         services,
         business,
@@ -335,13 +375,7 @@ def referral_code_systems() -> list[dict[str, Any]]:
             "Activities that complete a warm handoff (Task.output)",
             ACTIVITIES,
         ),
-        _code_system(
-            "referring-program",
-            PROGRAM_SYSTEM,
-            "ReferringProgram",
-            "Type of program that made the referral",
-            PROGRAM_TYPES,
-        ),
+        program,
     ]
 
 

@@ -80,6 +80,7 @@ _ANY = (
     "Group",
     "Device",
     "DocumentReference",
+    "Encounter",
 )
 
 # Parameters every resource type has. ``_id`` and ``_lastUpdated`` are answered from the
@@ -128,6 +129,20 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("identifier", "token", "identifier"),
         _p("based-on", "reference", "basedOn", targets=_ANY),
         _p("supporting-info", "reference", "supportingInfo", targets=_ANY),
+        _p("encounter", "reference", "encounter", targets=("Encounter",)),
+    ),
+    "Encounter": (
+        _patient("subject"),
+        _p("subject", "reference", "subject", targets=_ANY),
+        _p("status", "token", "status"),
+        _p("class", "token", "class"),
+        _p("type", "token", "type"),
+        _p("identifier", "token", "identifier"),
+        _p("date", "date", "period"),
+        _p("location", "reference", "location.location", targets=("Location",)),
+        _p("location-period", "date", "location.period"),
+        _p("service-provider", "reference", "serviceProvider", targets=("Organization",)),
+        _p("reason-code", "token", "reasonCode"),
     ),
     "QuestionnaireResponse": (
         _patient("subject"),

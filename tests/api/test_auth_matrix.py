@@ -67,6 +67,9 @@ OPERATION_ACTIONS: dict[tuple[str, str, str], str] = {
     ("Subscription", "GET", "/$status"): "s",
     ("Subscription", "GET", "/{resource_id}/$status"): "r",
     ("Subscription", "GET", "/{resource_id}/$events"): "r",
+    # Patient/$match searches, $merge updates.
+    ("Patient", "POST", "/$match"): "s",
+    ("Patient", "POST", "/$merge"): "u",
 }
 # System routes: the type whose scope the sample request needs ("*": any type) and the action.
 SYSTEM_ACTIONS: dict[tuple[str, str], tuple[str, str]] = {

@@ -16,13 +16,24 @@ EXAMPLES = [
     ("/v1/assessments", "AssessmentIn", "demo-jail-health"),
     ("/v1/consents", "ConsentIn", "demo-county-jail"),
     ("/v1/referrals", "ReferralIn", "demo-county-jail"),
+    ("/v1/bookings", "BookingIn", "demo-county-jail"),
     ("/v1/naloxone", "NaloxoneIn", "demo-county-jail"),
     ("/v1/overdose-responses", "OverdoseResponseIn", "demo-harm-reduction"),
 ]
 
 
 # Requests on a referral or consent that the first examples made.
-FOLLOW_UPS = ("ReleaseChangeIn", "ReReferIn", "CancelIn", "RevokeIn", "AcceptingIn")
+FOLLOW_UPS = (
+    "ReleaseChangeIn",
+    "ReReferIn",
+    "CancelIn",
+    "RevokeIn",
+    "BookingChangeIn",
+    "TransferIn",
+    "ReleaseRecordIn",
+    "DomainIn",
+    "AcceptingIn",
+)
 
 
 async def test_every_v1_request_body_has_an_example_that_is_tried(app: Any) -> None:
@@ -121,3 +132,18 @@ async def test_the_directory_examples_work_on_the_demo(app: Any, org_client: Any
     assert [e["healthcare_service"] for e in r.json()] == [
         "HealthcareService/demo-sud-treatment-service-0"
     ]
+
+
+async def test_the_custody_examples_work_on_the_booking_example(app: Any, org_client: Any) -> None:
+    """Change the expected release, transfer, release."""
+    await seed_demo(app)
+    schemas = app.openapi()["components"]["schemas"]
+    jail = await org_client("Organization/demo-county-jail")
+    made = (await jail.post("/v1/bookings", json=schemas["BookingIn"]["example"])).json()
+    url = f"/v1/bookings/{made['booking_number']}"
+    r = await jail.patch(url, json=schemas["BookingChangeIn"]["example"])
+    assert r.status_code == 200, r.text
+    r = await jail.post(f"{url}/transfers", json=schemas["TransferIn"]["example"])
+    assert r.status_code == 200, r.text
+    r = await jail.post(f"{url}/release", json=schemas["ReleaseRecordIn"]["example"])
+    assert r.status_code == 200 and r.json()["status"] == "released", r.text

@@ -346,8 +346,12 @@ async def test_person_matched_by_person_id_or_booking_number(network: dict[str, 
     assert await refer("REF-M4", person_id="P,7", booking_number=None) == first
     other = await refer("REF-M5", person_id="P-70", booking_number="B-70")
     assert other != first
-    # the person id wins when the booking number belongs to someone else
-    assert await refer("REF-M6", person_id="P-70", booking_number="B-7") == other
+    # a booking number of someone else never moves a record: a conflict naming both
+    body = referral(ids["otp"], referral_id="REF-M6")
+    body["person"] = {**body["person"], "person_id": "P-70", "booking_number": "B-7"}
+    r = await jail.post("/v1/referrals", json=body)
+    assert r.status_code == 422
+    assert f"Patient/{first}" in r.text and f"Patient/{other}" in r.text
 
 
 async def test_person_whose_identifier_was_removed_is_not_matched(

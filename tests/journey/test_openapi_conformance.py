@@ -42,6 +42,9 @@ FUZZED_TYPES = {
     "QuestionnaireResponse",
 }
 OTHER_TYPES = "|".join(sorted(set(SUPPORTED_TYPES) - FUZZED_TYPES))
+# Not fuzzed as the jail: administrators' operations (the jail's token only ever gets 403), and
+# the HL7 v2 intake, whose body schemathesis cannot serialize (tests/api/test_custody.py).
+NOT_FUZZED = r"^/v1/admin/|^/fhir/Patient/\$merge$|^/v1/hl7v2/"
 
 
 def _schemathesis() -> list[str]:
@@ -69,7 +72,7 @@ def test_every_operation_conforms_to_the_published_openapi(server: str, tmp_path
             "--exclude-checks",
             CHECKS_EXCLUDED,
             "--exclude-path-regex",
-            f"^/fhir/({OTHER_TYPES})(/|$)",
+            f"^/fhir/({OTHER_TYPES})(/|$)|{NOT_FUZZED}",
             "--max-examples",
             "5",
             "--seed",

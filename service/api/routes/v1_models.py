@@ -80,7 +80,9 @@ class Address(BaseModel):
 
 
 class PersonIn(BaseModel):
-    """The person as the jail knows them. At least one of person_id or booking_number."""
+    """The person as the jail knows them: at least one of person_id or booking_number, with
+    name, birth date and sex. Or, for a party to a referral, the Patient it received
+    (``patient``), which its records then attach to."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -95,21 +97,36 @@ class PersonIn(BaseModel):
             }
         },
     )
+    patient: str | None = Field(
+        None,
+        pattern=r"^Patient/[A-Za-z0-9\-\.]{1,64}$",
+        description="Patient/<id> of a person you were referred (instead of the fields below)",
+    )
     person_id: str | None = Field(None, min_length=1, max_length=64, description="Jail person id")
     booking_number: str | None = Field(None, min_length=1, max_length=64)
-    family_name: str = Field(min_length=1, max_length=100)
-    given_names: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
-        min_length=1, max_length=5
+    family_name: str | None = Field(None, min_length=1, max_length=100)
+    given_names: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        None, min_length=1, max_length=5
     )
-    birth_date: Day
-    sex: Sex
+    birth_date: Day | None = None
+    sex: Sex | None = None
     phone: str | None = Field(None, max_length=40, description="Only if the person consented")
     address: Address | None = Field(None, description="Only if the person consented")
 
     @model_validator(mode="after")
     def _identified(self) -> PersonIn:
+        if self.patient:
+            return self
         if not self.person_id and not self.booking_number:
             raise ValueError("give the jail's person_id or booking_number (or both)")
+        missing = [
+            name
+            for name in ("family_name", "given_names", "birth_date", "sex")
+            if getattr(self, name) is None
+        ]
+        if missing:
+            raise ValueError(f"give the person's {', '.join(missing)} (or patient)")
+        assert self.birth_date is not None
         if self.birth_date > dt.date.today():
             raise ValueError("birth_date is in the future")
         return self
@@ -128,12 +145,13 @@ class PersonIn(BaseModel):
         return Person(
             person_id=self.person_id,
             booking_number=self.booking_number,
-            family_name=self.family_name,
-            given_names=self.given_names,
-            birth_date=self.birth_date.isoformat(),
-            sex=self.sex,
+            family_name=self.family_name or "",
+            given_names=self.given_names or [],
+            birth_date=self.birth_date.isoformat() if self.birth_date else "",
+            sex=self.sex or "unknown",
             phone=self.phone,
             address=address,
+            patient_id=self.patient.removeprefix("Patient/") if self.patient else None,
         )
 
 

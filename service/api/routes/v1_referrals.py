@@ -14,6 +14,7 @@ from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, Intercept, JmsRequest, PersonIn, StaffIn
 from service.features import referrals as wf
+from service.features.custody.referrals import prepare_referral
 from service.fhir.codes import PROGRAM_TYPES, SERVICES
 from service.workflows import idempotency
 
@@ -38,6 +39,10 @@ ProgramType = Literal[
     "diversion",
     "community-corrections",
     "post-overdose-outreach",
+    "crisis-response",
+    "deflection",
+    "probation",
+    "parole",
     "other",
 ]
 assert set(SERVICES) == set(ServiceKey.__args__)  # type: ignore[attr-defined]
@@ -104,7 +109,12 @@ class ReferralIn(JmsRequest):
     )
     intercept: Intercept
     program_type: ProgramType = "jail-reentry"
-    release: ReleaseIn
+    release: ReleaseIn | None = Field(
+        None,
+        description="Needed at intercepts 2-4 unless person.booking_number is a custody stay "
+        "(POST /v1/bookings), whose expected or recorded release the referral then follows; "
+        "community referrals (intercepts 0, 1, 5) have none",
+    )
     services: list[ServiceKey] = Field(min_length=1, max_length=9)
     receiving_organization: Reference | None = None
     receiving_service: Reference | None = Field(None, description="HealthcareService/<id>")
@@ -141,9 +151,9 @@ class ReferralIn(JmsRequest):
             facility=self.facility,
             intercept=self.intercept,
             program_type=self.program_type,
-            release_at=self.release.expected_at,
-            release_window_end=self.release.window_end,
-            release_location=self.release.location,
+            release_at=self.release.expected_at if self.release else None,
+            release_window_end=self.release.window_end if self.release else None,
+            release_location=self.release.location if self.release else None,
             services=list(self.services),
             receiver=self.receiving_organization or self.receiving_service or "",
             priority=self.priority,
@@ -237,6 +247,7 @@ async def create_referral(
         payload.to_domain(),
         idempotency_key=idempotency_key,
         fingerprint=idempotency.request_hash(payload.model_dump(mode="json")),
+        resolve_stay=prepare_referral,
     )
     return JSONResponse(body, status_code=status)
 

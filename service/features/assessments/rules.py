@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.errors import BusinessRuleError, MethodNotAllowedError
 from service.fhir.codes import referral_code_systems, sim_code_system, staff_role_code_system
+from service.fhir.custody_codes import custody_code_systems
 from service.fhir.oend_codes import oend_code_systems
 from service.fhir.service_codes import directory_code_systems, service_value_set
 from service.questionnaires.check import check_questionnaire
@@ -213,6 +214,7 @@ def builtin_resources() -> list[dict[str, Any]]:
         *oend_code_systems(),
         *directory_code_systems(),
         service_value_set(),
+        *custody_code_systems(),
     ]
 
 

@@ -327,6 +327,18 @@ _OTHERS: dict[str, dict[str, Any]] = {
             "payload": "application/fhir+json",
         },
     },
+    "Encounter": {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {
+            "system": "https://handoff.dev/fhir/CodeSystem/custody-encounter",
+            "code": "custody-stay",
+        },
+        "subject": {"reference": "Patient/p-123"},
+        "period": {"start": "2024-05-01T22:15:00-05:00", "end": "2024-05-03T16:40:00-05:00"},
+        "location": [{"location": {"display": "County Jail"}, "status": "completed"}],
+        "hospitalization": {"dischargeDisposition": {"text": "Released on bail"}},
+    },
 }
 
 

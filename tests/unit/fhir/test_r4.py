@@ -42,6 +42,7 @@ def test_supported_types() -> None:
         "SupplyDelivery",
         "RelatedPerson",
         "Subscription",
+        "Encounter",
     )
     assert set(SUPPORTED_TYPES) <= R4_RESOURCE_TYPES
 
@@ -60,15 +61,15 @@ def test_r4b_task_accepts_r4_elements_the_r5_model_rejects() -> None:
     model_for("Task").model_validate(body)
 
 
-@pytest.mark.parametrize("resource_type", ["Bundle", "Encounter", "Gizmo", "task"])
+@pytest.mark.parametrize("resource_type", ["Bundle", "EpisodeOfCare", "Gizmo", "task"])
 def test_model_for_refuses_other_types(resource_type: str) -> None:
     with pytest.raises(KeyError):
         model_for(resource_type)
 
 
 def test_any_r4_type_can_be_had_for_contained_resources() -> None:
-    model = r4_resource_model("Encounter")
-    assert model is not None and model.__module__ == "fhir.resources.R4B.encounter"
+    model = r4_resource_model("EpisodeOfCare")
+    assert model is not None and model.__module__ == "fhir.resources.R4B.episodeofcare"
     assert r4_resource_model("Gizmo") is None
     assert r4_resource_model("SubscriptionTopic") is None  # R4B/R5 only, not R4
     assert r4_resource_model("EffectEvidenceSynthesis") is None  # R4 only, absent from R4B

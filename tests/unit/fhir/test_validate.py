@@ -767,7 +767,7 @@ def test_unknown_resource_type_is_rejected() -> None:
     assert issue.code == "value"
 
 
-@pytest.mark.parametrize("resource_type", ["Bundle", "Encounter", "OperationOutcome"])
+@pytest.mark.parametrize("resource_type", ["Bundle", "EpisodeOfCare", "OperationOutcome"])
 def test_resource_types_the_server_does_not_store_are_rejected(resource_type: str) -> None:
     [issue] = rejected({"resourceType": resource_type})
     assert issue.code == "not-supported"

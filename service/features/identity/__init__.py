@@ -1,0 +1,1 @@
+"""One person across organizations: person-identifier domains an administrator declares."""
