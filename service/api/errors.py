@@ -131,22 +131,27 @@ def allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-# A path FastAPI matches as a resource id ("/fhir/Task/_search" against PUT /fhir/Task/{id}):
-# the id pattern refuses it, but what is wrong is the method, not the id.
-_OPERATIONS = ("_search", "_history")
+# A path FastAPI matches as a resource id ("/fhir/Task/_search" or "/fhir/Patient/$match"
+# against PUT /fhir/{type}/{id}): the id pattern refuses it, but what is wrong is the method.
 
 
 def _misdirected(request: Request) -> Response | None:
     path = request.url.path
     parts = path.split("/")
-    if len(parts) != 4 or parts[1] != "fhir" or parts[3] not in _OPERATIONS:
+    if len(parts) != 4 or parts[1] != "fhir":
         return None
     rtype, operation = parts[2], parts[3]
-    hint = (
-        f"search with GET /fhir/{rtype}?name=value or POST /fhir/{rtype}/_search"
-        if operation == "_search"
-        else f"read the type's history with GET {path}"
-    )
+    if operation == "_search":
+        hint = f"search with GET /fhir/{rtype}?name=value or POST /fhir/{rtype}/_search"
+    elif operation == "_history":
+        hint = f"read the type's history with GET {path}"
+    elif operation.startswith("$") and any(
+        r.path == path for r in _routes(request.app.routes) if getattr(r, "methods", None)
+    ):
+        # A type-level operation ($match, $merge, $status) asked with a method it does not take.
+        hint = f"{operation} takes {allowed_methods(request)}"
+    else:
+        return None
     text = f"{request.method} is not supported on {path}; {hint}"
     return outcome_response(
         405,

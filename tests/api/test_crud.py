@@ -194,6 +194,26 @@ async def test_consent_cannot_be_deleted(client: httpx.AsyncClient) -> None:
     assert r.headers["allow"] == "GET, PUT, PATCH"
 
 
+async def test_an_operation_asked_with_another_method_is_a_405_naming_its_methods(
+    client: httpx.AsyncClient,
+) -> None:
+    """``PUT /fhir/Patient/$match`` is not an update of a Patient whose id is "$match"."""
+    for method, path in (
+        ("PUT", "/fhir/Patient/$match"),
+        ("DELETE", "/fhir/Patient/$merge"),
+        ("PATCH", "/fhir/Subscription/$status"),
+    ):
+        r = await client.request(method, path, json={}, headers=FHIR_JSON)
+        assert r.status_code == 405, (method, path, r.text)
+        assert r.json()["resourceType"] == "OperationOutcome"
+        allowed = r.headers["allow"]
+        assert method not in allowed and allowed, (path, allowed)
+        assert path.rsplit("/", 1)[1] in r.json()["issue"][0]["diagnostics"]
+    # A path that is no operation still answers as an invalid id.
+    r = await client.put("/fhir/Patient/$nothing", json={}, headers=FHIR_JSON)
+    assert r.status_code == 400
+
+
 async def test_history_instance_and_type(client: httpx.AsyncClient) -> None:
     created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
     tid = created["id"]
