@@ -165,10 +165,12 @@ async def run_search(
         return await _run_feed(conn, request, access=access, base_url=base_url)
     page = SearchPage()
     where = _base_where(request, access, base_url)
+    # A page of nothing asks only how many: answer it, as FHIR clients' count() expects.
+    counted = request.total == "accurate" or request.summary == "count" or request.count == 0
     if where is None:
-        page.total = 0 if request.total == "accurate" or request.summary == "count" else None
+        page.total = 0 if counted else None
         return page
-    if request.total == "accurate" or request.summary == "count":
+    if counted:
         count_stmt = select(func.count()).select_from(resource_t).where(where)
         page.total = int((await conn.execute(count_stmt)).scalar_one())
     if request.summary == "count" or request.count == 0:
