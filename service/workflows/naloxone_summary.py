@@ -40,6 +40,7 @@ from service.search.execute import run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection
+from service.telemetry import traced_workflow
 from service.workflows import naloxone_facts as facts
 from service.workflows.context import WorkflowContext
 
@@ -161,6 +162,9 @@ async def _label(conn: AsyncConnection, group_by: GroupBy | None, key: str) -> s
     return key
 
 
+@traced_workflow(
+    "workflow.naloxone_summary", resource_type="MedicationDispense", interaction="search"
+)
 async def naloxone_summary(ctx: WorkflowContext, query: SummaryQuery) -> dict[str, Any]:
     if query.date_from and query.date_to and query.date_from > query.date_to:
         raise BusinessRuleError("from is after to", expression=["from"])

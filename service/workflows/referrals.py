@@ -40,6 +40,7 @@ from service.search.query import parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
 from service.storage.repository import StoredResource
+from service.telemetry import traced_workflow
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.access import ACTOR_PARAM
@@ -533,6 +534,9 @@ def _view(
     return view
 
 
+@traced_workflow(
+    "workflow.get_referral", resource_type="ServiceRequest", interaction="read", id_position=1
+)
 async def get_referral(ctx: WorkflowContext, sr_id: str) -> dict[str, Any]:
     async with read_connection(ctx.engine) as conn:
         return await referral_view(conn, ctx, sr_id)
@@ -557,6 +561,7 @@ def worklist_search(
     return params
 
 
+@traced_workflow("workflow.list_referrals", resource_type="ServiceRequest", interaction="search")
 async def list_referrals(
     ctx: WorkflowContext,
     *,
@@ -808,6 +813,7 @@ def _task(
     return task
 
 
+@traced_workflow("workflow.open_referral", resource_type="ServiceRequest", interaction="create")
 async def open_referral(
     ctx: WorkflowContext, data: ReferralInput, *, idempotency_key: str | None, fingerprint: str
 ) -> tuple[int, dict[str, Any]]:
@@ -861,6 +867,9 @@ async def _locked_latest(conn: AsyncConnection, resource_type: str, found: dict[
     return orjson.loads(locked.raw) if locked is not None and locked.raw else found
 
 
+@traced_workflow(
+    "workflow.cancel_referral", resource_type="ServiceRequest", interaction="update", id_position=1
+)
 async def cancel_referral(ctx: WorkflowContext, sr_id: str, *, reason: str) -> dict[str, Any]:
     async with write_transaction(ctx.engine) as conn:
         task = await _locked_latest(conn, "Task", await _current_task(conn, ctx, sr_id))
@@ -879,6 +888,9 @@ async def cancel_referral(ctx: WorkflowContext, sr_id: str, *, reason: str) -> d
         return await referral_view(conn, ctx, sr_id)
 
 
+@traced_workflow(
+    "workflow.change_release", resource_type="ServiceRequest", interaction="update", id_position=1
+)
 async def change_release(
     ctx: WorkflowContext,
     sr_id: str,
@@ -925,6 +937,9 @@ async def change_release(
         return await referral_view(conn, ctx, sr_id)
 
 
+@traced_workflow(
+    "workflow.re_refer", resource_type="ServiceRequest", interaction="update", id_position=1
+)
 async def re_refer(ctx: WorkflowContext, sr_id: str, *, receiver: str) -> dict[str, Any]:
     """After a rejection (or failure), ask another organization: a new Task, same request."""
     organization = ctx.organization
@@ -982,6 +997,7 @@ _EMPTY = ReferralInput(
 )
 
 
+@traced_workflow("workflow.escalations", resource_type="ServiceRequest", interaction="search")
 async def escalations(ctx: WorkflowContext, *, within: timedelta) -> list[dict[str, Any]]:
     """Referrals whose release is near (or passed within the window) and not yet accepted."""
     now = datetime.now(UTC)

@@ -401,6 +401,18 @@ async def test_dates_must_be_iso_text_and_bodies_json(network: dict[str, Any]) -
         assert "ISO 8601 date-time" in r.json()["issue"][0]["diagnostics"]
     r = await jail.get("/v1/referrals", params={"release_to": "2020-01-01T00:00:00"})
     assert r.status_code == 422 and "time zone" in r.text
+    # A "+" written unencoded in the query string arrives as a space: say so.
+    r = await jail.get("/v1/referrals?release_from=2026-11-26T09:30:00+01:00")
+    assert r.status_code == 422, r.text
+    said = r.json()["issue"][0]["diagnostics"]
+    assert said.startswith("release_from: ") and "%2B" in said and "Z" in said, said
+    assert "or date" not in said
+    r = await jail.get("/v1/referrals", params={"release_from": "2026-13-01T00:00:00Z"})
+    said = r.json()["issue"][0]["diagnostics"]
+    assert r.status_code == 422 and "ISO 8601 date-time with a time zone" in said
+    assert "or date" not in said and "%2B" not in said
+    encoded = await jail.get("/v1/referrals?release_from=2026-11-26T09:30:00%2B01:00")
+    assert encoded.status_code == 200, encoded.text
     person = {**referral(ids["otp"])["person"], "birth_date": 0}
     r = await jail.post("/v1/referrals", json=referral(ids["otp"], person=person))
     assert r.status_code == 422 and "ISO 8601 date such as" in r.text

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, Intercept, JmsRequest, PersonIn, StaffIn
+from service.api.routes.v1_views import ReferralView
 from service.fhir.codes import PROGRAM_TYPES, SERVICES
 from service.workflows import idempotency
 from service.workflows import referrals as wf
@@ -199,6 +200,11 @@ class ReReferIn(JmsRequest):
         return self.receiving_organization or self.receiving_service or ""
 
 
+_VIEW: dict[int | str, dict[str, Any]] = {
+    **V1_ERRORS,
+    200: {"description": "The referral as it now is", "model": ReferralView},
+}
+
 # What can be done with a referral once made (OpenAPI links: Swagger UI shows them, API testers
 # follow them).
 _BY_ID = {"referral_id": "$response.body#/referral_id"}
@@ -217,10 +223,11 @@ _REFERRAL_LINKS = {
     "",
     status_code=201,
     summary="Refer a person before release (warm handoff)",
+    response_model=None,
     responses={
         **V1_ERRORS,
-        200: {"description": "This referral_id was already received"},
-        201: {"description": "Referred", "links": _REFERRAL_LINKS},
+        200: {"description": "This referral_id was already received", "model": ReferralView},
+        201: {"description": "Referred", "model": ReferralView, "links": _REFERRAL_LINKS},
     },
 )
 async def create_referral(
@@ -241,7 +248,12 @@ async def create_referral(
     return JSONResponse(body, status_code=status)
 
 
-@router.get("", summary="The jail's referral worklist", responses=V1_ERRORS)
+@router.get(
+    "",
+    summary="The jail's referral worklist",
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "Referrals", "model": list[ReferralView]}},
+)
 async def list_referrals(
     ctx: ContextDep,
     facility: Annotated[str | None, Query(description="Referring facility reference")] = None,
@@ -271,7 +283,8 @@ async def list_referrals(
 @router.get(
     "/escalations",
     summary="Releases coming soon whose referral is not accepted",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "Referrals", "model": list[ReferralView]}},
 )
 async def escalations(
     ctx: ContextDep,
@@ -282,19 +295,28 @@ async def escalations(
     return await wf.escalations(ctx, within=dt.timedelta(hours=within_hours))
 
 
-@router.get("/{referral_id}", summary="Status and timeline of a referral", responses=V1_ERRORS)
+@router.get(
+    "/{referral_id}",
+    summary="Status and timeline of a referral",
+    response_model=None,
+    responses=_VIEW,
+)
 async def get_referral(referral_id: str, ctx: ContextDep) -> dict[str, Any]:
     """Current Task status and business status, owner, outcomes, and the timeline of every
     change (from the Tasks' history) with reasons."""
     return await wf.get_referral(ctx, referral_id)
 
 
-@router.post("/{referral_id}/cancel", summary="Cancel a referral", responses=V1_ERRORS)
+@router.post(
+    "/{referral_id}/cancel", summary="Cancel a referral", response_model=None, responses=_VIEW
+)
 async def cancel_referral(referral_id: str, payload: CancelIn, ctx: ContextDep) -> dict[str, Any]:
     return await wf.cancel_referral(ctx, referral_id, reason=payload.reason)
 
 
-@router.patch("/{referral_id}", summary="Change the release date/time", responses=V1_ERRORS)
+@router.patch(
+    "/{referral_id}", summary="Change the release date/time", response_model=None, responses=_VIEW
+)
 async def change_release(
     referral_id: str, payload: ReleaseChangeIn, ctx: ContextDep
 ) -> dict[str, Any]:
@@ -310,7 +332,8 @@ async def change_release(
 @router.post(
     "/{referral_id}/re-refer",
     summary="Refer to another organization after a rejection",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses=_VIEW,
 )
 async def re_refer(referral_id: str, payload: ReReferIn, ctx: ContextDep) -> dict[str, Any]:
     return await wf.re_refer(ctx, referral_id, receiver=payload.receiver)
