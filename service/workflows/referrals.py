@@ -46,7 +46,7 @@ from service.workflows import resources as wf
 from service.workflows.access import ACTOR_PARAM
 from service.workflows.context import WorkflowContext
 from service.workflows.disclosure import disclose_all
-from service.workflows.people import SID_BASE, Person, match_or_create_patient
+from service.workflows.people import SID_BASE, Person, booking_system, match_or_create_patient
 from service.workflows.rules import RuleSet, WriteEvent, WrittenEvent
 
 RELEASE_LOCATION_EXTENSION = f"{codes.HANDOFF}/StructureDefinition/release-location"
@@ -365,6 +365,61 @@ async def _tasks_by_referral(
     return out
 
 
+async def _shown_by_id(
+    conn: AsyncConnection, ctx: WorkflowContext, resource_type: str, ids: set[str]
+) -> dict[str, dict[str, Any]]:
+    """The resources of ``ids`` the caller may see, as it may see them (access filter, then
+    the disclosure policy, recorded as any read is): one search per worklist page."""
+    out: dict[str, dict[str, Any]] = {}
+    wanted = sorted(i for i in ids if i)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        request = parse_search(
+            resource_type,
+            [("_id", ",".join(chunk))],
+            strict=True,
+            default_count=len(chunk),
+            max_count=1000,
+        )
+        page = await run_search(conn, request, access=ctx.access, base_url=ctx.base_url)
+        for shown in await disclose_all(conn, ctx, page.matches):
+            if shown.raw is not None:
+                out[shown.id] = orjson.loads(shown.raw)
+    return out
+
+
+def _worklist_details(
+    view: dict[str, Any],
+    patients: dict[str, dict[str, Any]],
+    organizations: dict[str, dict[str, Any]],
+    organization: str | None,
+) -> None:
+    """What a jail's staff reads on a worklist line beside the ids: the person's name and
+    booking number (as this organization recorded it), the receiving organization's name."""
+    patient = patients.get(view["patient_id"])
+    name: dict[str, Any] = next(iter((patient or {}).get("name", [])), {})
+    booking = booking_system(organization) if organization else None
+    view["person"] = (
+        {
+            "family_name": name.get("family"),
+            "given_names": list(name.get("given", [])),
+            "booking_number": next(
+                (
+                    i.get("value")
+                    for i in patient.get("identifier", [])
+                    if booking is not None and i.get("system") == booking
+                ),
+                None,
+            ),
+        }
+        if patient is not None
+        else None
+    )
+    owner = str(view.get("owner") or "")
+    org = organizations.get(owner.removeprefix("Organization/")) if owner else None
+    view["receiving_organization_name"] = (org or {}).get("name")
+
+
 def _coding(concept: Any, system: str) -> dict[str, Any] | None:
     for coding in (concept or {}).get("coding", []) if isinstance(concept, dict) else []:
         if coding.get("system") == system:
@@ -598,11 +653,22 @@ async def list_referrals(
                 if facility is None or (_reference(_extension(sr, FACILITY_EXTENSION)) == facility):
                     referrals.append((match.id, sr))
             tasks = await _tasks_by_referral(conn, ctx, [sr_id for sr_id, _ in referrals])
+            views = []
             for sr_id, sr in referrals:
                 view = _view(ctx, sr_id, sr, tasks[sr_id])
                 if statuses is not None and (view["status"] or "none") not in statuses:
                     continue
-                out.append(view)
+                views.append(view)
+            patients = await _shown_by_id(conn, ctx, "Patient", {v["patient_id"] for v in views})
+            owners = {
+                str(v["owner"]).removeprefix("Organization/")
+                for v in views
+                if str(v.get("owner") or "").startswith("Organization/")
+            }
+            organizations = await _shown_by_id(conn, ctx, "Organization", owners)
+            for view in views:
+                _worklist_details(view, patients, organizations, ctx.organization)
+            out.extend(views)
     return sorted(out, key=lambda v: v["release"]["expected_at"] or "")
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
@@ -252,7 +254,21 @@ async def create_referral(
     "",
     summary="The jail's referral worklist",
     response_model=None,
-    responses={**V1_ERRORS, 200: {"description": "Referrals", "model": list[ReferralView]}},
+    responses={
+        **V1_ERRORS,
+        200: {
+            "description": "Referrals, soonest release first (JSON, or CSV with format=csv)",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/ReferralView"},
+                    }
+                },
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        },
+    },
 )
 async def list_referrals(
     ctx: ContextDep,
@@ -269,15 +285,74 @@ async def list_referrals(
         str | None,
         Query(description="Task statuses, comma-separated (e.g. requested,rejected)"),
     ] = None,
-) -> list[dict[str, Any]]:
+    format: Annotated[
+        Literal["json", "csv"] | None,
+        Query(description="csv: the worklist as a spreadsheet (or send Accept: text/csv)"),
+    ] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
     """E.g. people released in the next 72 hours whose referral is not yet accepted:
-    `?release_from=<now>&release_to=<now+72h>&status=requested,rejected`. Lists at most
-    `HANDOFF_WORKLIST_MAX_REFERRALS` (2,000) referrals: a window holding more answers 422
-    (`too-costly`), never a list cut short."""
+    `?release_from=<now>&release_to=<now+72h>&status=requested,rejected` (a `+` in a time
+    zone is written `%2B` in a query string; or give UTC with `Z`). Each item carries the
+    person's name and booking number (when the caller may see the Patient), the facility,
+    expected release, services, the receiving organization and its name, status and milestone.
+    Lists at most `HANDOFF_WORKLIST_MAX_REFERRALS` (2,000) referrals: a window holding more
+    answers 422 (`too-costly`), never a list cut short. `format=csv` (or `Accept: text/csv`)
+    gives the same list as CSV."""
     statuses = {s.strip() for s in status.split(",")} if status else None
-    return await wf.list_referrals(
+    views = await wf.list_referrals(
         ctx, facility=facility, release_from=release_from, release_to=release_to, statuses=statuses
     )
+    if format == "csv" or (format is None and "text/csv" in (accept or "")):
+        return Response(
+            worklist_csv(views),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="referrals.csv"'},
+        )
+    return JSONResponse(views)
+
+
+WORKLIST_COLUMNS = (
+    "referral_id",
+    "jms_referral_id",
+    "family_name",
+    "given_names",
+    "booking_number",
+    "facility",
+    "expected_release",
+    "services",
+    "receiving_organization",
+    "receiving_organization_name",
+    "status",
+    "milestone",
+)
+
+
+def worklist_csv(views: list[dict[str, Any]]) -> str:
+    """One line per referral; lists joined with spaces; what the caller may not see is empty."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(WORKLIST_COLUMNS)
+    for v in views:
+        person = v.get("person") or {}
+        milestone = v.get("business_status") or {}
+        writer.writerow(
+            [
+                v["referral_id"],
+                v.get("jms_referral_id") or "",
+                person.get("family_name") or "",
+                " ".join(person.get("given_names") or []),
+                person.get("booking_number") or "",
+                v.get("facility") or "",
+                v["release"].get("expected_at") or "",
+                " ".join(v.get("services") or []),
+                v.get("owner") or "",
+                v.get("receiving_organization_name") or "",
+                v.get("status") or "",
+                milestone.get("code") or milestone.get("display") or "",
+            ]
+        )
+    return out.getvalue()
 
 
 @router.get(

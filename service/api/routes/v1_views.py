@@ -57,6 +57,13 @@ class TimelineEvent(BaseModel):
     by: str | None = Field(description="Organization/<id> that made the change")
 
 
+class PersonSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    family_name: str | None
+    given_names: list[str]
+    booking_number: str | None = Field(description="As the caller's organization recorded it")
+
+
 class ReferralView(BaseModel):
     """A referral as the referring organization sees it (what its consents let it see)."""
 
@@ -129,6 +136,12 @@ class ReferralView(BaseModel):
     links: ReferralLinks
     timeline: list[TimelineEvent] | None = Field(
         None, description="Every change of status or milestone (single-referral answers only)"
+    )
+    person: PersonSummary | None = Field(
+        None, description="Worklists only: the person, if the caller may see the Patient"
+    )
+    receiving_organization_name: str | None = Field(
+        None, description="Worklists only: the current Task's owner's name"
     )
 
 
