@@ -1,4 +1,4 @@
-"""``handoff clients add|list|disable|enable`` and ``handoff keys rotate``.
+"""``handoff clients add|list|disable|enable`` and ``handoff keys rotate|generate``.
 
 They work against HANDOFF_DATABASE_URL while the service runs: the registry is a table, and a
 disabled client's tokens are refused on their next request.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,55 @@ async def rotate(settings: Settings) -> dict[str, Any]:
     return {"active_kid": kid}
 
 
+def generate_key_file(
+    out: str, *, alg: str, previous: str | None, public_out: str | None, force: bool
+) -> dict[str, Any]:
+    """A private signing-key set for HANDOFF_AUTH_SIGNING_KEYS_FILE (e.g. the Helm chart's
+    Secret), written owner-only; returns the public JWKS. With ``previous``, the keys of that
+    file are kept and its active key retired (tokens it signed verify until they expire)."""
+    from service.auth.keys import SIGNING_ALGORITHMS, KeyRingError, SigningKeyRing
+
+    if alg not in SIGNING_ALGORITHMS:
+        raise CliError(f"--alg must be one of {', '.join(SIGNING_ALGORITHMS)}")
+    target = Path(out)
+    if target.exists() and not force and (previous is None or Path(previous) != target):
+        raise CliError(f"{out} exists: pass --force to replace it, or --from {out} to rotate it")
+    if previous is None:
+        ring = SigningKeyRing.generate(alg)
+    else:
+        try:
+            ring = SigningKeyRing.from_file(previous)
+        except (OSError, KeyRingError) as exc:
+            raise CliError(f"{previous}: {exc}") from exc
+        now = datetime.now(UTC)
+        # Keys retired longer ago than any token lives have nothing left to verify.
+        ring.retire_before(now - timedelta(hours=1))
+        ring.rotate(now=now, alg=alg)
+    text = json.dumps(ring.to_dict(), indent=2) + "\n"
+    partial = target.with_name(target.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(partial, target)  # never a half-written key file
+    public = ring.public_jwks()
+    if public_out:
+        Path(public_out).write_text(json.dumps(public, indent=2) + "\n", encoding="utf-8")
+    return public
+
+
 def run(args: argparse.Namespace) -> None:
     settings = Settings()
     try:
-        if args.command == "keys":
-            result: Any = asyncio.run(rotate(settings))
+        if args.command == "keys" and args.keys_command == "generate":
+            result: Any = generate_key_file(
+                args.out,
+                alg=args.alg,
+                previous=args.previous,
+                public_out=args.public_out,
+                force=args.force,
+            )
+        elif args.command == "keys":
+            result = asyncio.run(rotate(settings))
         elif args.clients_command == "add":
             result = asyncio.run(add(args, settings))
         elif args.clients_command == "list":
@@ -162,5 +207,22 @@ def add_parsers(sub: Any) -> None:
     clients.set_defaults(func=run)
     keys = sub.add_parser("keys", help="token-signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    ksub.add_parser("rotate", help="new signing key; old tokens keep verifying until expiry")
+    ksub.add_parser(
+        "rotate",
+        help="new signing key in the database; old tokens keep verifying until expiry",
+    )
+    gen = ksub.add_parser(
+        "generate",
+        help="write a private signing-key file (HANDOFF_AUTH_SIGNING_KEYS_FILE, the Helm "
+        "chart's Secret) and print its public JWKS",
+    )
+    gen.add_argument("--out", required=True, help="the private key file to write (mode 0600)")
+    gen.add_argument("--alg", default="ES384", help="ES384 (default) or RS384")
+    gen.add_argument(
+        "--from",
+        dest="previous",
+        help="rotate: keep this file's keys, retire its active one, add a new one",
+    )
+    gen.add_argument("--public-out", help="also write the public JWKS to this file")
+    gen.add_argument("--force", action="store_true", help="replace an existing --out file")
     keys.set_defaults(func=run)

@@ -16,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import httpx
 from fastapi import FastAPI
@@ -50,6 +51,9 @@ from service.route_template import route_template
 from service.settings import Settings
 from service.storage import driver
 from service.storage.repository import index_t, resource_t
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 logger = logging.getLogger("handoff.telemetry")
 
@@ -575,6 +579,31 @@ def workflow_span(
             span.set_status(Status(StatusCode.ERROR))
             raise
         span.set_attribute("handoff.outcome", "success")
+
+
+def traced_workflow(
+    name: str, *, resource_type: str, interaction: str, id_position: int | None = None
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """A use case run inside ``workflow_span(name, ...)``; ``id_position``: which positional
+    argument is the resource id (e.g. 1 in ``get_referral(ctx, sr_id)``)."""
+
+    def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(function)
+        async def traced(*args: P.args, **kwargs: P.kwargs) -> R:
+            if _current.get() is None:  # no telemetry: no span, no cost
+                return await function(*args, **kwargs)
+            resource_id = args[id_position] if id_position is not None else None
+            with workflow_span(
+                name,
+                resource_type=resource_type,
+                interaction=interaction,
+                resource_id=resource_id if isinstance(resource_id, str) else None,
+            ):
+                return await function(*args, **kwargs)
+
+        return traced
+
+    return decorate
 
 
 # --- installation --------------------------------------------------------------------------

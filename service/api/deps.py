@@ -14,7 +14,7 @@ from fastapi.security import OAuth2
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.responses import fhir_base, public_base
+from service.api.responses import fhir_base, token_base
 from service.auth.principal import Principal
 from service.auth.scopes import Action
 from service.domain.text import NUL, nul_message
@@ -71,7 +71,11 @@ AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 
 
 def token_issuer(request: Request, settings: Settings) -> str:
-    return public_base(request, settings) + "/auth"
+    return token_base(request, settings) + "/auth"
+
+
+def token_audience(request: Request, settings: Settings) -> str:
+    return token_base(request, settings) + "/fhir"
 
 
 async def authenticate(request: Request, authorization: str | None) -> Principal:
@@ -79,7 +83,7 @@ async def authenticate(request: Request, authorization: str | None) -> Principal
     principal = await (await get_authenticator(request)).authenticate(
         authorization,
         issuer=token_issuer(request, settings),
-        audience=fhir_base(request, settings),
+        audience=token_audience(request, settings),
     )
     request.state.principal = principal
     return principal

@@ -158,3 +158,29 @@ _BASE_KEY = "handoff.public_base"
 
 def fhir_base(request: Request, settings: Settings) -> str:
     return public_base(request, settings) + "/fhir"
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def token_base(request: Request, settings: Settings) -> str:
+    """The service root as the access tokens it signs name it (issuer and audience).
+
+    HANDOFF_PUBLIC_BASE_URL when set. Otherwise the request's root, except that this machine's
+    own names (127.0.0.1, [::1], localhost) are all ``localhost``: one development server
+    reached under two of them is one issuer, so a token got at http://127.0.0.1:8000 works
+    at http://localhost:8000. (Links keep the name the client used.)"""
+    base = public_base(request, settings)
+    if settings.public_base_url:
+        return base
+    scheme, sep, rest = base.partition("://")
+    authority, slash, path = rest.partition("/")
+    if authority.startswith("["):
+        host, _, port = authority.partition("]")
+        host += "]"
+    else:
+        host, _, port = authority.partition(":")
+        port = port and ":" + port
+    if host.lower() not in _LOOPBACK_NAMES:
+        return base
+    return f"{scheme}{sep}localhost{port}{slash}{path}"

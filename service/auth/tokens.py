@@ -336,11 +336,13 @@ def _parse(token: str, algorithms: Collection[str]) -> tuple[Claims, Claims]:
 def _check_claims(
     claims: Mapping[str, Any], *, issuer: str, audience: str, now: int, leeway: int
 ) -> None:
-    if claims.get("iss") != issuer:
-        raise TokenIssuerError("token was issued by another issuer")
+    iss = claims.get("iss")
+    if iss != issuer:
+        shown = repr(iss[:200]) if isinstance(iss, str) else "no issuer"
+        raise TokenIssuerError(f"token was issued by {shown}, not by this server ({issuer})")
     aud = claims.get("aud")
     if not (aud == audience or (isinstance(aud, list) and audience in aud)):
-        raise TokenAudienceError("token is not meant for this server")
+        raise TokenAudienceError(f"token is not meant for this server ({audience})")
     exp = numeric_date(claims.get("exp"))
     if exp is None:
         raise MalformedTokenError("token needs a numeric 'exp'")

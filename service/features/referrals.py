@@ -33,7 +33,7 @@ from service.errors import (
     ResourceNotFoundError,
     ServiceError,
 )
-from service.features.people import SID_BASE, Person, match_or_create_patient
+from service.features.people import SID_BASE, Person, booking_system, match_or_create_patient
 from service.fhir import codes
 from service.fhir.custody_codes import RELEASE_PLANNING_EXTENSION, RELEASED_AT_EXTENSION
 from service.fhir.dates import format_instant, shifted
@@ -43,6 +43,7 @@ from service.search.query import parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection, write_transaction
 from service.storage.repository import StoredResource
+from service.telemetry import traced_workflow
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.access import ACTOR_PARAM
@@ -366,6 +367,61 @@ async def _tasks_by_referral(
     return out
 
 
+async def _shown_by_id(
+    conn: AsyncConnection, ctx: WorkflowContext, resource_type: str, ids: set[str]
+) -> dict[str, dict[str, Any]]:
+    """The resources of ``ids`` the caller may see, as it may see them (access filter, then
+    the disclosure policy, recorded as any read is): one search per worklist page."""
+    out: dict[str, dict[str, Any]] = {}
+    wanted = sorted(i for i in ids if i)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        request = parse_search(
+            resource_type,
+            [("_id", ",".join(chunk))],
+            strict=True,
+            default_count=len(chunk),
+            max_count=1000,
+        )
+        page = await run_search(conn, request, access=ctx.access, base_url=ctx.base_url)
+        for shown in await disclose_all(conn, ctx, page.matches):
+            if shown.raw is not None:
+                out[shown.id] = orjson.loads(shown.raw)
+    return out
+
+
+def _worklist_details(
+    view: dict[str, Any],
+    patients: dict[str, dict[str, Any]],
+    organizations: dict[str, dict[str, Any]],
+    organization: str | None,
+) -> None:
+    """What a jail's staff reads on a worklist line beside the ids: the person's name and
+    booking number (as this organization recorded it), the receiving organization's name."""
+    patient = patients.get(view["patient_id"])
+    name: dict[str, Any] = next(iter((patient or {}).get("name", [])), {})
+    booking = booking_system(organization) if organization else None
+    view["person"] = (
+        {
+            "family_name": name.get("family"),
+            "given_names": list(name.get("given", [])),
+            "booking_number": next(
+                (
+                    i.get("value")
+                    for i in patient.get("identifier", [])
+                    if booking is not None and i.get("system") == booking
+                ),
+                None,
+            ),
+        }
+        if patient is not None
+        else None
+    )
+    owner = str(view.get("owner") or "")
+    org = organizations.get(owner.removeprefix("Organization/")) if owner else None
+    view["receiving_organization_name"] = (org or {}).get("name")
+
+
 def _coding(concept: Any, system: str) -> dict[str, Any] | None:
     for coding in (concept or {}).get("coding", []) if isinstance(concept, dict) else []:
         if coding.get("system") == system:
@@ -566,6 +622,9 @@ def _view(
     return view
 
 
+@traced_workflow(
+    "workflow.get_referral", resource_type="ServiceRequest", interaction="read", id_position=1
+)
 async def get_referral(ctx: WorkflowContext, sr_id: str) -> dict[str, Any]:
     async with read_connection(ctx.engine) as conn:
         return await referral_view(conn, ctx, sr_id)
@@ -590,6 +649,7 @@ def worklist_search(
     return params
 
 
+@traced_workflow("workflow.list_referrals", resource_type="ServiceRequest", interaction="search")
 async def list_referrals(
     ctx: WorkflowContext,
     *,
@@ -628,13 +688,24 @@ async def list_referrals(
                 if facility is None or (_reference(_extension(sr, FACILITY_EXTENSION)) == facility):
                     referrals.append((match.id, sr))
             tasks = await _tasks_by_referral(conn, ctx, [sr_id for sr_id, _ in referrals])
+            views = []
             for sr_id, sr in referrals:
                 view = _view(ctx, sr_id, sr, tasks[sr_id])
                 if statuses is not None and (view["status"] or "none") not in statuses:
                     continue
                 if view["release"]["released_at"] and not released:
                     continue  # the person is out: the release worklist is done with them
-                out.append(view)
+                views.append(view)
+            patients = await _shown_by_id(conn, ctx, "Patient", {v["patient_id"] for v in views})
+            owners = {
+                str(v["owner"]).removeprefix("Organization/")
+                for v in views
+                if str(v.get("owner") or "").startswith("Organization/")
+            }
+            organizations = await _shown_by_id(conn, ctx, "Organization", owners)
+            for view in views:
+                _worklist_details(view, patients, organizations, ctx.organization)
+            out.extend(views)
     return sorted(out, key=lambda v: v["release"]["expected_at"] or "")
 
 
@@ -868,6 +939,7 @@ def _task(
     return task
 
 
+@traced_workflow("workflow.open_referral", resource_type="ServiceRequest", interaction="create")
 async def open_referral(
     ctx: WorkflowContext,
     data: ReferralInput,
@@ -931,6 +1003,9 @@ async def _locked_latest(conn: AsyncConnection, resource_type: str, found: dict[
     return orjson.loads(locked.raw) if locked is not None and locked.raw else found
 
 
+@traced_workflow(
+    "workflow.cancel_referral", resource_type="ServiceRequest", interaction="update", id_position=1
+)
 async def cancel_referral(ctx: WorkflowContext, sr_id: str, *, reason: str) -> dict[str, Any]:
     async with write_transaction(ctx.engine) as conn:
         task = await _locked_latest(conn, "Task", await _current_task(conn, ctx, sr_id))
@@ -949,6 +1024,9 @@ async def cancel_referral(ctx: WorkflowContext, sr_id: str, *, reason: str) -> d
         return await referral_view(conn, ctx, sr_id)
 
 
+@traced_workflow(
+    "workflow.change_release", resource_type="ServiceRequest", interaction="update", id_position=1
+)
 async def change_release(
     ctx: WorkflowContext,
     sr_id: str,
@@ -995,6 +1073,9 @@ async def change_release(
         return await referral_view(conn, ctx, sr_id)
 
 
+@traced_workflow(
+    "workflow.re_refer", resource_type="ServiceRequest", interaction="update", id_position=1
+)
 async def re_refer(ctx: WorkflowContext, sr_id: str, *, receiver: str) -> dict[str, Any]:
     """After a rejection (or failure), ask another organization: a new Task, same request."""
     organization = ctx.organization
@@ -1052,6 +1133,7 @@ _EMPTY = ReferralInput(
 )
 
 
+@traced_workflow("workflow.escalations", resource_type="ServiceRequest", interaction="search")
 async def escalations(ctx: WorkflowContext, *, within: timedelta) -> list[dict[str, Any]]:
     """Referrals whose release is near (or passed within the window) and not yet accepted,
     and referrals escalated when their person was released unplanned or early (the Task's

@@ -248,10 +248,12 @@ async def run_search(
         return await _run_feed(conn, request, access=access, base_url=base_url)
     page = SearchPage()
     where = _base_where(request, access, base_url)
+    # A page of nothing asks only how many: answer it, as FHIR clients' count() expects.
+    counted = request.total == "accurate" or request.summary == "count" or request.count == 0
     if where is None:
-        page.total = 0 if request.total == "accurate" or request.summary == "count" else None
+        page.total = 0 if counted else None
         return page
-    if request.total == "accurate" or request.summary == "count":
+    if counted:
         count_stmt = select(func.count()).select_from(resource_t).where(where)
         page.total = int((await conn.execute(count_stmt)).scalar_one())
     if request.summary == "count" or request.count == 0:
@@ -495,10 +497,21 @@ def fence_condition(dialect: str, txid_col: Any) -> ColumnElement[bool]:
 
 def decode_cursor(token: str, name: str = "_cursor") -> tuple[int, int]:
     """A feed position; ``name``: the parameter that carried it (history's is ``_page``)."""
+    txid, seq, _snapshot = _decode_position(token, name, kinds=("c",))
+    return txid, seq
+
+
+def decode_feed_cursor(token: str) -> tuple[int, int, bool]:
+    """A search feed's position, and whether the feed is still in its first pass (True for
+    ``start`` and the cursors handed out until that pass caught up: see ``_run_feed``)."""
+    return _decode_position(token, "_cursor", kinds=("c", "s"))
+
+
+def _decode_position(token: str, name: str, *, kinds: tuple[str, ...]) -> tuple[int, int, bool]:
     if token == "start":
-        return (-1, -1)
+        return (-1, -1, True)
     value = _decode(token, name)
-    if len(value) != 3 or value[0] != "c" or not all(_is_position(v) for v in value[1:]):
+    if len(value) != 3 or value[0] not in kinds or not all(_is_position(v) for v in value[1:]):
         if name != "_cursor":
             raise InvalidRequestError(
                 f"{name} is not a valid paging token; follow the links the server returned",
@@ -508,7 +521,7 @@ def decode_cursor(token: str, name: str = "_cursor") -> tuple[int, int]:
             "_cursor is not a valid cursor: use _cursor=start or a cursor link from a page",
             expression=["_cursor"],
         )
-    return int(value[1]), int(value[2])
+    return int(value[1]), int(value[2]), value[0] == "s"
 
 
 def _is_position(value: Any) -> bool:
@@ -516,8 +529,8 @@ def _is_position(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and -1 <= value < 2**63
 
 
-def encode_cursor(txid: int, seq: int) -> str:
-    return _encode(["c", txid, seq])
+def encode_cursor(txid: int, seq: int, *, first_pass: bool = False) -> str:
+    return _encode(["s" if first_pass else "c", txid, seq])
 
 
 def _driving_criterion(request: SearchRequest) -> Criterion | None:
@@ -539,10 +552,14 @@ def _feed_statement(
     allowed: ColumnElement[bool],
     base_url: str | None,
     dialect: str,
+    first_pass: bool = False,
 ) -> Select[Any]:
     """The feed query of one poll, built once per distinct poll (e.g. per owner and status;
     the cursor is a bind parameter): building it and its cache key cost ~10 % of a caught-up
-    poll. Its parts are immutable expressions, so sharing the statement is safe."""
+    poll. Its parts are immutable expressions, so sharing the statement is safe.
+
+    ``first_pass``: the statement of a feed's first pass (see ``_run_feed``), bounded by the
+    ``upto_*`` position and keeping only current versions."""
     request = SearchRequest(resource_type=resource_type, criteria=list(criteria), count=limit)
     after = tuple_(
         bindparam("after_txid", type_=BigInteger), bindparam("after_seq", type_=BigInteger)
@@ -577,21 +594,33 @@ def _feed_statement(
         h.seq,
         now_matches.label("now_matches"),
     )
+    wanted: ColumnElement[bool] = or_(now_matches, prev_matches) if criteria else true()
+    bound: list[ColumnElement[bool]] = []
+    if first_pass:
+        wanted = _first_pass_condition(now_matches, prev_matches, after)
+        upto = tuple_(
+            bindparam("upto_txid", type_=BigInteger), bindparam("upto_seq", type_=BigInteger)
+        )
     driving = _driving_criterion(request)
     if driving is None:
+        if first_pass:
+            bound.append(tuple_(h.txid, h.seq) <= upto)
         return (
             select(*columns)
             .where(
                 h.resource_type == resource_type,
                 tuple_(h.txid, h.seq) > after,
+                *bound,
                 fence_condition(dialect, h.txid),
-                or_(now_matches, prev_matches) if criteria else true(),
+                wanted,
                 allowed,
             )
             .order_by(h.txid, h.seq)
             .limit(limit)
         )
     d = _FEED_INDEX.c
+    if first_pass:
+        bound.append(tuple_(d.txid, d.seq) <= upto)
     values = [
         v
         for v in (value_condition(driving, x, base_url, table=_FEED_INDEX) for x in driving.values)
@@ -605,12 +634,59 @@ def _feed_statement(
             *param_rows(d, driving.param),
             or_(*values),
             tuple_(d.txid, d.seq) > after,
+            *bound,
             fence_condition(dialect, d.txid),
-            or_(now_matches, prev_matches),
+            wanted,
             allowed,
         )
         .order_by(d.txid, d.seq)
         .limit(limit)
+    )
+
+
+_PREVIOUS = history_t.alias("feed_previous")
+
+
+def _first_pass_condition(
+    now_matches: ColumnElement[bool], prev_matches: ColumnElement[bool], after: Any
+) -> ColumnElement[bool]:
+    """The versions a first pass hands out: only a resource's current version (its earlier
+    ones are history the client never had), and of those the ones that match, or that no
+    longer match a version the pass already handed out (before the cursor)."""
+    h = history_t.c
+    r = resource_t.c
+    p = _PREVIOUS.c
+    current = (
+        select(1)
+        .select_from(resource_t)
+        .where(r.resource_type == h.resource_type, r.id == h.id, r.version_id == h.version_id)
+        .exists()
+    )
+    shown_before = (
+        select(1)
+        .select_from(_PREVIOUS)
+        .where(
+            p.resource_type == h.resource_type,
+            p.id == h.id,
+            p.version_id == _PREVIOUS_VERSION,
+            tuple_(p.txid, p.seq) <= after,
+        )
+        .exists()
+    )
+    return and_(
+        current,
+        or_(and_(now_matches, h.deleted.is_(False)), and_(prev_matches, shown_before)),
+    )
+
+
+def _feed_end_statement(resource_type: str, dialect: str) -> Select[Any]:
+    """The last position of a type's changes that no later commit can fall behind."""
+    h = history_t.c
+    return (
+        select(h.txid, h.seq)
+        .where(h.resource_type == resource_type, fence_condition(dialect, h.txid))
+        .order_by(h.txid.desc(), h.seq.desc())
+        .limit(1)
     )
 
 
@@ -627,24 +703,39 @@ async def _run_feed(
     walk follows that parameter's index rows in (txid, seq) order, so a caught-up poll is one
     empty index range probe. A version whose driving value itself changed (a Task reassigned to
     another owner) is reported under its new value only.
+
+    A feed begun with ``_cursor=start`` first makes one pass up to the last final position:
+    it hands out each resource's current version once (at that version's position), never its
+    superseded ones, so a first sync acts on what is current. Its pages' cursors say they are
+    in that pass; when a page reaches the end, the cursor handed out is the end position, and
+    from there every version is reported as it commits.
     """
     page = SearchPage()
     assert request.cursor is not None
-    txid, seq = decode_cursor(request.cursor)
+    txid, seq, first_pass = decode_feed_cursor(request.cursor)
     allowed = access(request.resource_type, HISTORY_COLS)
     if allowed is None:
-        page.next_cursor = request.cursor if request.cursor != "start" else encode_cursor(-1, -1)
+        page.next_cursor = encode_cursor(txid, seq)
         return page
     limit = max(request.count, 1)
+    dialect = conn.dialect.name
+    params = {"after_txid": txid, "after_seq": seq}
+    end: tuple[int, int] = (txid, seq)
+    if first_pass:
+        last = (await conn.execute(_feed_end_statement(request.resource_type, dialect))).first()
+        if last is not None and (int(last[0]), int(last[1])) > end:
+            end = (int(last[0]), int(last[1]))
+        params |= {"upto_txid": end[0], "upto_seq": end[1]}
     stmt = _feed_statement(
         request.resource_type,
         tuple(request.criteria),
         limit,
         allowed,
         base_url,
-        conn.dialect.name,
+        dialect,
+        first_pass,
     )
-    rows = await fetch_all(conn, stmt, {"after_txid": txid, "after_seq": seq})
+    rows = await fetch_all(conn, stmt, params)
     seen: set[int] = set()
     for row in rows:
         if row[7] in seen:  # a version with two index rows matching the driving values
@@ -652,11 +743,15 @@ async def _run_feed(
         seen.add(row[7])
         stored = _stored(row)
         page.feed.append(FeedEntry(stored=stored, matches=bool(row[8]) and not stored.deleted))
+    full = len(rows) >= limit
     if rows:
-        page.next_cursor = encode_cursor(rows[-1][6], rows[-1][7])
-        page.next_page = page.next_cursor if len(rows) >= limit else None
+        page.next_cursor = encode_cursor(rows[-1][6], rows[-1][7], first_pass=first_pass and full)
+        page.next_page = page.next_cursor if full else None
     else:
         page.next_cursor = encode_cursor(txid, seq)
+    if first_pass and not full:
+        # The pass is over: what it skipped up to the end was superseded or never matched.
+        page.next_cursor = encode_cursor(*end)
     # Includes follow what matches now (a version that left the search needs no context).
     await _add_includes(
         conn,
@@ -725,6 +820,7 @@ __all__ = [
     "SearchPage",
     "allow_all",
     "decode_cursor",
+    "decode_feed_cursor",
     "encode_cursor",
     "history_feed",
     "index_exists",

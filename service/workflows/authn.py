@@ -21,7 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth.assertions import ClientKeySource, verify_client_assertion
 from service.auth.client_secrets import averify_client_secret
-from service.auth.errors import InvalidClientError, TokenSignatureError
+from service.auth.errors import (
+    InvalidClientError,
+    TokenAudienceError,
+    TokenIssuerError,
+    TokenSignatureError,
+)
 from service.auth.jwks_fetch import JwksFetcher
 from service.auth.keys import SigningKeyRing
 from service.auth.principal import Principal
@@ -184,11 +189,20 @@ class Authenticator:
             ring=ring, issuer=issuer, audience=audience, cache=self.verified_tokens
         )
         try:
-            principal = await local.verify(token, now=now)
-        except TokenSignatureError:
-            # Another replica may have rotated the keys moments ago: reload once, then judge.
-            local.ring = await self.ring(refresh=True)
-            principal = await local.verify(token, now=now)
+            try:
+                principal = await local.verify(token, now=now)
+            except TokenSignatureError:
+                # Another replica may have rotated the keys moments ago: reload once, then judge.
+                local.ring = await self.ring(refresh=True)
+                principal = await local.verify(token, now=now)
+        except (TokenIssuerError, TokenAudienceError) as exc:
+            if self.settings.public_base_url:
+                raise
+            raise type(exc)(
+                f"{exc.description}. Without HANDOFF_PUBLIC_BASE_URL this server names itself "
+                "after the URL each request uses: set HANDOFF_PUBLIC_BASE_URL to the one URL "
+                "clients use (e.g. http://localhost:8000)"
+            ) from exc
         if not await client_status(self.engine).is_active(principal.client_id):
             raise AuthenticationError("This client has been disabled")
         return principal

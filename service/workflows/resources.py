@@ -745,12 +745,8 @@ async def update_in(
                 expression=["If-Match"],
             )
     else:
-        if if_match is None and resource_type in ctx.rules.if_match_required:
-            raise PreconditionFailedError(
-                f"Updating a {resource_type} requires If-Match with its current version "
-                f'(W/"{current.version_id}"), so that concurrent changes are never lost',
-                expression=["If-Match"],
-            )
+        if if_match is None:
+            _require_if_match(ctx, current)
         if if_match is not None and if_match != current.version_id:
             raise PreconditionFailedError(
                 f"{resource_type}/{resource_id} is at version {current.version_id}, not {if_match}:"
@@ -769,6 +765,21 @@ async def update_in(
     )
     shown = await disclose(conn, ctx, stored, record=False)
     return WriteResult(stored=shown, created=current is None)
+
+
+def _require_if_match(ctx: WorkflowContext, current: StoredResource) -> None:
+    """Types whose records several parties change concurrently (catalogue ``if_match_required``)
+    take a change (PUT, PATCH, or either in a Bundle) only against a named version. FHIR R4
+    (http.html#concurrency): a server requiring version-aware updates answers 412 to a change
+    without If-Match."""
+    if current.resource_type in ctx.rules.if_match_required:
+        raise PreconditionFailedError(
+            f"The If-Match header is required to change a {current.resource_type}: send "
+            f'If-Match: W/"{current.version_id}" (its current version, the ETag of a read), so '
+            "that concurrent changes are never lost",
+            expression=["If-Match"],
+            headers={"ETag": f'W/"{current.version_id}"'},
+        )
 
 
 async def _through_view(
@@ -822,9 +833,12 @@ async def patch_in(
     require_scope(ctx.principal, resource_type, "u")
     if not isinstance(operations, list):
         raise InvalidRequestError("A JSON Patch body is an array of operations")
-    # Locked, then read: a patch sent without If-Match applies to whatever version is current
-    # when its turn comes, instead of failing on a concurrent update it never saw.
+    # Locked, then read: a patch sent without If-Match (where the type allows it) applies to
+    # whatever version is current when its turn comes, instead of failing on a concurrent
+    # update it never saw.
     current = await _current(conn, ctx, resource_type, resource_id, write=True, lock=True)
+    if if_match is None:
+        _require_if_match(ctx, current)
     try:
         patched = jsonpatch.JsonPatch(operations).apply(loads(current))
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:

@@ -136,7 +136,8 @@ async def test_out_of_order_commits_are_never_missed(app, client: httpx.AsyncCli
             expected.add((body["id"], upd.json()["meta"]["versionId"]))
 
     seen: list[tuple[str, str]] = []
-    cursor = "/fhir/Task?owner=Organization/prov-1&_cursor=start&_count=5"
+    # A poller past its first pass (nothing written yet): from here, every version.
+    _, cursor = await drain(client, "/fhir/Task?owner=Organization/prov-1&_cursor=start&_count=5")
 
     async def poll_once() -> None:
         nonlocal cursor
@@ -246,3 +247,78 @@ async def test_cursor_feed_reports_what_it_cannot_apply(client: httpx.AsyncClien
         "/fhir/Task?_summary=count&_cursor=start", headers={"Prefer": "handling=strict"}
     )
     assert count.status_code == 400 and "_summary=count" in count.text
+
+
+def versions(entries: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [
+        (e["resource"]["id"], e["resource"]["meta"]["versionId"], e["resource"]["status"])
+        for e in entries
+    ]
+
+
+async def put(client: httpx.AsyncClient, body: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    r = await client.put(
+        f"/fhir/Task/{body['id']}",
+        json=dict(body, **changes),
+        headers={**FHIR_JSON, "If-Match": f'W/"{body["meta"]["versionId"]}"'},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def test_first_sync_gets_current_versions_only(client: httpx.AsyncClient) -> None:
+    """A feed from ``start`` hands out each resource's current version once, never the
+    versions it superseded: a Task created ``requested`` and accepted before the first sync is
+    no business of a ``status=requested`` poll, and an ``owner`` poll sees it accepted."""
+    left = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    left = await put(client, left, status="accepted")
+    stays = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    stays = await put(client, stays, businessStatus={"text": "called"})
+    stays = await put(client, stays, businessStatus={"text": "called twice"})
+    gone = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    assert (await client.delete(f"/fhir/Task/{gone['id']}")).status_code in (200, 204)
+    owner = "/fhir/Task?owner=Organization/prov-1"
+
+    requested, cursor = await drain_until(client, f"{owner}&status=requested&_cursor=start", 1)
+    assert versions(requested) == [(stays["id"], "3", "requested")]
+    page = (await client.get(f"{owner}&status=requested&_cursor=start")).json()
+    assert not [e for e in page.get("entry", []) if e["search"]["mode"] == "outcome"]
+
+    everything, _ = await drain_until(client, f"{owner}&_cursor=start&_count=1", 2)
+    assert versions(everything) == [(left["id"], "2", "accepted"), (stays["id"], "3", "requested")]
+
+    # After the first pass, each change as it commits, leaving the search included.
+    await put(client, stays, status="accepted")
+    changed, _ = await drain_until(client, cursor, 1)
+    assert versions(changed) == [(stays["id"], "4", "accepted")]
+    assert changed[0]["search"]["extension"][0]["valueBoolean"] is True
+
+
+async def test_first_pass_across_pages_hands_out_each_resource_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """Paging through the first pass while Tasks change: no superseded version is handed out,
+    a Task the client saw and that then left the search is reported, and a Task changed ahead
+    of the client's page arrives once, current."""
+    made = [(await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()]
+    for _ in range(5):
+        made.append((await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json())
+    made[0] = await put(client, made[0], businessStatus={"text": "before the sync"})
+    url = "/fhir/Task?owner=Organization/prov-1&status=requested&_cursor=start&_count=2"
+    first = await first_page_with_entries(client, url)
+    seen = versions([e for e in first["entry"] if e["search"]["mode"] == "match"])
+    assert seen == [(made[1]["id"], "1", "requested"), (made[2]["id"], "1", "requested")]
+    # While the client pages: a Task it saw leaves the search, one it has not reached changes.
+    await put(client, made[1], status="accepted")
+    await put(client, made[5], businessStatus={"text": "during the sync"})
+    expected = [
+        *seen,
+        (made[3]["id"], "1", "requested"),
+        (made[4]["id"], "1", "requested"),
+        (made[0]["id"], "2", "requested"),
+        (made[1]["id"], "2", "accepted"),  # flagged: no longer matches
+        (made[5]["id"], "2", "requested"),
+    ]
+    rest, _ = await drain_until(client, link(first, "next"), len(expected) - 2)  # type: ignore[arg-type]
+    seen += versions(rest)
+    assert seen == expected

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 
 import httpx
 
@@ -111,11 +113,51 @@ async def test_update_with_if_match_and_stale_if_match(client: httpx.AsyncClient
     assert (await client.get(f"/fhir/Task/{tid}")).json()["status"] == "accepted"
 
 
+PATCH_JSON = {"Content-Type": "application/json-patch+json"}
+
+
 async def test_task_update_requires_if_match(client: httpx.AsyncClient) -> None:
+    """PUT, PATCH and a Bundle's PUT or PATCH of a Task without If-Match: all the same 412,
+    saying the header is required and naming the current version; nothing is written."""
     created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
-    r = await client.put(f"/fhir/Task/{created['id']}", json=created, headers=FHIR_JSON)
-    assert r.status_code == 412
-    assert "If-Match" in r.json()["issue"][0]["diagnostics"]
+    url = f"/fhir/Task/{created['id']}"
+    accept = [{"op": "replace", "path": "/status", "value": "accepted"}]
+    refused = [
+        await client.put(url, json=dict(created, status="accepted"), headers=FHIR_JSON),
+        await client.patch(url, json=accept, headers=PATCH_JSON),
+    ]
+    for r in refused:
+        assert r.status_code == 412, r.text
+        assert r.headers["content-type"].startswith("application/fhir+json")
+        assert r.headers["ETag"] == 'W/"1"'
+        issue = r.json()["issue"][0]
+        assert issue["code"] == "conflict"
+        assert issue["expression"] == ["If-Match"]
+        assert "If-Match header is required" in issue["diagnostics"]
+        assert 'W/"1"' in issue["diagnostics"]
+    patch_entry = {
+        "resource": {
+            "resourceType": "Binary",
+            "contentType": "application/json-patch+json",
+            "data": base64.b64encode(json.dumps(accept).encode()).decode(),
+        },
+        "request": {"method": "PATCH", "url": f"Task/{created['id']}"},
+    }
+    r = await client.post(
+        "/fhir",
+        json={"resourceType": "Bundle", "type": "transaction", "entry": [patch_entry]},
+        headers=FHIR_JSON,
+    )
+    assert r.status_code == 412, r.text
+    assert "If-Match header is required" in r.text
+    assert (await client.get(url)).json()["meta"]["versionId"] == "1"
+
+    patched = await client.patch(url, json=accept, headers={**PATCH_JSON, "If-Match": 'W/"1"'})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["status"] == "accepted"
+    stale = await client.patch(url, json=accept, headers={**PATCH_JSON, "If-Match": 'W/"1"'})
+    assert stale.status_code == 412
+    assert "version 2" in stale.json()["issue"][0]["diagnostics"]
 
 
 async def test_if_match_optional_for_other_types(client: httpx.AsyncClient) -> None:
@@ -333,28 +375,29 @@ async def test_every_write_has_one_audit_event_and_a_failed_one_none(
 
 
 async def test_concurrent_patches_without_if_match_all_apply(client: httpx.AsyncClient) -> None:
-    """A JSON Patch without If-Match is a change to whatever is current when its turn comes:
-    ten at once each add their note (none answers 412 for a version it never named)."""
-    created = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
-    patch = {"Content-Type": "application/json-patch+json"}
+    """A JSON Patch without If-Match (of a type that allows it) is a change to whatever is
+    current when its turn comes: ten at once each add their alias (none answers 412 for a
+    version it never named)."""
+    created = (
+        await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)
+    ).json()
     first = await client.patch(
-        f"/fhir/Task/{created['id']}",
-        json=[{"op": "add", "path": "/note", "value": [{"text": "referral received"}]}],
-        headers=patch,
+        f"/fhir/Organization/{created['id']}",
+        json=[{"op": "add", "path": "/alias", "value": ["Harbor"]}],
+        headers=PATCH_JSON,
     )
     assert first.status_code == 200, first.text
     answers = await asyncio.gather(
         *(
             client.patch(
-                f"/fhir/Task/{created['id']}",
-                json=[{"op": "add", "path": "/note/-", "value": {"text": f"call {n}"}}],
-                headers=patch,
+                f"/fhir/Organization/{created['id']}",
+                json=[{"op": "add", "path": "/alias/-", "value": f"site {n}"}],
+                headers=PATCH_JSON,
             )
             for n in range(10)
         )
     )
     assert [a.status_code for a in answers] == [200] * 10, [a.text for a in answers]
-    final = (await client.get(f"/fhir/Task/{created['id']}")).json()
-    calls = sorted(n["text"] for n in final["note"][1:])
-    assert calls == sorted(f"call {n}" for n in range(10))
+    final = (await client.get(f"/fhir/Organization/{created['id']}")).json()
+    assert sorted(final["alias"][1:]) == sorted(f"site {n}" for n in range(10))
     assert final["meta"]["versionId"] == "12"

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
+from service.api.routes.v1_views import ConsentView, ReferralView
 from service.demo import seed_demo
 
 pytestmark = pytest.mark.usefixtures("instruments")
@@ -62,9 +64,11 @@ async def test_the_follow_up_examples_work_on_what_the_first_ones_made(
     jail = await org_client("Organization/demo-county-jail")
     otp = await org_client("Organization/demo-otp")
     made = (await jail.post("/v1/referrals", json=example("ReferralIn"))).json()
+    ReferralView.model_validate(made)  # the documented 201 is what is sent, field for field
     url = f"/v1/referrals/{made['referral_id']}"
     r = await jail.patch(url, json=example("ReleaseChangeIn"))
     assert r.status_code == 200, r.text
+    ReferralView.model_validate(r.json())
     task = (await otp.get(f"/fhir/Task/{made['task_id']}")).json()
     reason = {
         "text": "No intake slots",
@@ -87,11 +91,20 @@ async def test_the_follow_up_examples_work_on_what_the_first_ones_made(
     r = await jail.post(f"{url}/re-refer", json=example("ReReferIn"))
     assert r.status_code == 200, r.text
     assert r.json()["owner"] == "Organization/demo-peer-support"
+    ReferralView.model_validate(r.json())
     r = await jail.post(f"{url}/cancel", json=example("CancelIn"))
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    ReferralView.model_validate(r.json())
+    listed = await jail.get("/v1/referrals")
+    assert listed.status_code == 200 and listed.json(), listed.text
+    TypeAdapter(list[ReferralView]).validate_python(listed.json())
+    view = ReferralView.model_validate((await jail.get(url)).json())
+    assert view.timeline and [e.status for e in view.timeline][-1] == "cancelled"
     consent = (await jail.post("/v1/consents", json=example("ConsentIn"))).json()
+    ConsentView.model_validate(consent)
     r = await jail.post(f"/v1/consents/{consent['consent_id']}/revoke", json=example("RevokeIn"))
     assert r.status_code == 200 and r.json()["status"] == "inactive", r.text
+    ConsentView.model_validate(r.json())
 
 
 @pytest.mark.parametrize(("path", "schema", "sender"), EXAMPLES)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import csv
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -403,6 +405,18 @@ async def test_dates_must_be_iso_text_and_bodies_json(network: dict[str, Any]) -
         assert "ISO 8601 date-time" in r.json()["issue"][0]["diagnostics"]
     r = await jail.get("/v1/referrals", params={"release_to": "2020-01-01T00:00:00"})
     assert r.status_code == 422 and "time zone" in r.text
+    # A "+" written unencoded in the query string arrives as a space: say so.
+    r = await jail.get("/v1/referrals?release_from=2026-11-26T09:30:00+01:00")
+    assert r.status_code == 422, r.text
+    said = r.json()["issue"][0]["diagnostics"]
+    assert said.startswith("release_from: ") and "%2B" in said and "Z" in said, said
+    assert "or date" not in said
+    r = await jail.get("/v1/referrals", params={"release_from": "2026-13-01T00:00:00Z"})
+    said = r.json()["issue"][0]["diagnostics"]
+    assert r.status_code == 422 and "ISO 8601 date-time with a time zone" in said
+    assert "or date" not in said and "%2B" not in said
+    encoded = await jail.get("/v1/referrals?release_from=2026-11-26T09:30:00%2B01:00")
+    assert encoded.status_code == 200, encoded.text
     person = {**referral(ids["otp"])["person"], "birth_date": 0}
     r = await jail.post("/v1/referrals", json=referral(ids["otp"], person=person))
     assert r.status_code == 422 and "ISO 8601 date such as" in r.text
@@ -911,3 +925,39 @@ async def test_supporting_information_must_be_held_and_visible(network: dict[str
         "/v1/referrals", json=referral(ids["otp"], supporting_info=[f"Observation/{mine['id']}"])
     )
     assert ok.status_code == 201, ok.text
+
+
+async def test_worklist_items_say_who_where_and_to_whom(network: dict[str, Any]) -> None:
+    """A worklist line carries the person's name and booking number, the receiving
+    organization's name, services, release, status; as JSON (the documented schema) or CSV."""
+    from pydantic import TypeAdapter
+
+    from service.api.routes.v1_views import ReferralView
+
+    jail, ids = network["jail"], network["ids"]
+    made = await jail.post("/v1/referrals", json=referral(ids["otp"]))
+    assert made.status_code == 201, made.text
+    listed = await jail.get("/v1/referrals")
+    assert listed.status_code == 200, listed.text
+    [item] = listed.json()
+    TypeAdapter(list[ReferralView]).validate_python(listed.json())
+    assert item["person"] == {
+        "family_name": "Rivera",
+        "given_names": ["Dana"],
+        "booking_number": "B-1",
+    }
+    assert item["receiving_organization_name"] == "otp"
+    assert item["owner"] == ids["otp"]
+    assert item["services"] == ["moud-buprenorphine", "peer-support"]
+    as_csv = await jail.get("/v1/referrals", params={"format": "csv"})
+    assert as_csv.status_code == 200
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    header, row = list(csv.reader(io.StringIO(as_csv.text)))
+    line = dict(zip(header, row, strict=True))
+    assert line["family_name"] == "Rivera" and line["booking_number"] == "B-1"
+    assert line["receiving_organization_name"] == "otp" and line["status"] == "requested"
+    assert line["services"] == "moud-buprenorphine peer-support"
+    negotiated = await jail.get("/v1/referrals", headers={"Accept": "text/csv"})
+    assert negotiated.text == as_csv.text
+    # Another organization's worklist never shows this person.
+    assert (await network["peer"].get("/v1/referrals")).json() == []

@@ -242,6 +242,22 @@ async def test_sort_and_count_and_total(client: httpx.AsyncClient) -> None:
     assert len(made) == 3
 
 
+async def test_count_zero_answers_the_total(client: httpx.AsyncClient) -> None:
+    """fhirpy's count() asks ``_count=0`` and reads ``total``: a searchset with no entries."""
+    await create(client, task(status="requested"))
+    await create(client, task(status="requested"))
+    await create(client, task(status="accepted"))
+    r = await client.get("/fhir/Task", params={"status": "requested", "_count": "0"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["type"] == "searchset"
+    assert body["total"] == 2
+    assert "entry" not in body
+    assert not any(link["relation"] == "next" for link in body.get("link", []))
+    none = (await client.get("/fhir/Task", params={"status": "cancelled", "_count": "0"})).json()
+    assert none["total"] == 0
+
+
 async def test_elements_subsets(client: httpx.AsyncClient) -> None:
     t = await create(client, task())
     r = (await client.get("/fhir/Task", params={"_id": t["id"], "_elements": "owner"})).json()

@@ -33,7 +33,7 @@ from service.telemetry import (
     instrument_httpx_client,
     workflow_span,
 )
-from tests.builders import FHIR_JSON, patient
+from tests.builders import FHIR_JSON, organization, patient
 from tests.conftest import admin_headers
 from tests.log_capture import json_logs
 
@@ -559,3 +559,61 @@ async def test_fastapi_makes_no_spans_of_its_own_beside_ours(
     assert (await client.get("/fhir/metadata")).status_code == 200
     assert "GET /fhir/metadata" in [s.name for s in ours.get_finished_spans()]
     assert global_spans.get_finished_spans() == ()
+
+
+@pytest.mark.sqlite_only
+async def test_jms_use_cases_emit_workflow_spans(
+    client: httpx.AsyncClient,
+    org_client,  # type: ignore[no-untyped-def]
+    telemetry: Telemetry,
+) -> None:
+    """The README's promise: each /v1 use case is a ``workflow.*`` span under the request's,
+    carrying the resource type, interaction, id when given, and the outcome; nothing else."""
+    from tests.api.test_referrals import referral
+
+    spans = InMemorySpanExporter()
+    telemetry.add_span_exporter(spans, batch=False)
+    otp = (await client.post("/fhir/Organization", json=organization(), headers=FHIR_JSON)).json()
+    jail_org = (
+        await client.post("/fhir/Organization", json=organization("Jail", "j"), headers=FHIR_JSON)
+    ).json()
+    jail = await org_client(f"Organization/{jail_org['id']}")
+    made = await jail.post("/v1/referrals", json=referral(f"Organization/{otp['id']}"))
+    assert made.status_code == 201, made.text
+    sr_id = made.json()["referral_id"]
+    assert (await jail.get(f"/v1/referrals/{sr_id}")).status_code == 200
+    assert (await jail.get("/v1/referrals/no-such-referral")).status_code == 404
+
+    finished = spans.get_finished_spans()
+    flows = [s for s in finished if s.name.startswith("workflow.")]
+    assert [(s.name, dict(s.attributes or {})) for s in flows] == [
+        (
+            "workflow.open_referral",
+            {
+                "handoff.resource_type": "ServiceRequest",
+                "handoff.interaction": "create",
+                "handoff.outcome": "success",
+            },
+        ),
+        (
+            "workflow.get_referral",
+            {
+                "handoff.resource_type": "ServiceRequest",
+                "handoff.interaction": "read",
+                "handoff.resource_id": sr_id,
+                "handoff.outcome": "success",
+            },
+        ),
+        (
+            "workflow.get_referral",
+            {
+                "handoff.resource_type": "ServiceRequest",
+                "handoff.interaction": "read",
+                "handoff.resource_id": "no-such-referral",
+                "handoff.outcome": "ResourceNotFoundError",
+            },
+        ),
+    ]
+    servers = {s.context.span_id for s in finished if s.name.split(" ")[-1].startswith("/v1")}  # type: ignore[union-attr]
+    assert all(f.parent is not None and f.parent.span_id in servers for f in flows)
+    assert not [s for s in finished if "Rivera" in _span_text(s)]

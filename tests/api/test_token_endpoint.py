@@ -721,3 +721,72 @@ async def test_external_issuer_keys_unavailable_is_503(
     r = await http.get("/fhir/Task", headers=bearer(idp.token(tenant="partner")))
     assert r.status_code == 503, r.text
     assert r.json()["resourceType"] == "OperationOutcome"
+
+
+# --- one issuer under a development server's several names ----------------------------------
+
+
+async def token_at(app: FastAPI, base: str, cid: str) -> str:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base) as c:
+        body = await get_token(c, {"grant_type": "client_credentials"}, auth=(cid, "s3cret-enough"))
+    return str(body["access_token"])
+
+
+async def get_at(app: FastAPI, base: str, token: str) -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base) as c:
+        return await c.get("/fhir/Patient", headers=bearer(token))
+
+
+async def test_loopback_names_are_one_issuer_without_public_base_url(
+    app: FastAPI, registry: Registry
+) -> None:
+    """HANDOFF_PUBLIC_BASE_URL unset: a token got at http://127.0.0.1:8000 works at
+    http://localhost:8000 and [::1]; under an unrelated name it is refused, and the refusal
+    names the setting that makes the server one issuer whatever the URL."""
+    cid = await registry.add(secret="s3cret-enough", scopes="system/*.rs")
+    token = await token_at(app, "http://127.0.0.1:8000", cid)
+    assert claims_of(token)[1]["iss"] == "http://localhost:8000/auth"
+    assert claims_of(token)[1]["aud"] == "http://localhost:8000/fhir"
+    for base in ("http://localhost:8000", "http://[::1]:8000", "http://127.0.0.1:8000"):
+        r = await get_at(app, base, token)
+        assert r.status_code == 200, (base, r.text)
+    # Links still name the host the client used (fhirpy refuses links to another base).
+    assert (
+        (await get_at(app, "http://127.0.0.1:8000", token))
+        .json()["link"][0]["url"]
+        .startswith("http://127.0.0.1:8000/fhir/")
+    )
+    for base in ("http://localhost:9000", "http://handoff.internal:8000"):
+        r = await get_at(app, base, token)
+        assert r.status_code == 401, (base, r.text)
+        said = r.json()["issue"][0]["diagnostics"]
+        assert "HANDOFF_PUBLIC_BASE_URL" in said, said
+        assert "http://localhost:8000/auth" in said  # the token's issuer, and this server's:
+        assert f"{base}/auth" in said
+        assert "HANDOFF_PUBLIC_BASE_URL" in r.headers["WWW-Authenticate"]
+
+
+async def test_public_base_url_is_the_only_issuer(
+    settings: Settings, engine: AsyncEngine, registry: Registry
+) -> None:
+    """With HANDOFF_PUBLIC_BASE_URL set, tokens name it whatever URL reached the server."""
+    from service.app import create_app
+
+    app = create_app(
+        settings.model_copy(update={"public_base_url": "https://handoff.example"}), engine=engine
+    )
+    cid = await registry.add(secret="s3cret-enough", scopes="system/*.rs")
+    token = await token_at(app, "http://127.0.0.1:8000", cid)
+    assert claims_of(token)[1]["iss"] == "https://handoff.example/auth"
+    assert (await get_at(app, "http://10.0.0.5:8000", token)).status_code == 200
+    minted_elsewhere = await token_at(
+        create_app(
+            settings.model_copy(update={"public_base_url": "https://other.example"}), engine=engine
+        ),
+        "http://127.0.0.1:8000",
+        cid,
+    )
+    r = await get_at(app, "http://127.0.0.1:8000", minted_elsewhere)
+    assert r.status_code == 401
+    said = r.json()["issue"][0]["diagnostics"]
+    assert "https://other.example/auth" in said and "HANDOFF_PUBLIC_BASE_URL" not in said

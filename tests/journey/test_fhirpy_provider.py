@@ -135,6 +135,8 @@ async def test_warm_handoff_with_fhirpy(server: str) -> None:
                 break
             await asyncio.sleep(0.1)
         assert [t["id"] for t in tasks] == [referral["task_id"]]
+        # fhirpy's count() asks _count=0 and reads Bundle.total.
+        assert await provider.resources("Task").search(owner=otp).count() == 1
         cursor = next(x["url"] for x in bundle["link"] if x["relation"] == "cursor")
 
         # fhirpy searches with includes and follows pages like any FHIR client.

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.api.deps import AuthenticatorDep, SettingsDep, token_issuer
-from service.api.responses import fhir_base, public_base
+from service.api.deps import AuthenticatorDep, SettingsDep, token_audience, token_issuer
+from service.api.responses import public_base
 from service.auth.errors import OAuthError
 from service.auth.smart_configuration import smart_configuration
 from service.auth.token_endpoint import TOKEN_RESPONSE_HEADERS
@@ -90,7 +90,7 @@ async def token(request: Request, settings: SettingsDep, auth: AuthenticatorDep)
             authorization=request.headers.get("authorization"),
             token_url=f"{base}/auth/token",
             issuer=token_issuer(request, settings),
-            audience=fhir_base(request, settings),
+            audience=token_audience(request, settings),
         )
     except OAuthError as exc:
         headers = dict(TOKEN_RESPONSE_HEADERS)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest, PersonIn
+from service.api.routes.v1_views import ConsentView
 from service.domain.binary import is_base64
 from service.features.consents import records as wf
 from service.features.consents.disclosures import list_disclosures
@@ -106,6 +107,7 @@ class RevokeIn(JmsRequest):
         **V1_ERRORS,
         201: {
             "description": "Recorded",
+            "model": ConsentView,
             "links": {
                 "revoke": {
                     "operationId": "revoke_consent_v1_consents__consent_id__revoke_post",
@@ -148,7 +150,12 @@ async def create_consent(
     return JSONResponse(body, status_code=status)
 
 
-@router.post("/consents/{consent_id}/revoke", summary="Revoke a consent", responses=V1_ERRORS)
+@router.post(
+    "/consents/{consent_id}/revoke",
+    summary="Revoke a consent",
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "Revoked", "model": ConsentView}},
+)
 async def revoke_consent(consent_id: str, payload: RevokeIn, ctx: ContextDep) -> dict[str, Any]:
     """Takes effect for the very next request, including pages fetched through `next` links."""
     return await wf.revoke_consent(ctx, consent_id, reason=payload.reason)

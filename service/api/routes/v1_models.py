@@ -6,7 +6,17 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
 
 from service.domain.text import nul_message, nul_path
 from service.features.people import Person
@@ -42,7 +52,7 @@ def _iso_text(what: str, example: str) -> Any:
 
 def _aware(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None:
-        raise ValueError("include a time zone, e.g. 2026-11-26T09:30:00-05:00")
+        raise ValueError(f"include a time zone, e.g. {_INSTANT_EXAMPLES}")
     try:  # stored and compared in UTC, which must stay within the years 1 to 9999
         value.astimezone(dt.UTC)
     except OverflowError:
@@ -50,9 +60,34 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value
 
 
+# "+05:00" written unencoded in a URL query arrives as " 05:00" (a "+" there means a space).
+_DECODED_PLUS = re.compile(r"T[0-9:.,]+ [0-9]{2}(:?[0-9]{2})?\s*$")
+_INSTANT_EXAMPLES = "2026-11-26T09:30:00-05:00 or 2026-11-26T14:30:00Z"
+
+
+def _instant(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Pydantic's datetime parsing, with messages that say what an instant is (pydantic's own
+    says "a valid datetime or date", though a date alone is refused here)."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        if any(e["type"].startswith(("datetime", "date")) for e in exc.errors()):
+            if isinstance(value, str) and _DECODED_PLUS.search(value):
+                raise ValueError(
+                    f"{value[:40]!r} has a space before its UTC offset: in a URL query a '+' "
+                    "must be encoded as %2B (e.g. 2026-11-26T09:30:00%2B01:00), or give the "
+                    "time in UTC with Z (2026-11-26T08:30:00Z)"
+                ) from None
+            raise ValueError(
+                f"must be an ISO 8601 date-time with a time zone, e.g. {_INSTANT_EXAMPLES}"
+            ) from None
+        raise
+
+
 Instant = Annotated[
     dt.datetime,
-    BeforeValidator(_iso_text("date-time with a time zone", "2026-11-26T09:30:00-05:00")),
+    BeforeValidator(_iso_text("date-time with a time zone", _INSTANT_EXAMPLES)),
+    WrapValidator(_instant),
     AfterValidator(_aware),
 ]
 Day = Annotated[dt.date, BeforeValidator(_iso_text("date", "2026-11-26"))]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, Intercept, JmsRequest, PersonIn, StaffIn
+from service.api.routes.v1_views import ReferralView
 from service.features import referrals as wf
 from service.features.custody.referrals import prepare_referral
 from service.fhir.codes import PROGRAM_TYPES, SERVICES
@@ -209,6 +212,11 @@ class ReReferIn(JmsRequest):
         return self.receiving_organization or self.receiving_service or ""
 
 
+_VIEW: dict[int | str, dict[str, Any]] = {
+    **V1_ERRORS,
+    200: {"description": "The referral as it now is", "model": ReferralView},
+}
+
 # What can be done with a referral once made (OpenAPI links: Swagger UI shows them, API testers
 # follow them).
 _BY_ID = {"referral_id": "$response.body#/referral_id"}
@@ -227,10 +235,11 @@ _REFERRAL_LINKS = {
     "",
     status_code=201,
     summary="Refer a person before release (warm handoff)",
+    response_model=None,
     responses={
         **V1_ERRORS,
-        200: {"description": "This referral_id was already received"},
-        201: {"description": "Referred", "links": _REFERRAL_LINKS},
+        200: {"description": "This referral_id was already received", "model": ReferralView},
+        201: {"description": "Referred", "model": ReferralView, "links": _REFERRAL_LINKS},
     },
 )
 async def create_referral(
@@ -252,7 +261,26 @@ async def create_referral(
     return JSONResponse(body, status_code=status)
 
 
-@router.get("", summary="The jail's referral worklist", responses=V1_ERRORS)
+@router.get(
+    "",
+    summary="The jail's referral worklist",
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        200: {
+            "description": "Referrals, soonest release first (JSON, or CSV with format=csv)",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/ReferralView"},
+                    }
+                },
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        },
+    },
+)
 async def list_referrals(
     ctx: ContextDep,
     facility: Annotated[str | None, Query(description="Referring facility reference")] = None,
@@ -268,21 +296,81 @@ async def list_referrals(
         str | None,
         Query(description="Task statuses, comma-separated (e.g. requested,rejected)"),
     ] = None,
-) -> list[dict[str, Any]]:
+    format: Annotated[
+        Literal["json", "csv"] | None,
+        Query(description="csv: the worklist as a spreadsheet (or send Accept: text/csv)"),
+    ] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
     """E.g. people released in the next 72 hours whose referral is not yet accepted:
-    `?release_from=<now>&release_to=<now+72h>&status=requested,rejected`. Lists at most
-    `HANDOFF_WORKLIST_MAX_REFERRALS` (2,000) referrals: a window holding more answers 422
-    (`too-costly`), never a list cut short."""
+    `?release_from=<now>&release_to=<now+72h>&status=requested,rejected` (a `+` in a time
+    zone is written `%2B` in a query string; or give UTC with `Z`). Each item carries the
+    person's name and booking number (when the caller may see the Patient), the facility,
+    expected release, services, the receiving organization and its name, status and milestone.
+    Lists at most `HANDOFF_WORKLIST_MAX_REFERRALS` (2,000) referrals: a window holding more
+    answers 422 (`too-costly`), never a list cut short. `format=csv` (or `Accept: text/csv`)
+    gives the same list as CSV."""
     statuses = {s.strip() for s in status.split(",")} if status else None
-    return await wf.list_referrals(
+    views = await wf.list_referrals(
         ctx, facility=facility, release_from=release_from, release_to=release_to, statuses=statuses
     )
+    if format == "csv" or (format is None and "text/csv" in (accept or "")):
+        return Response(
+            worklist_csv(views),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="referrals.csv"'},
+        )
+    return JSONResponse(views)
+
+
+WORKLIST_COLUMNS = (
+    "referral_id",
+    "jms_referral_id",
+    "family_name",
+    "given_names",
+    "booking_number",
+    "facility",
+    "expected_release",
+    "services",
+    "receiving_organization",
+    "receiving_organization_name",
+    "status",
+    "milestone",
+)
+
+
+def worklist_csv(views: list[dict[str, Any]]) -> str:
+    """One line per referral; lists joined with spaces; what the caller may not see is empty."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(WORKLIST_COLUMNS)
+    for v in views:
+        person = v.get("person") or {}
+        milestone = v.get("business_status") or {}
+        writer.writerow(
+            [
+                v["referral_id"],
+                v.get("jms_referral_id") or "",
+                person.get("family_name") or "",
+                " ".join(person.get("given_names") or []),
+                person.get("booking_number") or "",
+                v.get("facility") or "",
+                v["release"].get("expected_at") or "",
+                " ".join(v.get("services") or []),
+                v.get("owner") or "",
+                v.get("receiving_organization_name") or "",
+                v.get("status") or "",
+                milestone.get("code") or milestone.get("display") or "",
+            ]
+        )
+    return out.getvalue()
 
 
 @router.get(
     "/escalations",
     summary="Releases coming soon whose referral is not accepted",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "Referrals", "model": list[ReferralView]}},
 )
 async def escalations(
     ctx: ContextDep,
@@ -293,19 +381,28 @@ async def escalations(
     return await wf.escalations(ctx, within=dt.timedelta(hours=within_hours))
 
 
-@router.get("/{referral_id}", summary="Status and timeline of a referral", responses=V1_ERRORS)
+@router.get(
+    "/{referral_id}",
+    summary="Status and timeline of a referral",
+    response_model=None,
+    responses=_VIEW,
+)
 async def get_referral(referral_id: str, ctx: ContextDep) -> dict[str, Any]:
     """Current Task status and business status, owner, outcomes, and the timeline of every
     change (from the Tasks' history) with reasons."""
     return await wf.get_referral(ctx, referral_id)
 
 
-@router.post("/{referral_id}/cancel", summary="Cancel a referral", responses=V1_ERRORS)
+@router.post(
+    "/{referral_id}/cancel", summary="Cancel a referral", response_model=None, responses=_VIEW
+)
 async def cancel_referral(referral_id: str, payload: CancelIn, ctx: ContextDep) -> dict[str, Any]:
     return await wf.cancel_referral(ctx, referral_id, reason=payload.reason)
 
 
-@router.patch("/{referral_id}", summary="Change the release date/time", responses=V1_ERRORS)
+@router.patch(
+    "/{referral_id}", summary="Change the release date/time", response_model=None, responses=_VIEW
+)
 async def change_release(
     referral_id: str, payload: ReleaseChangeIn, ctx: ContextDep
 ) -> dict[str, Any]:
@@ -321,7 +418,8 @@ async def change_release(
 @router.post(
     "/{referral_id}/re-refer",
     summary="Refer to another organization after a rejection",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses=_VIEW,
 )
 async def re_refer(referral_id: str, payload: ReReferIn, ctx: ContextDep) -> dict[str, Any]:
     return await wf.re_refer(ctx, referral_id, receiver=payload.receiver)

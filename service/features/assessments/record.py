@@ -20,6 +20,7 @@ from service.fhir.codes import (
 from service.questionnaires.answers import response_from_answers
 from service.questionnaires.result import ScoreResult
 from service.storage.db import read_connection
+from service.telemetry import traced_workflow
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
@@ -88,6 +89,9 @@ async def _observation_ids(conn: AsyncConnection, ctx: WorkflowContext, qr_id: s
     return [m.id for m in page.matches]
 
 
+@traced_workflow(
+    "workflow.record_assessment", resource_type="QuestionnaireResponse", interaction="create"
+)
 async def record_assessment(
     ctx: WorkflowContext, data: AssessmentInput, *, idempotency_key: str | None, fingerprint: str
 ) -> tuple[int, dict[str, Any]]:
@@ -148,6 +152,9 @@ async def record_assessment(
     )
 
 
+@traced_workflow(
+    "workflow.person_assessments", resource_type="Observation", interaction="search", id_position=1
+)
 async def person_assessments(ctx: WorkflowContext, patient_id: str) -> list[dict[str, Any]]:
     """A person's assessments and results, newest first (only what the caller may see)."""
     async with read_connection(ctx.engine) as conn:

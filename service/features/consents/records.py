@@ -17,6 +17,7 @@ from service.features.people import match_or_create_patient
 from service.fhir.dates import format_instant, parse_range
 from service.storage import repository as repo
 from service.storage.db import write_transaction
+from service.telemetry import traced_workflow
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
@@ -111,6 +112,7 @@ def consent_resource(
     return consent
 
 
+@traced_workflow("workflow.record_consent", resource_type="Consent", interaction="create")
 async def record_consent(
     ctx: WorkflowContext,
     *,
@@ -189,6 +191,9 @@ def consent_view(consent: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@traced_workflow(
+    "workflow.revoke_consent", resource_type="Consent", interaction="update", id_position=1
+)
 async def revoke_consent(ctx: WorkflowContext, consent_id: str, *, reason: str) -> dict[str, Any]:
     """Takes effect for the very next request: every check reads the current Consent."""
 

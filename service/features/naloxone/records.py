@@ -30,6 +30,7 @@ from service.features.people import Person, match_or_create_patient
 from service.fhir import oend_codes as oend
 from service.fhir.codes import ADMINISTERED_AT_EXTENSION, intercept_extension, staff_reference
 from service.storage import repository as repo
+from service.telemetry import traced_workflow
 from service.workflows import idempotency
 from service.workflows import resources as wf
 from service.workflows.context import WorkflowContext
@@ -488,6 +489,9 @@ async def _record_anonymous(
     }
 
 
+@traced_workflow(
+    "workflow.record_naloxone", resource_type="MedicationDispense", interaction="create"
+)
 async def record_naloxone(
     ctx: WorkflowContext, data: NaloxoneInput, *, idempotency_key: str | None, fingerprint: str
 ) -> tuple[int, dict[str, Any]]:
@@ -507,6 +511,9 @@ async def record_naloxone(
     )
 
 
+@traced_workflow(
+    "workflow.record_overdose_response", resource_type="Procedure", interaction="create"
+)
 async def record_overdose_response(
     ctx: WorkflowContext,
     data: OverdoseResponseInput,

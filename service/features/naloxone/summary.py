@@ -1,6 +1,6 @@
 """``GET /v1/naloxone/summary``: OEND counts for a period, by month, facility or intercept.
 
-Computed from stored resources through the caller's searches (``naloxone_facts``), so each
+Computed from stored resources through the caller's searches (``facts``), so each
 caller counts only what it may see. Figures (the definitions the API documents):
 
 * ``kits_total`` = ``kits_to_known_people`` + ``kits_anonymous`` (kits = quantity);
@@ -41,6 +41,7 @@ from service.search.execute import run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
 from service.storage.db import read_connection
+from service.telemetry import traced_workflow
 from service.workflows.context import WorkflowContext
 
 GroupBy = Literal["month", "facility", "intercept"]
@@ -161,6 +162,9 @@ async def _label(conn: AsyncConnection, group_by: GroupBy | None, key: str) -> s
     return key
 
 
+@traced_workflow(
+    "workflow.naloxone_summary", resource_type="MedicationDispense", interaction="search"
+)
 async def naloxone_summary(ctx: WorkflowContext, query: SummaryQuery) -> dict[str, Any]:
     if query.date_from and query.date_to and query.date_from > query.date_to:
         raise BusinessRuleError("from is after to", expression=["from"])
