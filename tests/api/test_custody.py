@@ -388,6 +388,11 @@ async def test_adt_booking_update_transfer_release(network: dict[str, Any]) -> N
         view["release"]["expected_at"]
         == (await jail.get("/v1/bookings/B-77")).json()["expected_release_at"]
     )
+    # An update that says nothing of the release (no PV2-9) keeps the expected release.
+    expected = (await jail.get("/v1/bookings/B-77")).json()["expected_release_at"]
+    status, ack = await send(jail, adt_message("A08", control_id="MSG2b", when=hl7_time(-47)))
+    assert status == 200, ack
+    assert (await jail.get("/v1/bookings/B-77")).json()["expected_release_at"] == expected
     transfer = adt_message("A02", control_id="MSG3", when=hl7_time(-1), facility="North Annex")
     status, ack = await send(jail, transfer)
     assert status == 200, ack

@@ -137,10 +137,17 @@ async def _apply(
     booking_number = _required(message, "PV1.F19.R1.C1", "the booking number, PV1-19")
     if event in ("A01", "A08"):
         person = _person(message, booking_number)
-        if event == "A08" and await stays.find_stay_in(conn, ctx, booking_number) is None:
-            raise Rejected(
-                "AE", "204", "PV1.F19", f"No custody stay with booking number {booking_number}"
-            )
+        expected_release_at = _instant(message, "PV2.F9", zone)
+        if event == "A08":
+            stay = await stays.find_stay_in(conn, ctx, booking_number)
+            if stay is None:
+                raise Rejected(
+                    "AE", "204", "PV1.F19", f"No custody stay with booking number {booking_number}"
+                )
+            # Many JMS send PV2 only when they know the date: an A08 without PV2-9 keeps it.
+            known = expected_release_of(stay)
+            if expected_release_at is None and known:
+                expected_release_at = datetime.fromisoformat(known)
         await stays.book_in(
             conn,
             ctx,
@@ -149,7 +156,7 @@ async def _apply(
                 person=person,
                 facility=_facility(message, "PV1.F3"),
                 booked_at=_event_time(message, "PV1.F44", zone),
-                expected_release_at=_instant(message, "PV2.F9", zone),
+                expected_release_at=expected_release_at,
             ),
             update=True,
         )
