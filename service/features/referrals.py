@@ -8,6 +8,8 @@ Task to another organization on the same ServiceRequest).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -706,7 +708,40 @@ async def list_referrals(
             for view in views:
                 _worklist_details(view, patients, organizations, ctx.organization)
             out.extend(views)
-    return sorted(out, key=lambda v: v["release"]["expected_at"] or "")
+    return sorted(out, key=worklist_key)
+
+
+def worklist_key(view: dict[str, Any]) -> tuple[str, str]:
+    """A worklist's order: soonest expected release first, then by referral id (a total order,
+    so a page boundary never splits or repeats a referral)."""
+    return (view["release"]["expected_at"] or "", view["referral_id"])
+
+
+def encode_worklist_cursor(view: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(list(worklist_key(view)))).decode().rstrip("=")
+
+
+def worklist_page(
+    views: list[dict[str, Any]], *, after: str | None, limit: int | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The ``limit`` referrals of a sorted worklist that follow the cursor ``after`` (from
+    ``encode_worklist_cursor``), and the cursor of the next page (None: the last). A cursor is
+    a position, not an offset: referrals added or gone between pages shift nothing."""
+    if after is not None:
+        try:
+            padded = after + "=" * (-len(after) % 4)
+            expected, referral_id = orjson.loads(base64.urlsafe_b64decode(padded))
+            position = (str(expected), str(referral_id))
+        except (ValueError, TypeError, binascii.Error):
+            message = "after is not a worklist cursor: follow the next link a worklist returned"
+            raise BusinessRuleError(
+                message, issues=[Issue("error", "value", message, ("after",))]
+            ) from None
+        views = [v for v in views if worklist_key(v) > position]
+    if limit is None or len(views) <= limit:
+        return views, None
+    page = views[:limit]
+    return page, encode_worklist_cursor(page[-1])
 
 
 # --- opening and changing referrals ------------------------------------------------------------

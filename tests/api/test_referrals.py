@@ -961,3 +961,49 @@ async def test_worklist_items_say_who_where_and_to_whom(network: dict[str, Any])
     assert negotiated.text == as_csv.text
     # Another organization's worklist never shows this person.
     assert (await network["peer"].get("/v1/referrals")).json() == []
+
+
+async def test_worklist_pages_follow_the_next_link(network: dict[str, Any]) -> None:
+    """With ``limit``, a worklist comes in pages linked by ``Link: rel="next"``; the pages hold
+    every referral once, in order, even when one is added between pages."""
+    jail, ids = network["jail"], network["ids"]
+    made = []
+    for n in range(5):
+        body = referral(
+            ids["otp"],
+            referral_id=f"REF-PAGE-{n}",
+            release={"expected_at": soon(24 + n)},
+        )
+        body["person"] = {**body["person"], "person_id": f"P-PG{n}", "booking_number": f"B-PG{n}"}
+        r = await jail.post("/v1/referrals", json=body)
+        assert r.status_code == 201, r.text
+        made.append(r.json()["referral_id"])
+    everything = (await jail.get("/v1/referrals")).json()
+    assert [v["referral_id"] for v in everything] == made  # soonest release first
+    seen: list[str] = []
+    url: str | None = "/v1/referrals?limit=2"
+    pages = 0
+    while url is not None:
+        r = await jail.get(url)
+        assert r.status_code == 200, r.text
+        assert len(r.json()) <= 2
+        seen.extend(v["referral_id"] for v in r.json())
+        link = r.headers.get("link")
+        url = link[link.index("<") + 1 : link.index(">")] if link else None
+        assert link is None or link.endswith('rel="next"')
+        pages += 1
+        if pages == 1:  # a referral released later than all others arrives meanwhile
+            body = referral(ids["otp"], referral_id="REF-PAGE-late")
+            body["release"] = {"expected_at": soon(24 * 30)}
+            body["person"] = {**body["person"], "person_id": "P-PGL", "booking_number": "B-PGL"}
+            late = await jail.post("/v1/referrals", json=body)
+            assert late.status_code == 201, late.text
+            made.append(late.json()["referral_id"])
+    assert seen == made and pages == 3
+    # CSV pages the same way; a cursor that is not one is refused with a clear message.
+    first = await jail.get("/v1/referrals", params={"limit": 2, "format": "csv"})
+    assert len(list(csv.reader(io.StringIO(first.text)))) == 3 and "link" in first.headers
+    bad = await jail.get("/v1/referrals", params={"after": "not-a-cursor"})
+    assert bad.status_code == 422
+    assert "follow the next link" in bad.json()["issue"][0]["diagnostics"]
+    assert (await jail.get("/v1/referrals", params={"limit": 0})).status_code == 422

@@ -7,8 +7,9 @@ import datetime as dt
 import io
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -269,6 +270,12 @@ async def create_referral(
         **V1_ERRORS,
         200: {
             "description": "Referrals, soonest release first (JSON, or CSV with format=csv)",
+            "headers": {
+                "Link": {
+                    "description": 'With `limit`, when more follow: `<url>; rel="next"`',
+                    "schema": {"type": "string"},
+                }
+            },
             "content": {
                 "application/json": {
                     "schema": {
@@ -282,6 +289,7 @@ async def create_referral(
     },
 )
 async def list_referrals(
+    request: Request,
     ctx: ContextDep,
     facility: Annotated[str | None, Query(description="Referring facility reference")] = None,
     release_from: Annotated[
@@ -300,6 +308,14 @@ async def list_referrals(
         Literal["json", "csv"] | None,
         Query(description="csv: the worklist as a spreadsheet (or send Accept: text/csv)"),
     ] = None,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, le=500, description="Page size (default: the whole list in one answer)"),
+    ] = None,
+    after: Annotated[
+        str | None,
+        Query(max_length=500, description="Where the page starts: from the `next` Link header"),
+    ] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     """E.g. people released in the next 72 hours whose referral is not yet accepted:
@@ -309,18 +325,28 @@ async def list_referrals(
     expected release, services, the receiving organization and its name, status and milestone.
     Lists at most `HANDOFF_WORKLIST_MAX_REFERRALS` (2,000) referrals: a window holding more
     answers 422 (`too-costly`), never a list cut short. `format=csv` (or `Accept: text/csv`)
-    gives the same list as CSV."""
+    gives the same list as CSV.
+
+    Paging: with `limit`, an answer holds at most that many referrals and, when more follow, a
+    `Link: <…>; rel="next"` header (RFC 8288) whose URL asks for the next page (`after`, a
+    position in the list: referrals added or gone meanwhile shift nothing)."""
     statuses = {s.strip() for s in status.split(",")} if status else None
     views = await wf.list_referrals(
         ctx, facility=facility, release_from=release_from, release_to=release_to, statuses=statuses
     )
+    views, following = wf.worklist_page(views, after=after, limit=limit)
+    headers = {}
+    if following is not None:
+        query = [(k, v) for k, v in request.query_params.multi_items() if k != "after"]
+        url = f"{ctx.base_url.removesuffix('/fhir')}/v1/referrals?"
+        headers["Link"] = f'<{url}{urlencode([*query, ("after", following)])}>; rel="next"'
     if format == "csv" or (format is None and "text/csv" in (accept or "")):
         return Response(
             worklist_csv(views),
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="referrals.csv"'},
+            headers={"Content-Disposition": 'attachment; filename="referrals.csv"', **headers},
         )
-    return JSONResponse(views)
+    return JSONResponse(views, headers=headers)
 
 
 WORKLIST_COLUMNS = (
