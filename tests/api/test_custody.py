@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.api.routes.v1_views import ReferralView
 from tests.api.test_assessments import assessment, dast
 from tests.api.test_referrals import network, put_task, referral  # noqa: F401
 from tests.builders import FHIR_JSON, HL7_V2, adt_message, fhir_consent
@@ -189,6 +190,7 @@ async def test_planned_release_drives_the_referral(network: dict[str, Any]) -> N
     assert released["at"] == released_at and released["by"] == ref["custody_stay"]
     # In time order: the release happened (6 minutes ago) before the acceptance was recorded.
     assert [e["event"] for e in events] == ["released", "task", "task"]
+    ReferralView.model_validate(view)  # the documented answer, field for field
     worklist = (await jail.get("/v1/referrals")).json()
     assert ref["referral_id"] not in [v["referral_id"] for v in worklist]
     # After it, the milestone is accepted.

@@ -53,7 +53,7 @@ def referral(receiver: str, **over: Any) -> dict[str, Any]:
     body = jms_referral(
         receiver,
         referral_id="REF-1",
-        person=jms_person("P-1"),
+        person=jms_person("P-1", booking_number="B-1"),
         release={"expected_at": soon(), "location": "Main gate"},
         services=["moud-buprenorphine", "peer-support"],
         priority="urgent",

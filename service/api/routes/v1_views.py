@@ -5,6 +5,8 @@ fields forbidden), so the contract cannot drift from what the service sends."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 _EXAMPLE_ID = "5b0e6a0c9d2f4e7a8c1b3d5f7a9c0e2b"
@@ -29,6 +31,12 @@ class ReleaseView(BaseModel):
     expected_at: str | None = Field(description="Expected release (ISO 8601, with zone)")
     window_end: str | None = None
     location: str | None = None
+    released_at: str | None = Field(
+        None, description="The recorded release (from the custody stay), once it happened"
+    )
+    planned: bool | None = Field(
+        None, description="Whether the recorded release was planned (None until released)"
+    )
 
 
 class OutcomeView(BaseModel):
@@ -47,8 +55,11 @@ class ReferralLinks(BaseModel):
 
 class TimelineEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    at: str = Field(description="When the Task changed (ISO 8601, UTC)")
-    task_id: str
+    at: str = Field(description="When the Task changed, or the person was released (ISO 8601)")
+    event: Literal["task", "released"] = Field(
+        "task", description="task: a Task version; released: the custody stay's recorded release"
+    )
+    task_id: str | None = Field(description="The Task (None for a release)")
     version: int
     status: str | None
     business_status: Coded | None = Field(description="Milestone, if any")
@@ -95,7 +106,10 @@ class ReferralView(BaseModel):
                     "expected_at": "2030-06-01T13:00:00Z",  # calendar: fixed (Swagger example)
                     "window_end": None,
                     "location": "Main gate, 100 Main St",
+                    "released_at": None,
+                    "planned": None,
                 },
+                "custody_stay": None,
                 "outcomes": [],
                 "links": {
                     "self": f"http://127.0.0.1:8000/v1/referrals/{_EXAMPLE_ID}",
@@ -105,6 +119,7 @@ class ReferralView(BaseModel):
                 "timeline": [
                     {
                         "at": "2026-11-26T14:30:00Z",  # calendar: fixed (Swagger example)
+                        "event": "task",
                         "task_id": _EXAMPLE_TASK,
                         "version": 1,
                         "status": "requested",
@@ -132,6 +147,9 @@ class ReferralView(BaseModel):
     facility: str | None = Field(description="Referring facility (Location/Organization)")
     intercept: int | None = Field(description="Sequential Intercept Model, 0-5")
     release: ReleaseView
+    custody_stay: str | None = Field(
+        None, description="Encounter/<id>: the custody stay the referral follows, if any"
+    )
     outcomes: list[OutcomeView] = Field(description="What the provider recorded on completion")
     links: ReferralLinks
     timeline: list[TimelineEvent] | None = Field(
