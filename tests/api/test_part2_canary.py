@@ -42,6 +42,20 @@ EXCLUDED = {
     ("post", "/v1/naloxone"): "records kits (no Part 2 referral content in this scenario)",
     ("post", "/v1/overdose-responses"): "records reversals (idem)",
     ("patch", "/v1/referrals/{referral_id}"): "changes the release date: tested in test_referrals",
+    # Custody stays are no Part 2 records (where and when, not what treatment): writes answer
+    # with the stay only (test_custody).
+    ("post", "/v1/bookings"): "custody stay write (test_custody)",
+    ("patch", "/v1/bookings/{booking_number}"): "custody stay write (test_custody)",
+    ("post", "/v1/bookings/{booking_number}/cancel"): "custody stay write (test_custody)",
+    ("post", "/v1/bookings/{booking_number}/release"): "custody stay write (test_custody)",
+    ("post", "/v1/bookings/{booking_number}/release/cancel"): "custody stay write (test_custody)",
+    ("post", "/v1/bookings/{booking_number}/transfers"): "custody stay write (test_custody)",
+    ("post", "/v1/hl7v2/adt"): "answers an HL7 ACK, no resource content (test_custody)",
+    ("put", "/v1/admin/identity-domains/{domain}"): "administrator only (test_identity)",
+    ("delete", "/v1/admin/identity-domains/{domain}"): "administrator only (test_identity)",
+    ("post", "/fhir/{type}/$match"): "Patients only, as the caller may read them (test_identity)",
+    ("post", "/fhir/{type}/$merge"): "administrator only (test_identity)",
+    ("put", "/v1/directory/services/{service_id}/accepting"): "directory data (test_directory)",
 }
 
 
@@ -300,6 +314,10 @@ def concrete(w: World, template: str, versions: dict[str, int]) -> list[str]:
         "patient_id": sorted(w.patients),
         "key": ["dast-10"],
         "consent_id": [],
+        # Custody stays, identifier domains and directory services are no Part 2 records.
+        "booking_number": [],
+        "domain": [],
+        "service_id": [],
     }
     name = re.search(r"\{(\w+)\}", template)
     assert name is not None
