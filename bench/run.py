@@ -238,7 +238,13 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"{name}.log"
-        full_env = {**os.environ, "PYTHONPATH": str(root), **env}
+        # One public URL, as a deployment sets it: tokens and requests name the same issuer.
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(root),
+            "HANDOFF_PUBLIC_BASE_URL": self.base,
+            **env,
+        }
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*cmd, "--host", "127.0.0.1", "--port", str(self.port)],
