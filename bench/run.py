@@ -292,6 +292,9 @@ def service_settings(dsn: str) -> dict[str, str]:
         # Each scenario's 32 connections carry one client's token, standing for many clients:
         # its fair share of a replica (8 of a pool of 10) would refuse most of them with 429.
         "HANDOFF_MAX_CONCURRENT_PER_CLIENT": "1000",
+        # The notification worker runs as its own process in production (handoff worker); here
+        # it would add its statements to the ones captured and replayed per request.
+        "HANDOFF_SUBSCRIPTION_WORKER": "false",
     }
 
 

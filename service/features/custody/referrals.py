@@ -45,7 +45,9 @@ async def prepare_referral(
         patient_id, _ = await match_or_create_patient(conn, ctx, resolved.person)
         resolved = dataclasses.replace(resolved, patient_id=patient_id)
     assert resolved.patient_id is not None
-    since = datetime.now(UTC) - SCREENING_LOOKBACK
+    # From the start of the day: one statement per day, whatever the second it runs.
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    since = today - SCREENING_LOOKBACK
     carried = await recent_screenings(conn, ctx, resolved.patient_id, since=since)
     return dataclasses.replace(resolved, carried_info=carried)
 
