@@ -283,9 +283,10 @@ PROGRAM_INTERCEPTS: dict[str, tuple[int, ...]] = {
 }
 
 
-def _code_system(
+def code_system(
     cid: str, url: str, name: str, title: str, concepts: dict[str, str]
 ) -> dict[str, Any]:
+    """A complete, flat Handoff CodeSystem (version 1.0.0) of ``concepts`` (code -> display)."""
     return {
         "resourceType": "CodeSystem",
         "id": cid,
@@ -301,7 +302,7 @@ def _code_system(
 
 
 def referral_code_systems() -> list[dict[str, Any]]:
-    business = _code_system(
+    business = code_system(
         "warm-handoff-status",
         BUSINESS_STATUS_SYSTEM,
         "WarmHandoffStatus",
@@ -320,7 +321,7 @@ def referral_code_systems() -> list[dict[str, Any]]:
             "type": "string",
         }
     ]
-    services = _code_system(
+    services = code_system(
         "referral-service",
         SERVICE_SYSTEM,
         "ReferralService",
@@ -339,7 +340,7 @@ def referral_code_systems() -> list[dict[str, Any]]:
         }
     ]
     services["concept"] = service_concepts()
-    program = _code_system(
+    program = code_system(
         "referring-program",
         PROGRAM_SYSTEM,
         "ReferringProgram",
@@ -361,14 +362,14 @@ def referral_code_systems() -> list[dict[str, Any]]:
     return [
         services,
         business,
-        _code_system(
+        code_system(
             "referral-status-reason",
             STATUS_REASON_SYSTEM,
             "ReferralStatusReason",
             "Why a referral was rejected, held, failed or cancelled",
             STATUS_REASONS,
         ),
-        _code_system(
+        code_system(
             "handoff-activity",
             OUTPUT_SYSTEM,
             "HandoffActivity",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.fhir.codes import HANDOFF
+from service.fhir.codes import HANDOFF, code_system
 
 CUSTODY_SYSTEM = f"{HANDOFF}/CodeSystem/custody-encounter"
 RELEASE_TYPE_SYSTEM = f"{HANDOFF}/CodeSystem/release-type"
@@ -59,38 +59,22 @@ def release_type_coding(code: str) -> dict[str, Any]:
 
 
 def custody_code_systems() -> list[dict[str, Any]]:
-    def system(
-        cid: str, url: str, name: str, title: str, concepts: dict[str, str]
-    ) -> dict[str, Any]:
-        return {
-            "resourceType": "CodeSystem",
-            "id": cid,
-            "url": url,
-            "version": "1.0.0",
-            "name": name,
-            "title": title,
-            "status": "active",
-            "content": "complete",
-            "caseSensitive": True,
-            "concept": [{"code": k, "display": v} for k, v in concepts.items()],
-        }
-
     return [
-        system(
+        code_system(
             "custody-encounter",
             CUSTODY_SYSTEM,
             "CustodyEncounter",
             "Custody stays (Encounter.class and Encounter.type)",
             CUSTODY_CONCEPTS,
         ),
-        system(
+        code_system(
             "release-type",
             RELEASE_TYPE_SYSTEM,
             "ReleaseType",
             "How a person left custody (Encounter.hospitalization.dischargeDisposition)",
             RELEASE_TYPES,
         ),
-        system(
+        code_system(
             "release-planning",
             RELEASE_PLANNING_SYSTEM,
             "ReleasePlanning",

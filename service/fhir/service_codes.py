@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.fhir.codes import HANDOFF, SERVICE_GROUPS, SERVICE_PARENTS, SERVICE_SYSTEM, SERVICES
+from service.fhir.codes import (
+    HANDOFF,
+    SERVICE_GROUPS,
+    SERVICE_PARENTS,
+    SERVICE_SYSTEM,
+    SERVICES,
+    code_system,
+)
 
 SERVICE_VALUE_SET = f"{HANDOFF}/ValueSet/service-type"
 CHARACTERISTIC_SYSTEM = f"{HANDOFF}/CodeSystem/directory-characteristic"
@@ -100,23 +107,19 @@ def _is_flag(concept: Any) -> bool:
 
 
 def directory_code_systems() -> list[dict[str, Any]]:
-    return [
-        {
-            "resourceType": "CodeSystem",
-            "id": "directory-characteristic",
-            "url": CHARACTERISTIC_SYSTEM,
-            "version": "1.0.0",
-            "name": "DirectoryCharacteristic",
-            "title": "Characteristics of a directory entry its provider maintains",
-            "status": "active",
-            "content": "complete",
-            "caseSensitive": True,
-            "description": "HealthcareService.characteristic codes. The organization that "
-            "provides the service (HealthcareService.providedBy) sets whether it accepts new "
-            "patients; administrators and directory imports keep what it set.",
-            "concept": [{"code": k, "display": v} for k, v in CHARACTERISTICS.items()],
-        }
-    ]
+    characteristic = code_system(
+        "directory-characteristic",
+        CHARACTERISTIC_SYSTEM,
+        "DirectoryCharacteristic",
+        "Characteristics of a directory entry its provider maintains",
+        CHARACTERISTICS,
+    )
+    characteristic["description"] = (
+        "HealthcareService.characteristic codes. The organization that provides the service "
+        "(HealthcareService.providedBy) sets whether it accepts new patients; administrators and "
+        "directory imports keep what it set."
+    )
+    return [characteristic]
 
 
 def service_value_set() -> dict[str, Any]:
