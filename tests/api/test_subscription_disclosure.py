@@ -3,16 +3,16 @@ one that discloses a record writes its AuditEvent."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.features.subscriptions.worker import Worker
 from service.settings import Settings
 from tests.api.test_disclosure_paths import accept, put, read, redacted
 from tests.api.test_disclosure_paths import net as net  # the fixture
+from tests.api.test_subscriptions import receiver as receiver  # the fixture
+from tests.api.test_subscriptions import worker as worker  # the fixture
 from tests.builders import FHIR_JSON, fhir_consent, subscription
 from tests.receivers import Receiver, focuses
 
@@ -30,20 +30,6 @@ def settings(database_url: str) -> Settings:
         subscription_poll_seconds=0.05,
         _env_file=None,
     )
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-async def worker(app: Any, engine: AsyncEngine, settings: Settings) -> AsyncIterator[Worker]:
-    w = Worker(engine, settings, app.state.rules)
-    yield w
-    await w.close()
 
 
 def _resources(receiver: Receiver) -> list[dict[str, Any]]:
