@@ -222,6 +222,7 @@ def _settings(dsn: str) -> Any:
         auto_migrate=env["HANDOFF_AUTO_MIGRATE"] == "true",
         demo=env["HANDOFF_DEMO"] == "true",
         max_concurrent_per_client=int(env["HANDOFF_MAX_CONCURRENT_PER_CLIENT"]),
+        subscription_worker=env["HANDOFF_SUBSCRIPTION_WORKER"] == "true",
         gc_gen0_threshold=0,  # leave this process's garbage collector alone
         _env_file=None,
     )

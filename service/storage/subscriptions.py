@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.storage.tables import subscription_cursor, subscription_event, subscription_state
@@ -371,12 +371,14 @@ async def finish_delivery(
     return await get_state(conn, claimed.id)
 
 
-async def next_due(conn: AsyncConnection) -> datetime | None:
+async def next_due(conn: AsyncConnection) -> tuple[datetime | None, datetime | None]:
+    """When the next delivery falls due, and when the next retry of a failed one does."""
     row = (
         await conn.execute(
-            select(func.min(state_t.c.next_attempt_at)).where(
-                state_t.c.status.in_(("requested", "active"))
-            )
+            select(
+                func.min(state_t.c.next_attempt_at),
+                func.min(case((state_t.c.failures > 0, state_t.c.next_attempt_at))),
+            ).where(state_t.c.status.in_(("requested", "active")))
         )
     ).first()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else (None, None)

@@ -214,8 +214,8 @@ class Worker:
         await self.purge()
 
     async def drain(self, *, within: float = 20.0) -> None:
-        """Run rounds until every committed change is matched and nothing is in flight or due
-        (tests, the demo)."""
+        """Run rounds until every committed change is matched and nothing is in flight, due or
+        waiting for a retry (tests, the demo); heartbeats due later do not count."""
         deadline = asyncio.get_running_loop().time() + within
         while asyncio.get_running_loop().time() < deadline:
             await self.step()
@@ -223,11 +223,15 @@ class Worker:
                 await asyncio.wait(list(self._inflight))
                 continue
             async with read_connection(self.engine) as conn:
-                due = await store.next_due(conn)
+                due, retry = await store.next_due(conn)
                 behind = await _feed_has_more(conn, await _position(conn), fenced=False)
-            if not behind and (due is None or due > now()):
+            if behind or (due is not None and due <= now()):
+                await asyncio.sleep(0.02)
+            elif retry is not None:  # a failed delivery is tried again: wait for it
+                left = deadline - asyncio.get_running_loop().time()
+                await asyncio.sleep(min(left, max(0.0, (retry - now()).total_seconds())))
+            else:
                 return
-            await asyncio.sleep(0.02)
 
     # --- step 1: match the change feed -----------------------------------------------------
 
