@@ -34,6 +34,7 @@ from service.api.routes import (
     v1_hl7v2,
     v1_naloxone,
     v1_referrals,
+    v1_webhooks,
 )
 from service.api.routes.resources import resource_router
 from service.fhir.r4 import SUPPORTED_TYPES
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(v1_consents.router)
     app.include_router(v1_naloxone.router)
     app.include_router(v1_directory.router)
+    app.include_router(v1_webhooks.router)
     app.include_router(v1_admin_identity.router)
     app.include_router(system.router)
     app.include_router(auth.router)

@@ -122,7 +122,7 @@ async def _run_worker(settings: Settings, health_host: str, health_port: int | N
 def cmd_receiver(args: argparse.Namespace) -> None:
     from service.dev_receiver import serve_receiver
 
-    serve_receiver(args.host, args.port, verbose=args.verbose)
+    serve_receiver(args.host, args.port, verbose=args.verbose, secret=args.secret)
 
 
 def cmd_migrate(_args: argparse.Namespace) -> None:
@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     receiver.add_argument("--host", default="127.0.0.1")
     receiver.add_argument("--port", type=int, default=9000)
     receiver.add_argument("--verbose", action="store_true", help="print each body in full")
+    receiver.add_argument(
+        "--secret", help="a /v1 webhook's secret (whsec_...): check each message's signature"
+    )
     receiver.set_defaults(func=cmd_receiver)
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(func=cmd_migrate)

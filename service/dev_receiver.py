@@ -1,5 +1,7 @@
 """``handoff dev receiver``: a development endpoint that prints the notifications (FHIR
-Subscriptions) that arrive, and answers 200. Not for production."""
+Subscriptions) and webhook messages (/v1/webhooks) that arrive, and answers 200; given the
+webhook's secret, it checks each message's signature (401 when it does not verify). Not for
+production."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import sys
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 
 def describe(body: Any) -> str:
@@ -27,10 +32,16 @@ def describe(body: Any) -> str:
             events.append(f"#{number} {focus}")
         text = f"FHIR {kind} from {sub}"
         return text + (": " + ", ".join(events) if events else "")
+    if isinstance(body, dict) and isinstance(body.get("data"), dict) and "type" in body:
+        data = body["data"]
+        about = "withheld" if data.get("withheld") else f"referral {data.get('referral_id')}"
+        return f"webhook {body['type']} #{data.get('event_number')} {about}"
     return "unrecognized body"
 
 
-def serve_receiver(host: str, port: int, *, verbose: bool) -> None:
+def serve_receiver(host: str, port: int, *, verbose: bool, secret: str | None = None) -> None:
+    signer = Webhook(secret) if secret else None
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -40,10 +51,18 @@ def serve_receiver(host: str, port: int, *, verbose: bool) -> None:
                 parsed = None
             stamp = datetime.now(UTC).strftime("%H:%M:%S")
             line = f"{stamp} POST {self.path}  {describe(parsed)}"
+            status = 200
+            if signer is not None and "webhook-signature" in self.headers:
+                try:
+                    signer.verify(body, dict(self.headers.items()))
+                    line += "  (signature ok)"
+                except WebhookVerificationError as exc:
+                    line += f"  (SIGNATURE REFUSED: {exc})"
+                    status = 401
             print(line, flush=True)
             if verbose and parsed is not None:
                 print(json.dumps(parsed, indent=2), flush=True)
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

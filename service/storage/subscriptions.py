@@ -70,6 +70,7 @@ class Event:
     focus_id: str
     focus_version: int
     context: list[str] | None
+    event_type: str | None  # a webhook's kind of event (referral.accepted, ...)
 
 
 def _event(row: Any) -> Event:
@@ -144,6 +145,15 @@ async def save_client_write(
     found = await get_state(conn, sid)
     assert found is not None
     return found
+
+
+async def of_kind(conn: AsyncConnection, kind: str, organization: str | None) -> list[State]:
+    """The ``kind`` subscriptions of ``organization`` (None: every organization's)."""
+    stmt = select(state_t).where(state_t.c.kind == kind)
+    if organization is not None:
+        stmt = stmt.where(state_t.c.organization == organization)
+    rows = await conn.execute(stmt.order_by(state_t.c.id))
+    return [_state(r) for r in rows]
 
 
 async def drop_state(conn: AsyncConnection, sid: str) -> None:
@@ -224,9 +234,9 @@ async def listening(conn: AsyncConnection) -> list[State]:
 async def add_events(
     conn: AsyncConnection,
     sid: str,
-    events: Sequence[tuple[datetime, str, str, int, list[str] | None]],
+    events: Sequence[tuple[datetime, str, str, int, list[str] | None, str | None]],
 ) -> int:
-    """Number ``events`` (recorded, focus type, id, version, context) after the
+    """Number ``events`` (recorded, focus type, id, version, context, event type) after the
     subscription's last; returns the new count."""
     row = (
         await conn.execute(
@@ -250,25 +260,25 @@ async def add_events(
                 "focus_id": rid,
                 "focus_version": version,
                 "context": context,
+                "event_type": event_type,
             }
-            for i, (recorded, rtype, rid, version, context) in enumerate(events)
+            for i, (recorded, rtype, rid, version, context, event_type) in enumerate(events)
         ],
     )
     return last
 
 
-async def has_event_for(conn: AsyncConnection, sid: str, focus_type: str, focus_id: str) -> bool:
-    row = (
-        await conn.execute(
-            select(event_t.c.event_number)
-            .where(
-                event_t.c.subscription_id == sid,
-                event_t.c.focus_type == focus_type,
-                event_t.c.focus_id == focus_id,
-            )
-            .limit(1)
-        )
-    ).first()
+async def has_event_for(
+    conn: AsyncConnection, sid: str, focus_type: str, focus_id: str, event_type: str | None = None
+) -> bool:
+    stmt = select(event_t.c.event_number).where(
+        event_t.c.subscription_id == sid,
+        event_t.c.focus_type == focus_type,
+        event_t.c.focus_id == focus_id,
+    )
+    if event_type is not None:
+        stmt = stmt.where(event_t.c.event_type == event_type)
+    row = (await conn.execute(stmt.limit(1))).first()
     return row is not None
 
 

@@ -198,7 +198,7 @@ subscription_state = Table(
     "subscription_state",
     SQLModel.metadata,
     Column("id", String(64), primary_key=True),
-    Column("kind", String(16), nullable=False),  # "fhir": a FHIR Subscription
+    Column("kind", String(16), nullable=False),  # "fhir": a FHIR Subscription; "webhook"
     Column("organization", String(128), nullable=True),
     # The client the worker reads as, with the scopes it held when it last wrote the record.
     Column("client_id", String(128), nullable=False),
@@ -229,6 +229,7 @@ subscription_event = Table(
     Column("focus_id", String(64), nullable=False),
     Column("focus_version", Integer(), nullable=False),
     Column("context", JSON(), nullable=True),  # additional-context references
+    Column("event_type", String(64), nullable=True),  # a webhook's: referral.accepted, ...
     Index("ix_subscription_event_recorded", "recorded"),
 )
 

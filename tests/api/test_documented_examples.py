@@ -21,6 +21,7 @@ EXAMPLES = [
     ("/v1/bookings", "BookingIn", "demo-county-jail"),
     ("/v1/naloxone", "NaloxoneIn", "demo-county-jail"),
     ("/v1/overdose-responses", "OverdoseResponseIn", "demo-harm-reduction"),
+    ("/v1/webhooks", "WebhookIn", "demo-county-jail"),
 ]
 
 

@@ -42,10 +42,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.auth.principal import Principal
 from service.auth.scopes import ScopeSet
 from service.errors import ResourceGoneError, ServiceError
+from service.features.subscriptions import webhooks
 from service.features.subscriptions.notifications import Shown, notification_bundle
+from service.features.subscriptions.releases import imminent_referrals
 from service.features.subscriptions.rules import SERVER_WRITE
 from service.features.subscriptions.spec import Spec
 from service.features.subscriptions.topics import TOPICS, matches
+from service.features.subscriptions.webhooks import WebhookSpec
 from service.fhir import exact_json
 from service.search.execute import CURRENT_COLS, fence_condition
 from service.settings import Settings
@@ -287,10 +290,15 @@ class Worker:
                     conn, row.resource_type, row.id, row.version_id - 1
                 )
                 bodies.append(exact_json.loads(previous.raw) if previous and previous.raw else None)
+        hooks = [s for s in subs if s.kind == webhooks.KIND]
+        if hooks:
+            await self._number_referral_events(conn, hooks, rows, bodies)
         for sub in subs:
+            if sub.kind != "fhir":
+                continue
             spec = Spec.from_json(sub.spec)
             topic = TOPICS.get(spec.topic)
-            if topic is None or topic.scanned or sub.kind != "fhir":
+            if topic is None or topic.scanned:
                 continue
             since = datetime.fromisoformat(sub.spec["since"])
             if spec.ended(now()):
@@ -312,17 +320,69 @@ class Worker:
                 lambda rtype, ctx=ctx: ctx.access(rtype, CURRENT_COLS),  # type: ignore[misc]
             )
             events = [
-                (r.last_updated, r.resource_type, r.id, int(r.version_id), _context_of(body))
+                (r.last_updated, r.resource_type, r.id, int(r.version_id), _context_of(body), None)
                 for r, body in picked
                 if seen.get((r.resource_type, r.id), False)
             ]
             if events:
                 await store.add_events(conn, sub.id, events)
 
-    async def _scan_releases(self, conn: AsyncConnection, subs: list[store.State]) -> None:
-        from service.features.subscriptions.releases import imminent_referrals
+    async def _number_referral_events(
+        self,
+        conn: AsyncConnection,
+        hooks: list[store.State],
+        rows: Sequence[Any],
+        bodies: list[dict[str, Any] | None],
+    ) -> None:
+        """Webhook events: a referral Task a webhook's organization made was accepted,
+        rejected or reached a milestone (compared with the version before it)."""
+        changes: list[tuple[Any, dict[str, Any], str]] = []
+        for row, body in zip(rows, bodies, strict=True):
+            if row.resource_type != "Task" or row.raw is None or body is None:
+                continue
+            previous = None
+            if int(row.version_id) > 1:
+                before = await repo.get_version(conn, "Task", row.id, int(row.version_id) - 1)
+                previous = exact_json.loads(before.raw) if before and before.raw else None
+            kind = webhooks.event_of_change(previous, body)
+            if kind is not None:
+                changes.append((row, body, kind))
+        if not changes:
+            return
+        for hook in hooks:
+            spec = WebhookSpec.from_json(hook.spec)
+            since = datetime.fromisoformat(hook.spec["since"])
+            picked = [
+                (row, body, kind)
+                for row, body, kind in changes
+                if spec.wants(kind)
+                and webhooks.made_by(body, hook.organization)
+                and row.last_updated >= since
+            ]
+            if not picked:
+                continue
+            ctx = subscriber_context(self.engine, self.settings, self.rules, hook)
+            seen = await repo.which_pass(
+                conn,
+                list({("Task", r.id) for r, _, _ in picked}),
+                lambda rtype, ctx=ctx: ctx.access(rtype, CURRENT_COLS),  # type: ignore[misc]
+            )
+            events = [
+                (r.last_updated, "Task", r.id, int(r.version_id), _context_of(body), kind)
+                for r, body, kind in picked
+                if seen.get(("Task", r.id), False)
+            ]
+            if events:
+                await store.add_events(conn, hook.id, events)
 
+    async def _scan_releases(self, conn: AsyncConnection, subs: list[store.State]) -> None:
+        imminent = webhooks.EVENT_TYPES["release-imminent"]
         for sub in subs:
+            if sub.kind == webhooks.KIND:
+                hook = WebhookSpec.from_json(sub.spec)
+                if hook.wants(imminent):
+                    await self._scan_for_webhook(conn, sub, hook.release_hours, imminent)
+                continue
             spec = Spec.from_json(sub.spec)
             topic = TOPICS.get(spec.topic)
             if topic is None or not topic.scanned or spec.ended(now()):
@@ -340,10 +400,31 @@ class Worker:
                 if await store.has_event_for(conn, sub.id, "Task", task["id"]):
                     continue  # once per referral and subscription
                 events.append(
-                    (now(), "Task", task["id"], int(task["meta"]["versionId"]), _context_of(task))
+                    (
+                        now(),
+                        "Task",
+                        task["id"],
+                        int(task["meta"]["versionId"]),
+                        _context_of(task),
+                        None,
+                    )
                 )
             if events:
                 await store.add_events(conn, sub.id, events)
+
+    async def _scan_for_webhook(
+        self, conn: AsyncConnection, sub: store.State, hours: int, kind: str
+    ) -> None:
+        ctx = subscriber_context(self.engine, self.settings, self.rules, sub)
+        ctx.audit = False  # a look-up, not a disclosure: what is sent is audited then
+        events = []
+        for task in await imminent_referrals(conn, ctx, hours=hours):
+            if await store.has_event_for(conn, sub.id, "Task", task["id"], kind):
+                continue  # once per referral and webhook
+            version = int(task["meta"]["versionId"])
+            events.append((now(), "Task", task["id"], version, _context_of(task), kind))
+        if events:
+            await store.add_events(conn, sub.id, events)
 
     # --- step 2: deliver --------------------------------------------------------------------
 
@@ -380,8 +461,6 @@ class Worker:
             log.exception("delivery to subscription %s failed", state.id)
 
     async def deliver(self, state: store.State) -> None:
-        spec = Spec.from_json(state.spec)
-        base_url = str(state.spec.get("base_url", ""))
         async with read_connection(self.engine) as conn:
             active_client = await client_store.is_active(conn, state.client_id)
         if not active_client:
@@ -393,6 +472,11 @@ class Worker:
                 final=True,
             )
             return
+        if state.kind == webhooks.KIND:
+            await self._deliver_webhook(state)
+            return
+        spec = Spec.from_json(state.spec)
+        base_url = str(state.spec.get("base_url", ""))
         kind = "heartbeat"
         events: list[store.Event] = []
         if state.status == "requested":
@@ -452,6 +536,50 @@ class Worker:
         else:
             await self._finish(state, ok=False, error=error, final=kind == "handshake")
 
+    async def _deliver_webhook(self, state: store.State) -> None:
+        """The next event of a webhook, one per message (Standard Webhooks)."""
+        spec = WebhookSpec.from_json(state.spec)
+        async with read_connection(self.engine) as conn:
+            found = await store.events_between(
+                conn,
+                state.id,
+                after=state.delivered_through,
+                through=state.events_count,
+                limit=1,
+            )
+        if not found:  # nothing to send (or purged past its retention)
+            await self._finish(state, ok=True, through=state.events_count, sent=False)
+            return
+        [event] = found
+        ctx = subscriber_context(self.engine, self.settings, self.rules, state)
+        ctx.audit_notes.interaction = "vread"
+        async with read_connection(self.engine) as conn:
+            task = await webhooks.shown_task(conn, ctx, event)
+        body = webhooks.encode(webhooks.message(spec, state.id, event, task))
+        headers = webhooks.signed(
+            spec, webhooks.message_id(state.id, event.event_number), body, now()
+        )
+        error: str | None = None
+        final = False
+        try:
+            response = await self.http.post(
+                spec.url, content=body, headers=headers, timeout=spec.timeout
+            )
+            if response.status_code == 410:  # Standard Webhooks: the receiver is gone
+                error, final = "The endpoint answered HTTP 410 Gone: delivery stopped", True
+            elif not 200 <= response.status_code < 300:
+                error = f"The endpoint answered HTTP {response.status_code}"
+        except httpx.TimeoutException:
+            error = f"The endpoint did not answer within {spec.timeout:g} s"
+        except httpx.HTTPError as exc:
+            error = f"The endpoint could not be reached ({type(exc).__name__})"
+        if ctx.accessed:  # what left for the receiver is a disclosure, answered or not
+            await audit.finish_request(ctx, error=None)
+        if error is None:
+            await self._finish(state, ok=True, through=event.event_number)
+        else:
+            await self._finish(state, ok=False, error=error, final=final)
+
     async def _finish(
         self,
         state: store.State,
@@ -464,8 +592,8 @@ class Worker:
         sent: bool = True,
     ) -> None:
         t = now()
-        spec = Spec.from_json(state.spec)
-        idle = timedelta(seconds=spec.heartbeat) if spec.heartbeat else store.IDLE
+        heartbeat = None if state.kind == webhooks.KIND else Spec.from_json(state.spec).heartbeat
+        idle = timedelta(seconds=heartbeat) if heartbeat else store.IDLE
         async with write_transaction(self.engine) as conn:
             if ok:
                 values: dict[str, Any] = {
