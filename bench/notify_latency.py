@@ -42,6 +42,7 @@ BP = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 TOPIC = "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Task"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 TIMEOUT_SECONDS = 2
+PUBLIC_BASE = "http://handoff.bench.invalid"  # the one issuer and audience of both API processes
 
 
 @dataclass
@@ -199,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             **service_settings(dsn),
             "HANDOFF_SUBSCRIPTION_ALLOW_LOCAL_HTTP": "true",
             "HANDOFF_SUBSCRIPTION_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
+            # Replicas behind one address, as deployed: a token is good at either of them.
+            "HANDOFF_PUBLIC_BASE_URL": PUBLIC_BASE,
         }
         cmd = [sys.executable, "-m", "service", "serve", "--no-worker"]
         apis = [Server(f"api{i}", cmd, env, workdir) for i in range(2)]
@@ -214,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         receiver = start_receiver(arrivals)
         port = receiver.server_address[1]
         try:
-            admin = {"Authorization": f"Bearer {tokens.issue(apis[0].base)}"}
+            admin = {"Authorization": f"Bearer {tokens.issue(PUBLIC_BASE)}"}
             for name in ["bench-jail", *[o.split("/")[1] for o in owners]]:
                 body = {"resourceType": "Organization", "id": name, "name": name}
                 httpx.put(
@@ -225,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             for i, owner in enumerate(owners):
                 h = {
-                    "Authorization": f"Bearer {tokens.issue(apis[0].base, f'bench-p{i}')}",
+                    "Authorization": f"Bearer {tokens.issue(PUBLIC_BASE, f'bench-p{i}')}",
                     **FHIR_JSON,
                 }
                 r = httpx.post(
@@ -236,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
                 r.raise_for_status()
             time.sleep(5)  # the handshakes
-            jail = tokens.issue(apis[0].base, "bench-jail")
+            jail = tokens.issue(PUBLIC_BASE, "bench-jail")
             rows = []
             for rate in rates:
                 for mode in ("ok", "500", "hang"):
@@ -265,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     rows.append((rate, mode, achieved, failed, len(healthy), lat))
                     # Program 0 back to health and reactivated for the next scenario.
                     arrivals.bad_mode = "ok"
-                    h = {"Authorization": f"Bearer {tokens.issue(apis[0].base, 'bench-p0')}"}
+                    h = {"Authorization": f"Bearer {tokens.issue(PUBLIC_BASE, 'bench-p0')}"}
                     subs = httpx.get(
                         f"{apis[0].base}/fhir/Subscription", headers=h, timeout=30
                     ).json()
