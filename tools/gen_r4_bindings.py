@@ -47,6 +47,7 @@ RESOURCE_TYPES = [
     "RelatedPerson",
     "Subscription",
     "Encounter",
+    "Appointment",
     "Bundle",
 ]
 

@@ -9,6 +9,8 @@ Tenancy rules (a client acts for one Organization, ``org`` below):
   (while ``requested`` with no owner) to any organization that may claim it.
 * A ServiceRequest is visible to its requester and performer, its creator, and the owner or
   requester of any Task whose focus it is.
+* An Appointment is visible to its creator (the receiving organization that booked it) and
+  to the owner or requester of any Task of the referral it is ``basedOn``.
 * A Patient, and patient data (QuestionnaireResponse, Observation, Procedure, Consent,
   MedicationDispense, SupplyDelivery, RelatedPerson), are visible to their creator and to the
   owner or requester of any Task for that patient (the referral is the care relationship); a
@@ -196,6 +198,19 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
             created,
             index_has(rtype, cols, ("requester", "performer"), org),
             _task_links(org, "focus", literal("ServiceRequest/") + cols.id),
+        )
+    if rtype == "Appointment":  # the parties of the referral it was booked for
+        b = aliased(index_t, "appointment_referral")
+        return or_(
+            created,
+            version_has(
+                b,
+                rtype,
+                cols.id,
+                cols.version_id,
+                b.c.param == "based-on",
+                _task_links(org, "focus", b.c.value),
+            ),
         )
     if rtype == "Patient":
         return or_(created, _task_links(org, "patient", literal("Patient/") + cols.id))

@@ -30,6 +30,7 @@ from service.fhir import codes
 from service.fhir.custody_codes import (
     RELEASE_PLANNING_EXTENSION,
     RELEASED_AT_EXTENSION,
+    release_of_referral,
 )
 from service.search.execute import allow_all, run_search
 from service.search.query import parse_search
@@ -244,21 +245,6 @@ async def withdraw_release(
         sr["extension"] = kept
         await _update(conn, ctx, sr)
     await follow_expected_release(conn, ctx, stay)
-
-
-def release_of_referral(sr: dict[str, Any]) -> tuple[str, str] | None:
-    """(released at, planned|unplanned) recorded on a referral's ServiceRequest, or None."""
-    released_at = planning = None
-    for ext in sr.get("extension", []):
-        if not isinstance(ext, dict):
-            continue
-        if ext.get("url") == RELEASED_AT_EXTENSION:
-            released_at = ext.get("valueDateTime")
-        elif ext.get("url") == RELEASE_PLANNING_EXTENSION:
-            planning = ext.get("valueCode")
-    if not isinstance(released_at, str):
-        return None
-    return released_at, str(planning or "planned")
 
 
 # --- the rule on post-release milestones -------------------------------------------------------
