@@ -48,6 +48,7 @@ RESOURCE_TYPES = [
     "Subscription",
     "Encounter",
     "Appointment",
+    "PlanDefinition",
     "Bundle",
 ]
 

@@ -82,6 +82,9 @@ CATALOGUE: Final[tuple[TypeRecord, ...]] = (
     # ServiceRequest): at an SUD program it discloses SUD treatment, so it is labelled from the
     # referral and shown by parts like the referral itself (its author is its creator).
     TypeRecord("Appointment", "referral", "referral", labels_from=("basedOn",)),
+    # A program's follow-up plan after release (features.followups): its creator's; the
+    # built-in default (no creator) is read by every organization, written by none.
+    TypeRecord("PlanDefinition", "creator"),
 )
 BY_NAME: Final[dict[str, TypeRecord]] = {record.name: record for record in CATALOGUE}
 

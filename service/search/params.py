@@ -349,6 +349,17 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("appointment-type", "token", "appointmentType"),
         _p("service-type", "token", "serviceType"),
     ),
+    "PlanDefinition": (
+        _p("url", "uri", "url"),
+        _p("version", "token", "version"),
+        _p("name", "string", "name"),
+        _p("title", "string", "title"),
+        _p("status", "token", "status"),
+        _p("identifier", "token", "identifier"),
+        _p("date", "date", "date"),
+        _p("type", "token", "type"),
+        _p("context-reference", "reference", "useContext.valueReference", targets=_ANY),
+    ),
     "Subscription": (
         _p("status", "token", "status"),
         _p("criteria", "string", "criteria"),

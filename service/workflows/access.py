@@ -16,6 +16,8 @@ Tenancy rules (a client acts for one Organization, ``org`` below):
   owner or requester of any Task for that patient (the referral is the care relationship); a
   Consent also to its custodian (``Consent.organization``), who may always revoke it.
   42 CFR Part 2 consent narrows this further for labelled records.
+* A PlanDefinition is visible to the organization that published it; the built-in follow-up
+  plan (created by the service itself) to everyone.
 * Everything else is visible to the organization that created it.
 * Administrators (``handoff/admin``) see everything. Data the caller may not see answers 404
   on read and is left out of search results.
@@ -212,6 +214,11 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
                 _task_links(org, "focus", b.c.value),
             ),
         )
+    if rtype == "PlanDefinition":  # its creator's; the built-in one (no creator) everyone's
+        builtin = ~version_has(
+            index_t, rtype, cols.id, cols.version_id, index_t.c.param == CREATOR_PARAM
+        )
+        return or_(created, builtin)
     if rtype == "Patient":
         return or_(created, _task_links(org, "patient", literal("Patient/") + cols.id))
     if rtype in PATIENT_DATA_TYPES:

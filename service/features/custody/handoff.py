@@ -8,6 +8,9 @@ so that the referral's timeline, the worklist, the rule on milestones and anythi
 watches referrals (notifications) read it from the referral itself: ``record_release`` is the
 one place it is written, and ``ReleaseRecorded`` says what it did.
 
+A recorded release also applies the receiving program's follow-up plan to each accepted
+peer-support or treatment referral (``features.followups``).
+
 An escalation is recorded as data on the referral, as the SDOH Clinical Care referral model
 has it: the ServiceRequest's and the open Task's ``priority`` become ``stat`` and the open
 Task's ``businessStatus`` the ``released-unplanned`` milestone; ``GET
@@ -25,6 +28,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import BusinessRuleError, Issue
+from service.features import followups
 from service.features.custody.mapping import expected_release_of, release_of
 from service.fhir import codes
 from service.fhir.custody_codes import (
@@ -219,6 +223,7 @@ async def record_release(
             escalations.append(Escalation(referral_id=sr_id, task_id=task_id, reason=reason))
         if sr != before:
             await _update(conn, ctx, sr)
+        await followups.apply_at_release(conn, ctx, sr, tasks, released.released_at)
     return ReleaseRecorded(
         stay_id=stay["id"],
         patient=str((stay.get("subject") or {}).get("reference")),
@@ -244,6 +249,7 @@ async def withdraw_release(
             continue
         sr["extension"] = kept
         await _update(conn, ctx, sr)
+        await followups.withdraw_at_release(conn, ctx, sr_id)
     await follow_expected_release(conn, ctx, stay)
 
 
