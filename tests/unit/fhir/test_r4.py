@@ -43,6 +43,8 @@ def test_supported_types() -> None:
         "RelatedPerson",
         "Subscription",
         "Encounter",
+        "Appointment",
+        "PlanDefinition",
     )
     assert set(SUPPORTED_TYPES) <= R4_RESOURCE_TYPES
 
