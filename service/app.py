@@ -32,6 +32,7 @@ from service.api.routes import (
     v1_consents,
     v1_custody,
     v1_directory,
+    v1_followups,
     v1_hl7v2,
     v1_naloxone,
     v1_referrals,
@@ -67,6 +68,10 @@ TAGS: list[dict[str, Any]] = [
     {
         "name": "Providers: appointments",
         "description": "For receiving programs without FHIR: appointments booked for a referral",
+    },
+    {
+        "name": "Providers: follow-up",
+        "description": "Contact log after release and the follow-up worklist (peer programs)",
     },
     {
         "name": "JMS: custody",
@@ -192,6 +197,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
         )
     app.include_router(v1_referrals.router)
     app.include_router(v1_appointments.router)
+    app.include_router(v1_followups.router)
     app.include_router(v1_custody.router)
     app.include_router(v1_hl7v2.router)
     app.include_router(v1_assessments.router)

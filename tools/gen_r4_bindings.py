@@ -49,6 +49,7 @@ RESOURCE_TYPES = [
     "Encounter",
     "Appointment",
     "PlanDefinition",
+    "Communication",
     "Bundle",
 ]
 

@@ -785,6 +785,8 @@ REQUIRED_BINDINGS: Final[dict[str, str]] = {
     "CodeSystem.hierarchyMeaning": "http://hl7.org/fhir/ValueSet/codesystem-hierarchy-meaning",
     "CodeSystem.property.type": "http://hl7.org/fhir/ValueSet/concept-property-type",
     "CodeSystem.status": "http://hl7.org/fhir/ValueSet/publication-status",
+    "Communication.priority": "http://hl7.org/fhir/ValueSet/request-priority",
+    "Communication.status": "http://hl7.org/fhir/ValueSet/event-status",
     "Consent.provision.data.meaning": "http://hl7.org/fhir/ValueSet/consent-data-meaning",
     "Consent.provision.type": "http://hl7.org/fhir/ValueSet/consent-provision-type",
     "Consent.status": "http://hl7.org/fhir/ValueSet/consent-state-codes",

@@ -85,6 +85,9 @@ CATALOGUE: Final[tuple[TypeRecord, ...]] = (
     # A program's follow-up plan after release (features.followups): its creator's; the
     # built-in default (no creator) is read by every organization, written by none.
     TypeRecord("PlanDefinition", "creator"),
+    # A program's contact log after release (features.contacts): only its own organization
+    # sees it; labelled from the follow-up Task it completes.
+    TypeRecord("Communication", "creator", labels_from=("basedOn",)),
 )
 BY_NAME: Final[dict[str, TypeRecord]] = {record.name: record for record in CATALOGUE}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Final
 
-from service.fhir.codes import HANDOFF
+from service.fhir.codes import HANDOFF, code_system
 
 DEFAULT_PLAN_ID: Final = "post-release-follow-up"
 DEFAULT_PLAN_URL: Final = f"{HANDOFF}/PlanDefinition/{DEFAULT_PLAN_ID}"
@@ -19,6 +19,22 @@ FOLLOW_UP_SYSTEM: Final = f"{HANDOFF}/CodeSystem/follow-up"
 FOLLOW_UP_CONTACT: Final = "follow-up-contact"
 # Task.identifier of a follow-up: "<referral id>/<action id>" (one per referral and action).
 FOLLOW_UP_IDENTIFIER: Final = f"{HANDOFF}/follow-up"
+MEDIUM_SYSTEM: Final = f"{HANDOFF}/CodeSystem/contact-medium"
+TOPIC_SYSTEM: Final = f"{HANDOFF}/CodeSystem/contact-topic"
+# How a follow-up contact was made (Communication.medium) and what it covered (reasonCode).
+MEDIUMS: Final = {
+    "in-person": "In person",
+    "phone": "Phone call",
+    "text": "Text message",
+    "video": "Video call",
+}
+TOPICS: Final = {
+    "naloxone-in-hand": "Has naloxone in hand",
+    "moud-adherence": "MOUD adherence",
+    "housing": "Housing",
+    "transport": "Transport",
+    "overdose-since-release": "An overdose since release",
+}
 PLAN_EXTENSION: Final = f"{HANDOFF}/StructureDefinition/follow-up-plan"
 USAGE_CONTEXT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/usage-context-type"
 UCUM: Final = "http://unitsofmeasure.org"
@@ -31,6 +47,32 @@ _DEFAULT_ACTIONS: Final = (
     ("contact-14d", "Contact within 14 days of release", 14, "d"),
     ("contact-30d", "Contact within 30 days of release", 30, "d"),
 )
+
+
+def followup_code_systems() -> list[dict[str, Any]]:
+    return [
+        code_system(
+            "follow-up",
+            FOLLOW_UP_SYSTEM,
+            "FollowUp",
+            "Follow-up after release (Task.code, Communication.category)",
+            {FOLLOW_UP_CONTACT: "Follow-up contact after release"},
+        ),
+        code_system(
+            "contact-medium",
+            MEDIUM_SYSTEM,
+            "ContactMedium",
+            "How a follow-up contact was made (Communication.medium)",
+            MEDIUMS,
+        ),
+        code_system(
+            "contact-topic",
+            TOPIC_SYSTEM,
+            "ContactTopic",
+            "What a follow-up contact covered (Communication.reasonCode)",
+            TOPICS,
+        ),
+    ]
 
 
 def contact_code() -> dict[str, Any]:

@@ -37,6 +37,7 @@ FOLLOW_UPS = (
     "AcceptingIn",
     "AppointmentIn",
     "MarkIn",
+    "ContactIn",
 )
 
 
@@ -141,6 +142,10 @@ async def test_the_appointment_examples_work_on_the_demo(app: Any, org_client: A
         (await jail.get(f"/v1/referrals/{made['referral_id']}")).json()
     )
     assert view.appointments and view.appointments[0].details_withheld
+    r = await otp.post(
+        f"/v1/people/{made['patient_id']}/contacts", json=schemas["ContactIn"]["example"]
+    )
+    assert r.status_code == 201 and r.json()["reached"] is True, r.text
 
 
 @pytest.mark.parametrize(("path", "schema", "sender"), EXAMPLES)

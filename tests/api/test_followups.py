@@ -164,3 +164,70 @@ async def test_a_program_publishes_its_own_plan(network: dict[str, Any]) -> None
     assert instant(tasks[0]["restriction"]["period"]["end"]) - instant(released) == timedelta(
         hours=12
     )
+
+
+async def test_the_contact_log_completes_the_due_follow_up(
+    network: dict[str, Any],  # noqa: F811
+) -> None:
+    jail, otp, peer = network["jail"], network["otp"], network["peer"]
+    ref = await accepted(network)
+    await release(jail, at(-30))  # released 30 hours ago: the 24-hour contact is overdue
+    person = f"/v1/people/{ref['patient_id']}/contacts"
+    missed = {"at": at(-1), "medium": "phone", "reached": False, "next_step": "Try the sister"}
+    r = await otp.post(person, json=missed, headers={"Idempotency-Key": "contact-1"})
+    assert r.status_code == 201, r.text
+    assert r.json()["reached"] is False and r.json()["follow_up"] is None
+    again = await otp.post(person, json=missed, headers={"Idempotency-Key": "contact-1"})
+    assert again.status_code == 201 and again.json()["contact_id"] == r.json()["contact_id"]
+    worklist = (await otp.get("/v1/follow-ups")).json()
+    assert [i["bucket"] for i in worklist] == [
+        "overdue",
+        "upcoming",
+        "upcoming",
+        "upcoming",
+        "upcoming",
+    ]
+    first = worklist[0]
+    assert first["person"] == {"family_name": "Rivera", "given_names": ["Dana"]}
+    assert first["last_contact"]["reached"] is False and first["referral_id"] == ref["referral_id"]
+    reached = {
+        "at": at(0),
+        "medium": "in-person",
+        "reached": True,
+        "topics": ["naloxone-in-hand", "moud-adherence"],
+        "next_step": "Ride to the OTP on Thursday",
+    }
+    r = await otp.post(person, json=reached)
+    assert r.status_code == 201, r.text
+    contact = r.json()
+    assert contact["follow_up"] == first["task_id"]
+    assert contact["topics"] == ["naloxone-in-hand", "moud-adherence"]
+    task = (await otp.get(f"/fhir/Task/{first['task_id']}")).json()
+    assert task["status"] == "completed"
+    assert {"reference": f"Communication/{contact['contact_id']}"} in [
+        o.get("valueReference") for o in task["output"]
+    ]
+    comm = (await otp.get(f"/fhir/Communication/{contact['contact_id']}")).json()
+    assert comm["status"] == "completed" and comm["medium"][0]["coding"][0]["code"] == "in-person"
+    # The next due contact heads the worklist; the log is newest first.
+    worklist = (await otp.get("/v1/follow-ups")).json()
+    assert len(worklist) == 4 and worklist[0]["last_contact"]["reached"] is True
+    assert worklist[0]["description"] == "Contact within 72 hours of release"
+    log = (await otp.get(person)).json()
+    assert [c["reached"] for c in log] == [True, False]
+    assert log[1]["next_step"] == "Try the sister"
+    # Paged by position, and filtered.
+    page = await otp.get("/v1/follow-ups", params={"limit": 3})
+    assert len(page.json()) == 3 and 'rel="next"' in page.headers["link"]
+    following = page.headers["link"].split(";")[0].strip("<>")
+    rest = (await otp.get(following.removeprefix("http://testserver"))).json()
+    assert [i["task_id"] for i in page.json() + rest] == [i["task_id"] for i in worklist]
+    assert (await otp.get("/v1/follow-ups", params={"bucket": "overdue"})).json() == []
+    assert (await otp.get("/v1/follow-ups", params={"bucket": "late"})).status_code == 422
+    # No other organization sees the log, nor the worklist's Tasks.
+    assert (await jail.get(person)).json() == []
+    assert (await jail.get(f"/fhir/Communication/{contact['contact_id']}")).status_code == 404
+    assert (await peer.get(person)).status_code == 404  # not a party: not even the person
+    assert (await jail.get("/v1/follow-ups")).json() == []
+    r = await otp.post(person, json={**reached, "medium": "pigeon"})
+    assert r.status_code == 422

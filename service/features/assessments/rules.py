@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.errors import BusinessRuleError, MethodNotAllowedError
 from service.fhir.codes import referral_code_systems, sim_code_system, staff_role_code_system
 from service.fhir.custody_codes import custody_code_systems
-from service.fhir.followup_plan import default_plan
+from service.fhir.followup_plan import default_plan, followup_code_systems
 from service.fhir.oend_codes import oend_code_systems
 from service.fhir.service_codes import directory_code_systems, service_value_set
 from service.questionnaires.check import check_questionnaire
@@ -217,6 +217,7 @@ def builtin_resources() -> list[dict[str, Any]]:
         service_value_set(),
         *custody_code_systems(),
         default_plan(),
+        *followup_code_systems(),
     ]
 
 

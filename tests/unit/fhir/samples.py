@@ -350,6 +350,14 @@ _OTHERS: dict[str, dict[str, Any]] = {
             {"actor": {"reference": "Location/site-1"}, "status": "accepted"},
         ],
     },
+    "Communication": {
+        "resourceType": "Communication",
+        "status": "completed",
+        "subject": {"reference": "Patient/p-123"},
+        "medium": [{"text": "Phone call"}],
+        "sent": "2024-05-04T09:00:00-05:00",
+        "payload": [{"contentString": "Has naloxone; ride to the OTP on Thursday"}],
+    },
     "PlanDefinition": {
         "resourceType": "PlanDefinition",
         "status": "active",

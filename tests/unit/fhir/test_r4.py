@@ -45,6 +45,7 @@ def test_supported_types() -> None:
         "Encounter",
         "Appointment",
         "PlanDefinition",
+        "Communication",
     )
     assert set(SUPPORTED_TYPES) <= R4_RESOURCE_TYPES
 
