@@ -259,6 +259,16 @@ async def build(w: World, admin: httpx.AsyncClient, org_client: Any) -> None:
     w.mark("MK-B-APPT", {"ssp", "jail"}, appt_record)
     w.mark("MK-B-APPTCANCEL", {"ssp", "jail"}, appt_record)
     w.record(appt_record)
+    # Its contact log is its own, whatever consent names the jail.
+    contact = await ok(
+        w,
+        "ssp",
+        "POST",
+        f"/v1/people/{b['patient_id']}/contacts",
+        json={"at": release_in(-1), "medium": "phone", "reached": False, "next_step": "MK-B-LOG"},
+    )
+    w.mark("MK-B-LOG", {"ssp"}, f"Communication/{contact['contact_id']}")
+    w.record(f"Communication/{contact['contact_id']}")
     w.mark("MK-B-JAILNOTE", {"jail"}, f"ServiceRequest/{b['referral_id']}", f"Task/{b['task_id']}")
     w.mark("MK-B-REJECT", {"otp2"}, f"Task/{b['task_id']}")
     w.mark("MK-B-SSPNOTE", {"ssp", "jail"}, f"Task/{second}")
