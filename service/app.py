@@ -27,10 +27,12 @@ from service.api.routes import (
     subscriptions,
     system,
     v1_admin_identity,
+    v1_appointments,
     v1_assessments,
     v1_consents,
     v1_custody,
     v1_directory,
+    v1_followups,
     v1_hl7v2,
     v1_naloxone,
     v1_referrals,
@@ -65,6 +67,14 @@ TAGS: list[dict[str, Any]] = [
         "description": "For jail management systems: warm-handoff referrals and their status",
     },
     {
+        "name": "Providers: appointments",
+        "description": "For receiving programs without FHIR: appointments booked for a referral",
+    },
+    {
+        "name": "Providers: follow-up",
+        "description": "Contact log after release and the follow-up worklist (peer programs)",
+    },
+    {
         "name": "JMS: custody",
         "description": "Bookings, transfers and releases (a custody stay is a FHIR Encounter)",
     },
@@ -88,7 +98,7 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    from service.features import custody, directory, subscriptions
+    from service.features import appointments, custody, directory, subscriptions
     from service.features import referrals as referrals
     from service.features.assessments import rules as assessments
     from service.features.naloxone import records as naloxone
@@ -103,6 +113,7 @@ def build_rules(_settings: Settings) -> RuleSet:
     directory.register(rules)
     subscriptions.register(rules)
     custody.register(rules)
+    appointments.register(rules)
     return rules
 
 
@@ -186,6 +197,8 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
             )
         )
     app.include_router(v1_referrals.router)
+    app.include_router(v1_appointments.router)
+    app.include_router(v1_followups.router)
     app.include_router(v1_custody.router)
     app.include_router(v1_hl7v2.router)
     app.include_router(v1_assessments.router)

@@ -47,6 +47,9 @@ RESOURCE_TYPES = [
     "RelatedPerson",
     "Subscription",
     "Encounter",
+    "Appointment",
+    "PlanDefinition",
+    "Communication",
     "Bundle",
 ]
 

@@ -35,6 +35,7 @@ from service.errors import (
     ResourceNotFoundError,
     ServiceError,
 )
+from service.features.appointments import MILESTONE_AT_EXTENSION, appointments_of
 from service.features.people import SID_BASE, Person, booking_system, match_or_create_patient
 from service.fhir import codes
 from service.fhir.custody_codes import RELEASE_PLANNING_EXTENSION, RELEASED_AT_EXTENSION
@@ -491,6 +492,7 @@ def _event(body: dict[str, Any], version: StoredResource, *, by: str | None) -> 
         "reason": (body.get("statusReason") or {}).get("text"),
         "owner": (body.get("owner") or {}).get("reference"),
         "by": by,
+        "occurred_at": _extension(body.get("businessStatus") or {}, MILESTONE_AT_EXTENSION),
     }
 
 
@@ -522,6 +524,7 @@ async def referral_view(
     view = _view(ctx, sr_id, sr, tasks)
     if with_timeline:
         view["timeline"] = _with_release(view, await _timeline(conn, ctx, tasks))
+        view["appointments"] = await appointments_of(conn, ctx, sr_id)
     return view
 
 
@@ -540,6 +543,7 @@ def _with_release(view: dict[str, Any], events: list[dict[str, Any]]) -> list[di
         "reason": "planned release" if view["release"]["planned"] else "unplanned release",
         "owner": None,
         "by": view["custody_stay"],
+        "occurred_at": released_at,
     }
     instant = datetime.fromisoformat(released_at.replace("Z", "+00:00"))
     before = [
@@ -554,6 +558,7 @@ def _opened_view(ctx: WorkflowContext, sr: StoredResource, task: StoredResource)
     task_body = orjson.loads(task.raw or "{}")
     view = _view(ctx, sr.id, orjson.loads(sr.raw or "{}"), [task_body])
     view["timeline"] = [_event(task_body, task, by=ctx.organization)]
+    view["appointments"] = []
     return view
 
 

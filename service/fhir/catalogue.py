@@ -9,7 +9,8 @@ Tenancy (``workflows.access``) of each kind:
 
 * ``directory``: readable by every authenticated client, written only by administrators;
 * ``referral``: visible to the parties of the referral (requester, owner or performer, the
-  parties of the Tasks that focus on it) and its creator;
+  parties of the Tasks that focus on it) and its creator; an Appointment to its creator and
+  the parties of the Tasks of the referral it is ``basedOn``;
 * ``patient``: the person: its creator and the parties of any Task for it;
 * ``patient-data``: records about a person: their creator and the parties of any Task for the
   person (a Consent also to its custodian);
@@ -77,6 +78,16 @@ CATALOGUE: Final[tuple[TypeRecord, ...]] = (
     # treated for, so not a Part 2 record; seen by its creator and the parties of a referral
     # for the person (the release is what the handoff is anchored on).
     TypeRecord("Encounter", "patient-data"),
+    # An appointment the receiving organization books for a referral (``basedOn`` its
+    # ServiceRequest): at an SUD program it discloses SUD treatment, so it is labelled from the
+    # referral and shown by parts like the referral itself (its author is its creator).
+    TypeRecord("Appointment", "referral", "referral", labels_from=("basedOn",)),
+    # A program's follow-up plan after release (features.followups): its creator's; the
+    # built-in default (no creator) is read by every organization, written by none.
+    TypeRecord("PlanDefinition", "creator"),
+    # A program's contact log after release (features.contacts): only its own organization
+    # sees it; labelled from the follow-up Task it completes.
+    TypeRecord("Communication", "creator", labels_from=("basedOn",)),
 )
 BY_NAME: Final[dict[str, TypeRecord]] = {record.name: record for record in CATALOGUE}
 

@@ -245,6 +245,7 @@ ACTIVITIES: dict[str, str] = {
     "moud-dose-given": "MOUD dose given",
     "naloxone-kit-given": "Naloxone kit given",
     "intake-completed": "Intake completed",
+    "first-appointment": "First appointment attended (Task.output names the Appointment)",
     "peer-session": "Peer recovery session held",
     "transport-provided": "Transport provided",
     "housing-placement": "Housing placement",

@@ -22,6 +22,22 @@ RELEASE_PLANNING_EXTENSION = f"{HANDOFF}/StructureDefinition/release-planning"
 # The recorded release, on a referral's ServiceRequest (valueDateTime).
 RELEASED_AT_EXTENSION = f"{HANDOFF}/StructureDefinition/released-at"
 
+
+def release_of_referral(sr: dict[str, Any]) -> tuple[str, str] | None:
+    """(released at, planned|unplanned) recorded on a referral's ServiceRequest, or None."""
+    released_at = planning = None
+    for ext in sr.get("extension", []):
+        if not isinstance(ext, dict):
+            continue
+        if ext.get("url") == RELEASED_AT_EXTENSION:
+            released_at = ext.get("valueDateTime")
+        elif ext.get("url") == RELEASE_PLANNING_EXTENSION:
+            planning = ext.get("valueCode")
+    if not isinstance(released_at, str):
+        return None
+    return released_at, str(planning or "planned")
+
+
 CUSTODY_STAY = {
     "system": CUSTODY_SYSTEM,
     "code": "custody-stay",

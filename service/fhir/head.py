@@ -17,7 +17,8 @@ import orjson
 
 from service.domain import sensitivity
 
-# The elements that name the person a record is about, in the order they are looked at.
+# The elements that name the person a record is about, in the order they are looked at (an
+# Appointment names them as a participant's actor).
 PATIENT_ELEMENTS = ("subject", "for", "patient")
 
 
@@ -31,6 +32,12 @@ def patient_of(body: dict[str, Any]) -> str | None:
     """The ``Patient/{id}`` a resource is about (a Patient is about itself), or None."""
     if body.get("resourceType") == "Patient":
         return f"Patient/{body.get('id')}"
+    if body.get("resourceType") == "Appointment":  # the person is one of its participants
+        return _first_patient(
+            (p.get("actor") or {}).get("reference")
+            for p in body.get("participant", [])
+            if isinstance(p, dict) and isinstance(p.get("actor"), dict)
+        )
     return _first_patient(
         element.get("reference") if isinstance(element := body.get(key), dict) else None
         for key in PATIENT_ELEMENTS
@@ -46,6 +53,8 @@ def head_of(raw: str) -> ResourceHead:
         return ResourceHead(patient_of(body), sensitivity.is_labelled(body))
     if head.resourceType == "Patient":
         patient: str | None = f"Patient/{head.id}"
+    elif head.resourceType == "Appointment":
+        patient = _first_patient(p.actor.reference for p in head.participant if p.actor)
     else:
         patient = _first_patient(
             element.reference if element is not None else None
@@ -70,6 +79,10 @@ class _Coding(msgspec.Struct):
     code: Any = None
 
 
+class _Participant(msgspec.Struct):
+    actor: _Reference | None = None
+
+
 class _Meta(msgspec.Struct):
     security: list[_Coding] = []
 
@@ -82,6 +95,7 @@ class _Head(msgspec.Struct, rename={"for_": "for"}):
     subject: _Reference | None = None
     for_: _Reference | None = None
     patient: _Reference | None = None
+    participant: list[_Participant] = []  # an Appointment's (its patient is an actor)
 
 
 _DECODER = msgspec.json.Decoder(_Head)

@@ -58,6 +58,15 @@ def _patient(*paths: str) -> SearchParam:
     )
 
 
+_APPOINTMENT_ACTORS = (
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "RelatedPerson",
+    "Device",
+    "HealthcareService",
+    "Location",
+)
 _ORG_ROLE = ("Organization", "PractitionerRole", "Practitioner", "Patient", "RelatedPerson")
 _ANY = (
     "Patient",
@@ -81,6 +90,7 @@ _ANY = (
     "Device",
     "DocumentReference",
     "Encounter",
+    "Appointment",
 )
 
 # Parameters every resource type has. ``_id`` and ``_lastUpdated`` are answered from the
@@ -311,6 +321,57 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("receiver", "reference", "receiver", targets=_ORG_ROLE),
         _p("identifier", "token", "identifier"),
         _p("date", "date", "occurrenceDateTime", "occurrencePeriod"),
+    ),
+    # R4 Appointment: ``patient``, ``practitioner`` and ``location`` are the participants'
+    # actors of that type; ``date`` is ``start``.
+    "Appointment": (
+        _patient("participant.actor"),
+        _p("actor", "reference", "participant.actor", targets=_APPOINTMENT_ACTORS),
+        SearchParam(
+            name="location",
+            kind="reference",
+            paths=("participant.actor",),
+            targets=("Location",),
+            targets_only=True,
+        ),
+        SearchParam(
+            name="practitioner",
+            kind="reference",
+            paths=("participant.actor",),
+            targets=("Practitioner",),
+            targets_only=True,
+        ),
+        _p("date", "date", "start"),
+        _p("status", "token", "status"),
+        _p("part-status", "token", "participant.status"),
+        _p("based-on", "reference", "basedOn", targets=("ServiceRequest",)),
+        _p("identifier", "token", "identifier"),
+        _p("appointment-type", "token", "appointmentType"),
+        _p("service-type", "token", "serviceType"),
+    ),
+    "Communication": (
+        _patient("subject"),
+        _p("subject", "reference", "subject", targets=_ANY),
+        _p("status", "token", "status"),
+        _p("category", "token", "category"),
+        _p("medium", "token", "medium"),
+        _p("sent", "date", "sent"),
+        _p("received", "date", "received"),
+        _p("based-on", "reference", "basedOn", targets=_ANY),
+        _p("sender", "reference", "sender", targets=_ANY),
+        _p("recipient", "reference", "recipient", targets=_ANY),
+        _p("identifier", "token", "identifier"),
+    ),
+    "PlanDefinition": (
+        _p("url", "uri", "url"),
+        _p("version", "token", "version"),
+        _p("name", "string", "name"),
+        _p("title", "string", "title"),
+        _p("status", "token", "status"),
+        _p("identifier", "token", "identifier"),
+        _p("date", "date", "date"),
+        _p("type", "token", "type"),
+        _p("context-reference", "reference", "useContext.valueReference", targets=_ANY),
     ),
     "Subscription": (
         _p("status", "token", "status"),

@@ -9,11 +9,15 @@ Tenancy rules (a client acts for one Organization, ``org`` below):
   (while ``requested`` with no owner) to any organization that may claim it.
 * A ServiceRequest is visible to its requester and performer, its creator, and the owner or
   requester of any Task whose focus it is.
+* An Appointment is visible to its creator (the receiving organization that booked it) and
+  to the owner or requester of any Task of the referral it is ``basedOn``.
 * A Patient, and patient data (QuestionnaireResponse, Observation, Procedure, Consent,
   MedicationDispense, SupplyDelivery, RelatedPerson), are visible to their creator and to the
   owner or requester of any Task for that patient (the referral is the care relationship); a
   Consent also to its custodian (``Consent.organization``), who may always revoke it.
   42 CFR Part 2 consent narrows this further for labelled records.
+* A PlanDefinition is visible to the organization that published it; the built-in follow-up
+  plan (created by the service itself) to everyone.
 * Everything else is visible to the organization that created it.
 * Administrators (``handoff/admin``) see everything. Data the caller may not see answers 404
   on read and is left out of search results.
@@ -197,6 +201,24 @@ def tenancy_condition(rtype: str, cols: RowCols, org: str) -> ColumnElement[bool
             index_has(rtype, cols, ("requester", "performer"), org),
             _task_links(org, "focus", literal("ServiceRequest/") + cols.id),
         )
+    if rtype == "Appointment":  # the parties of the referral it was booked for
+        b = aliased(index_t, "appointment_referral")
+        return or_(
+            created,
+            version_has(
+                b,
+                rtype,
+                cols.id,
+                cols.version_id,
+                b.c.param == "based-on",
+                _task_links(org, "focus", b.c.value),
+            ),
+        )
+    if rtype == "PlanDefinition":  # its creator's; the built-in one (no creator) everyone's
+        builtin = ~version_has(
+            index_t, rtype, cols.id, cols.version_id, index_t.c.param == CREATOR_PARAM
+        )
+        return or_(created, builtin)
     if rtype == "Patient":
         return or_(created, _task_links(org, "patient", literal("Patient/") + cols.id))
     if rtype in PATIENT_DATA_TYPES:

@@ -14,7 +14,9 @@ A labelled referral holds records of two programs, and each part is its author's
   moves (cancelled, entered-in-error), are the referring organization's (the requester);
 * a Task's progress (the exact status, businessStatus, output, executionPeriod and the reasons
   of the owner's moves: rejected, on-hold, failed) is the receiving organization's (the owner);
-* each note is its author's (``Annotation.authorReference``, stamped by the server on write).
+* each note is its author's (``Annotation.authorReference``, stamped by the server on write);
+* an Appointment booked for the referral is wholly its creator's (the receiving organization):
+  without its consent the others see only that one is scheduled (or cancelled).
 
 A part goes to its author, and to anyone else only under an active consent of the patient
 recorded by that author (``consents._permitting``: the discloser holds the consent). Without
@@ -47,9 +49,10 @@ from service.storage.repository import (
     StoredResource,
     aliased,
     index_t,
+    index_values,
     values_up_to,
 )
-from service.workflows.access import ACTOR_PARAM, index_has
+from service.workflows.access import ACTOR_PARAM, CREATOR_PARAM, index_has
 from service.workflows.consents import consent_exists, consents_by_patient
 from service.workflows.context import WorkflowContext
 from service.workflows.rules import RuleSet, WriteEvent
@@ -80,6 +83,15 @@ _SR_REQUESTER_PART = (
     "patientInstruction",
 )
 _REFERRAL_CATEGORY = "3457005"  # SNOMED "Patient referral": reveals nothing about the service
+# An Appointment without its author's consent says only that one is scheduled (or cancelled):
+# not when, where, with whom, for what, nor whether the person came.
+_APPOINTMENT_KEPT = ("resourceType", "id", "meta", "basedOn", "created")
+_APPOINTMENT_COARSE = {
+    "arrived": "booked",
+    "checked-in": "booked",
+    "fulfilled": "booked",
+    "noshow": "booked",
+}
 
 
 # --- the decision ---------------------------------------------------------------------------
@@ -111,14 +123,24 @@ def _basis(org: str, author: str | None, consents: dict[str, str], parts: list[s
 
 
 def decide(
-    body: dict[str, Any], org: str, consents: dict[str, str], *, owner_wrote: bool = True
+    body: dict[str, Any],
+    org: str,
+    consents: dict[str, str],
+    *,
+    owner_wrote: bool = True,
+    author: str | None = None,
 ) -> Decision:
     """The view ``org`` gets of a labelled referral ``body``. ``consents``: for the patient,
     each organization whose records an active consent lets ``org`` receive (-> consent id).
     ``owner_wrote``: whether a Task's owner wrote this version or an earlier one (until it
-    does, the Task holds nothing of the owner's).
+    does, the Task holds nothing of the owner's). ``author``: an Appointment's, the
+    organization that created it (the receiving organization).
 
     Pure: every path that shows a referral goes through it."""
+    if body.get("resourceType") == "Appointment":
+        if author is not None and (org == author or author in consents):
+            return Decision(None, _basis(org, author, consents, [author]))
+        return Decision(_redact_appointment(body), "redacted view")
     requester = _ref(body.get("requester"))
     if body.get("resourceType") == "ServiceRequest":
         if org == requester or (requester is not None and requester in consents):
@@ -176,6 +198,19 @@ def _redact_task(
     notes = _visible_notes(body, authors)
     if notes:
         out["note"] = notes
+    return _tagged(out)
+
+
+def _redact_appointment(body: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if k in _APPOINTMENT_KEPT}
+    status = str(body.get("status"))
+    out["status"] = _APPOINTMENT_COARSE.get(status, status)
+    # Only the person stays of the participants (R4 requires one): not the place or the staff.
+    out["participant"] = [
+        {"actor": p["actor"], "status": p.get("status", "accepted")}
+        for p in body.get("participant", [])
+        if isinstance(p, dict) and str(_ref(p.get("actor"))).startswith("Patient/")
+    ]
     return _tagged(out)
 
 
@@ -254,6 +289,14 @@ async def disclose_all(
         and owner not in consents.get(str(patient_of(body)), {})
     ]
     writers = await values_up_to(conn, "Task", tasks, ACTOR_PARAM) if tasks else {}
+    appointments = [
+        (stored.id, stored.version_id)
+        for stored, body in zip(items, bodies, strict=True)
+        if body is not None and stored.resource_type == "Appointment"
+    ]
+    authors = (
+        await index_values(conn, "Appointment", appointments, CREATOR_PARAM) if appointments else {}
+    )
     shown = []
     for stored, body in zip(items, bodies, strict=True):
         if body is None or org is None:
@@ -261,7 +304,11 @@ async def disclose_all(
             continue
         owner_wrote = _ref(body.get("owner")) in writers.get((stored.id, stored.version_id), ())
         decision = decide(
-            body, org, consents.get(str(patient_of(body)), {}), owner_wrote=owner_wrote
+            body,
+            org,
+            consents.get(str(patient_of(body)), {}),
+            owner_wrote=owner_wrote,
+            author=authors.get((stored.id, stored.version_id)),
         )
         key = (stored.resource_type, stored.id, stored.version_id)
         ctx.disclosure_bases[key] = decision.basis
@@ -378,6 +425,20 @@ _GUARDED_PARAMS: dict[str, dict[str, str]] = {
         "category": "requester",
         "supporting-info": "requester",
     },
+    "Appointment": dict.fromkeys(
+        (
+            "date",
+            "status",
+            "actor",
+            "location",
+            "practitioner",
+            "part-status",
+            "appointment-type",
+            "service-type",
+            "identifier",
+        ),
+        CREATOR_PARAM,
+    ),
 }
 
 

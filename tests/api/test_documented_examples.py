@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from service.api.routes.v1_views import ConsentView, ReferralView
+from service.api.routes.v1_views import AppointmentView, ConsentView, ReferralView
 from service.demo import seed_demo
 
 pytestmark = pytest.mark.usefixtures("instruments")
@@ -36,6 +36,9 @@ FOLLOW_UPS = (
     "ReleaseRecordIn",
     "DomainIn",
     "AcceptingIn",
+    "AppointmentIn",
+    "MarkIn",
+    "ContactIn",
 )
 
 
@@ -106,6 +109,44 @@ async def test_the_follow_up_examples_work_on_what_the_first_ones_made(
     r = await jail.post(f"/v1/consents/{consent['consent_id']}/revoke", json=example("RevokeIn"))
     assert r.status_code == 200 and r.json()["status"] == "inactive", r.text
     ConsentView.model_validate(r.json())
+
+
+async def test_the_appointment_examples_work_on_the_demo(app: Any, org_client: Any) -> None:
+    """The treatment program accepts the example referral, books the example appointment at
+    its own site, reschedules it with the same example and cancels it."""
+    await seed_demo(app)
+    schemas = app.openapi()["components"]["schemas"]
+    jail = await org_client("Organization/demo-county-jail")
+    otp = await org_client("Organization/demo-otp")
+    made = (await jail.post("/v1/referrals", json=schemas["ReferralIn"]["example"])).json()
+    task = (await otp.get(f"/fhir/Task/{made['task_id']}")).json()
+    r = await otp.put(
+        f"/fhir/Task/{task['id']}",
+        json={**task, "status": "accepted"},
+        headers={
+            "Content-Type": "application/fhir+json",
+            "If-Match": f'W/"{task["meta"]["versionId"]}"',
+        },
+    )
+    assert r.status_code == 200, r.text
+    url = f"/v1/referrals/{made['referral_id']}/appointments"
+    r = await otp.post(url, json=schemas["AppointmentIn"]["example"])
+    assert r.status_code == 201, r.text
+    booked = AppointmentView.model_validate(r.json())
+    assert booked.location == "Location/demo-otp-site" and booked.location_name
+    one = f"{url}/{booked.appointment_id}"
+    r = await otp.patch(one, json=schemas["AppointmentIn"]["example"])
+    assert r.status_code == 200, r.text
+    r = await otp.post(f"{one}/cancel", json=schemas["MarkIn"]["example"])
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    view = ReferralView.model_validate(
+        (await jail.get(f"/v1/referrals/{made['referral_id']}")).json()
+    )
+    assert view.appointments and view.appointments[0].details_withheld
+    r = await otp.post(
+        f"/v1/people/{made['patient_id']}/contacts", json=schemas["ContactIn"]["example"]
+    )
+    assert r.status_code == 201 and r.json()["reached"] is True, r.text
 
 
 @pytest.mark.parametrize(("path", "schema", "sender"), EXAMPLES)

@@ -251,6 +251,29 @@ async def build(w: World, admin: httpx.AsyncClient, org_client: Any) -> None:
         custodian=ids["ssp"],
         recipients=[ids["jail"]],
     )
+    # The syringe services program books an appointment (its record: the jail sees it under the
+    # program's consent), reschedules and cancels it.
+    appointments = f"/v1/referrals/{b['referral_id']}/appointments"
+    appt = await ok(
+        w, "ssp", "POST", appointments, json={"start": release_in(7), "description": "MK-B-APPT"}
+    )
+    appt_url = f"{appointments}/{appt['appointment_id']}"
+    await ok(w, "ssp", "PATCH", appt_url, json={"start": release_in(8)})
+    await ok(w, "ssp", "POST", f"{appt_url}/cancel", json={"reason": "MK-B-APPTCANCEL"})
+    appt_record = f"Appointment/{appt['appointment_id']}"
+    w.mark("MK-B-APPT", {"ssp", "jail"}, appt_record)
+    w.mark("MK-B-APPTCANCEL", {"ssp", "jail"}, appt_record)
+    w.record(appt_record)
+    # Its contact log is its own, whatever consent names the jail.
+    contact = await ok(
+        w,
+        "ssp",
+        "POST",
+        f"/v1/people/{b['patient_id']}/contacts",
+        json={"at": release_in(-1), "medium": "phone", "reached": False, "next_step": "MK-B-LOG"},
+    )
+    w.mark("MK-B-LOG", {"ssp"}, f"Communication/{contact['contact_id']}")
+    w.record(f"Communication/{contact['contact_id']}")
     w.mark("MK-B-JAILNOTE", {"jail"}, f"ServiceRequest/{b['referral_id']}", f"Task/{b['task_id']}")
     w.mark("MK-B-REJECT", {"otp2"}, f"Task/{b['task_id']}")
     w.mark("MK-B-SSPNOTE", {"ssp", "jail"}, f"Task/{second}")
@@ -343,6 +366,7 @@ def searches(w: World, path: str) -> list[str]:
             "QuestionnaireResponse",
             "Observation",
             "Consent",
+            "Appointment",
         )
         else []
     )

@@ -66,6 +66,51 @@ class TimelineEvent(BaseModel):
     reason: str | None = Field(description="Status reason text")
     owner: str | None
     by: str | None = Field(description="Organization/<id> that made the change")
+    occurred_at: str | None = Field(
+        None,
+        description="When the milestone happened, where that is not when it was recorded "
+        "(first-appointment-attended: the appointment's start; released: the release)",
+    )
+
+
+class AppointmentView(BaseModel):
+    """An appointment booked for a referral. Without the receiving organization's consent
+    (42 CFR Part 2) others see only that one is scheduled: `details_withheld` true, and no
+    date, time, place or practitioner (attended or missed shows as booked)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "appointment_id": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+                "referral_id": _EXAMPLE_ID,
+                "status": "booked",
+                "start": "2030-06-02T09:00:00-05:00",  # calendar: fixed (Swagger example)
+                "end": "2030-06-02T10:00:00-05:00",  # calendar: fixed (Swagger example)
+                "location": "Location/demo-otp-site",
+                "location_name": "Harbor Opioid Treatment Program, Main St",
+                "practitioner": None,
+                "description": "Intake and first buprenorphine dose",
+                "cancellation_reason": None,
+                "details_withheld": False,
+            }
+        },
+    )
+    appointment_id: str | None
+    referral_id: str | None = Field(description="The referral (ServiceRequest id) it is for")
+    status: str | None = Field(
+        description="FHIR Appointment.status: booked, fulfilled (attended), noshow, cancelled"
+    )
+    start: str | None
+    end: str | None
+    location: str | None = Field(description="Location/<id>")
+    location_name: str | None
+    practitioner: str | None = Field(description="Practitioner/<id> or PractitionerRole/<id>")
+    description: str | None
+    cancellation_reason: str | None = Field(description="Why cancelled or missed, if given")
+    details_withheld: bool = Field(
+        description="True: no consent of the receiving organization lets you see the details"
+    )
 
 
 class PersonSummary(BaseModel):
@@ -154,6 +199,9 @@ class ReferralView(BaseModel):
     links: ReferralLinks
     timeline: list[TimelineEvent] | None = Field(
         None, description="Every change of status or milestone (single-referral answers only)"
+    )
+    appointments: list[AppointmentView] | None = Field(
+        None, description="Appointments booked for it, soonest first (single-referral answers)"
     )
     person: PersonSummary | None = Field(
         None, description="Worklists only: the person, if the caller may see the Patient"

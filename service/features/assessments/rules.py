@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.errors import BusinessRuleError, MethodNotAllowedError
 from service.fhir.codes import referral_code_systems, sim_code_system, staff_role_code_system
 from service.fhir.custody_codes import custody_code_systems
+from service.fhir.followup_plan import default_plan, followup_code_systems
 from service.fhir.oend_codes import oend_code_systems
 from service.fhir.service_codes import directory_code_systems, service_value_set
 from service.questionnaires.check import check_questionnaire
@@ -195,7 +196,7 @@ async def _derived(
 
 
 def register(rules: RuleSet) -> None:
-    for resource_type in ("Questionnaire", "CodeSystem", "ValueSet"):
+    for resource_type in ("Questionnaire", "CodeSystem", "ValueSet", "PlanDefinition"):
         rules.on_write(resource_type, _builtin_is_read_only)
     rules.on_write("Questionnaire", _check_questionnaire)
     rules.on_write("QuestionnaireResponse", _validate_response)
@@ -215,6 +216,8 @@ def builtin_resources() -> list[dict[str, Any]]:
         *directory_code_systems(),
         service_value_set(),
         *custody_code_systems(),
+        default_plan(),
+        *followup_code_systems(),
     ]
 
 

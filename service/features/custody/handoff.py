@@ -8,6 +8,9 @@ so that the referral's timeline, the worklist, the rule on milestones and anythi
 watches referrals (notifications) read it from the referral itself: ``record_release`` is the
 one place it is written, and ``ReleaseRecorded`` says what it did.
 
+A recorded release also applies the receiving program's follow-up plan to each accepted
+peer-support or treatment referral (``features.followups``).
+
 An escalation is recorded as data on the referral, as the SDOH Clinical Care referral model
 has it: the ServiceRequest's and the open Task's ``priority`` become ``stat`` and the open
 Task's ``businessStatus`` the ``released-unplanned`` milestone; ``GET
@@ -25,11 +28,13 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import BusinessRuleError, Issue
+from service.features import followups
 from service.features.custody.mapping import expected_release_of, release_of
 from service.fhir import codes
 from service.fhir.custody_codes import (
     RELEASE_PLANNING_EXTENSION,
     RELEASED_AT_EXTENSION,
+    release_of_referral,
 )
 from service.search.execute import allow_all, run_search
 from service.search.query import parse_search
@@ -218,6 +223,7 @@ async def record_release(
             escalations.append(Escalation(referral_id=sr_id, task_id=task_id, reason=reason))
         if sr != before:
             await _update(conn, ctx, sr)
+        await followups.apply_at_release(conn, ctx, sr, tasks, released.released_at)
     return ReleaseRecorded(
         stay_id=stay["id"],
         patient=str((stay.get("subject") or {}).get("reference")),
@@ -243,22 +249,8 @@ async def withdraw_release(
             continue
         sr["extension"] = kept
         await _update(conn, ctx, sr)
+        await followups.withdraw_at_release(conn, ctx, sr_id)
     await follow_expected_release(conn, ctx, stay)
-
-
-def release_of_referral(sr: dict[str, Any]) -> tuple[str, str] | None:
-    """(released at, planned|unplanned) recorded on a referral's ServiceRequest, or None."""
-    released_at = planning = None
-    for ext in sr.get("extension", []):
-        if not isinstance(ext, dict):
-            continue
-        if ext.get("url") == RELEASED_AT_EXTENSION:
-            released_at = ext.get("valueDateTime")
-        elif ext.get("url") == RELEASE_PLANNING_EXTENSION:
-            planning = ext.get("valueCode")
-    if not isinstance(released_at, str):
-        return None
-    return released_at, str(planning or "planned")
 
 
 # --- the rule on post-release milestones -------------------------------------------------------

@@ -339,6 +339,42 @@ _OTHERS: dict[str, dict[str, Any]] = {
         "location": [{"location": {"display": "County Jail"}, "status": "completed"}],
         "hospitalization": {"dischargeDisposition": {"text": "Released on bail"}},
     },
+    "Appointment": {
+        "resourceType": "Appointment",
+        "status": "booked",
+        "basedOn": [{"reference": "ServiceRequest/sr-1"}],
+        "start": "2024-05-04T09:00:00-05:00",
+        "end": "2024-05-04T10:00:00-05:00",
+        "participant": [
+            {"actor": {"reference": "Patient/p-123"}, "status": "accepted"},
+            {"actor": {"reference": "Location/site-1"}, "status": "accepted"},
+        ],
+    },
+    "Communication": {
+        "resourceType": "Communication",
+        "status": "completed",
+        "subject": {"reference": "Patient/p-123"},
+        "medium": [{"text": "Phone call"}],
+        "sent": "2024-05-04T09:00:00-05:00",
+        "payload": [{"contentString": "Has naloxone; ride to the OTP on Thursday"}],
+    },
+    "PlanDefinition": {
+        "resourceType": "PlanDefinition",
+        "status": "active",
+        "url": "https://peer.example.org/fhir/PlanDefinition/follow-up",
+        "action": [
+            {
+                "id": "call",
+                "title": "Call within 12 hours",
+                "timingDuration": {
+                    "value": 12,
+                    "unit": "h",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "h",
+                },
+            }
+        ],
+    },
 }
 
 

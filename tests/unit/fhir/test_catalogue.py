@@ -34,8 +34,8 @@ def test_every_type_has_an_r4_model_search_parameters_routes_and_bindings() -> N
 
 def test_the_kinds_are_ones_the_code_implements() -> None:
     for record in catalogue.CATALOGUE:
-        if record.tenancy == "referral":  # workflows/access.py has rules for these two only
-            assert record.name in ("Task", "ServiceRequest"), record
+        if record.tenancy == "referral":  # workflows/access.py has rules for these only
+            assert record.name in ("Task", "ServiceRequest", "Appointment"), record
         if record.part2 == "guarded":  # all-or-nothing Part 2 needs a patient to consent
             assert record.tenancy == "patient-data", record
         if record.part2 == "referral":
@@ -49,6 +49,6 @@ def test_the_rules_and_filters_read_the_catalogue() -> None:
     assert rules.server_written == set(catalogue.names(server_written=True)) == {"AuditEvent"}
     assert rules.undeletable == {"AuditEvent", "Consent"}
     assert rules.if_match_required == {"Task", "ServiceRequest"}
-    assert {"Task", "ServiceRequest"} == REFERRAL_TYPES
+    assert {"Task", "ServiceRequest", "Appointment"} == REFERRAL_TYPES
     assert GUARDED_TYPES <= PATIENT_DATA_TYPES
     assert "Organization" in DIRECTORY_TYPES and "Patient" not in DIRECTORY_TYPES

@@ -43,6 +43,9 @@ def test_supported_types() -> None:
         "RelatedPerson",
         "Subscription",
         "Encounter",
+        "Appointment",
+        "PlanDefinition",
+        "Communication",
     )
     assert set(SUPPORTED_TYPES) <= R4_RESOURCE_TYPES
 
