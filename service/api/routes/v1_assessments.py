@@ -17,6 +17,12 @@ from service.api.routes.v1_models import (
     PersonIn,
     StaffIn,
 )
+from service.api.routes.v1_record_views import (
+    AssessmentView,
+    InstrumentSummary,
+    InstrumentView,
+    PersonAssessment,
+)
 from service.features.assessments.instruments import get_instrument, list_instruments
 from service.features.assessments.record import (
     AssessmentInput,
@@ -87,14 +93,27 @@ class AssessmentIn(JmsRequest):
         return value
 
 
-@router.get("/instruments", summary="Instruments a JMS can present", responses=V1_ERRORS)
+@router.get(
+    "/instruments",
+    summary="Instruments a JMS can present",
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        200: {"description": "Active instruments, by key", "model": list[InstrumentSummary]},
+    },
+)
 async def instruments(ctx: ContextDep) -> list[dict[str, Any]]:
     """Every active Questionnaire: the built-in ones (`taps`, `audit-c`, `dast-10`,
     `overdose-risk`) and any a site loaded through FHIR."""
     return await list_instruments(ctx)
 
 
-@router.get("/instruments/{key}", summary="One instrument as simple JSON", responses=V1_ERRORS)
+@router.get(
+    "/instruments/{key}",
+    summary="One instrument as simple JSON",
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "The instrument", "model": InstrumentView}},
+)
 async def instrument(key: str, ctx: ContextDep) -> dict[str, Any]:
     """Items, answer choices (with their scores), help text and skip logic (`enable_when`)
     in a form a jail UI can render without understanding FHIR."""
@@ -105,7 +124,7 @@ async def instrument(key: str, ctx: ContextDep) -> dict[str, Any]:
     "/assessments",
     status_code=201,
     summary="Record a screening or overdose-risk assessment",
-    responses=V1_ERRORS,
+    responses={**V1_ERRORS, 201: {"description": "Recorded and scored", "model": AssessmentView}},
 )
 async def create_assessment(
     payload: AssessmentIn,
@@ -142,7 +161,11 @@ async def create_assessment(
 @router.get(
     "/people/{patient_id}/assessments",
     summary="A person's assessments and results, newest first",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        200: {"description": "Assessments, newest first", "model": list[PersonAssessment]},
+    },
 )
 async def assessments_of(patient_id: str, ctx: ContextDep) -> list[dict[str, Any]]:
     return await person_assessments(ctx, patient_id)

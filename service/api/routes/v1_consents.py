@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest, PersonIn
+from service.api.routes.v1_record_views import Disclosure, DisclosuresPage
 from service.api.routes.v1_views import ConsentView
 from service.domain.binary import is_base64
 from service.features.consents import records as wf
@@ -161,10 +162,22 @@ async def revoke_consent(consent_id: str, payload: RevokeIn, ctx: ContextDep) ->
     return await wf.revoke_consent(ctx, consent_id, reason=payload.reason)
 
 
+# The CSV has the JSON rows' columns, in the same order.
+DISCLOSURE_FIELDS = list(Disclosure.model_fields)
+DISCLOSURES_CSV = ",".join(DISCLOSURE_FIELDS) + "\r\n"
+
+
 @router.get(
     "/patients/{patient_id}/disclosures",
     summary="Accounting of disclosures for one person (JSON or CSV)",
-    responses={**V1_ERRORS, 200: {"content": {"application/json": {}, "text/csv": {}}}},
+    responses={
+        **V1_ERRORS,
+        200: {
+            "description": "A page of disclosures (JSON), or all of them (CSV)",
+            "model": DisclosuresPage,
+            "content": {"text/csv": {"schema": {"type": "string"}, "example": DISCLOSURES_CSV}},
+        },
+    },
 )
 async def disclosures(
     patient_id: str,
@@ -203,18 +216,7 @@ async def disclosures(
         )
         rows += more
     out = io.StringIO()
-    fields = [
-        "disclosed_at",
-        "recipient",
-        "client_id",
-        "record",
-        "basis",
-        "consent",
-        "exception",
-        "purpose",
-        "audit_event",
-    ]
-    writer = csv.DictWriter(out, fieldnames=fields)
+    writer = csv.DictWriter(out, fieldnames=DISCLOSURE_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
     return Response(

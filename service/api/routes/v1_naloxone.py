@@ -11,6 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Day, Instant, Intercept, JmsRequest, PersonIn, StaffIn
+from service.api.routes.v1_record_views import (
+    NaloxoneRecordView,
+    NaloxoneSummary,
+    OverdoseResponseView,
+    OverdoseRiskPrefill,
+)
 from service.features.naloxone import records as wf
 from service.features.naloxone.prefill import overdose_risk_prefill
 from service.features.naloxone.summary import (
@@ -209,7 +215,7 @@ class OverdoseResponseIn(JmsRequest):
     "/naloxone",
     status_code=201,
     summary="Record a naloxone kit (and overdose education)",
-    responses=V1_ERRORS,
+    responses={**V1_ERRORS, 201: {"description": "Recorded", "model": NaloxoneRecordView}},
 )
 async def create_naloxone(
     payload: NaloxoneIn,
@@ -238,7 +244,7 @@ async def create_naloxone(
     "/overdose-responses",
     status_code=201,
     summary="Report an overdose response with naloxone",
-    responses=V1_ERRORS,
+    responses={**V1_ERRORS, 201: {"description": "Recorded", "model": OverdoseResponseView}},
 )
 async def create_overdose_response(
     payload: OverdoseResponseIn,
@@ -284,8 +290,8 @@ then a `total` row."""
         **V1_ERRORS,
         200: {
             "description": "The figures",
+            "model": NaloxoneSummary,
             "content": {
-                "application/json": {},
                 "text/csv": {
                     "schema": {"type": "string"},
                     "example": "group,label," + ",".join(METRICS) + "\r\n",
@@ -326,7 +332,11 @@ async def summary(
 @router.get(
     "/people/{patient_id}/prefill/overdose-risk",
     summary="Suggested answers for the overdose-risk checklist",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        200: {"description": "Suggested answers and their sources", "model": OverdoseRiskPrefill},
+    },
 )
 async def prefill_overdose_risk(
     patient_id: str,
