@@ -153,6 +153,10 @@ async def test_patient_match_returns_only_patients_the_caller_may_read(
         "/fhir/Patient/$match", json={"resourceType": "Parameters"}, headers=FHIR_JSON
     )
     assert r.status_code == 400 and "resource" in r.text
+    for malformed in (None, {}, "resource"):
+        body = {"resourceType": "Parameters", "parameter": malformed}
+        r = await otp.post("/fhir/Patient/$match", json=body, headers=FHIR_JSON)
+        assert r.status_code == 400 and "Parameters.parameter" in r.text, r.text
     r = await otp.post(
         "/fhir/Patient/$match", json=match_params({"gender": "female"}), headers=FHIR_JSON
     )

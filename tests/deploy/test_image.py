@@ -40,7 +40,7 @@ IMAGE_USER = "10001"  # the Dockerfile's USER (the chart's runAsUser)
 
 def _unavailable() -> str | None:
     if os.environ.get(OPT_IN) != "1":
-        return f"set {OPT_IN}=1 to build the image (about 5 minutes; needs buildah, mmdebstrap)"
+        return f"set {OPT_IN}=1 to build the image (5 to 10 minutes; needs buildah, mmdebstrap)"
     missing = [tool for tool in ("buildah", "mmdebstrap") if shutil.which(tool) is None]
     if missing:
         return f"{' and '.join(missing)} not installed: apt-get install buildah mmdebstrap"

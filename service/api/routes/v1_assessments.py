@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field, field_validator
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_models import (
     Instant,
     Intercept,
@@ -45,9 +46,11 @@ V1_ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or invalid access token",
         403: "The token does not allow this",
         404: "Not found (or not visible to this client)",
+        414: "The URL is longer than HANDOFF_MAX_URL_BYTES",
         415: "The body is not declared as JSON (Content-Type: application/json)",
         422: "The request has problems; the OperationOutcome lists every one",
         429: "This client has too many requests in progress; retry after Retry-After",
+        431: "The headers are larger than HANDOFF_MAX_HEADER_BYTES",
     }.items()
 }
 
@@ -129,7 +132,7 @@ async def instrument(key: str, ctx: ContextDep) -> dict[str, Any]:
 async def create_assessment(
     payload: AssessmentIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Matches or creates the person (by the jail's identifiers), stores the answers as a
     QuestionnaireResponse and the server-computed scores as Observations in one transaction,

@@ -8,11 +8,12 @@ import io
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest, PersonIn
 from service.api.routes.v1_record_views import Disclosure, DisclosuresPage
@@ -121,7 +122,7 @@ class RevokeIn(JmsRequest):
 async def create_consent(
     payload: ConsentIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Stores a FHIR Consent (scope patient-privacy, category release of information, policy
     42 CFR Part 2) permitting disclosure of the person's SUD-labelled records to the named
@@ -186,7 +187,8 @@ async def disclosures(
     format: Annotated[Literal["json", "csv"] | None, Query()] = None,
     order: Annotated[Literal["newest", "oldest"], Query()] = "newest",
     count: Annotated[int, Query(ge=1, le=1000)] = 100,
-    page: Annotated[str | None, Query(max_length=2000)] = None,
+    # A next link's token is short; 500 characters keep any URL within HANDOFF_MAX_URL_BYTES.
+    page: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
     """Which organizations received which of the person's Part 2 records, when, and on which
     basis: a consent, a medical emergency, or a redacted view (`basis`: `consent`, `emergency`

@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path
+from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest, PersonIn
 from service.api.routes.v1_record_views import BookingView
@@ -112,7 +113,8 @@ class BookingChangeIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "example": {"expected_release_at": "2030-06-03T08:00:00-05:00"}  # calendar: fixed
+            "example": {"expected_release_at": "2030-06-03T08:00:00-05:00"},  # calendar: fixed
+            "minProperties": 1,  # _something
         },
     )
     expected_release_at: Instant | None = Field(
@@ -198,7 +200,7 @@ class TransferIn(JmsRequest):
 async def create_booking(
     payload: BookingIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Creates or updates the Patient (matched by the jail's identifiers) and the custody stay
     (a FHIR Encounter). The same `booking_number` again answers 200 with the stay as it is

@@ -45,7 +45,13 @@ def parse_parameters(body: Any) -> MatchInput:
         raise InvalidRequestError("$match takes a Parameters resource", expression=["Parameters"])
     patient = None
     only_certain, count = False, 10
-    for param in body.get("parameter", []):
+    parameters = body.get("parameter", [])
+    if not isinstance(parameters, list):
+        raise InvalidRequestError(
+            "Parameters.parameter must be an array of parameters",
+            expression=["Parameters.parameter"],
+        )
+    for param in parameters:
         if not isinstance(param, dict):
             continue
         name = param.get("name")
