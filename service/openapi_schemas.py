@@ -17,6 +17,8 @@ from service.fhir.r4 import SUPPORTED_TYPES, r4_resource_model
 # FHIR ids (R4 "id" datatype), as the routes' path parameters take them.
 ID_PATTERN = r"^[A-Za-z0-9\-\.]{1,64}$"
 _TEXT = {"type": "string", "minLength": 1}
+_OBJECT = {"type": "object", "minProperties": 1}
+_EXTENSIONS = {"type": "array", "minItems": 1, "items": _OBJECT}
 _CODINGS = {
     "type": "array",
     "minItems": 1,
@@ -25,7 +27,7 @@ _CODINGS = {
         "minProperties": 1,
         "properties": {
             "id": _TEXT,
-            "extension": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "extension": _EXTENSIONS,
             "system": _TEXT,
             "version": _TEXT,
             "code": _TEXT,
@@ -41,7 +43,7 @@ _META = {
     "minProperties": 1,
     "properties": {
         "id": _TEXT,
-        "extension": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        "extension": _EXTENSIONS,
         "versionId": {"type": "string", "pattern": ID_PATTERN},
         "lastUpdated": {"type": "string", "format": "date-time"},
         "source": _TEXT,
@@ -64,33 +66,60 @@ _ELEMENT = {
 }
 
 
+def _json_kind(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """An element's JSON shape from the R4B model's schema: a typed primitive (its FHIR regex
+    kept, pydantic's date formats dropped: FHIR dates may be partial), a non-empty object for a
+    complex type, a non-empty array of either; None when the model does not say."""
+    options = [o for o in schema.get("anyOf", [schema]) if o != {"type": "null"}]
+    if len(options) != 1:
+        return None
+    option = options[0]
+    kind = option.get("type")
+    if kind is None and not option:
+        return _OBJECT
+    if kind == "array":
+        items = _json_kind(option.get("items", {}))
+        return {"type": "array", "minItems": 1, **({"items": items} if items else {})}
+    if kind == "string":
+        pattern = {"pattern": option["pattern"]} if "pattern" in option else {}
+        return {"type": "string", "minLength": 1, **pattern}
+    if kind in ("boolean", "integer", "number"):
+        return {"type": kind}
+    return None
+
+
 def _rules(rtype: str) -> tuple[list[str], dict[str, Any], list[str]]:
-    """The elements R4 requires of a type, its single-valued required code bindings, and the
-    names of all its elements (with the ``_name`` siblings of primitives)."""
+    """The elements R4 requires of a type, the JSON shape of each element (with the codes of
+    its single-valued required bindings), and the names of all its elements (with the
+    ``_name`` siblings of primitives)."""
     model = r4_resource_model(rtype)
     if model is None:
         return [], {}, []
     required: list[str] = []
-    coded: dict[str, Any] = {}
+    elements: dict[str, Any] = {}
     names: list[str] = ["resourceType"]
+    shapes = model.model_json_schema(by_alias=True).get("properties", {})
     for name, field in model.model_fields.items():
         element = field.alias or name
         if element == "fhir_comments":
             continue  # a fhir.resources addition, not an R4 element
         names.append(element)
+        shape = _json_kind(shapes.get(element, {}))
+        if shape is not None and element not in ("resourceType", "id", "meta"):
+            elements[element] = shape
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         if field.is_required() or extra.get("element_required"):
             required.append(element)
         value_set = REQUIRED_BINDINGS.get(f"{rtype}.{element}")
         if value_set is not None and "list" not in str(field.annotation).lower():
-            coded[element] = {"type": "string", "enum": list(VALUE_SETS[value_set])}
-    return sorted(required), coded, sorted(set(names))
+            elements[element] = {"type": "string", "enum": list(VALUE_SETS[value_set])}
+    return sorted(required), elements, sorted(set(names))
 
 
 def fhir_component_schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for rtype in (*SUPPORTED_TYPES, "Bundle", "OperationOutcome", "CapabilityStatement"):
-        required, coded, names = _rules(rtype)
+        required, elements, names = _rules(rtype)
         schemas[rtype] = {
             "type": "object",
             "title": rtype,
@@ -100,7 +129,7 @@ def fhir_component_schemas() -> dict[str, Any]:
                 "resourceType": {"type": "string", "enum": [rtype]},
                 "id": {"type": "string", "pattern": ID_PATTERN},
                 "meta": _META,
-                **coded,
+                **elements,
             },
             "required": ["resourceType", *required],
             "additionalProperties": _ELEMENT,

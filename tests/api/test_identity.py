@@ -195,6 +195,10 @@ async def test_merge_moves_every_record_and_keeps_history(
         "/fhir/Patient/$merge", json=merge_params(source, target), headers=FHIR_JSON
     )
     assert r.status_code == 403
+    for malformed in (None, {}, "source-patient"):
+        body = {"resourceType": "Parameters", "parameter": malformed}
+        r = await client.post("/fhir/Patient/$merge", json=body, headers=FHIR_JSON)
+        assert r.status_code == 400 and "Parameters.parameter" in r.text, r.text
     r = await client.post(
         "/fhir/Patient/$merge", json=merge_params(source, target, preview=True), headers=FHIR_JSON
     )

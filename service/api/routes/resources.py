@@ -45,6 +45,27 @@ IfMatch = Annotated[
         json_schema_extra={"pattern": r'^(W/)?"[0-9]+"$'},
     ),
 ]
+# RFC 6902: each operation names what it does and where (a JSON Pointer), with the value it
+# adds, replaces or tests, or the location it moves or copies from.
+_POINTER = {"type": "string", "pattern": "^(/([^~/]|~[01])*)*$"}
+JSON_PATCH: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "op": {"enum": ["add", "remove", "replace", "move", "copy", "test"]},
+            "path": _POINTER,
+            "from": _POINTER,
+        },
+        "required": ["op", "path"],
+        "anyOf": [
+            {"properties": {"op": {"const": "remove"}}},
+            {"properties": {"op": {"enum": ["add", "replace", "test"]}}, "required": ["value"]},
+            {"properties": {"op": {"enum": ["move", "copy"]}}, "required": ["from"]},
+        ],
+    },
+}
+
 FHIR_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {
         "description": text,
@@ -547,11 +568,7 @@ def resource_router(
             openapi_extra={
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json-patch+json": {
-                            "schema": {"type": "array", "items": {"type": "object"}}
-                        }
-                    },
+                    "content": {"application/json-patch+json": {"schema": JSON_PATCH}},
                 }
             },
             responses=_ok(t, f"The new version of the {t}"),
