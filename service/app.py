@@ -41,7 +41,7 @@ from service.api.routes import (
 from service.api.routes.resources import resource_router
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.logging_config import AccessLogMiddleware, configure_logging
-from service.openapi_schemas import fhir_component_schemas
+from service.openapi_schemas import fhir_component_schemas, parameters_without_null
 from service.runtime import tune_garbage_collector
 from service.settings import Settings, get_settings
 from service.storage.db import create_engine
@@ -236,6 +236,7 @@ def _install_openapi(app: FastAPI) -> None:
         schema.setdefault("components", {}).setdefault("schemas", {}).update(
             fhir_component_schemas()
         )
+        parameters_without_null(schema)
         schema["x-tagGroups"] = _tag_groups(schema)
         app.openapi_schema = schema
         return schema

@@ -212,6 +212,12 @@ async def test_jms_validation_lists_every_problem(jail: httpx.AsyncClient) -> No
     assert any("dast10-1" in " ".join(i.get("expression", [])) for i in issues)
     r = await jail.post("/v1/assessments", json=assessment("no-such-instrument", {}))
     assert r.status_code == 422
+    # The intercept is a JSON integer, as the OpenAPI says: not a boolean, not a numeric text.
+    for wrong in (False, "3", 3.5):
+        r = await jail.post(
+            "/v1/assessments", json={**assessment("dast-10", dast(set())), "intercept": wrong}
+        )
+        assert r.status_code == 422 and "intercept" in r.text, (wrong, r.text)
     # Numbers past 64 bits (Python reads them whole; orjson refuses to write them): a clear
     # 422 for the answer, not a server error. Schemathesis found it.
     huge = {**dast(set()), "dast10-1": 2**70, "free": {"n": -(2**80)}}

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.api.routes.v1_record_views import DisclosuresPage
 from tests.builders import FHIR_JSON, fhir_consent, jms_person, jms_referral, organization
 
 pytestmark = pytest.mark.usefixtures("instruments")
@@ -367,6 +368,7 @@ async def test_the_accounting_pages_newest_first_through_every_event(net: dict[s
     pages, seen = 0, []
     while url:
         page = (await jail.get(url)).json()
+        DisclosuresPage.model_validate(page)  # what the OpenAPI documents, field for field
         pages += 1
         seen += [row["disclosed_at"] for row in page["disclosures"] if row["record"].startswith(qr)]
         url = page["next"]

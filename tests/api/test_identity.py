@@ -153,6 +153,10 @@ async def test_patient_match_returns_only_patients_the_caller_may_read(
         "/fhir/Patient/$match", json={"resourceType": "Parameters"}, headers=FHIR_JSON
     )
     assert r.status_code == 400 and "resource" in r.text
+    for malformed in (None, {}, "resource"):
+        body = {"resourceType": "Parameters", "parameter": malformed}
+        r = await otp.post("/fhir/Patient/$match", json=body, headers=FHIR_JSON)
+        assert r.status_code == 400 and "Parameters.parameter" in r.text, r.text
     r = await otp.post(
         "/fhir/Patient/$match", json=match_params({"gender": "female"}), headers=FHIR_JSON
     )
@@ -191,6 +195,10 @@ async def test_merge_moves_every_record_and_keeps_history(
         "/fhir/Patient/$merge", json=merge_params(source, target), headers=FHIR_JSON
     )
     assert r.status_code == 403
+    for malformed in (None, {}, "source-patient"):
+        body = {"resourceType": "Parameters", "parameter": malformed}
+        r = await client.post("/fhir/Patient/$merge", json=body, headers=FHIR_JSON)
+        assert r.status_code == 400 and "Parameters.parameter" in r.text, r.text
     r = await client.post(
         "/fhir/Patient/$merge", json=merge_params(source, target, preview=True), headers=FHIR_JSON
     )

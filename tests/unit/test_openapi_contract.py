@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from service.openapi import OPENAPI_PATH, generate, render
 
 
@@ -67,3 +69,54 @@ def test_links_name_operations_and_parameters_that_exist() -> None:
                     linked += 1
     assert linked > 100  # every writable FHIR type's create, the referral, the consent
     assert "links" in operations["create_Task"]["responses"]["201"]
+
+
+def _resolved(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return dict(components[schema["$ref"].rsplit("/", 1)[1]])
+    return schema
+
+
+def _problem(schema: dict[str, Any], components: dict[str, Any], media_type: str) -> str | None:
+    """Why a response body's schema says too little to code against (None: it is fine)."""
+    if media_type.startswith(("text/", "application/hl7-v2")):
+        return None if schema.get("type") == "string" else "a text body that is not a string"
+    if schema.get("type") == "array":
+        if "items" not in schema:
+            return "an array of anything"
+        return _problem(schema["items"], components, media_type)
+    named = _resolved(schema, components)
+    if not named.get("properties"):
+        return "no properties (a free-form object or no schema at all)"
+    if named.get("additionalProperties") is True and "$ref" not in schema:
+        return "a free-form object"
+    if "$ref" in schema and "example" not in named and named["title"] != "OperationOutcome":
+        return f"{named['title']} has no example"
+    return None
+
+
+def test_every_v1_response_has_a_schema_with_properties_and_an_example() -> None:
+    """Swagger UI shows each answer of /v1 (successes and errors) as a model, not as
+    "string" or ``{"additionalProp1": {}}``."""
+    schema = generate()
+    components = schema["components"]["schemas"]
+    problems = []
+    checked = 0
+    for path, methods in schema["paths"].items():
+        if not path.startswith("/v1"):
+            continue
+        for method, op in methods.items():
+            for status, response in op["responses"].items():
+                content = response.get("content")
+                if status == "204":
+                    assert not content, (method, path)
+                    continue
+                if not content:
+                    problems.append(f"{method.upper()} {path} {status}: no content")
+                for media_type, body in (content or {}).items():
+                    found = _problem(body.get("schema") or {}, components, media_type)
+                    checked += 1
+                    if found:
+                        problems.append(f"{method.upper()} {path} {status} {media_type}: {found}")
+    assert not problems, "\n".join(problems)
+    assert checked > 200

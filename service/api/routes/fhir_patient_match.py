@@ -19,6 +19,18 @@ router = APIRouter(
 )
 
 
+# An operation's input: a FHIR Parameters resource with its parameters (the server reads the
+# ones each operation names and says which are missing or malformed).
+PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["Parameters"]},
+        "parameter": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+    },
+    "required": ["resourceType", "parameter"],
+}
+
+
 @router.post(
     "/$match",
     summary="Find Patients that may be this person ($match)",
@@ -28,7 +40,7 @@ router = APIRouter(
             "required": True,
             "content": {
                 "application/fhir+json": {
-                    "schema": {"type": "object"},
+                    "schema": PARAMETERS,
                     "example": {
                         "resourceType": "Parameters",
                         "parameter": [
@@ -66,7 +78,7 @@ async def patient_match(request: Request, ctx: ContextDep) -> Response:
             "required": True,
             "content": {
                 "application/fhir+json": {
-                    "schema": {"type": "object"},
+                    "schema": PARAMETERS,
                     "example": {
                         "resourceType": "Parameters",
                         "parameter": [

@@ -21,6 +21,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from service.api.deps import AuditedRoute, ContextDep, direct
+from service.api.headers import IdempotencyKey
 from service.api.responses import fhir_json, prefer_strict, resource_response, version_headers
 from service.errors import InvalidRequestError, Issue
 from service.fhir import bundle
@@ -44,17 +45,26 @@ IfMatch = Annotated[
         json_schema_extra={"pattern": r'^(W/)?"[0-9]+"$'},
     ),
 ]
-# Checked by the workflow (idempotency.check_key), which answers a malformed key with 400.
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        description="Makes a retry safe: the same key (from the same client, for the same "
-        "request) answers with what the first request created, never a second copy. Kept "
-        "HANDOFF_IDEMPOTENCY_RETENTION_HOURS (24).",
-        json_schema_extra={"maxLength": 255, "minLength": 1},
-    ),
-]
+# RFC 6902: each operation names what it does and where (a JSON Pointer), with the value it
+# adds, replaces or tests, or the location it moves or copies from.
+_POINTER = {"type": "string", "pattern": "^(/([^~/]|~[01])*)*$"}
+JSON_PATCH: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "op": {"enum": ["add", "remove", "replace", "move", "copy", "test"]},
+            "path": _POINTER,
+            "from": _POINTER,
+        },
+        "required": ["op", "path"],
+        "anyOf": [
+            {"properties": {"op": {"const": "remove"}}},
+            {"properties": {"op": {"enum": ["add", "replace", "test"]}}, "required": ["value"]},
+            {"properties": {"op": {"enum": ["move", "copy"]}}, "required": ["from"]},
+        ],
+    },
+}
 
 FHIR_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {
@@ -73,9 +83,11 @@ FHIR_ERRORS: dict[int | str, dict[str, Any]] = {
         410: "The resource was deleted",
         412: "If-Match does not match the current version, or a conditional create is ambiguous",
         413: "Body too large",
+        414: "The URL is longer than HANDOFF_MAX_URL_BYTES (send a long search as POST _search)",
         415: "Only application/fhir+json (or application/json) bodies are accepted",
         422: "Business rule violated",
         429: "This client has too many requests in progress; retry after Retry-After",
+        431: "The headers are larger than HANDOFF_MAX_HEADER_BYTES",
         503: "Database unavailable; retry later",
     }.items()
 }
@@ -556,11 +568,7 @@ def resource_router(
             openapi_extra={
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json-patch+json": {
-                            "schema": {"type": "array", "items": {"type": "object"}}
-                        }
-                    },
+                    "content": {"application/json-patch+json": {"schema": JSON_PATCH}},
                 }
             },
             responses=_ok(t, f"The new version of the {t}"),

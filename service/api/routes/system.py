@@ -11,9 +11,10 @@ from starlette.responses import Response
 
 from service import __version__
 from service.api.deps import AuditedRoute, ContextDep, PublicContextDep, direct
+from service.api.headers import IdempotencyKey
 from service.api.responses import fhir_json
 from service.api.routes.auth import capability_security
-from service.api.routes.resources import FHIR_ERRORS, IdempotencyKey, type_history_response
+from service.api.routes.resources import FHIR_ERRORS, type_history_response
 from service.features.subscriptions.spec import PROFILE as SUBSCRIPTION_PROFILE
 from service.features.subscriptions.spec import SERVER_CAPABILITY, TOPIC_CAPABILITY_EXTENSION
 from service.features.subscriptions.topics import TOPICS
@@ -48,7 +49,14 @@ _HANDOFF_PARAMS = {("HealthcareService", "communication"), ("HealthcareService",
         "requestBody": {
             "required": True,
             "content": {
-                "application/fhir+json": {"schema": {"$ref": "#/components/schemas/Bundle"}}
+                "application/fhir+json": {
+                    "schema": {
+                        "allOf": [
+                            {"$ref": "#/components/schemas/Bundle"},
+                            {"properties": {"type": {"enum": ["transaction", "batch"]}}},
+                        ]
+                    }
+                }
             },
         }
     },

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
+from service.api.routes.v1_record_views import IdentityDomain
 from service.features.identity import domains
 
 router = APIRouter(
@@ -38,13 +39,26 @@ class DomainIn(BaseModel):
     )
 
 
-@router.get("", summary="Person-identifier domains", responses=V1_ERRORS)
+@router.get(
+    "",
+    summary="Person-identifier domains",
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "Every domain", "model": list[IdentityDomain]}},
+)
 async def list_domains(ctx: ContextDep) -> list[dict[str, Any]]:
     """Each domain and its organizations (`handoff/admin` only)."""
     return await domains.list_domains(ctx)
 
 
-@router.put("/{domain}", summary="Declare a person-identifier domain", responses=V1_ERRORS)
+@router.put(
+    "/{domain}",
+    summary="Declare a person-identifier domain",
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        200: {"description": "The domain as it now is", "model": IdentityDomain},
+    },
+)
 async def put_domain(domain: DomainName, payload: DomainIn, ctx: ContextDep) -> dict[str, Any]:
     """The organizations that share the person ids of one JMS (e.g. a county jail and its
     health unit): their records of a person land on one Patient. The domain holds exactly the

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field, field_validator
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_models import (
     Instant,
     Intercept,
     JmsRequest,
     PersonIn,
     StaffIn,
+)
+from service.api.routes.v1_record_views import (
+    AssessmentView,
+    InstrumentSummary,
+    InstrumentView,
+    PersonAssessment,
 )
 from service.features.assessments.instruments import get_instrument, list_instruments
 from service.features.assessments.record import (
@@ -39,9 +46,11 @@ V1_ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or invalid access token",
         403: "The token does not allow this",
         404: "Not found (or not visible to this client)",
+        414: "The URL is longer than HANDOFF_MAX_URL_BYTES",
         415: "The body is not declared as JSON (Content-Type: application/json)",
         422: "The request has problems; the OperationOutcome lists every one",
         429: "This client has too many requests in progress; retry after Retry-After",
+        431: "The headers are larger than HANDOFF_MAX_HEADER_BYTES",
     }.items()
 }
 
@@ -87,14 +96,27 @@ class AssessmentIn(JmsRequest):
         return value
 
 
-@router.get("/instruments", summary="Instruments a JMS can present", responses=V1_ERRORS)
+@router.get(
+    "/instruments",
+    summary="Instruments a JMS can present",
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        200: {"description": "Active instruments, by key", "model": list[InstrumentSummary]},
+    },
+)
 async def instruments(ctx: ContextDep) -> list[dict[str, Any]]:
     """Every active Questionnaire: the built-in ones (`taps`, `audit-c`, `dast-10`,
     `overdose-risk`) and any a site loaded through FHIR."""
     return await list_instruments(ctx)
 
 
-@router.get("/instruments/{key}", summary="One instrument as simple JSON", responses=V1_ERRORS)
+@router.get(
+    "/instruments/{key}",
+    summary="One instrument as simple JSON",
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "The instrument", "model": InstrumentView}},
+)
 async def instrument(key: str, ctx: ContextDep) -> dict[str, Any]:
     """Items, answer choices (with their scores), help text and skip logic (`enable_when`)
     in a form a jail UI can render without understanding FHIR."""
@@ -105,12 +127,12 @@ async def instrument(key: str, ctx: ContextDep) -> dict[str, Any]:
     "/assessments",
     status_code=201,
     summary="Record a screening or overdose-risk assessment",
-    responses=V1_ERRORS,
+    responses={**V1_ERRORS, 201: {"description": "Recorded and scored", "model": AssessmentView}},
 )
 async def create_assessment(
     payload: AssessmentIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Matches or creates the person (by the jail's identifiers), stores the answers as a
     QuestionnaireResponse and the server-computed scores as Observations in one transaction,
@@ -142,7 +164,11 @@ async def create_assessment(
 @router.get(
     "/people/{patient_id}/assessments",
     summary="A person's assessments and results, newest first",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        200: {"description": "Assessments, newest first", "model": list[PersonAssessment]},
+    },
 )
 async def assessments_of(patient_id: str, ctx: ContextDep) -> list[dict[str, Any]]:
     return await person_assessments(ctx, patient_id)

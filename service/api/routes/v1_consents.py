@@ -8,13 +8,15 @@ import io
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest, PersonIn
+from service.api.routes.v1_record_views import Disclosure, DisclosuresPage
 from service.api.routes.v1_views import ConsentView
 from service.domain.binary import is_base64
 from service.features.consents import records as wf
@@ -120,7 +122,7 @@ class RevokeIn(JmsRequest):
 async def create_consent(
     payload: ConsentIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Stores a FHIR Consent (scope patient-privacy, category release of information, policy
     42 CFR Part 2) permitting disclosure of the person's SUD-labelled records to the named
@@ -161,10 +163,22 @@ async def revoke_consent(consent_id: str, payload: RevokeIn, ctx: ContextDep) ->
     return await wf.revoke_consent(ctx, consent_id, reason=payload.reason)
 
 
+# The CSV has the JSON rows' columns, in the same order.
+DISCLOSURE_FIELDS = list(Disclosure.model_fields)
+DISCLOSURES_CSV = ",".join(DISCLOSURE_FIELDS) + "\r\n"
+
+
 @router.get(
     "/patients/{patient_id}/disclosures",
     summary="Accounting of disclosures for one person (JSON or CSV)",
-    responses={**V1_ERRORS, 200: {"content": {"application/json": {}, "text/csv": {}}}},
+    responses={
+        **V1_ERRORS,
+        200: {
+            "description": "A page of disclosures (JSON), or all of them (CSV)",
+            "model": DisclosuresPage,
+            "content": {"text/csv": {"schema": {"type": "string"}, "example": DISCLOSURES_CSV}},
+        },
+    },
 )
 async def disclosures(
     patient_id: str,
@@ -173,7 +187,8 @@ async def disclosures(
     format: Annotated[Literal["json", "csv"] | None, Query()] = None,
     order: Annotated[Literal["newest", "oldest"], Query()] = "newest",
     count: Annotated[int, Query(ge=1, le=1000)] = 100,
-    page: Annotated[str | None, Query(max_length=2000)] = None,
+    # A next link's token is short; 500 characters keep any URL within HANDOFF_MAX_URL_BYTES.
+    page: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
     """Which organizations received which of the person's Part 2 records, when, and on which
     basis: a consent, a medical emergency, or a redacted view (`basis`: `consent`, `emergency`
@@ -203,18 +218,7 @@ async def disclosures(
         )
         rows += more
     out = io.StringIO()
-    fields = [
-        "disclosed_at",
-        "recipient",
-        "client_id",
-        "record",
-        "basis",
-        "consent",
-        "exception",
-        "purpose",
-        "audit_event",
-    ]
-    writer = csv.DictWriter(out, fieldnames=fields)
+    writer = csv.DictWriter(out, fieldnames=DISCLOSURE_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
     return Response(

@@ -6,13 +6,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path
+from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest, PersonIn
+from service.api.routes.v1_record_views import BookingView
 from service.features.custody import stays
 from service.fhir.custody_codes import RELEASE_TYPES
 from service.workflows import idempotency
@@ -111,7 +113,8 @@ class BookingChangeIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "example": {"expected_release_at": "2030-06-03T08:00:00-05:00"}  # calendar: fixed
+            "example": {"expected_release_at": "2030-06-03T08:00:00-05:00"},  # calendar: fixed
+            "minProperties": 1,  # _something
         },
     )
     expected_release_at: Instant | None = Field(
@@ -188,12 +191,16 @@ class TransferIn(JmsRequest):
     "",
     status_code=201,
     summary="Book a person into custody",
-    responses={**V1_ERRORS, 200: {"description": "This booking_number was already recorded"}},
+    responses={
+        **V1_ERRORS,
+        201: {"description": "Booked", "model": BookingView},
+        200: {"description": "This booking_number was already recorded", "model": BookingView},
+    },
 )
 async def create_booking(
     payload: BookingIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Creates or updates the Patient (matched by the jail's identifiers) and the custody stay
     (a FHIR Encounter). The same `booking_number` again answers 200 with the stay as it is
@@ -208,7 +215,12 @@ async def create_booking(
     return JSONResponse(body, status_code=status)
 
 
-@router.get("/{booking_number}", summary="A custody stay", responses=V1_ERRORS)
+@router.get(
+    "/{booking_number}",
+    summary="A custody stay",
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "The stay", "model": BookingView}},
+)
 async def get_booking(booking_number: BookingNumber, ctx: ContextDep) -> dict[str, Any]:
     """Status (in-custody, released, cancelled), facility and transfers, expected and recorded
     release, and the referrals that belong to the stay."""
@@ -218,7 +230,8 @@ async def get_booking(booking_number: BookingNumber, ctx: ContextDep) -> dict[st
 @router.patch(
     "/{booking_number}",
     summary="Change the expected release, or correct the booking",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "The stay, changed", "model": BookingView}},
 )
 async def change_booking(
     booking_number: BookingNumber, payload: BookingChangeIn, ctx: ContextDep
@@ -239,7 +252,8 @@ async def change_booking(
 @router.post(
     "/{booking_number}/cancel",
     summary="Cancel a booking entered in error",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "The stay, cancelled", "model": BookingView}},
 )
 async def cancel_booking(booking_number: BookingNumber, ctx: ContextDep) -> dict[str, Any]:
     """The stay is kept, marked entered-in-error (HL7 A11). A released stay needs its release
@@ -250,7 +264,8 @@ async def cancel_booking(booking_number: BookingNumber, ctx: ContextDep) -> dict
 @router.post(
     "/{booking_number}/transfers",
     summary="Transfer to another facility",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "The stay, transferred", "model": BookingView}},
 )
 async def transfer(
     booking_number: BookingNumber, payload: TransferIn, ctx: ContextDep
@@ -261,7 +276,11 @@ async def transfer(
 @router.post(
     "/{booking_number}/release",
     summary="Record (or correct) the release",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        200: {"description": "The stay, released (with any escalations)", "model": BookingView},
+    },
 )
 async def release(
     booking_number: BookingNumber, payload: ReleaseRecordIn, ctx: ContextDep
@@ -277,7 +296,11 @@ async def release(
 @router.post(
     "/{booking_number}/release/cancel",
     summary="Cancel a release entered in error",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        200: {"description": "The stay, in custody again", "model": BookingView},
+    },
 )
 async def cancel_release(booking_number: BookingNumber, ctx: ContextDep) -> dict[str, Any]:
     """The person is in custody again (HL7 A13); the referrals no longer carry the release."""

@@ -106,6 +106,14 @@ class AcceptingIn(BaseModel):
 
 
 class AcceptingOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "healthcare_service": "HealthcareService/demo-otp-service-0",
+                "accepting_new_patients": False,
+            }
+        }
+    )
     healthcare_service: str = Field(examples=["HealthcareService/demo-otp-service-0"])
     accepting_new_patients: bool | None
 

@@ -34,6 +34,10 @@ def _charset(content_type: str) -> str:
     return "utf-8"
 
 
+# An ACK: MSH and MSA segments (ERR when not applied), separated by CR.
+_ACK = {"type": "string", "pattern": "^MSH\\|"}
+
+
 @router.post(
     "/adt",
     summary="Send an HL7 v2 ADT message (A01, A02, A03, A08, A11, A13)",
@@ -42,10 +46,16 @@ def _charset(content_type: str) -> str:
         **{k: v for k, v in V1_ERRORS.items() if k in (401, 403, 415, 429)},
         200: {
             "description": "AA: applied",
-            "content": {HL7_V2: {"example": "MSH|...\rMSA|AA|MSG0002\r"}},
+            "content": {HL7_V2: {"schema": _ACK, "example": "MSH|...\rMSA|AA|MSG0002\r"}},
         },
-        400: {"description": "AR: not a message this endpoint takes", "content": {HL7_V2: {}}},
-        422: {"description": "AE: understood, not applied (ERR says why)", "content": {HL7_V2: {}}},
+        400: {
+            "description": "AR: not a message this endpoint takes",
+            "content": {HL7_V2: {"schema": _ACK}},
+        },
+        422: {
+            "description": "AE: understood, not applied (ERR says why)",
+            "content": {HL7_V2: {"schema": _ACK}},
+        },
     },
     openapi_extra={
         "requestBody": {

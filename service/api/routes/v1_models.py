@@ -32,7 +32,10 @@ StaffRole = Literal[
     "reentry-coordinator",
     "other",
 ]
-Intercept = Annotated[int, Field(ge=0, le=5, description="Sequential Intercept Model, 0-5")]
+# Strict: a JSON integer, as the schema says (lax mode took false as 0 and "3" as 3).
+Intercept = Annotated[
+    int, Field(ge=0, le=5, strict=True, description="Sequential Intercept Model, 0-5")
+]
 
 # Pydantic reads a bare number as Unix time ("0.5" becomes 1970-01-01T00:00:00.5Z): a JMS
 # that sends one has a bug, and answering as if it meant 1970 would hide it.

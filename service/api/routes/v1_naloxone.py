@@ -9,8 +9,15 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Day, Instant, Intercept, JmsRequest, PersonIn, StaffIn
+from service.api.routes.v1_record_views import (
+    NaloxoneRecordView,
+    NaloxoneSummary,
+    OverdoseResponseView,
+    OverdoseRiskPrefill,
+)
 from service.features.naloxone import records as wf
 from service.features.naloxone.prefill import overdose_risk_prefill
 from service.features.naloxone.summary import (
@@ -91,6 +98,34 @@ class FamilyMemberIn(BaseModel):
     phone: str | None = Field(None, max_length=40, description="Only if they consented")
 
 
+# NaloxoneIn._shape in JSON Schema: a named person and the staff member who gave the kit, or an
+# anonymous kit handed to that person; family_member exactly when a family member took it.
+KIT_SHAPE: dict[str, Any] = {
+    "oneOf": [
+        {
+            "properties": {
+                "anonymous": {"const": True},
+                "person": {"type": "null"},
+                "received_by": {"const": "person"},
+                "family_member": {"type": "null"},
+            },
+            "required": ["anonymous"],
+        },
+        {
+            "properties": {
+                "anonymous": {"const": False},
+                "person": {"type": "object"},
+                "given_by": {"type": "object"},
+            },
+            "required": ["person", "given_by"],
+        },
+    ],
+    "if": {"properties": {"received_by": {"const": "family-member"}}, "required": ["received_by"]},
+    "then": {"properties": {"family_member": {"type": "object"}}, "required": ["family_member"]},
+    "else": {"properties": {"family_member": {"type": "null"}}},
+}
+
+
 class NaloxoneIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
@@ -106,7 +141,8 @@ class NaloxoneIn(JmsRequest):
                 "education_given": True,
                 "received_by": "person",
                 "intercept": 4,
-            }
+            },
+            **KIT_SHAPE,
         },
     )
     person: PersonIn | None = Field(None, description="The person the kit is for")
@@ -119,7 +155,10 @@ class NaloxoneIn(JmsRequest):
     given_by: StaffIn | None = Field(None, description="Staff member (required unless anonymous)")
     given_at: Instant = Field(description="When the kit was handed over (with time zone)")
     product: ProductKey
-    quantity: int = Field(description="Kits given (1 to HANDOFF_NALOXONE_MAX_QUANTITY)")
+    quantity: int = Field(
+        description="Kits given (1 to HANDOFF_NALOXONE_MAX_QUANTITY)",
+        json_schema_extra={"minimum": 1},
+    )
     education_given: bool = Field(description="Overdose education given with the kit?")
     received_by: Literal["person", "family-member"] = "person"
     family_member: FamilyMemberIn | None = None
@@ -181,7 +220,9 @@ class OverdoseResponseIn(JmsRequest):
     occurred_at: Instant = Field(description="When naloxone was given (with time zone)")
     facility: FacilityRef | None = None
     place: str | None = Field(None, min_length=1, max_length=200, description="Where, as text")
-    naloxone_doses: int = Field(description="Doses given (1-20)")
+    naloxone_doses: int = Field(
+        description="Doses given (1-20)", json_schema_extra={"minimum": 1, "maximum": wf.MAX_DOSES}
+    )
     naloxone_product: ProductKey | None = None
     outcome: Outcome
     administered_by: ResponderRole = Field(description="Who gave the naloxone")
@@ -209,12 +250,12 @@ class OverdoseResponseIn(JmsRequest):
     "/naloxone",
     status_code=201,
     summary="Record a naloxone kit (and overdose education)",
-    responses=V1_ERRORS,
+    responses={**V1_ERRORS, 201: {"description": "Recorded", "model": NaloxoneRecordView}},
 )
 async def create_naloxone(
     payload: NaloxoneIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """A kit to a known person becomes a MedicationDispense (plus a Procedure when education
     was given, and a RelatedPerson when a family member took the kit); an anonymous kit
@@ -238,12 +279,12 @@ async def create_naloxone(
     "/overdose-responses",
     status_code=201,
     summary="Report an overdose response with naloxone",
-    responses=V1_ERRORS,
+    responses={**V1_ERRORS, 201: {"description": "Recorded", "model": OverdoseResponseView}},
 )
 async def create_overdose_response(
     payload: OverdoseResponseIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Stored as an Observation (code `oend#overdose-response`): the outcome as its value, the
     doses, who gave the naloxone, who reported it, the product and place as components. The
@@ -284,8 +325,8 @@ then a `total` row."""
         **V1_ERRORS,
         200: {
             "description": "The figures",
+            "model": NaloxoneSummary,
             "content": {
-                "application/json": {},
                 "text/csv": {
                     "schema": {"type": "string"},
                     "example": "group,label," + ",".join(METRICS) + "\r\n",
@@ -326,7 +367,11 @@ async def summary(
 @router.get(
     "/people/{patient_id}/prefill/overdose-risk",
     summary="Suggested answers for the overdose-risk checklist",
-    responses=V1_ERRORS,
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        200: {"description": "Suggested answers and their sources", "model": OverdoseRiskPrefill},
+    },
 )
 async def prefill_overdose_risk(
     patient_id: str,

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, Intercept, JmsRequest, PersonIn, StaffIn
 from service.api.routes.v1_views import ReferralView
@@ -66,6 +67,21 @@ def _of_types(*types: str) -> Callable[[str | None], str | None]:
     return check
 
 
+def _naming(*types: str) -> dict[str, Any]:
+    """The schema of a reference to one of ``types`` (_of_types checks it, and says why)."""
+    return {"pattern": f"^({'|'.join(types)})/[A-Za-z0-9\\-\\.]{{1,64}}$"}
+
+
+def _named(name: str) -> dict[str, Any]:
+    return {"properties": {name: {"type": "string"}}, "required": [name]}
+
+
+# The receiver is exactly one of an organization or one of its services.
+ONE_RECEIVER: dict[str, Any] = {
+    "oneOf": [_named("receiving_organization"), _named("receiving_service")]
+}
+
+
 class ReleaseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     expected_at: Instant = Field(description="Expected release date and time (with zone)")
@@ -100,7 +116,8 @@ class ReferralIn(JmsRequest):
                 "priority": "urgent",
                 "notes": "On buprenorphine 16 mg daily in custody; wants to continue.",
                 "contact_directly": True,
-            }
+            },
+            **ONE_RECEIVER,
         },
     )
     referral_id: str | None = Field(
@@ -109,7 +126,9 @@ class ReferralIn(JmsRequest):
     person: PersonIn
     referred_by: StaffIn
     facility: Reference | None = Field(
-        None, description="Referring facility (Location/Organization)"
+        None,
+        description="Referring facility (Location/Organization)",
+        json_schema_extra=_naming("Location", "Organization"),
     )
     intercept: Intercept
     program_type: ProgramType = "jail-reentry"
@@ -119,9 +138,15 @@ class ReferralIn(JmsRequest):
         "(POST /v1/bookings), whose expected or recorded release the referral then follows; "
         "community referrals (intercepts 0, 1, 5) have none",
     )
-    services: list[ServiceKey] = Field(min_length=1, max_length=9)
-    receiving_organization: Reference | None = None
-    receiving_service: Reference | None = Field(None, description="HealthcareService/<id>")
+    services: list[ServiceKey] = Field(
+        min_length=1, max_length=9, json_schema_extra={"uniqueItems": True}
+    )
+    receiving_organization: Reference | None = Field(
+        None, json_schema_extra=_naming("Organization")
+    )
+    receiving_service: Reference | None = Field(
+        None, description="HealthcareService/<id>", json_schema_extra=_naming("HealthcareService")
+    )
     priority: Literal["routine", "urgent", "asap", "stat"] = "routine"
     notes: str | None = Field(None, max_length=2000)
     contact_directly: bool = Field(
@@ -194,10 +219,17 @@ class ReReferIn(JmsRequest):
     # The demo's recovery community organization (after the first receiver rejected).
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"example": {"receiving_organization": "Organization/demo-peer-support"}},
+        json_schema_extra={
+            "example": {"receiving_organization": "Organization/demo-peer-support"},
+            **ONE_RECEIVER,
+        },
     )
-    receiving_organization: Reference | None = None
-    receiving_service: Reference | None = None
+    receiving_organization: Reference | None = Field(
+        None, json_schema_extra=_naming("Organization")
+    )
+    receiving_service: Reference | None = Field(
+        None, json_schema_extra=_naming("HealthcareService")
+    )
 
     _organization = field_validator("receiving_organization")(_of_types("Organization"))
     _service = field_validator("receiving_service")(_of_types("HealthcareService"))
@@ -246,7 +278,7 @@ _REFERRAL_LINKS = {
 async def create_referral(
     payload: ReferralIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Creates or updates the Patient (matched by the jail's identifiers), a ServiceRequest and
     a Task for the receiving organization in one transaction. A retry with the same

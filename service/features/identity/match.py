@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from service.errors import InvalidRequestError
+from service.features.identity.parameters import parameters_of
 from service.fhir.validate import validate_resource
 from service.storage.db import read_connection
 from service.storage.repository import StoredResource
@@ -41,11 +42,9 @@ class MatchInput:
 
 def parse_parameters(body: Any) -> MatchInput:
     """The operation's input Parameters (R4 Patient-match: resource, onlyCertainMatches, count)."""
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise InvalidRequestError("$match takes a Parameters resource", expression=["Parameters"])
     patient = None
     only_certain, count = False, 10
-    for param in body.get("parameter", []):
+    for param in parameters_of(body, "$match"):
         if not isinstance(param, dict):
             continue
         name = param.get("name")

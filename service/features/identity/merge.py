@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import BusinessRuleError, ForbiddenError, InvalidRequestError
+from service.features.identity.parameters import parameters_of
 from service.search.execute import allow_all, run_search
 from service.search.params import BY_TYPE
 from service.search.query import parse_search
@@ -52,11 +53,9 @@ def require_admin(ctx: WorkflowContext) -> None:
 
 def parse_parameters(body: Any) -> tuple[str, str, bool]:
     """(source id, target id, preview) from the R5 $merge Parameters."""
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise InvalidRequestError("$merge takes a Parameters resource", expression=["Parameters"])
     refs: dict[str, str | None] = {}
     preview = False
-    for param in body.get("parameter", []):
+    for param in parameters_of(body, "$merge"):
         if not isinstance(param, dict):
             continue
         if param.get("name") in ("source-patient", "target-patient"):
