@@ -60,8 +60,26 @@ class ContactIn(JmsRequest):
         )
 
 
+_EXAMPLE_PATIENT = "0193c1d2-7a4b-7c3e-9f10-2b3c4d5e6f70"
+
+
 class ContactView(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "contact_id": "0193c1e0-1111-7abc-8def-0123456789ab",
+                "patient_id": _EXAMPLE_PATIENT,
+                "at": "2030-06-02T21:00:00Z",  # calendar: fixed (Swagger example)
+                "medium": "phone",
+                "reached": True,
+                "topics": ["naloxone-in-hand", "transport"],
+                "next_step": "Ride to the OTP on Thursday 8:30",
+                "notes": None,
+                "follow_up": "0193c1e0-2222-7abc-8def-0123456789ab",
+            }
+        },
+    )
     contact_id: str | None = Field(description="The FHIR Communication id")
     patient_id: str
     at: str | None
@@ -88,7 +106,27 @@ class LastContact(BaseModel):
 
 
 class FollowUpView(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "task_id": "0193c1e0-2222-7abc-8def-0123456789ab",
+                "bucket": "due-today",
+                "due_at": "2030-06-04T21:00:00Z",  # calendar: fixed (Swagger example)
+                "released_at": "2030-06-01T21:00:00Z",  # calendar: fixed
+                "description": "Contact within 72 hours of release",
+                "referral_id": "0193c1d9-3333-7abc-8def-0123456789ab",
+                "patient_id": _EXAMPLE_PATIENT,
+                "person": {"family_name": "Nguyen", "given_names": ["Alex"]},
+                "last_contact": {
+                    "contact_id": "0193c1e0-1111-7abc-8def-0123456789ab",
+                    "at": "2030-06-02T21:00:00Z",  # calendar: fixed
+                    "medium": "phone",
+                    "reached": False,
+                },
+            }
+        },
+    )
     task_id: str = Field(description="The FHIR Task (code follow-up-contact)")
     bucket: Literal["overdue", "due-today", "upcoming"]
     due_at: str | None = Field(description="When the contact is due (end of its window)")

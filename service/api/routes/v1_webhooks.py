@@ -154,7 +154,44 @@ class WebhookMessage(BaseModel):
 
 
 class WebhookEvents(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "webhook_id": _EXAMPLE_ID,
+                "events_count": 2,
+                "events": [
+                    {
+                        "type": "referral.accepted",
+                        "timestamp": "2026-12-05T14:02:11.120Z",  # calendar: fixed (example)
+                        "data": {
+                            "webhook_id": _EXAMPLE_ID,
+                            "event_number": 2,
+                            "referral_id": "5b0e6a0c9d2f4e7a8c1b3d5f7a9c0e2b",
+                            "jms_referral_id": "JMS-2026-000123",
+                            "task_id": "9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+                            "task_version": 2,
+                            "status": "accepted",
+                            "milestone": {
+                                "code": "referral-accepted",
+                                "display": "Referral accepted",
+                            },
+                            "reason": None,
+                            "owner": "Organization/demo-otp",
+                            "expected_release_at": "2030-06-01T13:00:00Z",  # calendar: fixed
+                            "links": {
+                                "referral": "https://handoff.example.org/v1/referrals/"
+                                "5b0e6a0c9d2f4e7a8c1b3d5f7a9c0e2b",
+                                "task": "https://handoff.example.org/fhir/Task/"
+                                "9f8e7d6c5b4a39281706f5e4d3c2b1a0/_history/2",
+                            },
+                        },
+                    }
+                ],
+                "next_since": None,
+            }
+        },
+    )
     webhook_id: str
     events_count: int
     events: list[WebhookMessage]
@@ -166,7 +203,10 @@ class WebhookEvents(BaseModel):
     status_code=201,
     summary="Register a webhook",
     response_model=WebhookView,
-    responses={**V1_ERRORS, 200: {"description": "This url was already registered"}},
+    responses={
+        **V1_ERRORS,
+        200: {"description": "This url was already registered", "model": WebhookView},
+    },
 )
 async def create_webhook(payload: WebhookIn, ctx: ContextDep) -> JSONResponse:
     """Messages for the referrals your organization made. The same `url` again answers 200
