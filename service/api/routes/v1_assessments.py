@@ -46,6 +46,7 @@ V1_ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or invalid access token",
         403: "The token does not allow this",
         404: "Not found (or not visible to this client)",
+        410: "A record the request names was deleted",
         414: "The URL is longer than HANDOFF_MAX_URL_BYTES",
         415: "The body is not declared as JSON (Content-Type: application/json)",
         422: "The request has problems; the OperationOutcome lists every one",
