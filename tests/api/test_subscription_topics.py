@@ -16,6 +16,7 @@ from service.storage.db import write_transaction
 from tests.api.test_disclosure_paths import net as net  # the fixture
 from tests.api.test_subscriptions import FHIR_JSON, assert_r4, subscribe
 from tests.api.test_subscriptions import receiver as receiver  # the fixture
+from tests.api.test_subscriptions import settings as settings  # the fixture
 from tests.api.test_subscriptions import worker as worker  # the fixture
 from tests.builders import fhir_consent, in_future, subscription
 from tests.receivers import Receiver, event_numbers, focuses, status_parameter
@@ -24,24 +25,6 @@ pytestmark = pytest.mark.usefixtures("instruments")
 
 SR_TOPIC = "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Servicerequest"
 CONSENT_TOPIC = "https://handoff.dev/fhir/SubscriptionTopic/consent-change"
-
-
-@pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        database_url=database_url,
-        public_base_url=None,
-        gc_gen0_threshold=0,
-        max_concurrent_per_client=1000,
-        subscription_allow_local_http=True,
-        subscription_poll_seconds=0.05,
-        subscription_retry_seconds=0.05,
-        subscription_timeout_seconds=2,
-        subscription_lease_seconds=1,
-        subscription_max_failures=2,
-        subscription_release_scan_seconds=0.05,
-        _env_file=None,
-    )
 
 
 def _events(receiver: Receiver) -> list[tuple[int, str | None]]:

@@ -14,32 +14,14 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from service.api.routes.v1_webhooks import WebhookEvents, WebhookMessage, WebhookView
 from service.features.subscriptions.worker import Worker
-from service.settings import Settings
 from tests.api.test_disclosure_paths import accept, put, read
 from tests.api.test_disclosure_paths import net as net  # the fixture
 from tests.api.test_subscriptions import receiver as receiver  # the fixture
+from tests.api.test_subscriptions import settings as settings  # the fixture
 from tests.api.test_subscriptions import worker as worker  # the fixture
 from tests.receivers import Receiver
 
 pytestmark = pytest.mark.usefixtures("instruments")
-
-
-@pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        database_url=database_url,
-        public_base_url=None,
-        gc_gen0_threshold=0,
-        max_concurrent_per_client=1000,
-        subscription_allow_local_http=True,
-        subscription_poll_seconds=0.05,
-        subscription_retry_seconds=0.05,
-        subscription_timeout_seconds=2,
-        subscription_lease_seconds=1,
-        subscription_max_failures=2,
-        subscription_release_scan_seconds=0.05,
-        _env_file=None,
-    )
 
 
 def new_secret() -> str:

@@ -510,20 +510,7 @@ class Worker:
             content=spec.content,
         )
         headers = {"Content-Type": spec.payload, **dict(spec.headers)}
-        error: str | None = None
-        try:
-            response = await self.http.post(
-                spec.endpoint,
-                content=orjson.dumps(body),
-                headers=headers,
-                timeout=spec.timeout,
-            )
-            if not 200 <= response.status_code < 300:
-                error = f"The endpoint answered HTTP {response.status_code}"
-        except httpx.TimeoutException:
-            error = f"The endpoint did not answer within {spec.timeout:g} s"
-        except httpx.HTTPError as exc:
-            error = f"The endpoint could not be reached ({type(exc).__name__})"
+        error, _status = await self._post(spec.endpoint, orjson.dumps(body), headers, spec.timeout)
         if ctx.accessed:  # what left for the receiver is a disclosure, answered or not
             await audit.finish_request(ctx, error=None)
         if error is None:
@@ -559,26 +546,30 @@ class Worker:
         headers = webhooks.signed(
             spec, webhooks.message_id(state.id, event.event_number), body, now()
         )
-        error: str | None = None
-        final = False
-        try:
-            response = await self.http.post(
-                spec.url, content=body, headers=headers, timeout=spec.timeout
-            )
-            if response.status_code == 410:  # Standard Webhooks: the receiver is gone
-                error, final = "The endpoint answered HTTP 410 Gone: delivery stopped", True
-            elif not 200 <= response.status_code < 300:
-                error = f"The endpoint answered HTTP {response.status_code}"
-        except httpx.TimeoutException:
-            error = f"The endpoint did not answer within {spec.timeout:g} s"
-        except httpx.HTTPError as exc:
-            error = f"The endpoint could not be reached ({type(exc).__name__})"
+        error, status = await self._post(spec.url, body, headers, spec.timeout)
+        final = status == 410  # Standard Webhooks: the receiver is gone
+        if final:
+            error = "The endpoint answered HTTP 410 Gone: delivery stopped"
         if ctx.accessed:  # what left for the receiver is a disclosure, answered or not
             await audit.finish_request(ctx, error=None)
         if error is None:
             await self._finish(state, ok=True, through=event.event_number)
         else:
             await self._finish(state, ok=False, error=error, final=final)
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str], wait: float
+    ) -> tuple[str | None, int | None]:
+        """POST one notification: why it failed (None: a 2xx) and the status answered."""
+        try:
+            response = await self.http.post(url, content=body, headers=headers, timeout=wait)
+        except httpx.TimeoutException:
+            return f"The endpoint did not answer within {wait:g} s", None
+        except httpx.HTTPError as exc:
+            return f"The endpoint could not be reached ({type(exc).__name__})", None
+        if not 200 <= response.status_code < 300:
+            return f"The endpoint answered HTTP {response.status_code}", response.status_code
+        return None, response.status_code
 
     async def _finish(
         self,
