@@ -39,6 +39,8 @@ from service.api.routes import (
     v1_webhooks,
 )
 from service.api.routes.resources import resource_router
+from service.dashboard import routes as dashboard
+from service.dashboard.sessions import DashboardSessionMiddleware
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.logging_config import AccessLogMiddleware, configure_logging
 from service.openapi_schemas import fhir_component_schemas, parameters_without_null
@@ -210,8 +212,10 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(system.router)
     app.include_router(auth.router)
     app.include_router(health.router)
+    dashboard.install(app, settings)  # /dashboard: HTML pages, not in OpenAPI
     install_error_handlers(app)
     app.add_middleware(ContentNegotiationMiddleware)
+    app.add_middleware(DashboardSessionMiddleware, settings=settings)  # /dashboard only
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         RequestHeadLimitMiddleware,

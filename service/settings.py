@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./handoff.db"
@@ -158,6 +158,36 @@ class Settings(BaseSettings):
     )
     referral_metrics_max_age: float = Field(
         30.0, gt=0, description="Seconds the referral-count gauge reuses its last query."
+    )
+
+    # --- dashboard (/dashboard): people sign in with the organization's OpenID provider ------
+    oidc_issuer: str | None = Field(
+        None,
+        description="OpenID Connect issuer the dashboard signs people in with (its "
+        "/.well-known/openid-configuration is read). Unset: no OIDC sign-in (--demo offers a "
+        "demo sign-in).",
+    )
+    oidc_client_id: str | None = Field(None, description="The dashboard's client id there.")
+    oidc_client_secret: SecretStr | None = Field(
+        None, description="The dashboard's client secret there (confidential client)."
+    )
+    oidc_scope: str = Field("openid profile email", description="Scopes the dashboard asks for.")
+    oidc_organization_claim: str = Field(
+        "handoff_organization",
+        description="ID-token claim naming the user's Organization (id or Organization/<id>).",
+    )
+    oidc_role_claim: str = Field(
+        "handoff_role",
+        description="ID-token claim with the user's dashboard role: program-manager (sees its "
+        "organization's measures) or admin (sees all).",
+    )
+    dashboard_session_secret: SecretStr | None = Field(
+        None,
+        description="Key signing the dashboard's session cookie. Unset: a random key per "
+        "process (sessions end at restart and are not shared between workers).",
+    )
+    dashboard_session_hours: int = Field(
+        8, ge=1, le=24 * 7, description="How long a dashboard sign-in lasts."
     )
 
     # --- notifications (FHIR Subscriptions) ---------------------------------------------------

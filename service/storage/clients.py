@@ -78,6 +78,22 @@ async def add_client(conn: AsyncConnection, record: ClientRecord) -> None:
     await _announce(conn, record.client_id)
 
 
+async def add_client_if_absent(engine: AsyncEngine, record: ClientRecord) -> ClientRecord:
+    """Register ``record`` unless its client id exists; return the stored one (race-safe)."""
+    from service.storage.db import read_connection, write_transaction
+
+    try:
+        async with write_transaction(engine) as conn:
+            if await get_client(conn, record.client_id) is None:
+                await add_client(conn, record)
+    except IntegrityError:
+        pass  # another request or replica registered it first
+    async with read_connection(engine) as conn:
+        stored = await get_client(conn, record.client_id)
+    assert stored is not None
+    return stored
+
+
 async def get_client(conn: AsyncConnection, client_id: str) -> ClientRecord | None:
     row = (await conn.execute(select(*_COLUMNS).where(client_t.c.client_id == client_id))).first()
     return ClientRecord(*row) if row else None
