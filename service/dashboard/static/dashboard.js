@@ -12,9 +12,10 @@
     var labels = steps.map(function (s) { return s.label; });
     var values = steps.map(function (s) { return s.value === null ? 0 : s.value; });
     var text = steps.map(function (s) { return s.suppressed ? "<11 (hidden)" : s.shown; });
+    var where = steps.map(function (s) { return s.value === null ? "outside" : "auto"; });
     Plotly.newPlot(el, [{
       type: "bar", orientation: "h", x: values, y: labels, text: text,
-      textposition: "auto", marker: { color: "#1f5f8b" }, hoverinfo: "y+text"
+      textposition: where, cliponaxis: false, marker: { color: "#1f5f8b" }, hoverinfo: "y+text"
     }], {
       font: font, margin: { l: 230, r: 20, t: 10, b: 40 }, height: 320,
       yaxis: { autorange: "reversed" }, xaxis: { title: { text: "Releases" }, rangemode: "tozero" }
