@@ -24,7 +24,7 @@ logger = logging.getLogger("handoff.dashboard")
 def session_secret(settings: Settings) -> str:
     if settings.dashboard_session_secret is not None:
         return settings.dashboard_session_secret.get_secret_value()
-    if not settings.demo:
+    if settings.oidc_issuer:
         logger.warning(
             "HANDOFF_DASHBOARD_SESSION_SECRET is unset: dashboard sign-ins last until this "
             "process stops and work with this process only"

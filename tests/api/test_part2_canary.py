@@ -36,7 +36,9 @@ pytestmark = pytest.mark.usefixtures("instruments")
 YES, NO = "LA33-6", "LA32-8"
 ORGS = ("jail", "health", "otp", "otp2", "ssp", "peer", "bystander")
 
-# Routes not crawled, and why (each still has its own tests).
+# Routes not crawled, and why (each still has its own tests). The /dashboard pages are not in
+# the OpenAPI table: they show what GET /v1/measures answers the signed-in person's organization
+# (tests/api/test_dashboard.py: another organization's figures never show).
 EXCLUDED = {
     ("post", "/auth/token"): "issues tokens: no resource content",
     ("post", "/v1/naloxone"): "records kits (no Part 2 referral content in this scenario)",
