@@ -46,6 +46,16 @@ PUBLIC_ROUTES: dict[tuple[str, str], int] = {
     ("POST", "/auth/token"): 400,  # an OAuth error (no grant_type), not a bearer challenge
     ("GET", "/fhir/metadata"): 200,
     ("GET", "/fhir/.well-known/smart-configuration"): 200,
+    # The dashboard's pages: a signed-in session, not a bearer token (test_dashboard).
+    ("GET", "/dashboard/sign-in"): 200,
+    ("GET", "/dashboard"): 303,  # to the sign-in page
+    ("GET", "/dashboard/report"): 303,
+    ("GET", "/dashboard/measures.csv"): 303,
+    ("POST", "/dashboard/sign-in/demo"): 400,  # no form
+    ("GET", "/dashboard/sign-in/oidc"): 404,  # no OpenID provider configured
+    ("GET", "/dashboard/auth/callback"): 404,
+    ("POST", "/dashboard/sign-out"): 400,  # no form token
+    ("GET", "/dashboard/static/{name}"): 404,  # no such file
 }
 # SMART v2: r = read, vread, instance history; s = search, type and system history;
 # u = update (and upsert) and patch.
