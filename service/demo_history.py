@@ -1,7 +1,7 @@
 """A year of demo history for ``handoff serve --demo``: what a county jail's warm-handoff
 program looks like after twelve months (``HANDOFF_DEMO_HISTORY_MONTHS``, ending now).
 
-About 200 releases a year from the demo jail's two facilities (planned and unplanned, stays
+About 170 releases a year from the demo jail's two facilities (planned and unplanned, stays
 under and over 72 hours), most people screened at booking with the overdose-risk checklist,
 referrals to treatment and MOUD, harm reduction and peer support (accepted before or after the
 release, rejected, never answered), naloxone at release for most, first appointments attended
@@ -64,7 +64,7 @@ from service.workflows.context import WorkflowContext
 logger = logging.getLogger("handoff.demo")
 
 SEED = 26
-RELEASES_PER_YEAR = 180
+RELEASES_PER_YEAR = 160
 WIDTH = 4  # stories written at once on PostgreSQL
 BOOKING_PREFIX = "DEMO-H-"
 ANNEX_KEY = "county-jail-annex-site"
