@@ -217,10 +217,10 @@ def _referrals(
             plan = ReferralPlan(service, org_key, "unanswered", None)
         if released is not None and plan.response == "accepted":
             if org_key in ("otp", "sud-treatment"):
-                start = released + timedelta(days=rng.choice([1, 2, 3, 5, 7, 9, 12, 16, 20]))
-                start = start.replace(hour=rng.choice([9, 10, 11, 13, 14, 15]), minute=0)
-                if start < released:
-                    start += timedelta(days=1)
+                # Relative to the release (not a clock hour): whether it is still ahead of now
+                # is the same whatever the time of day.
+                days = rng.choice([1, 2, 3, 5, 7, 9, 12, 16, 20])
+                start = released + timedelta(days=days, hours=rng.uniform(-6, 6))
                 plan.appointment = (start, "attended" if rng.random() < 0.68 else "no-show")
             elif org_key == "peer-support":
                 plan.contacts = _contacts(rng, released)
@@ -319,15 +319,13 @@ def plan_history(now: datetime, months: int) -> list[Story]:
         ReferralPlan("peer-support", "peer-support", "accepted", now - timedelta(days=5))
     ]
     silent.referrals[0].contacts = [(now - timedelta(days=3, hours=20), "phone", False)]
-    silent.screened_at, silent.high_risk = silent.booked_at + _hours(2), True
     silent.booked_at = min(silent.booked_at, now - timedelta(days=6))
-    silent.screened_at = silent.booked_at + _hours(2)
+    silent.screened_at, silent.high_risk = silent.booked_at + _hours(2), True
     booked = _story(rng, base + 3, now - timedelta(days=2), now)
     booked.booked_at = min(booked.booked_at, now - timedelta(days=5))
     booked.screened_at, booked.high_risk = booked.booked_at + _hours(3), True
     treatment = ReferralPlan("sud-treatment", "sud-treatment", "accepted", now - timedelta(days=3))
-    start = (now + timedelta(days=3)).replace(hour=14, minute=0, second=0, microsecond=0)
-    treatment.appointment = (start, "booked")
+    treatment.appointment = (now + timedelta(days=3, hours=2), "booked")
     booked.referrals = [
         treatment,
         ReferralPlan("peer-support", "peer-support", "accepted", now - timedelta(days=3)),

@@ -49,7 +49,11 @@ async def test_serve_demo_seeds_the_history_once(app: Any, engine: AsyncEngine) 
     assert first.referrals == sum(len(s.referrals) for s in plan)
     assert first.contacts == sum(len(r.contacts) for s in plan for r in s.referrals)
     assert first.naloxone_kits == sum(s.naloxone for s in plan)
-    assert first.attended + first.missed < first.appointments
+    appointments = [r.appointment for s in plan for r in s.referrals if r.appointment]
+    assert first.appointments == len(appointments)
+    assert first.attended == sum(a[1] == "attended" for a in appointments)
+    assert first.missed == sum(a[1] == "no-show" for a in appointments)
+    assert first.attended + first.missed < first.appointments  # the walkthrough's is booked
 
     await seed_demo(app)
     second = app.state.demo_history

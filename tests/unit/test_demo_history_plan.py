@@ -43,13 +43,32 @@ def _shape(stories: list[Story], now: datetime) -> list[Any]:
 
 
 def test_the_plan_is_the_same_every_time_and_moves_with_now() -> None:
-    # The same time of day (appointments are at office hours, the walkthrough's "due today"
-    # follow-up an hour from now unless midnight is nearer).
+    # Away from midnight: the walkthrough's "due today" follow-up is an hour from now, or
+    # halfway to midnight when that is nearer.
     now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
-    later = now + timedelta(days=40)
+    later = now + timedelta(days=40, hours=7, minutes=13)
     assert _shape(plan_history(now, 12), now) == _shape(plan_history(now, 12), now)
     assert _shape(plan_history(later, 12), later) == _shape(plan_history(now, 12), now)
     assert plan_history(now, 0) == []
+
+
+def test_the_counts_do_not_depend_on_the_time_of_day() -> None:
+    noon = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    for now in (noon.replace(hour=23, minute=59, second=30), noon.replace(hour=0, minute=0)):
+        ours, theirs = plan_history(now, 12), plan_history(noon, 12)
+        assert [_counts(s) for s in ours] == [_counts(s) for s in theirs]
+
+
+def _counts(story: Story) -> tuple[Any, ...]:
+    return (
+        story.released_at is None,
+        story.screened_at is None,
+        story.naloxone,
+        [
+            (r.response, r.appointment and r.appointment[1], len(r.contacts))
+            for r in story.referrals
+        ],
+    )
 
 
 def test_a_year_of_history_looks_like_a_program() -> None:
