@@ -20,8 +20,9 @@ from service.storage.repository import index_t
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    # One month keeps the test short; `serve --demo` seeds twelve (the plan tests cover them).
-    return settings.model_copy(update={"demo": True, "demo_history_months": 1})
+    # Two months (the programs close the windows of releases over a month old) keep the test
+    # short; `serve --demo` seeds twelve (tests/unit/test_demo_history_plan.py plans them).
+    return settings.model_copy(update={"demo": True, "demo_history_months": 2})
 
 
 async def _bookings(engine: AsyncEngine) -> int:
@@ -36,13 +37,22 @@ async def _bookings(engine: AsyncEngine) -> int:
     return int(found or 0)
 
 
-async def test_serve_demo_seeds_the_history_once(app: Any, engine: AsyncEngine) -> None:
+def _milestone(task: dict[str, Any]) -> tuple[str | None, datetime | None]:
+    status = task.get("businessStatus") or {}
+    code = next((c.get("code") for c in status.get("coding", [])), None)
+    at = next((e["valueDateTime"] for e in status.get("extension", [])), None)
+    return code, datetime.fromisoformat(at) if at else None
+
+
+async def test_serve_demo_seeds_the_history_once_for_the_walkthrough(
+    app: Any, engine: AsyncEngine, client: Any, org_client: Any
+) -> None:
     settings = app.state.settings
     await ensure_builtin_content(engine, settings, app.state.rules)
-    before = datetime.now(UTC)
+    now = datetime.now(UTC)
     await seed_demo(app)
     first = app.state.demo_history
-    plan = plan_history(before, 1)
+    plan = plan_history(now, settings.demo_history_months)
     assert first.stories == len(plan) == await _bookings(engine)
     assert first.releases == sum(s.released_at is not None for s in plan)
     assert first.screenings == sum(s.screened_at is not None for s in plan)
@@ -55,18 +65,21 @@ async def test_serve_demo_seeds_the_history_once(app: Any, engine: AsyncEngine) 
     assert first.missed == sum(a[1] == "no-show" for a in appointments)
     assert first.attended + first.missed < first.appointments  # the walkthrough's is booked
 
-    await seed_demo(app)
-    second = app.state.demo_history
-    assert second.stories == second.referrals == second.contacts == 0
-    assert await _bookings(engine) == first.stories
+    # Clinical times are the historical ones: the milestones' occurred-at, not the record time.
+    r = await client.get("/fhir/Task", params={"code": "fulfill", "_count": 500})
+    assert r.status_code == 200, r.text
+    tasks = [e["resource"] for e in r.json()["entry"]]
+    milestones = [_milestone(t) for t in tasks]
+    month_ago = now - timedelta(days=28)
+    for codes in (
+        ["accepted"],
+        ["first-appointment-attended"],
+        ["closed-engaged", "lost-to-follow-up"],
+    ):
+        assert any(c in codes and at and at < month_ago for c, at in milestones), codes
+    assert any(c == "declined-by-recipient" for c, _ in milestones)
 
-
-async def test_the_walkthrough_finds_its_follow_ups_and_appointment(
-    app: Any, engine: AsyncEngine, org_client: Any
-) -> None:
-    await ensure_builtin_content(engine, app.state.settings, app.state.rules)
-    now = datetime.now(UTC)
-    await seed_demo(app)
+    # The walkthrough (README: Follow-up after release).
     peer = await org_client("Organization/demo-peer-support")
     r = await peer.get("/v1/follow-ups", params={"limit": 200})
     assert r.status_code == 200, r.text
@@ -80,9 +93,14 @@ async def test_the_walkthrough_finds_its_follow_ups_and_appointment(
     assert all(datetime.fromisoformat(i["released_at"]) > now - timedelta(days=32) for i in items)
     # The clinical time is the release, not when the demo was seeded.
     assert min(datetime.fromisoformat(i["released_at"]) for i in items) < now - timedelta(days=3)
-
     treatment = await org_client("Organization/demo-sud-treatment")
     r = await treatment.get("/fhir/Appointment", params={"status": "booked"})
     assert r.status_code == 200, r.text
     starts = [datetime.fromisoformat(e["resource"]["start"]) for e in r.json().get("entry", [])]
     assert any(start > now for start in starts)
+
+    # Seeding again (a restart of `serve --demo`) writes nothing twice.
+    await seed_demo(app)
+    second = app.state.demo_history
+    assert second.stories == second.referrals == second.contacts == 0
+    assert await _bookings(engine) == first.stories
