@@ -2,7 +2,7 @@
 program looks like after twelve months (``HANDOFF_DEMO_HISTORY_MONTHS``, ending now).
 
 About 170 releases a year from the demo jail's two facilities (planned and unplanned, stays
-under and over 72 hours), most people screened at booking with the overdose-risk checklist,
+under and over 72 hours, some long stays moved to the other facility), most people screened at booking with the overdose-risk checklist,
 referrals to treatment and MOUD, harm reduction and peer support (accepted before or after the
 release, rejected, never answered), naloxone at release for most, first appointments attended
 and missed, peer contacts that reached the person within 24 hours, 72 hours or later (and some
@@ -12,7 +12,7 @@ program a booked upcoming first appointment (README: Follow-up after release).
 
 Every record is written through the use cases the ``/v1`` routes call, as the organization
 that would write it, so every write rule runs. Clinical times are the historical ones (booking,
-screening, release, kit handed over, appointment start, contact, overdose, and the time of a
+transfer, screening, release, kit handed over, appointment start, contact, overdose, and the time of a
 referral's accepted/declined/closing milestone, ``milestone-occurred-at``); record times
 (``meta.lastUpdated``) are when the seeding ran.
 
@@ -127,6 +127,7 @@ class Story:
     naloxone: bool
     education: bool
     overdose: tuple[datetime, str] | None = None  # (when, outcome), reported by harm reduction
+    transferred_at: datetime | None = None  # moved to the other facility during the stay
 
     @property
     def booking_number(self) -> str:
@@ -138,6 +139,7 @@ class HistoryCounts:
     """What one seeding wrote (zeros when everything was already there)."""
 
     stories: int = 0
+    transfers: int = 0
     releases: int = 0
     screenings: int = 0
     referrals: int = 0
@@ -261,6 +263,9 @@ def _story(
     if screened_at is not None and released is not None and screened_at >= released:
         screened_at = booked + (released - booked) / 2
     referrals = _referrals(rng, booked, released, high_risk) if screened else []
+    transferred = None
+    if released is not None and released - booked > timedelta(days=10) and rng.random() < 0.3:
+        transferred = booked + (released - booked) * rng.uniform(0.2, 0.6)
     return Story(
         number=number,
         person_id=f"DEMO-P-{number:04d}",
@@ -279,6 +284,7 @@ def _story(
         referrals=referrals,
         naloxone=high_risk and released is not None and rng.random() < 0.85,
         education=rng.random() < 0.9,
+        transferred_at=transferred,
     )
 
 
@@ -509,6 +515,8 @@ async def _write_story(
 ) -> None:
     jail = contexts["county-jail"]
     facility = f"Location/{locations[story.facility_key]}"
+    other = "county-jail-site" if story.facility_key == ANNEX_KEY else ANNEX_KEY
+    released_from = f"Location/{locations[other]}" if story.transferred_at else facility
     person = Person(
         person_id=story.person_id,
         booking_number=story.booking_number,
@@ -531,6 +539,15 @@ async def _write_story(
                 expected_release_at=story.expected_release_at,
             ),
         )
+        if story.transferred_at is not None:
+            await stays.transfer_in(
+                conn,
+                _fresh(jail),
+                story.booking_number,
+                to=released_from,
+                at=story.transferred_at,
+            )
+            counts.transfers += 1
     counts.stories += 1
     patient_id = str(stay["subject"]["reference"]).removeprefix("Patient/")
     known = dataclasses.replace(person, patient_id=patient_id)
@@ -608,7 +625,7 @@ async def _write_story(
             NaloxoneInput(
                 person=known,
                 setting="at-release",
-                facility=facility,
+                facility=released_from,
                 place=None,
                 given_by=Staff(name="Sam Ortiz", role="nurse", staff_id="S-12"),
                 given_at=story.released_at - timedelta(minutes=20),

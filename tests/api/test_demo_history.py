@@ -55,6 +55,7 @@ async def test_serve_demo_seeds_the_history_once_for_the_walkthrough(
     plan = plan_history(now, settings.demo_history_months)
     assert first.stories == len(plan) == await _bookings(engine)
     assert first.releases == sum(s.released_at is not None for s in plan)
+    assert first.transfers == sum(s.transferred_at is not None for s in plan)
     assert first.screenings == sum(s.screened_at is not None for s in plan)
     assert first.referrals == sum(len(s.referrals) for s in plan)
     assert first.contacts == sum(len(r.contacts) for s in plan for r in s.referrals)

@@ -37,6 +37,7 @@ def _shape(stories: list[Story], now: datetime) -> list[Any]:
                 for r in s.referrals
             ],
             s.overdose and (ago(s.overdose[0]), s.overdose[1]),
+            ago(s.transferred_at),
         )
         for s in stories
     ]
@@ -80,6 +81,8 @@ def test_a_year_of_history_looks_like_a_program() -> None:
     assert min(s.released_at for s in released if s.released_at) > now - timedelta(days=366)
     assert {s.facility_key for s in stories} == {"county-jail-site", "county-jail-annex-site"}
     assert {s.planned for s in released} == {True, False}
+    moved = [s for s in released if s.transferred_at]
+    assert moved and all(s.booked_at < s.transferred_at < s.released_at for s in moved)  # type: ignore[operator]
     stays = [(s.released_at - s.booked_at) for s in released if s.released_at]
     assert any(d < timedelta(hours=72) for d in stays) and any(
         d > timedelta(hours=72) for d in stays
