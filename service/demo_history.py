@@ -1,25 +1,28 @@
-"""A year of demo history for ``handoff serve --demo``: what a county jail's warm-handoff
-program looks like after twelve months (``HANDOFF_DEMO_HISTORY_MONTHS``, ending now).
+"""A year of demo history for ``handoff serve --demo``: what a county jail's warm-handoff program
+looks like after twelve months (``HANDOFF_DEMO_HISTORY_MONTHS``, ending now).
 
-About 170 releases a year from the demo jail's two facilities (planned and unplanned, stays
-under and over 72 hours, some long stays moved to the other facility), most people screened at booking with the overdose-risk checklist,
-referrals to treatment and MOUD, harm reduction and peer support (accepted before or after the
-release, rejected, never answered), naloxone at release for most, first appointments attended
-and missed, peer contacts that reached the person within 24 hours, 72 hours or later (and some
-that did not), a few overdose responses, a few people booked again. The last weeks give the
-demo peer organization follow-ups overdue, due today and upcoming, and the demo treatment
-program a booked upcoming first appointment (README: Follow-up after release).
+About 170 releases a year from the demo jail's two facilities (planned and unplanned, stays under
+and over 72 hours, some long stays moved to the other facility), most people screened at booking
+with the overdose-risk checklist, referrals to treatment and MOUD, harm reduction and peer support
+(accepted before or after the release, rejected, never answered), naloxone at release for most,
+first appointments attended and missed, peer contacts that reached the person within 24 hours, 72
+hours or later (and some that did not), a few overdose responses, a few people booked again. The
+last weeks give the demo peer organization follow-ups overdue, due today and upcoming, and the demo
+treatment program a booked upcoming first appointment (README: Follow-up after release).
 
-Every record is written through the use cases the ``/v1`` routes call, as the organization
-that would write it, so every write rule runs. Clinical times are the historical ones (booking,
-transfer, screening, release, kit handed over, appointment start, contact, overdose, and the time of a
+Every record is written through the use cases the ``/v1`` routes call, as the organization that
+would write it, so every write rule runs. Clinical times are the historical ones (booking, transfer,
+screening, release, kit handed over, appointment start, contact, overdose, and the time of a
 referral's accepted/declined/closing milestone, ``milestone-occurred-at``); record times
-(``meta.lastUpdated``) are when the seeding ran.
+(``meta.lastUpdated``) are when the seeding ran. Where a use case takes no clinical time, the
+record time is all there is: when a referral was sent (``authoredOn``), an appointment booked
+(``intake-scheduled``) or missed (``no-show``), an unplanned release escalated, and when a
+program closed the windows of a month-old release that no contact completed.
 
-The plan is drawn from a seeded ``random.Random`` with every time relative to now: the same
-stories, the same counts, on every database and every day. Each story is keyed by its booking
-number (``DEMO-H-0001`` ...): a story whose booking exists is skipped, so seeding twice writes
-nothing twice.
+The plan is drawn from a seeded ``random.Random`` with every time relative to now: the same stories,
+the same counts, on every database and every day. Each story is keyed by its booking number
+(``DEMO-H-0001`` ...): a story whose booking exists is skipped, so seeding twice writes nothing
+twice.
 """
 
 from __future__ import annotations
