@@ -90,6 +90,14 @@ SITES: dict[str, tuple[str, float, float, tuple[str, ...], bool]] = {
     "peer-support": ("77 Oak St", 39.9851, -82.9762, ("en",), False),
 }
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri"]
+# The jail's second facility: (site key, name, street, latitude, longitude).
+JAIL_ANNEX = (
+    "county-jail-annex-site",
+    "Riverbend County Jail North Annex",
+    "900 River Rd",
+    39.9901,
+    -83.0022,
+)
 
 
 async def _seed(conn: Any, ctx: WorkflowContext, body: dict[str, Any], demo_key: str) -> str:
@@ -135,6 +143,20 @@ def _location(key: str, name: str, org_id: str) -> dict[str, Any]:
         },
         "position": {"latitude": lat, "longitude": lon},
         "managingOrganization": {"reference": f"Organization/{org_id}"},
+    }
+
+
+def _annex(jail_id: str) -> dict[str, Any]:
+    site, name, street, lat, lon = JAIL_ANNEX
+    return {
+        "resourceType": "Location",
+        "meta": {"tag": [DEMO_TAG]},
+        "identifier": [{"system": DEMO_SYSTEM, "value": site}],
+        "status": "active",
+        "name": name,
+        "address": {"line": [street], "city": "Riverbend", "state": "OH", "postalCode": "43001"},
+        "position": {"latitude": lat, "longitude": lon},
+        "managingOrganization": {"reference": f"Organization/{jail_id}"},
     }
 
 
@@ -237,18 +259,26 @@ async def seed_demo(app: FastAPI) -> dict[str, str]:
         rules=app.state.rules,
     )
     org_ids: dict[str, str] = {}
+    locations: dict[str, str] = {}  # site key -> Location id
     async with write_transaction(ctx.engine) as conn:
         for key, (name, org_type, services) in ORGANIZATIONS.items():
             org_id = await _seed(conn, ctx, _org(key, name, org_type), key)
             org_ids[key] = org_id
             site = f"{key}-site"
             location_id = await _seed(conn, ctx, _location(key, name, org_id), site)
+            locations[site] = location_id
             for i, service in enumerate(services):
                 body = _service(key, i, org_id, location_id, service)
                 await _seed(conn, ctx, body, f"{key}-service-{i}")
+        annex = _annex(org_ids["county-jail"])
+        locations[JAIL_ANNEX[0]] = await _seed(conn, ctx, annex, JAIL_ANNEX[0])
     app.state.demo_organizations = org_ids
     clients = await seed_demo_clients(ctx.engine, org_ids)
     await seed_demo_subscription(app, org_ids)
+    if app.state.settings.demo:  # not for tests that seed only the network
+        from service.demo_history import seed_history
+
+        app.state.demo_history = await seed_history(app, org_ids, locations, DEMO_CLIENTS)
     lines = "\n".join(
         f"  {c['client_id']:<22} secret {c['client_secret']:<29} {c['organization']}"
         for c in clients

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     demo: bool = Field(False, description="Seed demo organizations and clients on start-up.")
+    demo_history_months: int = Field(
+        12,
+        ge=0,
+        le=24,
+        description="Months of demo history (bookings, releases, referrals, appointments, "
+        "contacts, naloxone) `serve --demo` seeds, ending now; 0 seeds none.",
+    )
     default_page_size: int = Field(50, ge=1, le=1000)
     max_page_size: int = Field(1000, ge=1)
 

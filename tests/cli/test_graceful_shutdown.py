@@ -33,6 +33,7 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]
         **os.environ,
         "HANDOFF_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
         "HANDOFF_LOG_LEVEL": "INFO",
+        "HANDOFF_DEMO_HISTORY_MONTHS": "0",
         # This checkout's code, whatever the virtualenv's editable install points at.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }

@@ -30,10 +30,11 @@ def start(
     args: list[str], env: dict[str, str], cwd: Path, *, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """The server's output goes to ``log`` when given: a long run fills an unread pipe (64 KB),
-    and a server blocked writing its log stops answering."""
+    and a server blocked writing its log stops answering. A ``--demo`` server seeds no demo
+    history unless ``env`` asks for it (tests/api/test_demo_history.py tests it)."""
     return subprocess.Popen(
         [sys.executable, "-m", "service", *args],
-        env={**os.environ, **env},
+        env={"HANDOFF_DEMO_HISTORY_MONTHS": "0", **os.environ, **env},
         cwd=cwd,
         stdout=log.open("wb") if log else subprocess.PIPE,
         stderr=subprocess.STDOUT,
