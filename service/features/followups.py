@@ -51,6 +51,7 @@ from service.search.execute import allow_all, run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
 from service.workflows import resources as wf
+from service.workflows.access import CREATOR_PARAM, index_has
 from service.workflows.context import WorkflowContext
 
 # Referrals whose receiving program follows the person up after release.
@@ -98,12 +99,23 @@ async def _search(
 
 
 async def plan_for(conn: AsyncConnection, organization: str) -> dict[str, Any]:
-    """The program's newest active plan, else the built-in default."""
-    published = await _search(
-        conn,
+    """The program's newest active plan, else the built-in default. Only a plan the program
+    published itself counts: one naming it that another organization wrote does not."""
+    request = parse_search(
         "PlanDefinition",
         [("context-reference", organization), ("status", "active"), ("_sort", "-_lastUpdated")],
+        strict=True,
+        default_count=100,
+        max_count=100,
     )
+    page = await run_search(
+        conn,
+        request,
+        access=lambda rtype, cols: index_has(rtype, cols, CREATOR_PARAM, organization),
+    )
+    published: list[dict[str, Any]] = [
+        orjson.loads(m.raw) for m in page.matches if m.raw is not None
+    ]
     for plan in published:
         if program_of(plan) == organization and plan.get("action"):
             return plan
