@@ -93,6 +93,12 @@ async def test_plan_validation_scopes_and_tenancy(
     late = {**PLAN, "actions": [{"title": "Call", "after": {"value": 400, "unit": "days"}}]}
     r = await peer.post("/v1/follow-up-plans", json=late)
     assert r.status_code == 422 and r.json()["issue"][0]["expression"] == ["actions[0].after"]
+    for loose in (
+        {**PLAN, "active": 0},
+        {**PLAN, "actions": [{"title": "C", "after": {"value": "3", "unit": "days"}}]},
+    ):
+        r = await peer.post("/v1/follow-up-plans", json=loose)  # JSON types as the schema says
+        assert r.status_code == 422, r.text
     # Without PlanDefinition create access: 403, as on the FHIR path.
     reader = await org_client(ids["peer"], scopes="system/PlanDefinition.rs")
     r = await reader.post("/v1/follow-up-plans", json=PLAN)

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
@@ -234,7 +234,9 @@ _EXAMPLE_PLAN = "0193c1e0-4444-7abc-8def-0123456789ab"
 
 class AfterRelease(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    value: int = Field(ge=1, le=8760, description="How many hours or days after the release")
+    value: int = Field(
+        ge=1, le=8760, strict=True, description="How many hours or days after the release"
+    )
     unit: Literal["hours", "days"]
 
 
@@ -264,7 +266,7 @@ class FollowUpPlanIn(JmsRequest):
     actions: list[PlanActionIn] = Field(
         min_length=1, max_length=20, description="The contacts, each due so long after release"
     )
-    active: bool = Field(
+    active: StrictBool = Field(
         True,
         description="false retires the plan: the next releases follow your newest other "
         "active plan, else the built-in default",
@@ -395,7 +397,11 @@ async def get_plan(plan_id: PlanId, ctx: ContextDep) -> dict[str, Any]:
     "/v1/follow-up-plans/{plan_id}",
     summary="Change your follow-up plan (applies to later releases)",
     response_model=None,
-    responses={**V1_ERRORS, 200: {"description": "The new version", "model": FollowUpPlanView}},
+    responses={
+        **V1_ERRORS,
+        405: {**V1_ERRORS[404], "description": "The built-in default plan is read-only"},
+        200: {"description": "The new version", "model": FollowUpPlanView},
+    },
 )
 async def change_plan(plan_id: PlanId, payload: FollowUpPlanIn, ctx: ContextDep) -> dict[str, Any]:
     """A new version of the PlanDefinition (the same body as the POST). Releases recorded
