@@ -1,6 +1,7 @@
-"""JMS API: webhooks (/v1/webhooks), signed JSON messages when a referral the jail made is
-accepted, rejected or reaches a milestone, or its person's release is near and nobody accepted
-it (service.features.subscriptions.webhooks; Standard Webhooks signatures)."""
+"""JMS and provider API: webhooks (/v1/webhooks), signed JSON messages when a referral the jail
+made is accepted, rejected or reaches a milestone, or its person's release is near and nobody
+accepted it; and when a program's follow-up contact after release is overdue
+(service.features.subscriptions.webhooks; Standard Webhooks signatures)."""
 
 from __future__ import annotations
 
