@@ -5,14 +5,17 @@ reaches the person still completes it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
 from service.api.routes.v1_webhooks import WebhookMessage
 from service.features.subscriptions.worker import Worker
+from service.settings import Settings
 from tests.api.test_custody import at
 from tests.api.test_followups import accepted, follow_ups, instant, release
 from tests.api.test_referrals import network  # noqa: F401
@@ -138,3 +141,24 @@ async def test_a_corrected_release_that_moves_the_window_ahead_clears_the_mark(
     assert not overdue(first) and first["priority"] == "routine"
     await worker.drain()
     assert not overdue((await follow_ups(otp, ref))[0])
+
+
+async def test_workers_scanning_at_once_mark_a_follow_up_once(
+    network: dict[str, Any],  # noqa: F811
+    worker: Worker,
+    app: Any,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    jail, otp = network["jail"], network["otp"]
+    ref = await accepted(network)
+    await release(jail, at(-30))
+    other = Worker(engine, settings, app.state.rules)  # a second replica
+    try:
+        for _ in range(3):
+            await asyncio.gather(worker.match(), other.match())
+    finally:
+        await other.close()
+    first = (await follow_ups(otp, ref))[0]
+    history = (await otp.get(f"/fhir/Task/{first['id']}/_history")).json()
+    assert [overdue(e["resource"]) for e in history["entry"]] == [True, False]
