@@ -17,7 +17,7 @@ from tests.builders import FHIR_JSON
 
 pytestmark = pytest.mark.usefixtures("instruments")
 
-PLAN = {
+PLAN: dict[str, Any] = {
     "name": "Call the first evening, visit in three days",
     "actions": [
         {"title": "Visit within 3 days", "after": {"value": 3, "unit": "days"}},
