@@ -250,7 +250,8 @@ class Settings(BaseSettings):
     subscription_release_scan_seconds: float = Field(
         60.0,
         gt=0,
-        description="How often the worker looks for referrals whose release is imminent.",
+        description="How often the worker looks for referrals whose release is imminent "
+        "and for follow-up contacts whose window passed (overdue).",
     )
 
     @field_validator("adt_timezone")

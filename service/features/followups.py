@@ -11,6 +11,12 @@ due dates, a withdrawn release cancels them, a release recorded again reopens th
 is read when the first set is made (a plan change applies to releases after it). The Tasks are
 the program's own records (requester, owner and creator), labelled from the referral (42 CFR
 Part 2): the jail does not see them.
+
+A follow-up whose window (``restriction.period.end``) passes while it is still open is marked
+overdue by the notification worker's periodic scan (``mark_overdue``): a new Task version with
+``businessStatus`` ``overdue`` and priority ``urgent``, once per Task. That change is the
+escalation: the SDOH Task topic's subscribers and ``follow-up-overdue`` webhooks of the program
+hear of it. The Task stays open, so a later contact that reaches the person still completes it.
 """
 
 from __future__ import annotations
@@ -31,17 +37,21 @@ from service.fhir.followup_plan import (
     DEFAULT_PLAN_URL,
     FOLLOW_UP_CONTACT,
     FOLLOW_UP_IDENTIFIER,
+    FOLLOW_UP_OVERDUE,
+    FOLLOW_UP_OVERDUE_DISPLAY,
     FOLLOW_UP_SYSTEM,
     PLAN_EXTENSION,
     USAGE_CONTEXT_TYPE,
     action_due,
     contact_code,
     default_plan,
+    is_overdue,
 )
 from service.search.execute import allow_all, run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
 from service.workflows import resources as wf
+from service.workflows.access import CREATOR_PARAM, index_has
 from service.workflows.context import WorkflowContext
 
 # Referrals whose receiving program follows the person up after release.
@@ -89,12 +99,23 @@ async def _search(
 
 
 async def plan_for(conn: AsyncConnection, organization: str) -> dict[str, Any]:
-    """The program's newest active plan, else the built-in default."""
-    published = await _search(
-        conn,
+    """The program's newest active plan, else the built-in default. Only a plan the program
+    published itself counts: one naming it that another organization wrote does not."""
+    request = parse_search(
         "PlanDefinition",
         [("context-reference", organization), ("status", "active"), ("_sort", "-_lastUpdated")],
+        strict=True,
+        default_count=100,
+        max_count=100,
     )
+    page = await run_search(
+        conn,
+        request,
+        access=lambda rtype, cols: index_has(rtype, cols, CREATOR_PARAM, organization),
+    )
+    published: list[dict[str, Any]] = [
+        orjson.loads(m.raw) for m in page.matches if m.raw is not None
+    ]
     for plan in published:
         if program_of(plan) == organization and plan.get("action"):
             return plan
@@ -170,6 +191,9 @@ async def apply_at_release(
             if withdrawn:
                 changed["status"] = "ready"
                 changed.pop("statusReason", None)
+            if is_overdue(changed) and not _window_passed(changed, datetime.now(UTC)):
+                changed.pop("businessStatus", None)  # a corrected release moved it ahead
+                changed["priority"] = "routine"
             if changed != task:
                 await wf.update_in(
                     conn,
@@ -234,3 +258,84 @@ async def withdraw_at_release(conn: AsyncConnection, ctx: WorkflowContext, sr_id
             changed,
             if_match=int(task["meta"]["versionId"]),
         )
+
+
+# --- overdue follow-ups -------------------------------------------------------------------------
+
+OVERDUE_PRIORITY = "urgent"
+
+
+def _window_passed(task: dict[str, Any], now: datetime) -> bool:
+    end = ((task.get("restriction") or {}).get("period") or {}).get("end")
+    if not isinstance(end, str):
+        return False
+    try:
+        return _instant(end) < now
+    except ValueError:
+        return False
+
+
+def _needs_mark(task: dict[str, Any], now: datetime) -> bool:
+    return (
+        task.get("status") in ("ready", "in-progress")
+        and not is_overdue(task)
+        and _window_passed(task, now)
+    )
+
+
+async def overdue_candidates(conn: AsyncConnection, now: datetime) -> list[str]:
+    """The ids of open follow-up Tasks whose window passed before ``now`` and that carry no
+    overdue mark yet (every program's: the server's own look-up)."""
+    request = parse_search(
+        "Task",
+        [
+            ("code", f"{FOLLOW_UP_SYSTEM}|{FOLLOW_UP_CONTACT}"),
+            ("status", "ready,in-progress"),
+            ("_count", "500"),
+        ],
+        strict=True,
+        default_count=500,
+        max_count=500,
+    )
+    found: list[str] = []
+    while True:
+        page = await run_search(conn, request, access=allow_all)
+        for match in page.matches:
+            if match.raw is not None and _needs_mark(orjson.loads(match.raw), now):
+                found.append(match.id)
+        if not page.next_page:
+            return found
+        request.page = page.next_page
+
+
+async def mark_overdue(
+    conn: AsyncConnection, ctx: WorkflowContext, task_id: str, now: datetime
+) -> bool:
+    """Mark one follow-up Task overdue (a new version, written for its program); False when
+    it needs no mark (completed, cancelled or marked meanwhile, its window moved): the row is
+    locked and checked again, so concurrent scans mark it once."""
+    current = await repo.get_current(conn, "Task", task_id, for_update=True)
+    if current is None or current.deleted or current.raw is None:
+        return False
+    task = orjson.loads(current.raw)
+    if not _needs_mark(task, now):
+        return False
+    owner = str((task.get("owner") or {}).get("reference") or "")
+    changed = {
+        **task,
+        "businessStatus": {
+            "coding": [
+                {
+                    "system": FOLLOW_UP_SYSTEM,
+                    "code": FOLLOW_UP_OVERDUE,
+                    "display": FOLLOW_UP_OVERDUE_DISPLAY,
+                }
+            ],
+            "text": FOLLOW_UP_OVERDUE_DISPLAY,
+        },
+        "priority": OVERDUE_PRIORITY,
+    }
+    await wf.update_in(
+        conn, _internal(ctx, owner), "Task", task_id, changed, if_match=current.version_id
+    )
+    return True

@@ -1174,10 +1174,17 @@ _EMPTY = ReferralInput(
 
 
 @traced_workflow("workflow.escalations", resource_type="ServiceRequest", interaction="search")
-async def escalations(ctx: WorkflowContext, *, within: timedelta) -> list[dict[str, Any]]:
+async def escalations(
+    ctx: WorkflowContext, *, within: timedelta, no_shows: bool = False
+) -> list[dict[str, Any]]:
     """Referrals whose release is near (or passed within the window) and not yet accepted,
     and referrals escalated when their person was released unplanned or early (the Task's
-    ``released-unplanned`` milestone, while it is still not accepted)."""
+    ``released-unplanned`` milestone, while it is still not accepted).
+
+    ``no_shows``: also the taken referrals whose person missed the first appointment (the
+    Task's ``no-show`` milestone, while nothing attended or closed it). That milestone is the
+    receiving program's record (42 CFR Part 2): the search over it finds a referral only where
+    the caller may see the milestone (its author, or under the program's consent)."""
     now = datetime.now(UTC)
     views = await list_referrals(
         ctx,
@@ -1189,25 +1196,43 @@ async def escalations(ctx: WorkflowContext, *, within: timedelta) -> list[dict[s
         released=True,
     )
     listed = {v["referral_id"] for v in views}
-    params = [
-        ("business-status", f"{codes.BUSINESS_STATUS_SYSTEM}|released-unplanned"),
-        ("status", "requested,draft"),
-        ("_count", str(WORKLIST_PAGE_SIZE)),
-    ]
-    if ctx.organization:
-        params.append(("requester", ctx.organization))
-    request = wf.parse_search_params(ctx, "Task", params, strict=True)
+    searches = [("released-unplanned", "requested,draft")]
+    if no_shows:
+        searches.append(("no-show", "accepted,in-progress,on-hold"))
+    missed: set[str] = set()
     async with read_connection(ctx.engine) as conn:
-        async for page in wf.search_pages(conn, ctx, request):
-            for match in page.matches:
-                focus = str((orjson.loads(match.raw or "{}").get("focus") or {}).get("reference"))
-                sr_id = focus.removeprefix("ServiceRequest/")
-                if focus.startswith("ServiceRequest/") and sr_id not in listed:
-                    listed.add(sr_id)
-                    views.append(await referral_view(conn, ctx, sr_id, with_timeline=False))
+        for milestone, statuses in searches:
+            params = [
+                ("business-status", f"{codes.BUSINESS_STATUS_SYSTEM}|{milestone}"),
+                ("status", statuses),
+                ("_count", str(WORKLIST_PAGE_SIZE)),
+            ]
+            if ctx.organization:
+                params.append(("requester", ctx.organization))
+            request = wf.parse_search_params(ctx, "Task", params, strict=True)
+            async for page in wf.search_pages(conn, ctx, request):
+                for match in page.matches:
+                    body = orjson.loads(match.raw or "{}")
+                    focus = str((body.get("focus") or {}).get("reference"))
+                    sr_id = focus.removeprefix("ServiceRequest/")
+                    if not focus.startswith("ServiceRequest/"):
+                        continue
+                    if milestone == "no-show":
+                        missed.add(sr_id)
+                    if sr_id not in listed:
+                        listed.add(sr_id)
+                        views.append(await referral_view(conn, ctx, sr_id, with_timeline=False))
     return [
         v
         for v in views
         if v["service_request_status"] == "active"
-        and v["status"] in (None, "requested", "rejected", "failed", "draft")
+        and (
+            v["status"] in (None, "requested", "rejected", "failed", "draft")
+            or (v["referral_id"] in missed and _milestone_code(v) == "no-show")
+        )
     ]
+
+
+def _milestone_code(view: dict[str, Any]) -> str | None:
+    business = view.get("business_status")
+    return str(business.get("code")) if isinstance(business, dict) else None

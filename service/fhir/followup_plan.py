@@ -17,6 +17,10 @@ DEFAULT_PLAN_ID: Final = "post-release-follow-up"
 DEFAULT_PLAN_URL: Final = f"{HANDOFF}/PlanDefinition/{DEFAULT_PLAN_ID}"
 FOLLOW_UP_SYSTEM: Final = f"{HANDOFF}/CodeSystem/follow-up"
 FOLLOW_UP_CONTACT: Final = "follow-up-contact"
+# A follow-up Task's businessStatus once its window passed without a contact that reached the
+# person (the notification worker's scan, ``features.followups.mark_overdue``).
+FOLLOW_UP_OVERDUE: Final = "overdue"
+FOLLOW_UP_OVERDUE_DISPLAY: Final = "Overdue: the window passed without reaching the person"
 # Task.identifier of a follow-up: "<referral id>/<action id>" (one per referral and action).
 FOLLOW_UP_IDENTIFIER: Final = f"{HANDOFF}/follow-up"
 MEDIUM_SYSTEM: Final = f"{HANDOFF}/CodeSystem/contact-medium"
@@ -56,7 +60,10 @@ def followup_code_systems() -> list[dict[str, Any]]:
             FOLLOW_UP_SYSTEM,
             "FollowUp",
             "Follow-up after release (Task.code, Communication.category)",
-            {FOLLOW_UP_CONTACT: "Follow-up contact after release"},
+            {
+                FOLLOW_UP_CONTACT: "Follow-up contact after release",
+                FOLLOW_UP_OVERDUE: FOLLOW_UP_OVERDUE_DISPLAY,
+            },
         ),
         code_system(
             "contact-medium",
@@ -129,3 +136,15 @@ def action_due(action: dict[str, Any]) -> timedelta | None:
     if unit not in _UNITS or not isinstance(value, int | float) or value < 0:
         return None
     return timedelta(seconds=float(value) * _UNITS[str(unit)])
+
+
+def is_overdue(task: dict[str, Any]) -> bool:
+    """Whether a follow-up Task carries the ``overdue`` mark (its ``businessStatus``)."""
+    business = task.get("businessStatus")
+    codings = business.get("coding", []) if isinstance(business, dict) else []
+    return any(
+        isinstance(c, dict)
+        and c.get("system") == FOLLOW_UP_SYSTEM
+        and c.get("code") == FOLLOW_UP_OVERDUE
+        for c in codings
+    )

@@ -338,3 +338,39 @@ async def test_who_may_book_and_see(
     r = await reader.post(f"{url}/{booked['appointment_id']}/cancel")
     assert r.status_code == 403 and "Appointment" in r.text
     assert jail_view_before is None
+
+
+async def test_a_no_show_is_an_escalation_for_the_jail_under_the_programs_consent(
+    client: httpx.AsyncClient,
+    network: dict[str, Any],  # noqa: F811
+) -> None:
+    jail, otp, ids = network["jail"], network["otp"], network["ids"]
+    ref = await accepted_referral(client, network)
+    await release(jail, -3)
+    url = f"/v1/referrals/{ref['referral_id']}/appointments"
+    r = await otp.post(url, json={"start": at(-2), "location": ref["location"]})
+    assert r.status_code == 201, r.text
+    one = f"{url}/{r.json()['appointment_id']}"
+
+    async def escalated() -> list[str]:
+        r = await jail.get("/v1/referrals/escalations", params={"within_hours": 72})
+        assert r.status_code == 200, r.text
+        return [v["referral_id"] for v in r.json()]
+
+    assert ref["referral_id"] not in await escalated()  # accepted and booked: nothing to do
+    assert (await otp.post(f"{one}/no-show")).status_code == 200
+    # The missed appointment is the program's record: without its consent the jail's
+    # escalations do not reveal it.
+    assert ref["referral_id"] not in await escalated()
+    await fhir_consent(
+        otp, f"Patient/{ref['patient_id']}", custodian=ids["otp"], recipients=[ids["jail"]]
+    )
+    r = await jail.get("/v1/referrals/escalations", params={"within_hours": 72})
+    [view] = [v for v in r.json() if v["referral_id"] == ref["referral_id"]]
+    assert view["business_status"]["code"] == "no-show" and view["status"] == "accepted"
+    ReferralView.model_validate(view)
+    # Another organization never sees it; once attended after all, it is no longer listed.
+    assert (await network["peer"].get("/v1/referrals/escalations")).json() == []
+    assert (await otp.patch(one, json={"start": at(-1)})).status_code == 200
+    assert (await otp.post(f"{one}/attended")).status_code == 200
+    assert ref["referral_id"] not in await escalated()

@@ -22,6 +22,7 @@ EXAMPLES = [
     ("/v1/naloxone", "NaloxoneIn", "demo-county-jail"),
     ("/v1/overdose-responses", "OverdoseResponseIn", "demo-harm-reduction"),
     ("/v1/webhooks", "WebhookIn", "demo-county-jail"),
+    ("/v1/follow-up-plans", "FollowUpPlanIn", "demo-peer-support"),
 ]
 
 

@@ -1,21 +1,22 @@
 """Provider API: follow-up after release, for peer and treatment programs without FHIR: the
-contact log (/v1/people/{id}/contacts) and the follow-up worklist (/v1/follow-ups)."""
+contact log (/v1/people/{id}/contacts), the follow-up worklist (/v1/follow-ups) and the
+program's follow-up plan (/v1/follow-up-plans)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from service.api.deps import AuditedRoute, ContextDep
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest
 from service.errors import BusinessRuleError, Issue
 from service.features import contacts as contact_log
-from service.features import worklist
+from service.features import followup_plans, worklist
 from service.fhir.followup_plan import MEDIUMS, TOPICS
 from service.workflows import idempotency
 
@@ -224,3 +225,186 @@ async def follow_ups(
         url = f"{ctx.base_url.removesuffix('/fhir')}/v1/follow-ups?"
         headers["Link"] = f'<{url}{urlencode([*query, ("after", following)])}>; rel="next"'
     return JSONResponse(page, headers=headers)
+
+
+# --- follow-up plans ---------------------------------------------------------------------------
+
+_EXAMPLE_PLAN = "0193c1e0-4444-7abc-8def-0123456789ab"
+
+
+class AfterRelease(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: int = Field(
+        ge=1, le=8760, strict=True, description="How many hours or days after the release"
+    )
+    unit: Literal["hours", "days"]
+
+
+class PlanActionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field(min_length=1, max_length=200, description="What the contact is")
+    after: AfterRelease = Field(description="When it is due, counted from the release")
+
+
+class FollowUpPlanIn(JmsRequest):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "name": "Peer follow-up: call the first evening, visit in three days",
+                "description": "Our peer specialists' contacts after release",
+                "actions": [
+                    {"title": "Call within 12 hours", "after": {"value": 12, "unit": "hours"}},
+                    {"title": "Visit within 3 days", "after": {"value": 3, "unit": "days"}},
+                    {"title": "Check in at two weeks", "after": {"value": 14, "unit": "days"}},
+                ],
+            }
+        },
+    )
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    actions: list[PlanActionIn] = Field(
+        min_length=1, max_length=20, description="The contacts, each due so long after release"
+    )
+    active: StrictBool = Field(
+        True,
+        description="false retires the plan: the next releases follow your newest other "
+        "active plan, else the built-in default",
+    )
+
+    def to_domain(self) -> followup_plans.Plan:
+        return followup_plans.Plan(
+            name=self.name,
+            description=self.description,
+            actions=[
+                followup_plans.Action(title=a.title, value=a.after.value, unit=a.after.unit)
+                for a in self.actions
+            ],
+            active=self.active,
+        )
+
+
+class PlanActionView(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(description="The PlanDefinition action id")
+    title: str | None
+    after: dict[str, Any] = Field(description='{"value": 12, "unit": "hours"}')
+
+
+class PlanLinks(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    self: str
+    plan_definition: str = Field(description="The FHIR PlanDefinition")
+
+
+class FollowUpPlanView(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "plan_id": _EXAMPLE_PLAN,
+                "name": "Peer follow-up: call the first evening, visit in three days",
+                "description": "Our peer specialists' contacts after release",
+                "status": "active",
+                "builtin": False,
+                "current": True,
+                "version": 1,
+                "updated_at": "2030-06-01T12:00:00.000Z",  # calendar: fixed (Swagger example)
+                "actions": [
+                    {
+                        "id": "contact-1",
+                        "title": "Call within 12 hours",
+                        "after": {"value": 12, "unit": "hours"},
+                    },
+                    {
+                        "id": "contact-2",
+                        "title": "Visit within 3 days",
+                        "after": {"value": 3, "unit": "days"},
+                    },
+                ],
+                "links": {
+                    "self": f"https://handoff.example.org/v1/follow-up-plans/{_EXAMPLE_PLAN}",
+                    "plan_definition": "https://handoff.example.org/fhir/PlanDefinition/"
+                    + _EXAMPLE_PLAN,
+                },
+            }
+        },
+    )
+    plan_id: str = Field(description="The FHIR PlanDefinition id")
+    name: str | None
+    description: str | None
+    status: str | None = Field(description="active, or retired")
+    builtin: bool = Field(description="The service's default plan (read-only)")
+    current: bool = Field(description="The plan your organization's next releases follow")
+    version: int
+    updated_at: str | None
+    actions: list[PlanActionView]
+    links: PlanLinks
+
+
+PlanId = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-\.]+$", description="Plan id")
+]
+
+
+@router.post(
+    "/v1/follow-up-plans",
+    status_code=201,
+    summary="Publish your organization's follow-up plan after release",
+    response_model=None,
+    responses={**V1_ERRORS, 201: {"description": "Published", "model": FollowUpPlanView}},
+)
+async def publish_plan(
+    payload: FollowUpPlanIn,
+    ctx: ContextDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Stored as your FHIR PlanDefinition (as if published through `/fhir/PlanDefinition`).
+    Your newest active plan applies to the releases recorded after it; follow-ups already
+    made keep their times. Needs `PlanDefinition` create access."""
+    idempotency.check_key(idempotency_key)
+    status, body = await followup_plans.publish(
+        ctx,
+        payload.to_domain(),
+        idempotency_key=idempotency_key,
+        fingerprint=idempotency.request_hash(payload.model_dump(mode="json")),
+    )
+    return JSONResponse(body, status_code=status)
+
+
+@router.get(
+    "/v1/follow-up-plans",
+    summary="Your follow-up plans, and the built-in default",
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "Plans", "model": list[FollowUpPlanView]}},
+)
+async def list_plans(ctx: ContextDep) -> list[dict[str, Any]]:
+    """Newest first; `current` marks the one your next releases follow."""
+    return await followup_plans.list_plans(ctx)
+
+
+@router.get(
+    "/v1/follow-up-plans/{plan_id}",
+    summary="One follow-up plan",
+    response_model=None,
+    responses={**V1_ERRORS, 200: {"description": "The plan", "model": FollowUpPlanView}},
+)
+async def get_plan(plan_id: PlanId, ctx: ContextDep) -> dict[str, Any]:
+    return await followup_plans.get(ctx, plan_id)
+
+
+@router.put(
+    "/v1/follow-up-plans/{plan_id}",
+    summary="Change your follow-up plan (applies to later releases)",
+    response_model=None,
+    responses={
+        **V1_ERRORS,
+        405: {**V1_ERRORS[404], "description": "The built-in default plan is read-only"},
+        200: {"description": "The new version", "model": FollowUpPlanView},
+    },
+)
+async def change_plan(plan_id: PlanId, payload: FollowUpPlanIn, ctx: ContextDep) -> dict[str, Any]:
+    """A new version of the PlanDefinition (the same body as the POST). Releases recorded
+    after it follow it; follow-ups already made keep their times. The built-in default is
+    read-only (405). Needs `PlanDefinition` update access."""
+    return await followup_plans.change(ctx, plan_id, payload.to_domain())

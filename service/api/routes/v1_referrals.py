@@ -426,7 +426,7 @@ def worklist_csv(views: list[dict[str, Any]]) -> str:
 
 @router.get(
     "/escalations",
-    summary="Releases coming soon whose referral is not accepted",
+    summary="Referrals to act on: release soon and not accepted, or a missed appointment",
     response_model=None,
     responses={**V1_ERRORS, 200: {"description": "Referrals", "model": list[ReferralView]}},
 )
@@ -435,8 +435,11 @@ async def escalations(
     within_hours: Annotated[int, Query(ge=1, le=24 * 14)] = 72,
 ) -> list[dict[str, Any]]:
     """Referrals whose release is within `within_hours` (or passed in the last day) and whose
-    Task is still requested, rejected or failed: the jail's staff should act now."""
-    return await wf.escalations(ctx, within=dt.timedelta(hours=within_hours))
+    Task is still requested, rejected or failed, or whose person was released unplanned; and
+    taken referrals whose person missed the first appointment (`business_status` no-show, shown
+    where the receiving program's consent lets you see its milestones): the jail's staff
+    should act now."""
+    return await wf.escalations(ctx, within=dt.timedelta(hours=within_hours), no_shows=True)
 
 
 @router.get(

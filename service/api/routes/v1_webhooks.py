@@ -1,6 +1,7 @@
-"""JMS API: webhooks (/v1/webhooks), signed JSON messages when a referral the jail made is
-accepted, rejected or reaches a milestone, or its person's release is near and nobody accepted
-it (service.features.subscriptions.webhooks; Standard Webhooks signatures)."""
+"""JMS and provider API: webhooks (/v1/webhooks), signed JSON messages when a referral the jail
+made is accepted, rejected or reaches a milestone, or its person's release is near and nobody
+accepted it; and when a program's follow-up contact after release is overdue
+(service.features.subscriptions.webhooks; Standard Webhooks signatures)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from service.features.subscriptions.topics import MAX_RELEASE_HOURS
 
 router = APIRouter(prefix="/v1/webhooks", tags=["JMS: webhooks"], route_class=AuditedRoute)
 
-EventName = Literal["accepted", "rejected", "milestone", "release-imminent"]
+EventName = Literal["accepted", "rejected", "milestone", "release-imminent", "follow-up-overdue"]
 WebhookId = Annotated[
     str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-]+$", description="Webhook id")
 ]
@@ -51,7 +52,11 @@ class WebhookIn(JmsRequest):
         "bytes (Standard Webhooks). Never shown again.",
     )
     events: list[EventName] = Field(
-        min_length=1, max_length=4, description="Which referral events to send"
+        min_length=1,
+        max_length=5,
+        description="Which events to send: accepted, rejected, milestone and release-imminent "
+        "for the referrals your organization made; follow-up-overdue for your organization's "
+        "follow-up contacts after release whose window passed without reaching the person",
     )
     release_hours: int = Field(
         24,
@@ -136,6 +141,10 @@ class MessageData(BaseModel):
     reason: str | None = Field(None, description="Why (a rejection's reason)")
     owner: str | None = Field(None, description="Organization/<id> asked to act")
     expected_release_at: str | None = None
+    patient_id: str | None = Field(None, description="follow-up.overdue: the person (Patient id)")
+    released_at: str | None = Field(None, description="follow-up.overdue: the recorded release")
+    due_at: str | None = Field(None, description="follow-up.overdue: when the contact was due")
+    description: str | None = Field(None, description="follow-up.overdue: the plan's action")
     links: MessageLinks | None = None
 
 
@@ -148,6 +157,7 @@ class WebhookMessage(BaseModel):
         "referral.rejected",
         "referral.milestone",
         "referral.release_imminent",
+        "follow-up.overdue",
     ]
     timestamp: str = Field(description="When the event happened (ISO 8601, UTC)")
     data: MessageData

@@ -4,8 +4,8 @@ R4 has no SubscriptionTopic resource: the topics are defined here and published 
 URL in the CapabilityStatement (``capabilitystatement-subscriptiontopic-canonical``).
 
 * SDOH Clinical Care ``Task`` topic: a Task created, updated or deleted whose current state is
-  ``status:not=draft&intent=order``; filters ``owner``, ``requester``, ``status``, ``code``,
-  ``_lastUpdated``.
+  ``status:not=draft&intent=order``, or a program's follow-up Task marked overdue; filters
+  ``owner``, ``requester``, ``status``, ``code``, ``_lastUpdated``.
 * SDOH Clinical Care ``ServiceRequest`` topic: a ServiceRequest updated or deleted; filters
   ``_id``, ``_lastUpdated``.
 * Handoff's release-imminent topic: a referral whose person is released within ``hours`` hours
@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl
 from service.errors import BusinessRuleError, InvalidRequestError
 from service.fhir.codes import HANDOFF
 from service.fhir.dates import parse_range
+from service.fhir.followup_plan import is_overdue
 from service.search.extract import extract_index, relative_reference
 
 FilterKind = Literal["reference", "token", "date", "id", "number"]
@@ -57,6 +58,10 @@ class Topic:
 
 
 def _task_state(body: dict[str, Any]) -> bool:
+    """A referral Task (not draft), or a program's follow-up Task marked overdue (the
+    escalation of a follow-up window that passed: features.followups)."""
+    if body.get("intent") == "plan":
+        return is_overdue(body)
     return body.get("status") != "draft" and body.get("intent") == "order"
 
 
@@ -76,7 +81,8 @@ TOPICS: Final[dict[str, Topic]] = {
                 "_lastUpdated": "date",
             },
             current_state=_task_state,
-            description="A Task (status not draft, intent order) is created, changed or deleted",
+            description="A Task (status not draft, intent order) is created, changed or "
+            "deleted, or a follow-up Task is marked overdue (and changes while it is)",
         ),
         Topic(
             SERVICE_REQUEST_TOPIC,

@@ -1,6 +1,8 @@
-"""Webhooks for jail systems that do not speak FHIR (``/v1/webhooks``): small signed JSON
-messages when a referral the jail made is accepted, rejected or reaches a milestone, or when
-its person is about to be released and nobody has accepted it.
+"""Webhooks for jail systems and programs that do not speak FHIR (``/v1/webhooks``): small
+signed JSON messages when a referral the jail made is accepted, rejected or reaches a
+milestone, or when its person is about to be released and nobody has accepted it; and, for a
+peer or treatment program, when one of its follow-up contacts after release is overdue (its
+window passed without a contact that reached the person: ``features.followups``).
 
 A webhook is a subscription of kind ``webhook`` (``subscription_state``): the same worker
 numbers its events from the change feed (``Worker._number_changes``), delivers them with the
@@ -39,6 +41,7 @@ from service.features.subscriptions.spec import check_endpoint
 from service.features.subscriptions.topics import MAX_RELEASE_HOURS
 from service.fhir import codes
 from service.fhir.dates import format_instant
+from service.fhir.followup_plan import FOLLOW_UP_SYSTEM, is_overdue
 from service.search.execute import CURRENT_COLS
 from service.storage import repository as repo
 from service.storage import subscriptions as store
@@ -53,6 +56,7 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "rejected": "referral.rejected",
     "milestone": "referral.milestone",
     "release-imminent": "referral.release_imminent",
+    "follow-up-overdue": "follow-up.overdue",
 }
 SECRET_PREFIX: Final = "whsec_"
 # Standard Webhooks: a random secret of 24 to 64 bytes, base64 after ``whsec_``.
@@ -100,11 +104,18 @@ class WebhookSpec:
 
 
 def event_of_change(previous: dict[str, Any] | None, task: dict[str, Any]) -> str | None:
-    """The webhook event a new version of a referral Task is, if any: accepted or rejected
-    when its status became so, else a milestone when its business status changed."""
-    if task.get("resourceType") != "Task" or task.get("intent") != "order":
+    """The webhook event a new version of a Task is, if any: for a referral Task, accepted or
+    rejected when its status became so, else a milestone when its business status changed;
+    for a follow-up Task, overdue when it was just marked so."""
+    if task.get("resourceType") != "Task":
         return None
     before = previous or {}
+    if task.get("intent") == "plan":  # a program's follow-up contact: its overdue mark
+        if is_overdue(task) and not is_overdue(before):
+            return EVENT_TYPES["follow-up-overdue"]
+        return None
+    if task.get("intent") != "order":
+        return None
     status = task.get("status")
     if status in ("accepted", "rejected") and before.get("status") != status:
         return EVENT_TYPES[status]
@@ -114,7 +125,8 @@ def event_of_change(previous: dict[str, Any] | None, task: dict[str, Any]) -> st
 
 
 def made_by(task: dict[str, Any], organization: str | None) -> bool:
-    """Whether ``organization`` made the referral the Task carries out (its requester)."""
+    """Whether ``organization`` made the referral the Task carries out (its requester; a
+    follow-up Task's requester is the program that follows the person up)."""
     return (
         organization is not None and (task.get("requester") or {}).get("reference") == organization
     )
@@ -150,15 +162,26 @@ def message(
 
 def _referral_fields(base_url: str, task: dict[str, Any]) -> dict[str, Any]:
     focus = str((task.get("focus") or {}).get("reference", ""))
+    if not focus:  # a follow-up Task is basedOn the referral
+        focus = next(
+            (
+                str(b.get("reference"))
+                for b in task.get("basedOn", [])
+                if str(b.get("reference", "")).startswith("ServiceRequest/")
+            ),
+            "",
+        )
     referral_id = focus.removeprefix("ServiceRequest/") if focus.startswith("Service") else None
     coding = next(
         (
             c
             for c in (task.get("businessStatus") or {}).get("coding", [])
-            if c.get("system") == codes.BUSINESS_STATUS_SYSTEM
+            if c.get("system") in (codes.BUSINESS_STATUS_SYSTEM, FOLLOW_UP_SYSTEM)
         ),
         None,
     )
+    period = (task.get("restriction") or {}).get("period") or {}
+    follow_up = task.get("intent") == "plan"
     jms_id = next(
         (
             i.get("value")
@@ -180,7 +203,19 @@ def _referral_fields(base_url: str, task: dict[str, Any]) -> dict[str, Any]:
         ),
         "reason": (task.get("statusReason") or {}).get("text"),
         "owner": (task.get("owner") or {}).get("reference"),
-        "expected_release_at": ((task.get("restriction") or {}).get("period") or {}).get("start"),
+        "expected_release_at": None if follow_up else period.get("start"),
+        **(
+            {
+                "patient_id": str((task.get("for") or {}).get("reference", "")).removeprefix(
+                    "Patient/"
+                ),
+                "released_at": period.get("start"),
+                "due_at": period.get("end"),
+                "description": task.get("description"),
+            }
+            if follow_up
+            else {}
+        ),
         "links": {
             "referral": f"{root}/v1/referrals/{referral_id}" if referral_id else None,
             "task": f"{base_url}/Task/{task.get('id')}/_history/{version}",

@@ -8,7 +8,8 @@ Two steps, each safe with any number of workers on one PostgreSQL (storage.subsc
    a late commit never falls behind the cursor) is read from the cursor; each change that a
    subscription's topic, filters and read access select becomes that subscription's next
    numbered event; the cursor moves in the same transaction. The release-imminent topic is
-   matched by a periodic scan in the same step.
+   matched by a periodic scan in the same step, which also marks follow-up Tasks whose window
+   passed overdue (their new versions are changes the next round matches).
 2. *Deliver* (per subscription, under a lease): a worker claims subscriptions with something
    to send, posts the handshake, the next events (at most ``max-count``) or a heartbeat, and
    records the outcome if it still holds the lease. A receiver that fails is retried with
@@ -42,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.auth.principal import Principal
 from service.auth.scopes import ScopeSet
 from service.errors import ResourceGoneError, ServiceError
+from service.features import followups
 from service.features.subscriptions import webhooks
 from service.features.subscriptions.notifications import Shown, notification_bundle
 from service.features.subscriptions.releases import imminent_referrals
@@ -273,6 +275,7 @@ class Worker:
                 <= now()
             ):
                 await self._scan_releases(conn, subs)
+                await self._scan_overdue(conn)
                 scanned_at = now()
             await store.move_cursor(conn, position, scanned_at=scanned_at)
         if rows and len(rows) == FEED_BATCH:
@@ -411,6 +414,27 @@ class Worker:
                 )
             if events:
                 await store.add_events(conn, sub.id, events)
+
+    async def _scan_overdue(self, conn: AsyncConnection) -> None:
+        """Follow-up Tasks whose window passed without a contact that reached the person are
+        marked overdue (features.followups), once each: the new Task versions are changes the
+        next rounds match for the Task topic and ``follow-up-overdue`` webhooks. Under the
+        feed cursor's lock (one worker at a time); each mark in its own savepoint, so one Task
+        that cannot be marked delays neither the others nor the feed."""
+        t = now()
+        ctx = WorkflowContext(
+            engine=self.engine,
+            settings=self.settings,
+            base_url="",
+            request_id=f"follow-up-scan-{uuid.uuid4()}",
+            rules=self.rules,
+        )
+        for task_id in await followups.overdue_candidates(conn, t):
+            try:
+                async with conn.begin_nested():
+                    await followups.mark_overdue(conn, ctx, task_id, t)
+            except ServiceError:
+                log.exception("follow-up Task %s could not be marked overdue", task_id)
 
     async def _scan_for_webhook(
         self, conn: AsyncConnection, sub: store.State, hours: int, kind: str
