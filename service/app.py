@@ -34,6 +34,7 @@ from service.api.routes import (
     v1_directory,
     v1_followups,
     v1_hl7v2,
+    v1_measures,
     v1_naloxone,
     v1_referrals,
     v1_webhooks,
@@ -98,7 +99,7 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    from service.features import appointments, custody, directory, subscriptions
+    from service.features import appointments, custody, directory, measures, subscriptions
     from service.features import referrals as referrals
     from service.features.assessments import rules as assessments
     from service.features.naloxone import records as naloxone
@@ -114,6 +115,7 @@ def build_rules(_settings: Settings) -> RuleSet:
     subscriptions.register(rules)
     custody.register(rules)
     appointments.register(rules)
+    measures.register(rules)  # last: facts read what the other rules wrote
     return rules
 
 
@@ -204,6 +206,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(v1_assessments.router)
     app.include_router(v1_consents.router)
     app.include_router(v1_naloxone.router)
+    app.include_router(v1_measures.router)
     app.include_router(v1_directory.router)
     app.include_router(v1_webhooks.router)
     app.include_router(v1_admin_identity.router)

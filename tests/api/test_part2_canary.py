@@ -324,6 +324,10 @@ async def build(w: World, admin: httpx.AsyncClient, org_client: Any) -> None:
 
 def concrete(w: World, template: str, versions: dict[str, int]) -> list[str]:
     """URLs for a GET route template, with the scenario's ids in its path parameters."""
+    if template == "/v1/measures":  # aggregates over the releases an organization is party to
+        today = datetime.now(UTC).date()
+        period = f"from={today - timedelta(days=30)}&to={today + timedelta(days=30)}"
+        return [f"{template}?{period}&stratify=facility,intercept,month"]
     if "{" not in template:
         return [template]
     m = re.match(r"^/fhir/([A-Za-z]+)/\{resource_id\}(.*)$", template)
