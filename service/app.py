@@ -22,6 +22,7 @@ from service.api.middleware import (
 )
 from service.api.routes import (
     auth,
+    fhir_measures,
     fhir_patient_match,
     health,
     subscriptions,
@@ -187,6 +188,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.state.client_concurrency = ClientConcurrency(settings.client_concurrency_limit)
 
     app.include_router(subscriptions.router)  # before /fhir/Subscription/{id} takes "$status"
+    app.include_router(fhir_measures.router)  # no stored type: Measure is served, not stored
     app.include_router(fhir_patient_match.router)  # before Patient/{id}: no path is shared
     # FastAPI tries included routers in order (~3 µs each passed over, even with
     # PrefixRouter's early refusal): the busiest first. No two of them share a path.

@@ -302,3 +302,87 @@ async def test_bad_requests_and_scope(client: httpx.AsyncClient, org_client: Any
     narrow = await org_client("Organization/J", scopes="system/Task.read")
     r = await narrow.get("/v1/measures", params=NOV)
     assert r.status_code == 403 and "MeasureReport" in r.text
+
+
+async def test_fhir_measures_and_evaluate_measure(
+    engine: AsyncEngine, client: httpx.AsyncClient, org_client: Any
+) -> None:
+    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B.measure import Measure
+    from fhir.resources.R4B.measurereport import MeasureReport
+
+    rows = [rel(400 + i, "2026-11-05T10:00:00", facility="Location/A") for i in range(15)]
+    rows += [rel(500 + i, "2026-11-06T10:00:00", facility="Location/B") for i in range(3)]
+    rows += [rel(600, "2026-11-07T10:00:00", organization="Organization/K")]
+    await _load(engine, rows)
+
+    listed = (await client.get("/fhir/Measure")).json()
+    assert listed["resourceType"] == "Bundle" and listed["total"] >= 15
+    for entry in listed["entry"]:
+        Measure.model_validate(entry["resource"])
+    measure = (await client.get("/fhir/Measure/education-before-release")).json()
+    assert measure["url"] == "https://handoff.dev/fhir/Measure/education-before-release"
+    assert measure["version"] and measure["scoring"]["coding"][0]["code"] == "proportion"
+    one = (await client.get("/fhir/Measure", params={"url": measure["url"]})).json()
+    assert [e["resource"]["id"] for e in one["entry"]] == ["education-before-release"]
+    r = await client.get("/fhir/Measure/nope")
+    assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
+
+    url = "/fhir/Measure/education-before-release/$evaluate-measure"
+    period = {"periodStart": "2026-11-01", "periodEnd": "2026-11-30"}
+    report = (await client.get(url, params=period)).json()
+    MeasureReport.model_validate(report)
+    assert (report["status"], report["type"]) == ("complete", "summary")
+    group = report["group"][0]
+    counts = {p["code"]["coding"][0]["code"]: p.get("count") for p in group["population"]}
+    assert counts == {"initial-population": 19, "denominator": 19, "numerator": 0}
+    assert group["measureScore"]["value"] == 0
+    names = [s["code"][0]["text"] for s in group["stratifier"]]
+    assert "facility" in names and "month" in names
+
+    # POST Parameters, as an organization: small cells masked, not counted.
+    jail = await org_client("Organization/J", scopes="system/MeasureReport.read")
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "periodStart", "valueDate": "2026-11-01"},
+            {"name": "periodEnd", "valueDate": "2026-11-30"},
+        ],
+    }
+    r = await jail.post(url, json=body, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+    report = r.json()
+    MeasureReport.model_validate(report)
+    assert report["reporter"] == {"reference": "Organization/J"}
+    facility = next(
+        s for s in report["group"][0]["stratifier"] if s["code"][0]["text"] == "facility"
+    )
+    cells = {s["value"]["text"]: s["population"][1] for s in facility["stratum"]}
+    assert "count" not in cells["Location/B"] and "count" not in cells["Location/A"]
+    assert cells["Location/B"]["extension"][0]["valueCode"] == "masked"
+    total = {
+        p["code"]["coding"][0]["code"]: p.get("count") for p in report["group"][0]["population"]
+    }
+    assert total["denominator"] == 18  # Organization/K's release is not counted
+
+    # Every measure at once: a Bundle of MeasureReports.
+    everything = (await client.get("/fhir/Measure/$evaluate-measure", params=period)).json()
+    Bundle.model_validate(everything)
+    assert {e["resource"]["resourceType"] for e in everything["entry"]} == {"MeasureReport"}
+    for entry in everything["entry"]:
+        MeasureReport.model_validate(entry["resource"])
+
+    # Unhappy paths.
+    r = await client.get(url, params={"periodStart": "2026-11-01"})
+    assert r.status_code == 400 and "periodEnd is required" in r.text
+    r = await client.get(url, params={**period, "subject": "Patient/x"})
+    assert r.status_code == 400 and "subject is not supported" in r.text
+    r = await client.get(url, params={"periodStart": "2026-11-30", "periodEnd": "2026-11-01"})
+    assert r.status_code == 422
+    r = await jail.get(url, params={**period, "reporter": "Organization/K"})
+    assert r.status_code == 403
+    narrow = await org_client("Organization/J", scopes="system/Task.read")
+    r = await narrow.get(url, params=period)
+    assert r.status_code == 403
+    r = await narrow.post(url, json=body, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 403

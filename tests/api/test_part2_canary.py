@@ -55,6 +55,9 @@ EXCLUDED = {
     ("delete", "/v1/admin/identity-domains/{domain}"): "administrator only (test_identity)",
     ("post", "/fhir/{type}/$match"): "Patients only, as the caller may read them (test_identity)",
     ("post", "/fhir/{type}/$merge"): "administrator only (test_identity)",
+    # Aggregates only, counted as GET /v1/measures counts them (crawled): test_measures.
+    ("post", "/fhir/{type}/$evaluate-measure"): "aggregate counts, Parameters (test_measures)",
+    ("post", "/fhir/{type}/{resource_id}/$evaluate-measure"): "idem (test_measures)",
     ("put", "/v1/directory/services/{service_id}/accepting"): "directory data (test_directory)",
     # Webhooks answer with their configuration only; what their messages and /events disclose
     # passes the read policy of the webhook's organization (test_webhooks).

@@ -13,7 +13,7 @@ from typing import Literal
 from service.fhir.codes import HANDOFF
 
 MEASURE_VERSION = "1.0.0"
-CANONICAL_BASE = f"{HANDOFF}/fhir/Measure"
+CANONICAL_BASE = f"{HANDOFF}/Measure"
 
 Group = Literal["screening", "education", "naloxone", "referral", "contact", "treatment", "outcome"]
 Scoring = Literal["proportion", "count", "median"]

@@ -49,7 +49,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, distinct, insert, select
+from sqlalchemy import and_, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.features.naloxone import facts as oend_facts
@@ -772,10 +772,12 @@ async def rebuild(engine: AsyncEngine, *, batch: int = 200) -> dict[str, int]:
             str(v)
             for (v,) in (
                 await conn.execute(
-                    select(distinct(search_index.c.value)).where(
+                    select(search_index.c.value)
+                    .where(
                         search_index.c.resource_type == "Encounter",
                         search_index.c.param == "patient",
                     )
+                    .distinct()
                 )
             ).all()
             if v
