@@ -53,6 +53,11 @@ def upgrade() -> None:
         sa.Column("deceased_at", UtcDateTime(), nullable=True),
         sa.Column("rebooked_at", UtcDateTime(), nullable=True),
         sa.Column("rebooked_12m", sa.Integer(), nullable=False),
+        sa.Column("referred", sa.Integer(), nullable=False),
+        sa.Column("a_treatment", sa.Integer(), nullable=False),
+        sa.Column("a_harm", sa.Integer(), nullable=False),
+        sa.Column("a_peer", sa.Integer(), nullable=False),
+        sa.Column("a_any", sa.Integer(), nullable=False),
     )
     op.create_index("ix_measure_release_released", "measure_release", ["released_at"])
     op.create_index("ix_measure_release_patient", "measure_release", ["patient"])
@@ -72,6 +77,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_measure_referral_release", "measure_referral", ["release_id", "category"])
     op.create_index("ix_measure_referral_patient", "measure_referral", ["patient"])
+    op.create_index("ix_measure_referral_requester", "measure_referral", ["requester"])
+    op.create_index("ix_measure_referral_performer", "measure_referral", ["performer"])
     op.create_table(
         "measure_event",
         sa.Column("event_id", sa.String(160), primary_key=True),

@@ -281,6 +281,13 @@ measure_release = Table(
     Column("deceased_at", UtcDateTime(), nullable=True),
     Column("rebooked_at", UtcDateTime(), nullable=True),
     Column("rebooked_12m", Integer(), nullable=False),
+    # From the release's referrals (all parties): the administrator's view reads these; an
+    # organization's view recomputes them from the referrals it is a party to.
+    Column("referred", Integer(), nullable=False),
+    Column("a_treatment", Integer(), nullable=False),  # accepted before release, by category
+    Column("a_harm", Integer(), nullable=False),
+    Column("a_peer", Integer(), nullable=False),
+    Column("a_any", Integer(), nullable=False),
     Index("ix_measure_release_released", "released_at"),
     Index("ix_measure_release_patient", "patient"),
     Index("ix_measure_release_org", "organization", "released_at"),
@@ -303,6 +310,8 @@ measure_referral = Table(
     Column("accepted_before_release", Integer(), nullable=False),
     Column("status", String(32), nullable=False),
     Index("ix_measure_referral_release", "release_id", "category"),
+    Index("ix_measure_referral_requester", "requester"),
+    Index("ix_measure_referral_performer", "performer"),
     Index("ix_measure_referral_patient", "patient"),
 )
 

@@ -57,12 +57,32 @@ async def test_a_release_counts_from_the_stored_resources(
     accepted = {**milestone("accepted"), "extension": [{"url": OCCURRED, "valueDateTime": at(-40)}]}
     r = await put_task(otp, task, status="accepted", businessStatus=accepted)
     assert r.status_code == 200, r.text
+    # A kit in hand and overdose education before the release.
+    kit = {
+        "setting": "at-release",
+        "given_by": {"id": "S-1", "name": "Jordan Lee", "role": "nurse"},
+        "given_at": at(-35),
+        "product": "naloxone-4mg-nasal",
+        "quantity": 2,
+        "education_given": True,
+        "intercept": 4,
+        "person": jms_person("P-1", booking_number="B-1"),
+    }
+    r = await jail.post("/v1/naloxone", json=kit)
+    assert r.status_code == 201, r.text
     release = {"released_at": at(-30), "planned": True, "release_type": "end-of-sentence"}
     r = await jail.post("/v1/bookings/B-1/release", json=release)
     assert r.status_code == 200, r.text
     contact = {"at": at(-20), "medium": "phone", "reached": True}
     r = await otp.post(f"/v1/people/{ref['patient_id']}/contacts", json=contact)
     assert r.status_code == 201, r.text
+
+    # The first appointment, attended the day after the release: treatment within 14 days.
+    url = f"/v1/referrals/{ref['referral_id']}/appointments"
+    r = await otp.post(url, json={"start": at(-6), "description": "Intake"})
+    assert r.status_code == 201, r.text
+    r = await otp.post(f"{url}/{r.json()['appointment_id']}/attended")
+    assert r.status_code == 200, r.text
 
     params = {**today_period(), "stratify": "release_type,sex,stay_length"}
     report = (await client.get("/v1/measures", params=params)).json()
@@ -74,7 +94,10 @@ async def test_a_release_counts_from_the_stored_resources(
     assert m["referral-accepted-before-release-harm-reduction"]["numerator"] == 0
     assert m["contact-within-24h"]["numerator"] == 1
     assert m["first-contact-median-hours"]["median_hours"] == pytest.approx(10, abs=0.1)
-    assert m["treatment-initiation-14d"]["numerator"] == 0
+    assert m["treatment-initiation-14d"]["numerator"] == 1
+    assert m["education-before-release"]["numerator"] == 1
+    assert m["naloxone-in-hand-at-release"]["numerator"] == 1
+    assert m["naloxone-kits-distributed"]["numerator"] == 2
     cascade = {s["step"]: s["count"] for s in report["cascade"]}
     assert cascade == {
         "released-at-risk": 1,
@@ -82,7 +105,7 @@ async def test_a_release_counts_from_the_stored_resources(
         "referred": 1,
         "accepted-before-release": 1,
         "contacted-72h": 1,
-        "treatment-14d": 0,
+        "treatment-14d": 1,
     }
     strata = {(s["stratifier"], s["value"]): s["denominator"] for s in treatment["strata"]}
     assert strata == {
@@ -142,7 +165,9 @@ def rel(n: int, released: str, **over: Any) -> dict[str, Any]:
     return facts.release_row(**values)
 
 
-async def test_measures_at_their_edges(engine: AsyncEngine, client: httpx.AsyncClient) -> None:
+async def test_measures_at_their_edges(
+    engine: AsyncEngine, client: httpx.AsyncClient, org_client: Any
+) -> None:
     released = utc("2026-11-10T12:00:00")
     await _load(
         engine,
@@ -247,6 +272,12 @@ async def test_measures_at_their_edges(engine: AsyncEngine, client: httpx.AsyncC
     assert (total["numerator"], total["denominator"], total["rate"]) == ("1", "4", "0.25")
     r = await client.get("/v1/measures", params=NOV, headers={"Accept": "text/csv"})
     assert r.text.startswith("measure,title,")
+    # The jail counts its releases, but in referral numerators only referrals it is a party
+    # to: the peer-support referral of R5 was made and received by others.
+    jail = await org_client("Organization/J", scopes="system/MeasureReport.read")
+    seen = by_id((await jail.get("/v1/measures", params=NOV)).json())
+    assert seen["referral-accepted-before-release-peer-support"]["numerator"] == 0
+    assert seen["education-before-release"]["denominator"] == "<11"
 
 
 async def test_suppression_leaves_no_small_cell_recoverable(

@@ -240,11 +240,11 @@ BY_ID = {m.id: m for m in MEASURES}
 CASCADE = (
     ("released-at-risk", "Released at risk", "r.at_risk = 1"),
     ("screened", "Screened", "r.at_risk = 1 AND r.screened_at IS NOT NULL"),
-    ("referred", "Referred", "r.at_risk = 1 AND {any_referral}"),
+    ("referred", "Referred", "r.at_risk = 1 AND r.referred = 1"),
     (
         "accepted-before-release",
         "Referral accepted before release",
-        "r.at_risk = 1 AND {accepted_referral}",
+        "r.at_risk = 1 AND r.a_any = 1",
     ),
     ("contacted-72h", "Contacted within 72 hours", "r.at_risk = 1 AND r.contacted_72h = 1"),
     ("treatment-14d", "Treatment within 14 days", "r.at_risk = 1 AND r.treatment_14d = 1"),

@@ -40,6 +40,7 @@ from service.features.measures.definitions import (
     STRATIFIERS,
     MeasureDef,
 )
+from service.features.measures.facts import CATEGORY_FLAGS, REFERRAL_FLAGS
 from service.storage.db import read_connection
 from service.storage.types import UtcDateTime
 from service.telemetry import traced_workflow
@@ -149,36 +150,53 @@ def _party(alias: str) -> str:
     return f"({alias}.requester = :org OR {alias}.performer = :org)"
 
 
-def _release_where(viewer: Viewer, query: MeasureQuery) -> str:
+_COLUMNS = (
+    "release_month, facility, intercept, sex, age_band, stay_length, release_type, stay_hours, "
+    "at_risk, screened_at, screened_24h, screened_72h, educated, naloxone_in_hand, "
+    "contact_hours, contacted_24h, contacted_72h, treatment_14d, engaged_34d, deceased_at, "
+    "rebooked_12m"
+)
+
+
+def _base(viewer: Viewer, query: MeasureQuery) -> str:
+    """``WITH base``: the period's releases the viewer counts (``base r`` in the report), with
+    their referral flags: as stored for the administrator (every referral), else from the
+    referrals the organization is a party to (``f``, aggregated once)."""
     where = ["r.released_at >= :low", "r.released_at < :high"]
-    if viewer.organization is not None:
-        where.append(
-            "(r.organization = :org OR EXISTS (SELECT 1 FROM measure_referral p "
-            f"WHERE p.release_id = r.release_id AND {_party('p')}))"
-        )
     if query.facility is not None:
         where.append("r.facility = :facility")
     if query.intercept is not None:
         where.append("r.intercept = :intercept")
-    return " AND ".join(where)
+    columns = ", ".join(f"r.{c.strip()}" for c in _COLUMNS.split(","))
+    if viewer.organization is None:
+        flags = ", ".join(f"r.{flag}" for flag in REFERRAL_FLAGS)
+        return (
+            f"WITH base AS (SELECT {columns}, {flags} FROM measure_release r "
+            f"WHERE {' AND '.join(where)}) "
+        )
+    period = " AND ".join(where[:2])
+    flags = ", ".join(
+        f"MAX(CASE WHEN p.category = '{category}' AND p.accepted_before_release = 1 "
+        f"THEN 1 ELSE 0 END) AS {flag}"
+        for category, flag in CATEGORY_FLAGS.items()
+    )
+    chosen = ", ".join(f"COALESCE(f.{flag}, 0) AS {flag}" for flag in CATEGORY_FLAGS.values())
+    where.append("(r.organization = :org OR f.release_id IS NOT NULL)")
+    return (
+        f"WITH f AS (SELECT p.release_id, {flags}, MAX(p.accepted_before_release) AS a_any "
+        "FROM measure_referral p JOIN measure_release r ON r.release_id = p.release_id "
+        f"WHERE {period} AND {_party('p')} GROUP BY p.release_id), "
+        f"base AS (SELECT {columns}, {chosen}, COALESCE(f.a_any, 0) AS a_any, "
+        "CASE WHEN f.release_id IS NULL THEN 0 ELSE 1 END AS referred "
+        "FROM measure_release r LEFT JOIN f ON f.release_id = r.release_id "
+        f"WHERE {' AND '.join(where)}) "
+    )
 
 
-def _referral_exists(viewer: Viewer, *, category: str | None, accepted: bool) -> str:
-    cond = ["f.release_id = r.release_id"]
-    if category is not None:
-        cond.append(f"f.category = '{category}'")
-    if accepted:
-        cond.append("f.accepted_before_release = 1")
-    if viewer.organization is not None:
-        cond.append(_party("f"))
-    return f"EXISTS (SELECT 1 FROM measure_referral f WHERE {' AND '.join(cond)})"
-
-
-def _numerator_sql(measure: MeasureDef, viewer: Viewer) -> str:
+def _numerator_sql(measure: MeasureDef) -> str:
     assert measure.numerator is not None
     if measure.referral_category is not None:
-        exists = _referral_exists(viewer, category=measure.referral_category, accepted=True)
-        return f"{measure.numerator} AND {exists}"
+        return f"{measure.numerator} AND r.{CATEGORY_FLAGS[measure.referral_category]} = 1"
     return measure.numerator
 
 
@@ -211,25 +229,18 @@ async def _release_cells(
     for i, m in enumerate(proportion):
         assert m.denominator is not None
         columns.append(f"{_sum(m.denominator)} AS d{i}")
-        columns.append(f"{_sum(_numerator_sql(m, viewer))} AS n{i}")
-    any_referral = _referral_exists(viewer, category=None, accepted=False)
-    accepted_referral = _referral_exists(viewer, category=None, accepted=True)
+        columns.append(f"{_sum(_numerator_sql(m))} AS n{i}")
     for j, (_, _, condition) in enumerate(CASCADE):
-        sql = condition.format(any_referral=any_referral, accepted_referral=accepted_referral)
-        columns.append(f"{_sum(sql)} AS c{j}")
-    where = _release_where(viewer, query)
-    selects = [
-        f"SELECT '' AS s, '' AS k, COUNT(*) AS total, {', '.join(columns)} "
-        f"FROM measure_release r WHERE {where}"
-    ]
+        columns.append(f"{_sum(condition)} AS c{j}")
+    selects = [f"SELECT '' AS s, '' AS k, COUNT(*) AS total, {', '.join(columns)} FROM base r"]
     for name in stratify:
         key = _KEYS[name]
         selects.append(
             f"SELECT '{name}' AS s, COALESCE({key}, '{NONE_VALUE}') AS k, COUNT(*) AS total, "
-            f"{', '.join(columns)} FROM measure_release r WHERE {where} GROUP BY {key}"
+            f"{', '.join(columns)} FROM base r GROUP BY {key}"
         )
     params, binds = _params(viewer, query)
-    stmt = text(" UNION ALL ".join(selects)).bindparams(*binds)
+    stmt = text(_base(viewer, query) + " UNION ALL ".join(selects)).bindparams(*binds)
     cells: dict[str, list[Cell]] = {m.id: [] for m in proportion}
     cascade: dict[str, float] = {step: 0 for step, _, _ in CASCADE}
     for row in (await conn.execute(stmt, params)).mappings():
@@ -253,7 +264,7 @@ async def _median_cells(
     stratify: tuple[str, ...],
 ) -> list[Cell]:
     assert measure.numerator is not None
-    where = f"{_release_where(viewer, query)} AND {measure.numerator}"
+    where = measure.numerator
     selects: list[str] = []
     for name in ("", *stratify):
         key = _KEYS[name] if name else "''"
@@ -264,10 +275,10 @@ async def _median_cells(
             f"FROM (SELECT COALESCE({key}, '{NONE_VALUE}') AS k, r.contact_hours AS h, "
             f"ROW_NUMBER() OVER ({partition}ORDER BY r.contact_hours) AS rn, "
             f"COUNT(*) OVER ({partition.strip()}) AS c "
-            f"FROM measure_release r WHERE {where}) t{len(selects)} GROUP BY k"
+            f"FROM base r WHERE {where}) t{len(selects)} GROUP BY k"
         )
     params, binds = _params(viewer, query)
-    stmt = text(" UNION ALL ".join(selects)).bindparams(*binds)
+    stmt = text(_base(viewer, query) + " UNION ALL ".join(selects)).bindparams(*binds)
     out = []
     found_total = False
     for row in (await conn.execute(stmt, params)).mappings():

@@ -196,6 +196,7 @@ def release_row(
             rebooked_at is not None
             and released_at < rebooked_at <= released_at + timedelta(days=365)
         ),
+        **dict.fromkeys(REFERRAL_FLAGS, 0),
     }
 
 
@@ -250,6 +251,26 @@ def event_row(
     }
 
 
+REFERRAL_FLAGS = ("referred", "a_treatment", "a_harm", "a_peer", "a_any")
+CATEGORY_FLAGS = {"treatment": "a_treatment", "harm-reduction": "a_harm", "peer-support": "a_peer"}
+
+
+def with_referral_flags(
+    releases: Sequence[dict[str, Any]], referrals: Sequence[dict[str, Any]]
+) -> None:
+    """Set the release rows' referral columns from their referral rows (in place)."""
+    by_release: dict[str, list[dict[str, Any]]] = {}
+    for ref in referrals:
+        by_release.setdefault(ref["release_id"], []).append(ref)
+    for row in releases:
+        mine = by_release.get(row["release_id"], [])
+        row["referred"] = int(bool(mine))
+        accepted = [r for r in mine if r["accepted_before_release"]]
+        row["a_any"] = int(bool(accepted))
+        for category, flag in CATEGORY_FLAGS.items():
+            row[flag] = int(any(r["category"] == category for r in accepted))
+
+
 async def bulk_insert(
     conn: AsyncConnection,
     releases: Sequence[dict[str, Any]] = (),
@@ -258,7 +279,10 @@ async def bulk_insert(
     *,
     batch: int = 5000,
 ) -> None:
-    """Insert rows built by ``release_row``/``referral_row``/``event_row`` (executemany)."""
+    """Insert rows built by ``release_row``/``referral_row``/``event_row`` (executemany).
+    The releases' referral columns are set from the referrals given in the same call."""
+    if referrals:
+        with_referral_flags(releases, referrals)
     for table, rows in (
         (measure_release, releases),
         (measure_referral, referrals),
