@@ -71,6 +71,7 @@ async def evaluate_all(
     subject: Subject = None,
 ) -> Response:
     """A summary MeasureReport for `measure`, else a Bundle (collection) of one per measure."""
+    require_scope(ctx.principal, "MeasureReport", "r")
     values = {
         "periodStart": period_start,
         "periodEnd": period_end,
@@ -116,6 +117,7 @@ async def evaluate_one(
 ) -> Response:
     """Populations and strata of the measure; suppressed counts carry data-absent-reason
     `masked` instead of a count."""
+    require_scope(ctx.principal, "MeasureReport", "r")
     values = {
         "periodStart": period_start,
         "periodEnd": period_end,

@@ -6,8 +6,8 @@ Three statements answer a whole report, whatever the strata: one over ``measure_
 one for the median hours to first contact (window functions, both dialects), one over
 ``measure_event`` (kits and reversals). Nothing is read into Python but the aggregates.
 
-The period is whole days, inclusive, in UTC: ``released_at >= from 00:00:00Z`` and
-``< (to + 1 day) 00:00:00Z`` (a release at 23:59:59 of the last day counts).
+The period is whole days, inclusive, in UTC: ``released_at`` from ``from`` 00:00:00Z through
+``to`` 23:59:59.999999Z (a release at 23:59:59 of the last day counts).
 
 Who sees what: an organization counts the releases it is a party to (the jail that booked the
 stay, or the requester or performer of one of its referrals) and, in referral numerators, only
@@ -25,7 +25,7 @@ are suppressed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -142,7 +142,7 @@ def viewer_of(ctx: WorkflowContext, query: MeasureQuery) -> Viewer:
 
 def _bounds(query: MeasureQuery) -> tuple[datetime, datetime]:
     low = datetime.combine(query.date_from, time.min, UTC)
-    high = datetime.combine(query.date_to + timedelta(days=1), time.min, UTC)
+    high = datetime.combine(query.date_to, time.max, UTC)  # the last microsecond of the day
     return low, high
 
 
@@ -162,7 +162,7 @@ def _base(viewer: Viewer, query: MeasureQuery) -> str:
     """``WITH base``: the period's releases the viewer counts (``base r`` in the report), with
     their referral flags: as stored for the administrator (every referral), else from the
     referrals the organization is a party to (``f``, aggregated once)."""
-    where = ["r.released_at >= :low", "r.released_at < :high"]
+    where = ["r.released_at >= :low", "r.released_at <= :high"]
     if query.facility is not None:
         where.append("r.facility = :facility")
     if query.intercept is not None:
@@ -300,7 +300,7 @@ async def _event_cells(
     measures: list[MeasureDef],
     stratify: tuple[str, ...],
 ) -> dict[str, list[Cell]]:
-    where = ["e.occurred_at >= :low", "e.occurred_at < :high"]
+    where = ["e.occurred_at >= :low", "e.occurred_at <= :high"]
     if viewer.organization is not None:
         where.append("e.organization = :org")
     if query.facility is not None:
@@ -395,8 +395,8 @@ def _cell_json(measure: MeasureDef, cell: Cell, mark: str) -> dict[str, Any]:
 @traced_workflow("workflow.measures", resource_type="MeasureReport", interaction="search")
 async def evaluate(ctx: WorkflowContext, query: MeasureQuery) -> dict[str, Any]:
     """The report of ``/v1/measures`` (and the numbers of ``$evaluate-measure``)."""
+    viewer = viewer_of(ctx, query)  # the scope first: no token, no answer about the query
     check_query(query)
-    viewer = viewer_of(ctx, query)
     measures = [BY_ID[m] for m in query.measures] if query.measures else list(MEASURES)
     stratify = tuple(dict.fromkeys(query.stratify))
     async with read_connection(ctx.engine) as conn:

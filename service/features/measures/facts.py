@@ -132,6 +132,16 @@ def within_days(start: datetime, end: datetime | None, days: int) -> bool:
     return (end.astimezone(UTC).date() - start.astimezone(UTC).date()).days <= days
 
 
+def _clip(value: str | None, size: int) -> str | None:
+    return value[:size] if value is not None else None
+
+
+def _sim(value: str | int | None) -> str | None:
+    """A Sequential Intercept Model intercept 0-5, else None (FHIR writers may send any code)."""
+    text = str(value) if value is not None else None
+    return text if text in ("0", "1", "2", "3", "4", "5") else None
+
+
 def release_row(
     *,
     release_id: str,
@@ -166,9 +176,9 @@ def release_row(
     return {
         "release_id": release_id,
         "patient": patient,
-        "organization": organization,
-        "facility": facility,
-        "intercept": str(intercept) if intercept is not None else None,
+        "organization": _clip(organization, 128),
+        "facility": _clip(facility, 128),
+        "intercept": _sim(intercept),
         "booked_at": booked_at,
         "released_at": released_at,
         "release_month": released_at.astimezone(UTC).strftime("%Y-%m"),
@@ -194,7 +204,8 @@ def release_row(
         "rebooked_at": rebooked_at,
         "rebooked_12m": int(
             rebooked_at is not None
-            and released_at < rebooked_at <= released_at + timedelta(days=365)
+            and rebooked_at > released_at
+            and rebooked_at - released_at <= timedelta(days=365)
         ),
         **dict.fromkeys(REFERRAL_FLAGS, 0),
     }
@@ -219,12 +230,12 @@ def referral_row(
         "release_id": release_id,
         "patient": patient,
         "category": category if category in CATEGORIES else "other",
-        "intercept": str(intercept) if intercept is not None else None,
-        "requester": requester,
-        "performer": performer,
+        "intercept": _sim(intercept),
+        "requester": _clip(requester, 128),
+        "performer": _clip(performer, 128),
         "accepted_at": accepted_at,
         "accepted_before_release": int(accepted_at is not None and accepted_at < released_at),
-        "status": status,
+        "status": status[:32],
     }
 
 
@@ -244,9 +255,9 @@ def event_row(
         "kind": kind,
         "occurred_at": occurred_at,
         "month": occurred_at.astimezone(UTC).strftime("%Y-%m"),
-        "organization": organization,
-        "facility": facility,
-        "intercept": str(intercept) if intercept is not None else None,
+        "organization": _clip(organization, 128),
+        "facility": _clip(facility, 128),
+        "intercept": _sim(intercept),
         "quantity": float(quantity),
     }
 
@@ -597,19 +608,19 @@ async def compute_patient(
         started = treatment_starts[0] if treatment_starts else None
         engaged = False
         if started is not None:
-            horizon = started + timedelta(days=34)
+            horizon = timedelta(days=34)
             further = [
                 at
                 for sr in mine
                 for at in attended.get(str(sr["id"]), [])
-                if started < at <= horizon
+                if at > started and at - started <= horizon
             ]
             closed = False
             for sr in mine:
                 for task in tasks_by_sr.get(str(sr["id"]), []):
                     code, at = _milestone(task)
                     when = at or _instant(task.get("lastModified"))
-                    if code == "closed-engaged" and (when is None or when <= horizon):
+                    if code == "closed-engaged" and (when is None or when - started <= horizon):
                         closed = True
             engaged = len(further) >= 2 or closed
         disposition = (enc.get("hospitalization") or {}).get("dischargeDisposition") or {}
