@@ -137,6 +137,14 @@ async def test_a_release_counts_from_the_stored_resources(
     assert by_id(other)["education-before-release"]["denominator"] == 0
     assert {s["count"] for s in other["cascade"]} == {0}
 
+    # Booked again two hours ago: re-booked within 12 months.
+    r = await jail.post(
+        "/v1/bookings", json=booking("B-2", booked_at=at(-2), expected_release_at=at(48))
+    )
+    assert r.status_code == 201, r.text
+    report = (await client.get("/v1/measures", params=params)).json()
+    assert by_id(report)["rebooked-within-12-months"]["numerator"] == 1
+
     # A rebuild from the stored resources gives the same facts the write rule kept.
     before = (await client.get("/v1/measures", params=params)).json()
     counts = await facts.rebuild(engine, batch=1)

@@ -14,9 +14,9 @@ Bulk API (benchmarks, demo data at scale): build rows from plain values with
 ``facts.release_row(...)``, ``facts.referral_row(...)`` and ``facts.event_row(...)``, then
 ``await facts.bulk_insert(conn, releases, referrals, events)`` inside
 ``storage.db.write_transaction(engine)`` (give a release's referrals in the same call: the
-release rows' referral columns, which the administrator's report reads, are set from them). Rows inserted this way are not derived from
-resources: a later write about the same person (or ``handoff measures rebuild``) recomputes
-that person's rows from what is stored.
+release rows' referral columns, which the administrator's report reads, are set from them).
+Rows inserted this way are not derived from resources: a later write about the same person
+(or ``handoff measures rebuild``) recomputes that person's rows from what is stored.
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ from service.storage.tables import (
     measure_release,
     search_index,
 )
+from service.storage.upsert import upsert
 from service.workflows.access import CREATOR_PARAM
 from service.workflows.rules import RuleSet, WrittenEvent
 
@@ -693,9 +694,23 @@ async def compute_patient(
 async def refresh_patient(conn: AsyncConnection, patient: str) -> None:
     """Recompute one person's release and referral rows (in the caller's transaction)."""
     releases, referrals = await compute_patient(conn, patient)
-    await conn.execute(delete(measure_referral).where(measure_referral.c.patient == patient))
-    await conn.execute(delete(measure_release).where(measure_release.c.patient == patient))
-    await bulk_insert(conn, releases, referrals)
+    with_referral_flags(releases, referrals)
+    # Rows the person no longer has go; the others are replaced in place (an upsert: two
+    # writes about one person at once must not both insert the same release).
+    await conn.execute(
+        delete(measure_referral).where(
+            measure_referral.c.patient == patient,
+            measure_referral.c.referral_id.not_in([r["referral_id"] for r in referrals]),
+        )
+    )
+    await conn.execute(
+        delete(measure_release).where(
+            measure_release.c.patient == patient,
+            measure_release.c.release_id.not_in([r["release_id"] for r in releases]),
+        )
+    )
+    await upsert(conn, measure_release, releases, "release_id")
+    await upsert(conn, measure_referral, referrals, "referral_id")
 
 
 async def compute_event(
@@ -752,11 +767,14 @@ async def refresh_event(
     version_id: int,
 ) -> None:
     row = await compute_event(conn, resource_type, body, version_id)
-    await conn.execute(
-        delete(measure_event).where(measure_event.c.event_id == f"{resource_type}/{resource_id}")
-    )
-    if row is not None:
-        await bulk_insert(conn, events=[row])
+    if row is None:
+        await conn.execute(
+            delete(measure_event).where(
+                measure_event.c.event_id == f"{resource_type}/{resource_id}"
+            )
+        )
+    else:
+        await upsert(conn, measure_event, [row], "event_id")
 
 
 # --- the write rule -----------------------------------------------------------------------------
