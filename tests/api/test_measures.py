@@ -412,6 +412,10 @@ async def test_fhir_measures_and_evaluate_measure(
         MeasureReport.model_validate(entry["resource"])
 
     # Unhappy paths.
+    for bad in ([None, None], {"resourceType": "Parameters", "parameter": 3}, {"a": 1}):
+        r = await client.post(url, json=bad, headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["resourceType"] == "OperationOutcome"
     r = await client.get(url, params={"periodStart": "2026-11-01"})
     assert r.status_code == 400 and "periodEnd is required" in r.text
     r = await client.get(url, params={**period, "subject": "Patient/x"})

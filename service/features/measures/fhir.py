@@ -185,11 +185,15 @@ def parse_operation(values: dict[str, str | None], measure_id: str | None) -> Me
     )
 
 
-def parameters_values(body: dict[str, Any]) -> dict[str, str | None]:
-    if body.get("resourceType") != "Parameters":
-        raise InvalidRequestError("The body is a FHIR Parameters resource")
+def parameters_values(body: Any) -> dict[str, str | None]:
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise InvalidRequestError(
+            "The body is a FHIR Parameters resource: "
+            '{"resourceType": "Parameters", "parameter": [{"name": "periodStart", ...}]}'
+        )
+    parameters = body.get("parameter")
     out: dict[str, str | None] = {}
-    for p in body.get("parameter", []) or []:
+    for p in parameters if isinstance(parameters, list) else []:
         if not isinstance(p, dict) or not isinstance(p.get("name"), str):
             continue
         value = next((v for k, v in p.items() if k.startswith("value")), None)
