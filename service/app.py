@@ -22,6 +22,7 @@ from service.api.middleware import (
 )
 from service.api.routes import (
     auth,
+    fhir_measures,
     fhir_patient_match,
     health,
     subscriptions,
@@ -34,6 +35,7 @@ from service.api.routes import (
     v1_directory,
     v1_followups,
     v1_hl7v2,
+    v1_measures,
     v1_naloxone,
     v1_referrals,
     v1_webhooks,
@@ -100,7 +102,7 @@ TAGS: list[dict[str, Any]] = [
 
 
 def build_rules(_settings: Settings) -> RuleSet:
-    from service.features import appointments, custody, directory, subscriptions
+    from service.features import appointments, custody, directory, measures, subscriptions
     from service.features import referrals as referrals
     from service.features.assessments import rules as assessments
     from service.features.naloxone import records as naloxone
@@ -116,6 +118,7 @@ def build_rules(_settings: Settings) -> RuleSet:
     subscriptions.register(rules)
     custody.register(rules)
     appointments.register(rules)
+    measures.register(rules)  # last: facts read what the other rules wrote
     return rules
 
 
@@ -187,6 +190,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.state.client_concurrency = ClientConcurrency(settings.client_concurrency_limit)
 
     app.include_router(subscriptions.router)  # before /fhir/Subscription/{id} takes "$status"
+    app.include_router(fhir_measures.router)  # no stored type: Measure is served, not stored
     app.include_router(fhir_patient_match.router)  # before Patient/{id}: no path is shared
     # FastAPI tries included routers in order (~3 µs each passed over, even with
     # PrefixRouter's early refusal): the busiest first. No two of them share a path.
@@ -206,6 +210,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     app.include_router(v1_assessments.router)
     app.include_router(v1_consents.router)
     app.include_router(v1_naloxone.router)
+    app.include_router(v1_measures.router)
     app.include_router(v1_directory.router)
     app.include_router(v1_webhooks.router)
     app.include_router(v1_admin_identity.router)

@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.features.identity.cli import add_parsers as add_identity_parsers
 
     add_identity_parsers(sub)
+    from service.features.measures.cli import add_parsers as add_measures_parsers
+
+    add_measures_parsers(sub)
     return parser
 
 

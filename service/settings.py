@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     naloxone_max_quantity: int = Field(
         50, ge=1, description="Most naloxone kits one record may give (larger is refused)."
     )
+    measures_min_cell: int = Field(
+        11,
+        ge=1,
+        description="Program measures: counts from 1 to this minus one are suppressed (shown as "
+        "'<11' by default, the CMS small-cell convention) in every report but the "
+        "administrator's own full view.",
+    )
 
     # --- authorization -----------------------------------------------------------------------
     token_lifetime_seconds: int = Field(

@@ -44,6 +44,9 @@ TABLES = (
     "subscription_state",
     "subscription_event",
     "subscription_cursor",
+    "measure_release",
+    "measure_referral",
+    "measure_event",
 )
 BASE = "http://testserver"
 

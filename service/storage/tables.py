@@ -243,3 +243,89 @@ subscription_cursor = Table(
     Column("seq", BigInteger(), nullable=False),
     Column("scanned_at", UtcDateTime(), nullable=True),  # the last release-imminent scan
 )
+
+
+# --- program measures (features.measures): facts kept current by a write rule ----------------
+
+# One row per recorded release of a custody stay (the Encounter), with what the measures count
+# about it, recomputed from the person's stored resources on every write that can change them.
+measure_release = Table(
+    "measure_release",
+    SQLModel.metadata,
+    Column("release_id", String(64), primary_key=True),  # the Encounter's id
+    Column("patient", String(128), nullable=False),  # Patient/<id>
+    Column("organization", String(128), nullable=True),  # the jail (serviceProvider)
+    Column("facility", String(128), nullable=True),
+    Column("intercept", String(8), nullable=True),  # of the stay's first referral
+    Column("booked_at", UtcDateTime(), nullable=False),
+    Column("released_at", UtcDateTime(), nullable=False),
+    Column("release_month", String(7), nullable=False),  # YYYY-MM of released_at (UTC)
+    Column("release_type", String(16), nullable=False),  # planned | unplanned
+    Column("stay_length", String(16), nullable=False),  # under-72h | 72h-or-more
+    Column("stay_hours", Float(), nullable=False),
+    Column("sex", String(16), nullable=False),
+    Column("age_band", String(16), nullable=False),
+    Column("at_risk", Integer(), nullable=False),  # 0/1 (integers: SUM on both dialects)
+    Column("screened_at", UtcDateTime(), nullable=True),
+    Column("screened_24h", Integer(), nullable=False),
+    Column("screened_72h", Integer(), nullable=False),
+    Column("educated", Integer(), nullable=False),
+    Column("naloxone_in_hand", Integer(), nullable=False),
+    Column("first_contact_at", UtcDateTime(), nullable=True),
+    Column("contact_hours", Float(), nullable=True),
+    Column("contacted_24h", Integer(), nullable=False),
+    Column("contacted_72h", Integer(), nullable=False),
+    Column("treatment_started_at", UtcDateTime(), nullable=True),
+    Column("treatment_14d", Integer(), nullable=False),
+    Column("engaged_34d", Integer(), nullable=False),
+    Column("deceased_at", UtcDateTime(), nullable=True),
+    Column("rebooked_at", UtcDateTime(), nullable=True),
+    Column("rebooked_12m", Integer(), nullable=False),
+    # From the release's referrals (all parties): the administrator's view reads these; an
+    # organization's view recomputes them from the referrals it is a party to.
+    Column("referred", Integer(), nullable=False),
+    Column("a_treatment", Integer(), nullable=False),  # accepted before release, by category
+    Column("a_harm", Integer(), nullable=False),
+    Column("a_peer", Integer(), nullable=False),
+    Column("a_any", Integer(), nullable=False),
+    Index("ix_measure_release_released", "released_at"),
+    Index("ix_measure_release_patient", "patient"),
+    Index("ix_measure_release_org", "organization", "released_at"),
+)
+
+# One row per referral (ServiceRequest) of a recorded release.
+measure_referral = Table(
+    "measure_referral",
+    SQLModel.metadata,
+    Column("referral_id", String(64), primary_key=True),  # the ServiceRequest's id
+    Column("release_id", String(64), nullable=False),
+    Column("patient", String(128), nullable=False),
+    Column(
+        "category", String(16), nullable=False
+    ),  # treatment | harm-reduction | peer-support | other
+    Column("intercept", String(8), nullable=True),
+    Column("requester", String(128), nullable=True),
+    Column("performer", String(128), nullable=True),
+    Column("accepted_at", UtcDateTime(), nullable=True),
+    Column("accepted_before_release", Integer(), nullable=False),
+    Column("status", String(32), nullable=False),
+    Index("ix_measure_referral_release", "release_id", "category"),
+    Index("ix_measure_referral_requester", "requester"),
+    Index("ix_measure_referral_performer", "performer"),
+    Index("ix_measure_referral_patient", "patient"),
+)
+
+# One row per naloxone kit record or reported overdose reversal (count measures).
+measure_event = Table(
+    "measure_event",
+    SQLModel.metadata,
+    Column("event_id", String(160), primary_key=True),  # <type>/<id> of the record
+    Column("kind", String(16), nullable=False),  # kit | reversal
+    Column("occurred_at", UtcDateTime(), nullable=False),
+    Column("month", String(7), nullable=False),
+    Column("organization", String(128), nullable=True),  # the organization that recorded it
+    Column("facility", String(128), nullable=True),
+    Column("intercept", String(8), nullable=True),
+    Column("quantity", Float(), nullable=False),
+    Index("ix_measure_event_kind_at", "kind", "occurred_at"),
+)

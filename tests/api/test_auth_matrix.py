@@ -80,6 +80,11 @@ OPERATION_ACTIONS: dict[tuple[str, str, str], str] = {
     # Patient/$match searches, $merge updates.
     ("Patient", "POST", "/$match"): "s",
     ("Patient", "POST", "/$merge"): "u",
+    # The program measures' reports (features.measures) need MeasureReport.r.
+    ("Measure", "GET", "/$evaluate-measure"): "r",
+    ("Measure", "POST", "/$evaluate-measure"): "r",
+    ("Measure", "GET", "/{resource_id}/$evaluate-measure"): "r",
+    ("Measure", "POST", "/{resource_id}/$evaluate-measure"): "r",
 }
 # System routes: the type whose scope the sample request needs ("*": any type) and the action.
 SYSTEM_ACTIONS: dict[tuple[str, str], tuple[str, str]] = {

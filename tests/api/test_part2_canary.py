@@ -57,6 +57,9 @@ EXCLUDED = {
     ("delete", "/v1/admin/identity-domains/{domain}"): "administrator only (test_identity)",
     ("post", "/fhir/{type}/$match"): "Patients only, as the caller may read them (test_identity)",
     ("post", "/fhir/{type}/$merge"): "administrator only (test_identity)",
+    # Aggregates only, counted as GET /v1/measures counts them (crawled): test_measures.
+    ("post", "/fhir/{type}/$evaluate-measure"): "aggregate counts, Parameters (test_measures)",
+    ("post", "/fhir/{type}/{resource_id}/$evaluate-measure"): "idem (test_measures)",
     ("put", "/v1/directory/services/{service_id}/accepting"): "directory data (test_directory)",
     # Webhooks answer with their configuration only; what their messages and /events disclose
     # passes the read policy of the webhook's organization (test_webhooks).
@@ -329,6 +332,10 @@ async def build(w: World, admin: httpx.AsyncClient, org_client: Any) -> None:
 
 def concrete(w: World, template: str, versions: dict[str, int]) -> list[str]:
     """URLs for a GET route template, with the scenario's ids in its path parameters."""
+    if template == "/v1/measures":  # aggregates over the releases an organization is party to
+        today = datetime.now(UTC).date()
+        period = f"from={today - timedelta(days=30)}&to={today + timedelta(days=30)}"
+        return [f"{template}?{period}&stratify=facility,intercept,month"]
     if "{" not in template:
         return [template]
     m = re.match(r"^/fhir/([A-Za-z]+)/\{resource_id\}(.*)$", template)
