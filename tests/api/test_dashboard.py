@@ -26,7 +26,7 @@ from service.settings import Settings
 from service.storage.clients import set_disabled
 from service.storage.db import write_transaction
 from tests.conftest import BASE, TokenFactory
-from tests.dashboard_support import OidcProvider, mount_measures_stub, running_provider
+from tests.dashboard_support import OidcProvider, running_provider
 
 OTP = "Organization/demo-otp"
 JAIL = "Organization/demo-county-jail"
@@ -40,7 +40,6 @@ def provider() -> Iterator[OidcProvider]:
 
 def _app(settings: Settings, engine: AsyncEngine, **changes: Any) -> Any:
     app = create_app(settings.model_copy(update=changes), engine=engine)
-    mount_measures_stub(app)
     return app
 
 
