@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest
 from service.errors import BusinessRuleError, Issue
@@ -149,7 +150,7 @@ async def log_contact(
     patient_id: str,
     payload: ContactIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """A FHIR Communication (status completed when reached, not-done otherwise). A contact
     that reached the person completes your follow-up Task that is due (`follow_up`). Only
