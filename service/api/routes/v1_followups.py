@@ -118,6 +118,8 @@ class FollowUpView(BaseModel):
                 "description": "Contact within 72 hours of release",
                 "referral_id": "0193c1d9-3333-7abc-8def-0123456789ab",
                 "patient_id": _EXAMPLE_PATIENT,
+                "facility": "Location/demo-county-jail-site",
+                "facility_name": "Riverbend County Jail main site",
                 "person": {"family_name": "Nguyen", "given_names": ["Alex"]},
                 "last_contact": {
                     "contact_id": "0193c1e0-1111-7abc-8def-0123456789ab",
@@ -135,6 +137,11 @@ class FollowUpView(BaseModel):
     description: str | None = Field(description="The plan's action, e.g. within 72 hours")
     referral_id: str | None
     patient_id: str
+    facility: str | None = Field(
+        None,
+        description="The referring facility (Location/Organization), if the referral names one",
+    )
+    facility_name: str | None = Field(None, description="Its name, if the caller may see it")
     person: PersonName | None
     last_contact: LastContact | None = Field(description="Your latest contact with the person")
 
