@@ -29,12 +29,15 @@ from pathlib import Path
 import pytest
 
 from service.fhir.r4 import SUPPORTED_TYPES
-from tests.journey.schemathesis_auth import BASE_URL_ENV
 from tests.journey.test_fhirpy_provider import SERVER_LOG, server
 
 __all__ = ["server"]  # the fixture, reused: a demo server on each database
 
 CHECKS_EXCLUDED = "use_after_free"
+# Read by tests/journey/schemathesis_auth.py in the schemathesis process. Not imported here: its
+# @schemathesis.auth would then apply to the in-process fuzz tests of the same pytest run.
+BASE_URL_ENV = "HANDOFF_CONFORMANCE_BASE_URL"
+HOOKS = "tests.journey.schemathesis_auth"
 # Every FHIR type is served by the same generated routes (api.routes.resources): fuzz the types
 # whose rules differ (the referral workflow's Task and ServiceRequest, a plain Patient, an
 # undeletable Consent, a read-only AuditEvent, a scored QuestionnaireResponse), not twenty
@@ -169,7 +172,7 @@ def test_every_operation_conforms_to_the_published_openapi(server: str, tmp_path
     root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
-        "SCHEMATHESIS_HOOKS": "tests.journey.schemathesis_auth",
+        "SCHEMATHESIS_HOOKS": HOOKS,
         BASE_URL_ENV: server,
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
