@@ -3,9 +3,10 @@ to the ASGI app on each database; none may be answered with a 5xx (``not_a_serve
 
 Each operation gets a fixed, bounded set of cases, the same on every run: schemathesis's
 coverage cases (boundary values and wrong types for every parameter and body field, taken
-evenly when there are many; none for whole-resource bodies, see ``WHOLE_RESOURCE``), then positive and negative cases from its strategies
-(derandomized). A resource id of an existing Patient or Task is given to some of the cases,
-so that updates, patches and reads reach the stored resource and not only the 404. FHIR and
+evenly when there are many; none for whole-resource bodies, see ``WHOLE_RESOURCE``), then
+positive and negative cases from its strategies (derandomized). A resource id of an existing
+Patient or Task is given to some of the cases, so that updates, patches and reads reach the
+stored resource and not only the 404. FHIR and
 system operations are sent with an administrator's token, /v1 with a jail's (an organization
 must be named for /v1 writes). The operations of one FHIR type or /v1 resource share an app
 and database (deletes last), which keeps the set-up to a few seconds.
