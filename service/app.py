@@ -45,7 +45,12 @@ from service.dashboard import routes as dashboard
 from service.dashboard.sessions import DashboardSessionMiddleware
 from service.fhir.r4 import SUPPORTED_TYPES
 from service.logging_config import AccessLogMiddleware, configure_logging
-from service.openapi_schemas import fhir_component_schemas, parameters_without_null
+from service.openapi_schemas import (
+    fhir_component_schemas,
+    parameters_without_nul,
+    parameters_without_null,
+    shared_responses,
+)
 from service.runtime import tune_garbage_collector
 from service.settings import Settings, get_settings
 from service.storage.db import create_engine
@@ -246,6 +251,8 @@ def _install_openapi(app: FastAPI) -> None:
             fhir_component_schemas()
         )
         parameters_without_null(schema)
+        parameters_without_nul(schema)
+        shared_responses(schema)
         schema["x-tagGroups"] = _tag_groups(schema)
         app.openapi_schema = schema
         return schema

@@ -7,6 +7,7 @@ on both databases, instead of a server error from PostgreSQL at the insert or th
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 NUL = "\x00"
@@ -19,7 +20,9 @@ def nul_path(value: Any, path: str = "") -> str | None:
         return path if NUL in value else None
     if isinstance(value, dict):
         for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
+            # Control characters in a key are escaped: the path is echoed in messages.
+            name = json.dumps(str(key), ensure_ascii=False)[1:-1]
+            here = f"{path}.{name}" if path else name
             if NUL in str(key):
                 return here
             if (found := nul_path(item, here)) is not None:

@@ -397,10 +397,12 @@ def _worklist_details(
     view: dict[str, Any],
     patients: dict[str, dict[str, Any]],
     organizations: dict[str, dict[str, Any]],
+    locations: dict[str, dict[str, Any]],
     organization: str | None,
 ) -> None:
     """What a jail's staff reads on a worklist line beside the ids: the person's name and
-    booking number (as this organization recorded it), the receiving organization's name."""
+    booking number (as this organization recorded it), the receiving organization's name and
+    the referring facility's name."""
     patient = patients.get(view["patient_id"])
     name: dict[str, Any] = next(iter((patient or {}).get("name", [])), {})
     booking = booking_system(organization) if organization else None
@@ -423,6 +425,9 @@ def _worklist_details(
     owner = str(view.get("owner") or "")
     org = organizations.get(owner.removeprefix("Organization/")) if owner else None
     view["receiving_organization_name"] = (org or {}).get("name")
+    ftype, _, fid = str(view.get("facility") or "").partition("/")
+    facility = (locations if ftype == "Location" else organizations).get(fid) if fid else None
+    view["facility_name"] = (facility or {}).get("name")
 
 
 def _coding(concept: Any, system: str) -> dict[str, Any] | None:
@@ -709,9 +714,17 @@ async def list_referrals(
                 for v in views
                 if str(v.get("owner") or "").startswith("Organization/")
             }
-            organizations = await _shown_by_id(conn, ctx, "Organization", owners)
+            facilities: dict[str, set[str]] = {"Location": set(), "Organization": set()}
             for view in views:
-                _worklist_details(view, patients, organizations, ctx.organization)
+                ftype, _, fid = str(view.get("facility") or "").partition("/")
+                if ftype in facilities:
+                    facilities[ftype].add(fid)
+            organizations = await _shown_by_id(
+                conn, ctx, "Organization", owners | facilities["Organization"]
+            )
+            locations = await _shown_by_id(conn, ctx, "Location", facilities["Location"])
+            for view in views:
+                _worklist_details(view, patients, organizations, locations, ctx.organization)
             out.extend(views)
     return sorted(out, key=worklist_key)
 

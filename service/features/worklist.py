@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import BusinessRuleError, ForbiddenError, Issue
 from service.features.contacts import contact_view
+from service.features.referrals import FACILITY_EXTENSION
 from service.fhir.followup_plan import FOLLOW_UP_CONTACT, FOLLOW_UP_SYSTEM
 from service.storage.db import read_connection
 from service.telemetry import traced_workflow
@@ -51,6 +52,35 @@ def _name(patient: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     name: dict[str, Any] = next(iter(patient.get("name", [])), {})
     return {"family_name": name.get("family"), "given_names": list(name.get("given", []))}
+
+
+async def _facilities(
+    conn: AsyncConnection, ctx: WorkflowContext, referral_ids: set[str | None]
+) -> dict[str, tuple[str | None, str | None]]:
+    """The referring facility of each referral (the reference and, if the caller may see it,
+    its name), from the ServiceRequests the caller may see."""
+    wanted = sorted(r for r in referral_ids if r)
+    if not wanted:
+        return {}
+    refs: dict[str, str] = {}
+    for sr in await _all(conn, ctx, "ServiceRequest", [("_id", ",".join(wanted))]):
+        ref = next(
+            (
+                (e.get("valueReference") or {}).get("reference")
+                for e in sr.get("extension", [])
+                if e.get("url") == FACILITY_EXTENSION
+            ),
+            None,
+        )
+        if isinstance(ref, str):
+            refs[sr["id"]] = ref
+    names: dict[str, str | None] = {}
+    for rtype in ("Location", "Organization"):
+        ids = sorted({r.partition("/")[2] for r in refs.values() if r.startswith(f"{rtype}/")})
+        if ids:
+            for body in await _all(conn, ctx, rtype, [("_id", ",".join(ids))]):
+                names[f"{rtype}/{body['id']}"] = body.get("name")
+    return {sr_id: (ref, names.get(ref)) for sr_id, ref in refs.items()}
 
 
 def _cursor(item: dict[str, Any]) -> str:
@@ -141,7 +171,11 @@ async def follow_ups(
                 before = last.get(view["patient_id"])
                 if before is None or (view["at"] or "") > (before["at"] or ""):
                     last[view["patient_id"]] = view
+        facilities = await _facilities(conn, ctx, {i["referral_id"] for i in page})
         for item in page:
+            item["facility"], item["facility_name"] = facilities.get(
+                item["referral_id"] or "", (None, None)
+            )
             item["person"] = _name(shown.get(item["patient_id"]))
             contact = last.get(item["patient_id"])
             item["last_contact"] = (

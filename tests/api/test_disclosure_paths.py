@@ -377,6 +377,13 @@ async def test_the_accounting_pages_newest_first_through_every_event(net: dict[s
     assert [r["disclosed_at"] for r in oldest["disclosures"]] == sorted(seen)
     csv_text = (await jail.get(f"/v1/patients/{patient_id}/disclosures?format=csv")).text
     assert len(csv_text.strip().splitlines()) == 1 + 5
+    for damaged in ("not-a-token", "WyJmIl0"):  # not base64 JSON; a token of another length
+        r = await jail.get(f"/v1/patients/{patient_id}/disclosures?page={damaged}")
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"].startswith("application/fhir+json")
+        issue = r.json()["issue"][0]
+        assert issue["expression"] == ["page"] and "_page" not in issue["diagnostics"]
+        assert "next link" in issue["diagnostics"]
 
 
 # 11. Invisible and missing look alike ---------------------------------------------------------

@@ -170,7 +170,7 @@ async def test_the_contact_log_completes_the_due_follow_up(
     network: dict[str, Any],  # noqa: F811
 ) -> None:
     jail, otp, peer = network["jail"], network["otp"], network["peer"]
-    ref = await accepted(network)
+    ref = await accepted(network, facility=network["ids"]["jail"])
     await release(jail, at(-30))  # released 30 hours ago: the 24-hour contact is overdue
     person = f"/v1/people/{ref['patient_id']}/contacts"
     missed = {"at": at(-1), "medium": "phone", "reached": False, "next_step": "Try the sister"}
@@ -190,6 +190,7 @@ async def test_the_contact_log_completes_the_due_follow_up(
     first = worklist[0]
     assert first["person"] == {"family_name": "Rivera", "given_names": ["Dana"]}
     assert first["last_contact"]["reached"] is False and first["referral_id"] == ref["referral_id"]
+    assert first["facility"] == network["ids"]["jail"] and first["facility_name"] == "jail"
     reached = {
         "at": at(0),
         "medium": "in-person",

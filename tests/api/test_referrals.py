@@ -20,6 +20,7 @@ from tests.builders import (
     in_future,
     jms_person,
     jms_referral,
+    location,
     organization,
 )
 from tests.statements import sent_with_parameters, statements_sent
@@ -927,7 +928,9 @@ async def test_supporting_information_must_be_held_and_visible(network: dict[str
     assert ok.status_code == 201, ok.text
 
 
-async def test_worklist_items_say_who_where_and_to_whom(network: dict[str, Any]) -> None:
+async def test_worklist_items_say_who_where_and_to_whom(
+    network: dict[str, Any], client: httpx.AsyncClient
+) -> None:
     """A worklist line carries the person's name and booking number, the receiving
     organization's name, services, release, status; as JSON (the documented schema) or CSV."""
     from pydantic import TypeAdapter
@@ -935,7 +938,14 @@ async def test_worklist_items_say_who_where_and_to_whom(network: dict[str, Any])
     from service.api.routes.v1_views import ReferralView
 
     jail, ids = network["jail"], network["ids"]
-    made = await jail.post("/v1/referrals", json=referral(ids["otp"]))
+    site = await client.post(  # directory data: written by an administrator
+        "/fhir/Location",
+        json=location("County Jail, Main Facility", organization=ids["jail"]),
+        headers=FHIR_JSON,
+    )
+    assert site.status_code == 201, site.text
+    facility = f"Location/{site.json()['id']}"
+    made = await jail.post("/v1/referrals", json=referral(ids["otp"], facility=facility))
     assert made.status_code == 201, made.text
     listed = await jail.get("/v1/referrals")
     assert listed.status_code == 200, listed.text
@@ -947,6 +957,8 @@ async def test_worklist_items_say_who_where_and_to_whom(network: dict[str, Any])
         "booking_number": "B-1",
     }
     assert item["receiving_organization_name"] == "otp"
+    assert item["facility"] == facility
+    assert item["facility_name"] == "County Jail, Main Facility"
     assert item["owner"] == ids["otp"]
     assert item["services"] == ["moud-buprenorphine", "peer-support"]
     as_csv = await jail.get("/v1/referrals", params={"format": "csv"})
@@ -956,6 +968,7 @@ async def test_worklist_items_say_who_where_and_to_whom(network: dict[str, Any])
     line = dict(zip(header, row, strict=True))
     assert line["family_name"] == "Rivera" and line["booking_number"] == "B-1"
     assert line["receiving_organization_name"] == "otp" and line["status"] == "requested"
+    assert line["facility_name"] == "County Jail, Main Facility"
     assert line["services"] == "moud-buprenorphine peer-support"
     negotiated = await jail.get("/v1/referrals", headers={"Accept": "text/csv"})
     assert negotiated.text == as_csv.text

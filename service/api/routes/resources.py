@@ -47,7 +47,12 @@ IfMatch = Annotated[
 ]
 # RFC 6902: each operation names what it does and where (a JSON Pointer), with the value it
 # adds, replaces or tests, or the location it moves or copies from.
-_POINTER = {"type": "string", "pattern": "^(/([^~/]|~[01])*)*$"}
+# A conditional create's search, as documented: an identifier (system|value) or a logical id.
+# The server takes any search parameter of the type; the pattern states the common, portable
+# subset that a schema can check without the type's search parameter list.
+IF_NONE_EXIST_PATTERN = r"^(identifier=[^\s&|,]+\|[^\s&|,\\]+|_id=[A-Za-z0-9\-.]{1,64})$"
+# The whole document ("") is never removed or replaced; no NUL anywhere (nothing stores one).
+_POINTER = {"type": "string", "pattern": "^(/([^~/\\x00]|~[01])*)+$"}
 JSON_PATCH: dict[str, Any] = {
     "type": "array",
     "items": {
@@ -56,6 +61,7 @@ JSON_PATCH: dict[str, Any] = {
             "op": {"enum": ["add", "remove", "replace", "move", "copy", "test"]},
             "path": _POINTER,
             "from": _POINTER,
+            "value": {"$ref": "#/components/schemas/JsonValue"},
         },
         "required": ["op", "path"],
         "anyOf": [
@@ -412,7 +418,15 @@ def resource_router(
     async def create_resource(
         request: Request,
         ctx: ContextDep,
-        if_none_exist: Annotated[str | None, Header(alias="If-None-Exist")] = None,
+        if_none_exist: Annotated[
+            str | None,
+            Header(
+                alias="If-None-Exist",
+                description="Create only if no resource matches this search: "
+                "identifier=https://jail.example.org/booking|B-1 or _id=<id>",
+                json_schema_extra={"pattern": IF_NONE_EXIST_PATTERN},
+            ),
+        ] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
         body = await _json_body(request)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header
+from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest
 from service.api.routes.v1_views import AppointmentView
@@ -37,9 +38,15 @@ class AppointmentIn(JmsRequest):
     )
     start: Instant = Field(description="When it starts (ISO 8601, with a time zone)")
     end: Instant | None = Field(None, description="When it ends (default: an hour later)")
-    location: Reference | None = Field(None, description="Location/<id>: where")
+    location: Reference | None = Field(
+        None,
+        description="Location/<id>: where",
+        json_schema_extra={"pattern": r"^Location/[A-Za-z0-9\-.]{1,64}$"},
+    )
     practitioner: Reference | None = Field(
-        None, description="Practitioner/<id> or PractitionerRole/<id>: with whom"
+        None,
+        description="Practitioner/<id> or PractitionerRole/<id>: with whom",
+        json_schema_extra={"pattern": r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$"},
     )
     description: str | None = Field(None, max_length=500)
 
@@ -98,7 +105,7 @@ async def book_appointment(
     referral_id: str,
     payload: AppointmentIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """A FHIR Appointment (status booked) `basedOn` the referral, with the person, the place
     and the practitioner as participants. Only the organization that accepted the referral

@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from service.api.deps import AuditedRoute, ContextDep
+from service.api.headers import IdempotencyKey
 from service.api.routes.v1_assessments import V1_ERRORS
 from service.api.routes.v1_models import Instant, JmsRequest
 from service.errors import BusinessRuleError, Issue
@@ -118,6 +119,8 @@ class FollowUpView(BaseModel):
                 "description": "Contact within 72 hours of release",
                 "referral_id": "0193c1d9-3333-7abc-8def-0123456789ab",
                 "patient_id": _EXAMPLE_PATIENT,
+                "facility": "Location/demo-county-jail-site",
+                "facility_name": "Riverbend County Jail main site",
                 "person": {"family_name": "Nguyen", "given_names": ["Alex"]},
                 "last_contact": {
                     "contact_id": "0193c1e0-1111-7abc-8def-0123456789ab",
@@ -135,6 +138,11 @@ class FollowUpView(BaseModel):
     description: str | None = Field(description="The plan's action, e.g. within 72 hours")
     referral_id: str | None
     patient_id: str
+    facility: str | None = Field(
+        None,
+        description="The referring facility (Location/Organization), if the referral names one",
+    )
+    facility_name: str | None = Field(None, description="Its name, if the caller may see it")
     person: PersonName | None
     last_contact: LastContact | None = Field(description="Your latest contact with the person")
 
@@ -150,7 +158,7 @@ async def log_contact(
     patient_id: str,
     payload: ContactIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """A FHIR Communication (status completed when reached, not-done otherwise). A contact
     that reached the person completes your follow-up Task that is due (`follow_up`). Only
@@ -357,7 +365,7 @@ PlanId = Annotated[
 async def publish_plan(
     payload: FollowUpPlanIn,
     ctx: ContextDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Stored as your FHIR PlanDefinition (as if published through `/fhir/PlanDefinition`).
     Your newest active plan applies to the releases recorded after it; follow-ups already

@@ -87,11 +87,17 @@ def _instant(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         raise
 
 
+# As documented: FHIR's instant (offsets to 14:00), in a year that stays one in UTC.
+INSTANT_PATTERN = (
+    r"^[1-9][0-8][0-9]{2}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,6})?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9]|[+-]14:00)$"
+)
 Instant = Annotated[
     dt.datetime,
     BeforeValidator(_iso_text("date-time with a time zone", _INSTANT_EXAMPLES)),
     WrapValidator(_instant),
     AfterValidator(_aware),
+    Field(json_schema_extra={"pattern": INSTANT_PATTERN}),
 ]
 Day = Annotated[dt.date, BeforeValidator(_iso_text("date", "2026-11-26"))]
 assert set(STAFF_ROLES) == set(StaffRole.__args__)  # type: ignore[attr-defined]

@@ -353,8 +353,9 @@ async def list_referrals(
     """E.g. people released in the next 72 hours whose referral is not yet accepted:
     `?release_from=<now>&release_to=<now+72h>&status=requested,rejected` (a `+` in a time
     zone is written `%2B` in a query string; or give UTC with `Z`). Each item carries the
-    person's name and booking number (when the caller may see the Patient), the facility,
-    expected release, services, the receiving organization and its name, status and milestone.
+    person's name and booking number (when the caller may see the Patient), the facility and
+    its name, expected release, services, the receiving organization and its name, status and
+    milestone.
     Lists at most `HANDOFF_WORKLIST_MAX_REFERRALS` (2,000) referrals: a window holding more
     answers 422 (`too-costly`), never a list cut short. `format=csv` (or `Accept: text/csv`)
     gives the same list as CSV.
@@ -388,6 +389,7 @@ WORKLIST_COLUMNS = (
     "given_names",
     "booking_number",
     "facility",
+    "facility_name",
     "expected_release",
     "services",
     "receiving_organization",
@@ -413,6 +415,7 @@ def worklist_csv(views: list[dict[str, Any]]) -> str:
                 " ".join(person.get("given_names") or []),
                 person.get("booking_number") or "",
                 v.get("facility") or "",
+                v.get("facility_name") or "",
                 v["release"].get("expected_at") or "",
                 " ".join(v.get("services") or []),
                 v.get("owner") or "",

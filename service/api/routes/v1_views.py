@@ -145,7 +145,8 @@ class ReferralView(BaseModel):
                 ],
                 "services": ["moud-buprenorphine", "peer-support"],
                 "priority": "urgent",
-                "facility": None,
+                "facility": "Location/demo-county-jail-site",
+                "facility_name": "Riverbend County Jail main site",
                 "intercept": 4,
                 "release": {
                     "expected_at": "2030-06-01T13:00:00Z",  # calendar: fixed (Swagger example)
@@ -208,6 +209,9 @@ class ReferralView(BaseModel):
     )
     receiving_organization_name: str | None = Field(
         None, description="Worklists only: the current Task's owner's name"
+    )
+    facility_name: str | None = Field(
+        None, description="Worklists only: the referring facility's name, if the caller may see it"
     )
 
 

@@ -26,6 +26,17 @@ WebhookId = Annotated[
 _EXAMPLE_ID = "3f2b8c1e-5d4a-4e6f-9a7b-0c1d2e3f4a5b"
 
 
+_B64 = "[A-Za-z0-9+/]"
+# An absolute https:// URL with a host name (http:// only to this machine, where allowed).
+WEBHOOK_URL_PATTERN = (
+    r"^(https://[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*|http://(127\.0\.0\.1|localhost))"
+    r"(:[0-9]{1,5})?(/[A-Za-z0-9\-._~/]*)?$"
+)
+WEBHOOK_SECRET_PATTERN = (
+    f"^whsec_(({_B64}{{4}}){{8,21}}({_B64}{{2}}==)?|({_B64}{{4}}){{8,20}}{_B64}{{3}}=)$"
+)
+
+
 class WebhookIn(JmsRequest):
     model_config = ConfigDict(
         extra="forbid",
@@ -41,6 +52,7 @@ class WebhookIn(JmsRequest):
     url: str = Field(
         min_length=8,
         max_length=2000,
+        json_schema_extra={"pattern": WEBHOOK_URL_PATTERN},
         description="Where messages are POSTed: https:// (http://127.0.0.1 or localhost "
         "only with HANDOFF_SUBSCRIPTION_ALLOW_LOCAL_HTTP=true, or in the demo)",
     )
@@ -48,6 +60,8 @@ class WebhookIn(JmsRequest):
         min_length=38,
         max_length=100,
         pattern=r"^whsec_[A-Za-z0-9+/=]+$",
+        # Documented exactly: the base64 of 24 to 64 bytes (the validator says why otherwise).
+        json_schema_extra={"pattern": WEBHOOK_SECRET_PATTERN},
         description="The shared signing secret: 'whsec_' and the base64 of 24 to 64 random "
         "bytes (Standard Webhooks). Never shown again.",
     )

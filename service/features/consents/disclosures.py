@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from service.errors import ForbiddenError
+from service.errors import ForbiddenError, InvalidRequestError
 from service.search.execute import run_search
 from service.search.query import parse_search
 from service.storage import repository as repo
@@ -59,7 +59,16 @@ async def list_disclosures(
             max_count=1000,
         )
         request.page = page
-        found = await run_search(conn, request, base_url=ctx.base_url)
+        try:
+            found = await run_search(conn, request, base_url=ctx.base_url)
+        except InvalidRequestError as exc:
+            if not any("_page" in issue.expression for issue in exc.issues):
+                raise
+            # The search names its token _page; this endpoint's parameter is page.
+            raise InvalidRequestError(
+                "page is not a page of this accounting: follow the next link a page returned",
+                expression=["page"],
+            ) from exc
     ctx.audit_notes.interaction = "search-type"
     ctx.audit_notes.search = (
         "AuditEvent",
