@@ -97,6 +97,31 @@ REFUSALS: list[tuple[str, list[str], str]] = [
         "serves $match and $merge, whose parameters differ)",
     ),
     (
+        r"^GET /fhir/Measure/([^/]+/)?\$evaluate-measure$",
+        ["400", "422"],
+        "periodEnd may not be before periodStart and a period spans at most three years (one "
+        "parameter against another); measure must name one of the published Measures",
+    ),
+    (
+        r"^POST /fhir/Measure/([^/]+/)?\$evaluate-measure$",
+        ["400", "422"],
+        "the Parameters must hold periodStart and periodEnd as dates, in order (one Parameters "
+        "schema serves every operation, whose parameters differ)",
+    ),
+    (
+        r"^GET /v1/measures$",
+        ["422"],
+        "to may not be before from and a period spans at most three years (one parameter "
+        "against another); measure and stratify name published measures and stratifiers",
+    ),
+    (
+        r"^(POST|PUT) /v1/follow-up-plans",
+        ["422"],
+        "an action's offset is at most 365 days after the release, counted in its unit (hours "
+        "or days: one field against another), and an Idempotency-Key already used for another "
+        "body is refused",
+    ),
+    (
         r"^GET /v1/directory$",
         ["422"],
         "within_km needs near: one parameter against another",

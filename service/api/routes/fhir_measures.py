@@ -19,17 +19,25 @@ router = APIRouter(
     prefix="/fhir/Measure", tags=["FHIR Measure"], responses=FHIR_ERRORS, route_class=AuditedRoute
 )
 
+# A date, or the date part of a dateTime (the period is whole UTC days).
+_DAY = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T.*)?$"
 PeriodStart = Annotated[
-    str | None, Query(alias="periodStart", description="First day (YYYY-MM-DD, UTC)")
+    str, Query(alias="periodStart", pattern=_DAY, description="First day (YYYY-MM-DD, UTC)")
 ]
 PeriodEnd = Annotated[
-    str | None, Query(alias="periodEnd", description="Last day (YYYY-MM-DD, UTC), inclusive")
+    str,
+    Query(alias="periodEnd", pattern=_DAY, description="Last day (YYYY-MM-DD, UTC), inclusive"),
 ]
 Reporter = Annotated[
     str | None,
-    Query(description="Organization/<id>: the caller's own (an administrator: any)"),
+    Query(
+        pattern=r"^Organization/[A-Za-z0-9\-\.]{1,64}$",
+        description="Organization/<id>: the caller's own (an administrator: any)",
+    ),
 ]
-Subject = Annotated[str | None, Query(description="Not supported (summary reports only)")]
+# Read so that a subject is refused with a message, not ignored; left out of the contract
+# because it is never accepted.
+Subject = Annotated[str | None, Query(include_in_schema=False)]
 EVALUATE_BODY = {
     "requestBody": {
         "required": True,
@@ -64,8 +72,8 @@ async def search_measures(request: Request, ctx: ContextDep) -> Response:
 )
 async def evaluate_all(
     ctx: ContextDep,
-    period_start: PeriodStart = None,
-    period_end: PeriodEnd = None,
+    period_start: PeriodStart,
+    period_end: PeriodEnd,
     measure: Annotated[str | None, Query(description="A Measure id or canonical URL")] = None,
     reporter: Reporter = None,
     subject: Subject = None,
@@ -110,8 +118,8 @@ async def read_measure(resource_id: str, ctx: ContextDep) -> Response:
 async def evaluate_one(
     resource_id: str,
     ctx: ContextDep,
-    period_start: PeriodStart = None,
-    period_end: PeriodEnd = None,
+    period_start: PeriodStart,
+    period_end: PeriodEnd,
     reporter: Reporter = None,
     subject: Subject = None,
 ) -> Response:
