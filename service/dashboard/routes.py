@@ -318,7 +318,8 @@ async def dashboard(request: Request) -> Response:
         )
     except MeasuresError as exc:
         return _error(request, exc.status, "Measures unavailable", exc.message)
-    measure_tables = views.tables(answer, {})
+    names = views.facility_names(answer)
+    measure_tables = views.tables(answer, names)
     facilities = views.facility_values(answer)
     if filters.facility and filters.facility not in facilities:
         facilities.append(filters.facility)
@@ -333,6 +334,7 @@ async def dashboard(request: Request) -> Response:
             "filters": filters,
             "params": urlencode(filters.params()),
             "facilities": facilities,
+            "facility_names": names,
             "intercepts": views.INTERCEPTS,
             "cascade": chart["cascade"],
             "trends": chart["trends"],
@@ -394,7 +396,7 @@ async def report(request: Request, month: str | None = None) -> Response:
         answer = await fetch_json(request, user, filters.params())
     except MeasuresError as exc:
         return _error(request, exc.status, "Measures unavailable", exc.message)
-    measure_tables = views.tables(answer, {})
+    measure_tables = views.tables(answer, views.facility_names(answer))
     cascade = views.cascade(answer)
     return _page(
         request,

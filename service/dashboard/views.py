@@ -209,6 +209,16 @@ def groups(measure_tables: list[MeasureTable]) -> list[tuple[str, list[MeasureTa
     return [(GROUP_LABELS.get(g, g.title()), seen[g]) for g in ranked]
 
 
+def facility_names(answer: dict[str, Any]) -> dict[str, str]:
+    """Location reference -> the facility's name, as the answer's facility strata give it."""
+    return {
+        str(s["value"]): str(s["display"])
+        for m in answer.get("measures", [])
+        for s in m.get("strata") or []
+        if s.get("stratifier") == "facility" and s.get("value") and s.get("display")
+    }
+
+
 def facility_values(answer: dict[str, Any]) -> list[str]:
     values = {
         str(s.get("value"))

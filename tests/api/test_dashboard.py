@@ -336,7 +336,7 @@ async def test_csv_download_is_the_measures_csv(
     assert r.headers["content-type"].startswith("text/csv")
     assert r.headers["content-disposition"].startswith("attachment;")
     assert r.text.splitlines()[0] == (
-        "measure,title,stratifier,value,numerator,denominator,rate,median_hours"
+        "measure,title,stratifier,value,display,numerator,denominator,rate,median_hours"
     )
     expected = await measures(demo_app, issue_token, OTP, [*params, ("format", "csv")])
     assert r.text == expected.text

@@ -84,10 +84,14 @@ async def test_a_release_counts_from_the_stored_resources(
     r = await otp.post(f"{url}/{r.json()['appointment_id']}/attended")
     assert r.status_code == 200, r.text
 
-    params = {**today_period(), "stratify": "release_type,sex,stay_length"}
+    params = {**today_period(), "stratify": "release_type,sex,stay_length,facility"}
     report = (await client.get("/v1/measures", params=params)).json()
     assert report["scope"] == "all" and report["suppression"]["applied"] is False
     m = by_id(report)
+    # A facility stratum names the facility (here the booking named it by name only).
+    [where] = [s for s in m["screening-24h"]["strata"] if s["stratifier"] == "facility"]
+    assert where["display"] == "County Jail, Main"
+    assert all(s["display"] is None for s in m["screening-24h"]["strata"] if s is not where)
     assert (m["screening-24h"]["numerator"], m["screening-24h"]["denominator"]) == (1, 1)
     treatment = m["referral-accepted-before-release-treatment"]
     assert (treatment["numerator"], treatment["denominator"], treatment["rate"]) == (1, 1, 1.0)
@@ -112,6 +116,7 @@ async def test_a_release_counts_from_the_stored_resources(
         ("release_type", "planned"): 1,
         ("sex", "female"): 1,
         ("stay_length", "under-72h"): 1,  # booked 72 h ago, released 30 h ago
+        ("facility", "County Jail, Main"): 1,
     }
 
     # A planned release corrected to unplanned: the facts follow the correction.
@@ -269,6 +274,7 @@ async def test_measures_at_their_edges(
         "title",
         "stratifier",
         "value",
+        "display",
         "numerator",
         "denominator",
         "rate",
@@ -322,6 +328,32 @@ async def test_suppression_leaves_no_small_cell_recoverable(
     assert full["measures"][0]["denominator"] == 55
     asked = (await client.get("/v1/measures", params={**params, "suppress": "true"})).json()
     assert asked["suppression"]["applied"] is True
+
+
+async def test_a_facility_stratum_carries_the_locations_name(
+    engine: AsyncEngine, client: httpx.AsyncClient
+) -> None:
+    r = await client.post(
+        "/fhir/Location",
+        json={"resourceType": "Location", "name": "North Annex", "status": "active"},
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert r.status_code == 201, r.text
+    annex = f"Location/{r.json()['id']}"
+    await _load(
+        engine,
+        [
+            *[rel(700 + i, "2026-11-05T10:00:00", facility=annex) for i in range(12)],
+            *[rel(720 + i, "2026-11-06T10:00:00", facility="Location/gone") for i in range(12)],
+        ],
+    )
+    params = {**NOV, "stratify": "facility", "measure": "education-before-release"}
+    [m] = (await client.get("/v1/measures", params=params)).json()["measures"]
+    shown = {s["value"]: s["display"] for s in m["strata"]}
+    # A Location that is not stored (or has no name) shows its reference only.
+    assert shown == {annex: "North Annex", "Location/gone": None}
+    r = await client.get("/v1/measures", params={**params, "format": "csv"})
+    assert f"{annex},North Annex," in r.text
 
 
 async def test_bad_requests_and_scope(client: httpx.AsyncClient, org_client: Any) -> None:

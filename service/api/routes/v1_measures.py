@@ -43,6 +43,9 @@ class Filters(_Closed):
 class Stratum(_Closed):
     stratifier: str
     value: str = Field(description='The stratum ("none" where the fact is not recorded)')
+    display: str | None = Field(
+        default=None, description="The facility's name (facility strata; null for others)"
+    )
     denominator: CountOrMark | None
     numerator: CountOrMark | None
     rate: float | None
@@ -90,7 +93,16 @@ _EXAMPLE_MEASURE: dict[str, Any] = {
             "numerator": 45,
             "rate": 0.375,
             "median_hours": None,
-        }
+        },
+        {
+            "stratifier": "facility",
+            "value": "Location/county-jail-main",
+            "display": "County Jail, Main Facility",
+            "denominator": 80,
+            "numerator": 31,
+            "rate": 0.3875,
+            "median_hours": None,
+        },
     ],
 }
 

@@ -24,6 +24,7 @@ are suppressed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -41,6 +42,7 @@ from service.features.measures.definitions import (
     MeasureDef,
 )
 from service.features.measures.facts import CATEGORY_FLAGS, REFERRAL_FLAGS
+from service.storage import repository as repo
 from service.storage.db import read_connection
 from service.storage.types import UtcDateTime
 from service.telemetry import traced_workflow
@@ -392,6 +394,33 @@ def _cell_json(measure: MeasureDef, cell: Cell, mark: str) -> dict[str, Any]:
     }
 
 
+def _facility_display(cell: Cell, names: dict[str, str]) -> str | None:
+    """A facility stratum's name: the Location's, or the value itself where the custody stay
+    named its facility by name only (a JMS facility without a Location)."""
+    if cell.stratifier != "facility" or cell.value in (None, NONE_VALUE):
+        return None
+    value = str(cell.value)
+    return names.get(value) if value.startswith("Location/") else value
+
+
+async def _facility_names(conn: AsyncConnection, cells: dict[str, list[Cell]]) -> dict[str, str]:
+    """Location reference -> its name, for the facility strata (a handful per report)."""
+    refs = {
+        str(c.value)
+        for mine in cells.values()
+        for c in mine
+        if c.stratifier == "facility" and str(c.value).startswith("Location/")
+    }
+    names: dict[str, str] = {}
+    for ref in sorted(refs):
+        stored = await repo.get_current(conn, "Location", ref.split("/", 1)[1])
+        if stored is not None and stored.raw is not None:
+            name = json.loads(stored.raw).get("name")
+            if isinstance(name, str) and name:
+                names[ref] = name
+    return names
+
+
 @traced_workflow("workflow.measures", resource_type="MeasureReport", interaction="search")
 async def evaluate(ctx: WorkflowContext, query: MeasureQuery) -> dict[str, Any]:
     """The report of ``/v1/measures`` (and the numbers of ``$evaluate-measure``)."""
@@ -407,6 +436,7 @@ async def evaluate(ctx: WorkflowContext, query: MeasureQuery) -> dict[str, Any]:
         counted = [m for m in measures if m.scoring == "count"]
         if counted:
             cells.update(await _event_cells(conn, viewer, query, counted, stratify))
+        names = await _facility_names(conn, cells)
     mark = f"<{viewer.min_cell}"
     out = []
     for m in measures:
@@ -429,7 +459,12 @@ async def evaluate(ctx: WorkflowContext, query: MeasureQuery) -> dict[str, Any]:
                 "unit": m.unit,
                 **_cell_json(m, total, mark),
                 "strata": [
-                    {"stratifier": c.stratifier, "value": c.value, **_cell_json(m, c, mark)}
+                    {
+                        "stratifier": c.stratifier,
+                        "value": c.value,
+                        "display": _facility_display(c, names),
+                        **_cell_json(m, c, mark),
+                    }
                     for c in strata
                 ],
             }
