@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import __version__
+from service.api import docs
 from service.api.disconnect import CancelOnDisconnectMiddleware
 from service.api.errors import install_error_handlers
 from service.api.fairness import ClientConcurrency
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
                 await owned.dispose()
 
     app = FastAPIOffline(
+        docs_url=None,  # service.api.docs serves /docs (from a lighter view of the contract)
         title="Handoff",
         version=__version__,
         description=DESCRIPTION,
@@ -237,6 +239,7 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
     install_telemetry(app, settings=settings, engine=engine)
     app.add_middleware(CancelOnDisconnectMiddleware)  # outermost: see its docstring
     _install_openapi(app)
+    docs.install(app)
     return app
 
 

@@ -14,6 +14,7 @@ contained resources (see ``_NOT_NESTED``).
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -216,7 +217,52 @@ def fhir_component_schemas() -> dict[str, Any]:
         model = r4.r4_resource_model(rtype)
         assert model is not None
         resources[rtype] = components.object(spec_for(model), resource=rtype)
+    # Errors are answers only, never written by a client: stated as this server sends them,
+    # flat. The full R4 graph here (about 10,000 schema nodes once inlined) is what Swagger UI
+    # resolves for every error response of an operation a person expands, which froze it.
+    resources["OperationOutcome"] = OPERATION_OUTCOME
     return {**resources, **dict(sorted(components.schemas.items())), "JsonValue": JSON_VALUE}
+
+
+OPERATION_OUTCOME: dict[str, Any] = {
+    "type": "object",
+    "title": "OperationOutcome",
+    "description": "A FHIR R4 OperationOutcome as this server sends it: every problem found.",
+    "externalDocs": {"url": "https://hl7.org/fhir/R4/operationoutcome.html"},
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+        "id": {"type": "string"},
+        "meta": {"type": "object"},
+        "extension": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"url": {"type": "string"}, "valueString": {"type": "string"}},
+                "required": ["url"],
+            },
+        },
+        "issue": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "severity": {
+                        "type": "string",
+                        "enum": ["fatal", "error", "warning", "information"],
+                    },
+                    "code": {"type": "string"},
+                    "details": {"type": "object"},
+                    "diagnostics": {"type": "string"},
+                    "location": {"type": "array", "items": {"type": "string"}},
+                    "expression": {"type": "array", "items": {"type": "string"}},
+                },
+                "required": ["severity", "code"],
+            },
+        },
+    },
+    "required": ["resourceType", "issue"],
+}
 
 
 # Any JSON value without a NUL character in its strings or keys (a JSON Patch value).
@@ -285,3 +331,73 @@ def shared_responses(schema: dict[str, Any]) -> None:
         shared[name] = response
         for operation in operations:
             operation["responses"][status] = {"$ref": f"#/components/responses/{name}"}
+
+
+def _is_complex(component: Any) -> bool:
+    return isinstance(component, dict) and (
+        "properties" in component or component.get("type") == "object"
+    )
+
+
+def swagger_ui_view(schema: dict[str, Any]) -> dict[str, Any]:
+    """The contract as Swagger UI shows it: each resource's elements, their datatypes by name.
+
+    Swagger UI inlines every schema an operation uses when a person expands it; the R4 graph
+    (a Task body is about 20,000 nodes once inlined: Reference, Identifier and the datatypes
+    refer to one another) froze the page for minutes. Here an element of a complex datatype is
+    shown as an object naming its datatype, with a pointer to the full contract
+    (``/openapi.json``, unchanged, which tools and the conformance tests read).
+    """
+    view = copy.deepcopy(schema)
+    components = view.get("components", {}).get("schemas", {})
+    complex_names = {
+        name for name, c in components.items() if name.startswith("R4.") and _is_complex(c)
+    }
+
+    def summary(ref: str) -> dict[str, Any]:
+        name = ref.rsplit("/", 1)[-1]
+        return {
+            "type": "object",
+            "description": f"{name} (its elements: the full contract, /openapi.json)",
+        }
+
+    def complex_ref(node: dict[str, Any]) -> str | None:
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in complex_names:
+            return ref
+        parts = node.get("allOf")  # a datatype narrowed for one element (a reference's target)
+        if isinstance(parts, list) and parts and isinstance(parts[0], dict):
+            return complex_ref(parts[0])
+        return None
+
+    def trim(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = complex_ref(node)
+            if ref is not None:
+                return summary(ref)
+            return {k: trim(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [trim(v) for v in node]
+        return node
+
+    # Swagger UI makes a request body's example from its schema when the contract gives none;
+    # from the R4 schemas (choice types, patterns) that took minutes. A body without an example
+    # starts from its resource type.
+    for methods in view.get("paths", {}).values():
+        for operation in methods.values():
+            body = operation.get("requestBody") if isinstance(operation, dict) else None
+            for media in (body or {}).get("content", {}).values():
+                ref = media.get("schema", {}).get("$ref", "")
+                if "example" in media or "examples" in media or not ref:
+                    continue
+                name = ref.rsplit("/", 1)[-1]
+                if name in components and not name.startswith("R4."):
+                    media["example"] = {"resourceType": name}
+    for name, component in components.items():
+        if not _is_complex(component):
+            continue
+        component["properties"] = trim(component.get("properties", {}))
+        for key in ("allOf", "anyOf", "oneOf"):
+            if key in component:
+                component[key] = trim(component[key])
+    return view

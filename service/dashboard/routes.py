@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from authlib.integrations.starlette_client import OAuth, OAuthError
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -22,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 from service.api.responses import public_base
 from service.dashboard import assets, views
 from service.dashboard.measures import MeasuresError, fetch, fetch_json
+from service.dashboard.oidc_client import OAuth, OAuthError
 from service.dashboard.users import (
     SESSION_USER,
     DashboardUser,

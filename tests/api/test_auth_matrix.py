@@ -37,6 +37,7 @@ PUBLIC_FHIR = re.compile(r"^/fhir/(metadata|\.well-known/.*)$")
 # Routes outside /fhir and what they answer without a token (a new one must be added here).
 PUBLIC_ROUTES: dict[tuple[str, str], int] = {
     ("GET", "/openapi.json"): 200,
+    ("GET", "/openapi-ui.json"): 200,
     ("GET", "/docs"): 200,
     ("GET", "/docs/oauth2-redirect"): 200,
     ("GET", "/redoc"): 200,

@@ -449,7 +449,7 @@ async def test_fhir_measures_and_evaluate_measure(
         assert r.status_code == 400, (bad, r.text)
         assert r.json()["resourceType"] == "OperationOutcome"
     r = await client.get(url, params={"periodStart": "2026-11-01"})
-    assert r.status_code == 400 and "periodEnd" in r.text, r.text
+    assert r.status_code == 400 and "periodEnd is required" in r.text, r.text
     r = await client.get(url, params={**period, "subject": "Patient/x"})
     assert r.status_code == 400 and "subject is not supported" in r.text
     r = await client.get(url, params={"periodStart": "2026-11-30", "periodEnd": "2026-11-01"})

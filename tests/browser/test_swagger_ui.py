@@ -124,6 +124,13 @@ def test_swagger_ui_authorizes_and_tries_a_search(server: str) -> None:
             expect(status.first).to_have_text("200")
             body = operation.locator(".live-responses-table .response-col_description pre")
             expect(body.first).to_contain_text('"searchset"')
+
+            # POST /fhir/Task opens too (its R4 body once froze the page for minutes), with
+            # an example body to start from.
+            create = page.locator("#operations-FHIR_Task-create_Task")
+            create.locator(".opblock-summary").click()
+            create.get_by_role("button", name="Try it out").click()
+            expect(create.locator("textarea.body-param__text")).to_contain_text('"Task"')
         finally:
             browser.close()
 

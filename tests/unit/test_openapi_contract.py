@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from service.openapi import OPENAPI_PATH, generate, render
@@ -140,3 +141,33 @@ def test_every_v1_response_has_a_schema_with_properties_and_an_example() -> None
                         problems.append(f"{method.upper()} {path} {status} {media_type}: {found}")
     assert not problems, "\n".join(problems)
     assert checked > 200
+
+
+def test_swagger_ui_view_names_datatypes_and_leaves_the_contract_whole() -> None:
+    from service.app import create_app
+    from service.openapi_schemas import swagger_ui_view
+    from service.settings import Settings
+
+    app = create_app(Settings(_env_file=None, database_url="sqlite+aiosqlite:///:memory:"))  # type: ignore[call-arg]
+    contract = app.openapi()
+    before = json.dumps(contract, sort_keys=True)
+    view = swagger_ui_view(contract)
+    assert json.dumps(contract, sort_keys=True) == before  # the published contract is untouched
+    components = view["components"]["schemas"]
+    complex_names = {n for n, c in components.items() if n.startswith("R4.") and "properties" in c}
+
+    def refs(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            own = {node["$ref"].rsplit("/", 1)[-1]} if isinstance(node.get("$ref"), str) else set()
+            return own.union(*(refs(v) for v in node.values()))
+        if isinstance(node, list):
+            return set().union(*(refs(v) for v in node))
+        return set()
+
+    # No element leads on to a complex datatype's schema: Swagger UI inlines one level only.
+    for name, component in components.items():
+        assert not refs(component.get("properties", {})) & complex_names, name
+    task = components["Task"]["properties"]
+    assert task["for"]["description"].startswith("R4.Reference")
+    post = view["paths"]["/fhir/Task"]["post"]["requestBody"]["content"]["application/fhir+json"]
+    assert post["example"] == {"resourceType": "Task"}

@@ -21,12 +21,19 @@ router = APIRouter(
 
 # A date, or the date part of a dateTime (the period is whole UTC days).
 _DAY = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T.*)?$"
+# Both are required; optional here so that the scope is checked before the parameters (a
+# client without MeasureReport access hears 403, not what its request lacks).
 PeriodStart = Annotated[
-    str, Query(alias="periodStart", pattern=_DAY, description="First day (YYYY-MM-DD, UTC)")
+    str | None,
+    Query(alias="periodStart", pattern=_DAY, description="First day (YYYY-MM-DD, UTC); required"),
 ]
 PeriodEnd = Annotated[
-    str,
-    Query(alias="periodEnd", pattern=_DAY, description="Last day (YYYY-MM-DD, UTC), inclusive"),
+    str | None,
+    Query(
+        alias="periodEnd",
+        pattern=_DAY,
+        description="Last day (YYYY-MM-DD, UTC), inclusive; required",
+    ),
 ]
 Reporter = Annotated[
     str | None,
@@ -72,8 +79,8 @@ async def search_measures(request: Request, ctx: ContextDep) -> Response:
 )
 async def evaluate_all(
     ctx: ContextDep,
-    period_start: PeriodStart,
-    period_end: PeriodEnd,
+    period_start: PeriodStart = None,
+    period_end: PeriodEnd = None,
     measure: Annotated[str | None, Query(description="A Measure id or canonical URL")] = None,
     reporter: Reporter = None,
     subject: Subject = None,
@@ -118,8 +125,8 @@ async def read_measure(resource_id: str, ctx: ContextDep) -> Response:
 async def evaluate_one(
     resource_id: str,
     ctx: ContextDep,
-    period_start: PeriodStart,
-    period_end: PeriodEnd,
+    period_start: PeriodStart = None,
+    period_end: PeriodEnd = None,
     reporter: Reporter = None,
     subject: Subject = None,
 ) -> Response:

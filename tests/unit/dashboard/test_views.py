@@ -33,7 +33,7 @@ def test_last_full_month(today: date, expected: tuple[date, date]) -> None:
     ("month", "expected"),
     [
         ("2026-02", (date(2026, 2, 1), date(2026, 2, 28))),
-        ("2026-12", (date(2026, 12, 1), date(2026, 12, 31))),
+        ("2025-12", (date(2025, 12, 1), date(2025, 12, 31))),
     ],
 )
 def test_month_bounds(month: str, expected: tuple[date, date]) -> None:
@@ -49,8 +49,8 @@ def test_month_bounds_refuses(month: str) -> None:
 def test_trend_start_spans_twelve_months_across_a_year() -> None:
     f = views.Filters(start=date(2026, 3, 1), end=date(2026, 3, 31))
     assert f.trend_start() == date(2025, 4, 1)
-    f = views.Filters(start=date(2026, 12, 1), end=date(2026, 12, 31))
-    assert f.trend_start() == date(2026, 1, 1)
+    f = views.Filters(start=date(2025, 12, 1), end=date(2025, 12, 31))
+    assert f.trend_start() == date(2025, 1, 1)
 
 
 def test_filters_to_query() -> None:
