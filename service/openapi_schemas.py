@@ -393,7 +393,7 @@ def swagger_ui_view(schema: dict[str, Any]) -> dict[str, Any]:
                 name = ref.rsplit("/", 1)[-1]
                 if name in components and not name.startswith("R4."):
                     media["example"] = {"resourceType": name}
-    for name, component in components.items():
+    for component in components.values():
         if not _is_complex(component):
             continue
         component["properties"] = trim(component.get("properties", {}))
