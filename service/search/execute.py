@@ -690,6 +690,17 @@ def _feed_end_statement(resource_type: str, dialect: str) -> Select[Any]:
     )
 
 
+def _feed_last_statement(resource_type: str) -> Select[Any]:
+    """The last committed position of a type's changes, final or not (no fence)."""
+    h = history_t.c
+    return (
+        select(h.txid, h.seq)
+        .where(h.resource_type == resource_type)
+        .order_by(h.txid.desc(), h.seq.desc())
+        .limit(1)
+    )
+
+
 async def _run_feed(
     conn: AsyncConnection,
     request: SearchRequest,
@@ -707,8 +718,9 @@ async def _run_feed(
     A feed begun with ``_cursor=start`` first makes one pass up to the last final position:
     it hands out each resource's current version once (at that version's position), never its
     superseded ones, so a first sync acts on what is current. Its pages' cursors say they are
-    in that pass; when a page reaches the end, the cursor handed out is the end position, and
-    from there every version is reported as it commits.
+    in that pass; when a page reaches the end and nothing of the type is held back beyond it
+    (by an older transaction still open), the cursor handed out is the end position, and from
+    there every version is reported as it commits.
     """
     page = SearchPage()
     assert request.cursor is not None
@@ -750,8 +762,16 @@ async def _run_feed(
     else:
         page.next_cursor = encode_cursor(txid, seq)
     if first_pass and not full:
-        # The pass is over: what it skipped up to the end was superseded or never matched.
-        page.next_cursor = encode_cursor(*end)
+        last = (await conn.execute(_feed_last_statement(request.resource_type))).first()
+        if last is not None and (int(last[0]), int(last[1])) > end:
+            # Commits of this type lie beyond the fence (an older transaction is still open):
+            # the pass goes on over them once they are final, or their superseded versions
+            # would reach the client as changes.
+            at = (rows[-1][6], rows[-1][7]) if rows else (txid, seq)
+            page.next_cursor = encode_cursor(*at, first_pass=True)
+        else:
+            # The pass is over: what it skipped up to the end was superseded or never matched.
+            page.next_cursor = encode_cursor(*end)
     # Includes follow what matches now (a version that left the search needs no context).
     await _add_includes(
         conn,

@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 
 from service.storage.db import write_transaction
 from service.workflows import resources as wf
@@ -322,3 +323,41 @@ async def test_first_pass_across_pages_hands_out_each_resource_once(
     rest, _ = await drain_until(client, link(first, "next"), len(expected) - 2)  # type: ignore[arg-type]
     seen += versions(rest)
     assert seen == expected
+
+
+async def test_first_pass_waits_for_commits_an_open_transaction_holds_back(
+    app, client: httpx.AsyncClient
+) -> None:
+    """On PostgreSQL a commit is final once every older transaction has ended. A first sync
+    that starts while one is open does not end its pass before the commits it holds back: when
+    they are final the pass hands out their current versions, never the superseded ones."""
+    if app.state.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer: no commit is ever held back")
+    ctx = WorkflowContext(
+        engine=app.state.engine,
+        settings=app.state.settings,
+        base_url="http://testserver/fhir",
+        request_id="test",
+        rules=app.state.rules,
+    )
+    release = asyncio.Event()
+    holder_wrote = asyncio.Event()
+
+    async def holder() -> None:
+        async with write_transaction(ctx.engine) as conn:
+            await wf.create_in(conn, ctx, task())
+            holder_wrote.set()
+            await release.wait()
+
+    held = asyncio.create_task(holder())
+    await holder_wrote.wait()
+    made = (await client.post("/fhir/Task", json=task(), headers=FHIR_JSON)).json()
+    made = await put(client, made, businessStatus={"text": "before the sync"})
+    url = "/fhir/Task?owner=Organization/prov-1&_cursor=start&_count=5"
+    page = (await client.get(url)).json()
+    assert not page.get("entry")  # held back by the open transaction
+    release.set()
+    await held
+    entries, _ = await drain(client, link(page, "cursor"))  # type: ignore[arg-type]
+    mine = [e for e in entries if e["resource"]["id"] == made["id"]]
+    assert [e["resource"]["meta"]["versionId"] for e in mine] == ["2"]
